@@ -1,0 +1,1 @@
+"""flashlight: plain PyTorch attention variants compiled to fused Triton kernels."""

@@ -1,0 +1,56 @@
+"""Element types of the IR.
+
+Types are short strings (``f32``, ``bf16``, ``i64``, ``b1``) so that printed programs stay
+compact and parseable. This module knows nothing of torch or numpy; the frontend and the
+backends translate.
+"""
+
+from __future__ import annotations
+
+import math
+
+FLOATS = ("f64", "f32", "f16", "bf16")
+SIGNED = ("i64", "i32", "i16", "i8")
+UNSIGNED = ("u8",)
+BOOL = "b1"
+ALL = FLOATS + SIGNED + UNSIGNED + (BOOL,)
+
+# Finite extremes for integer types: the identities of max= and min= there.
+_INT_RANGE = {
+    "i64": (-(2**63), 2**63 - 1),
+    "i32": (-(2**31), 2**31 - 1),
+    "i16": (-(2**15), 2**15 - 1),
+    "i8": (-(2**7), 2**7 - 1),
+    "u8": (0, 255),
+    "b1": (0, 1),
+}
+
+REDUCTION_OPS = ("+=", "*=", "max=", "min=")
+ASSIGN_OPS = ("=",) + REDUCTION_OPS
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOATS
+
+
+def is_int(dtype: str) -> bool:
+    return dtype in SIGNED or dtype in UNSIGNED
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in ALL:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(ALL)}")
+    return dtype
+
+
+def identity(op: str, dtype: str) -> float | int | bool:
+    """The neutral element of a reduction combiner: the value a reduction target starts at."""
+    if op == "+=":
+        return False if dtype == BOOL else (0.0 if is_float(dtype) else 0)
+    if op == "*=":
+        return True if dtype == BOOL else (1.0 if is_float(dtype) else 1)
+    if op == "max=":
+        return -math.inf if is_float(dtype) else _INT_RANGE[dtype][0]
+    if op == "min=":
+        return math.inf if is_float(dtype) else _INT_RANGE[dtype][1]
+    raise ValueError(f"{op!r} is not a reduction combiner")

@@ -1,0 +1,383 @@
+"""Expressions of the IR: constants, iterator values, loads and calls of pointwise operators.
+
+Expressions are immutable trees. Index expressions are ordinary expressions over iterators;
+:func:`affine_form` recognises the (quasi-)affine ones that the polyhedral view can represent
+exactly. Builders (:func:`add`, :func:`mul`, ...) fold constants and keep integer index
+arithmetic in a canonical affine form, so that equal indices print equally.
+
+.. autoclass:: Const
+.. autoclass:: Iter
+.. autoclass:: Load
+.. autoclass:: Call
+.. autofunction:: affine_form
+.. autofunction:: simplify_index
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from flashlight.ir import dtypes
+
+# {{{ operator table
+
+#: infix binary operators: op -> (symbol, precedence); higher binds tighter
+INFIX = {
+    "or": ("|", 1),
+    "and": ("&", 2),
+    "lt": ("<", 3), "le": ("<=", 3), "gt": (">", 3), "ge": (">=", 3), "eq": ("==", 3), "ne": ("!=", 3),
+    "add": ("+", 4), "sub": ("-", 4),
+    "mul": ("*", 5), "div": ("/", 5), "floordiv": ("//", 5), "mod": ("%", 5),
+}
+PREFIX = {"neg": ("-", 6), "not": ("~", 6)}
+UNARY_FUNCS = (
+    "exp", "exp2", "expm1", "log", "log2", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "erf",
+    "abs", "sin", "cos", "floor", "ceil", "round", "isnan", "isinf", "reciprocal",
+)
+BINARY_FUNCS = ("max", "min", "pow", "atan2")
+TERNARY_FUNCS = ("where",)
+CASTS = dtypes.ALL
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+LOGICAL = ("and", "or", "not")
+
+ARITY: dict[str, int] = {
+    **{op: 2 for op in INFIX}, **{op: 1 for op in PREFIX}, **{op: 1 for op in UNARY_FUNCS},
+    **{op: 2 for op in BINARY_FUNCS}, **{op: 3 for op in TERNARY_FUNCS}, **{op: 1 for op in CASTS},
+}
+
+# }}}
+
+
+# {{{ nodes
+
+class Expr:
+    """Base class of expression nodes."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        from flashlight.ir.printer import format_expr
+
+        return format_expr(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    """A literal of a given dtype. Equality is by printed value, so that NaN equals NaN."""
+
+    value: float | int | bool
+    dtype: str
+
+    def _key(self) -> tuple[str, str]:
+        return (repr(self.value), self.dtype)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Const) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:  # dataclass would otherwise install its own repr-based one
+        return Expr.__str__(self)
+
+
+@dataclass(frozen=True)
+class Iter(Expr):
+    """The current value of a loop iterator (an ``i64``)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    """``tensor[indices]``. An index that is not quasi-affine makes the access indirect."""
+
+    tensor: str
+    indices: tuple[Expr, ...]
+
+    def __str__(self) -> str:
+        return Expr.__str__(self)
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    """A pointwise operator applied to arguments; casts are calls named by their dtype."""
+
+    op: str
+    args: tuple[Expr, ...]
+
+    def __post_init__(self) -> None:
+        arity = ARITY.get(self.op)
+        if arity is None:
+            raise ValueError(f"unknown operator {self.op!r}")
+        if arity != len(self.args):
+            raise ValueError(f"operator {self.op!r} takes {arity} arguments, got {len(self.args)}")
+
+    def __str__(self) -> str:
+        return Expr.__str__(self)
+
+# }}}
+
+
+# {{{ constructors with folding
+
+def const(value: float | int | bool, dtype: str) -> Const:
+    dtypes.check_dtype(dtype)
+    if dtype == dtypes.BOOL:
+        return Const(bool(value), dtype)
+    if dtypes.is_float(dtype):
+        return Const(float(value), dtype)
+    return Const(int(value), dtype)
+
+
+def index(value: int) -> Const:
+    return Const(int(value), "i64")
+
+
+def _is_index_expr(e: Expr) -> bool:
+    return isinstance(e, Iter) or (isinstance(e, Const) and e.dtype == "i64") or (
+        isinstance(e, Call) and e.op in ("add", "sub", "mul", "floordiv", "mod", "neg")
+        and all(_is_index_expr(a) for a in e.args))
+
+
+def _affine_or_call(op: str, a: Expr, b: Expr | None = None) -> Expr:
+    args = (a,) if b is None else (a, b)
+    e = Call(op, args)
+    if all(_is_index_expr(x) for x in args):
+        form = affine_form(e)
+        if form is not None:
+            return from_affine(*form)
+    return e
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    return _affine_or_call("add", a, b)
+
+
+def sub(a: Expr, b: Expr) -> Expr:
+    return _affine_or_call("sub", a, b)
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    return _affine_or_call("mul", a, b)
+
+
+def neg(a: Expr) -> Expr:
+    if isinstance(a, Const) and a.dtype != dtypes.BOOL:
+        return Const(-a.value, a.dtype)
+    return _affine_or_call("neg", a)
+
+
+def floordiv(a: Expr, b: int) -> Expr:
+    return Call("floordiv", (a, index(b)))
+
+
+def mod(a: Expr, b: int) -> Expr:
+    return Call("mod", (a, index(b)))
+
+
+def call(op: str, *args: Expr) -> Expr:
+    """Build a call, folding casts of literals into typed literals."""
+    if op in CASTS and isinstance(args[0], Const):
+        return cast_const(args[0], op)
+    if op in ("add", "sub", "mul"):
+        return {"add": add, "sub": sub, "mul": mul}[op](*args)
+    if op == "neg":
+        return neg(args[0])
+    return Call(op, tuple(args))
+
+
+def cast_const(c: Const, dtype: str) -> Const:
+    v = c.value
+    if dtypes.is_float(dtype):
+        return Const(float(v), dtype)
+    if dtype == dtypes.BOOL:
+        return Const(bool(v), dtype)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise ValueError(f"cannot cast {v} to {dtype}")
+        v = int(v)  # C-style truncation, as torch does
+    return Const(int(v), dtype)
+
+# }}}
+
+
+# {{{ traversal
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, Call):
+        return e.args
+    return ()
+
+
+def walk(e: Expr) -> Iterator[Expr]:
+    """Pre-order traversal."""
+    yield e
+    for c in children(e):
+        yield from walk(c)
+
+
+def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
+    if isinstance(e, Load):
+        return e if kids == e.indices else Load(e.tensor, kids)
+    if isinstance(e, Call):
+        return e if kids == e.args else call(e.op, *kids)
+    return e
+
+
+def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
+    """Bottom-up rewrite: children first, then ``fn`` on the rebuilt node (None keeps it)."""
+    kids = tuple(rewrite(c, fn) for c in children(e))
+    node = rebuild(e, kids)
+    out = fn(node)
+    return node if out is None else out
+
+
+def free_iters(e: Expr) -> frozenset[str]:
+    return frozenset(x.name for x in walk(e) if isinstance(x, Iter))
+
+
+def loads(e: Expr) -> list[Load]:
+    return [x for x in walk(e) if isinstance(x, Load)]
+
+
+def substitute(e: Expr, mapping: Mapping[str, Expr]) -> Expr:
+    """Replace iterators by expressions."""
+    if not mapping:
+        return e
+    return rewrite(e, lambda x: mapping.get(x.name) if isinstance(x, Iter) else None)
+
+
+def dtype_of(e: Expr, tensor_dtypes: Mapping[str, str]) -> str:
+    if isinstance(e, Const):
+        return e.dtype
+    if isinstance(e, Iter):
+        return "i64"
+    if isinstance(e, Load):
+        return tensor_dtypes[e.tensor]
+    assert isinstance(e, Call)
+    if e.op in CASTS:
+        return e.op
+    if e.op in COMPARISONS or e.op in LOGICAL or e.op in ("isnan", "isinf"):
+        return dtypes.BOOL
+    if e.op == "where":
+        return dtype_of(e.args[1], tensor_dtypes)
+    return dtype_of(e.args[0], tensor_dtypes)
+
+# }}}
+
+
+# {{{ affine forms
+
+Affine = tuple[dict[str, int], int]
+
+
+def affine_form(e: Expr) -> Affine | None:
+    """``(coefficients, constant)`` if ``e`` is affine in iterators with integer coefficients."""
+    if isinstance(e, Iter):
+        return {e.name: 1}, 0
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if e.dtype == "i64" else None
+    if not isinstance(e, Call):
+        return None
+    if e.op == "neg":
+        f = affine_form(e.args[0])
+        return None if f is None else ({k: -v for k, v in f[0].items()}, -f[1])
+    if e.op in ("add", "sub"):
+        fa, fb = affine_form(e.args[0]), affine_form(e.args[1])
+        if fa is None or fb is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        coeffs = dict(fa[0])
+        for k, v in fb[0].items():
+            coeffs[k] = coeffs.get(k, 0) + sign * v
+        return {k: v for k, v in coeffs.items() if v != 0}, fa[1] + sign * fb[1]
+    if e.op == "mul":
+        fa, fb = affine_form(e.args[0]), affine_form(e.args[1])
+        if fa is None or fb is None:
+            return None
+        if not fa[0]:
+            fa, fb = fb, fa
+        if fb[0]:
+            return None  # product of two iterators: not affine
+        c = fb[1]
+        return {k: v * c for k, v in fa[0].items() if v * c != 0}, fa[1] * c
+    return None
+
+
+def from_affine(coeffs: Mapping[str, int], constant: int) -> Expr:
+    """Canonical expression: terms in the given order, positive terms first, then the constant."""
+    terms = [(k, v) for k, v in coeffs.items() if v != 0]
+    terms.sort(key=lambda kv: kv[1] < 0)  # stable: keeps order among positives and negatives
+    out: Expr | None = None
+    for name, c in terms:
+        mag = Iter(name) if abs(c) == 1 else Call("mul", (index(abs(c)), Iter(name)))
+        if out is None:
+            out = mag if c > 0 else Call("neg", (mag,))
+        else:
+            out = Call("add" if c > 0 else "sub", (out, mag))
+    if out is None:
+        return index(constant)
+    if constant > 0:
+        out = Call("add", (out, index(constant)))
+    elif constant < 0:
+        out = Call("sub", (out, index(-constant)))
+    return out
+
+
+def _bounds(form: Affine, ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+    lo = hi = form[1]
+    for name, c in form[0].items():
+        if name not in ranges:
+            return None
+        a, b = ranges[name]
+        lo += min(c * a, c * b)
+        hi += max(c * a, c * b)
+    return lo, hi
+
+
+def simplify_index(e: Expr, ranges: Mapping[str, tuple[int, int]]) -> Expr:
+    """Simplify floor division and modulo by constants using iterator ranges ``[lo, hi]``.
+
+    ``(c*q + r) // c == q`` and ``(c*q + r) % c == r`` when ``0 <= r < c`` on the range;
+    this undoes the linearise/delinearise pairs that reshapes produce.
+    """
+
+    def fold(x: Expr) -> Expr | None:
+        if not (isinstance(x, Call) and x.op in ("floordiv", "mod")):
+            return None
+        inner, divisor = x.args
+        if not isinstance(divisor, Const):
+            return None
+        c = int(divisor.value)
+        if c == 1:
+            return inner if x.op == "floordiv" else index(0)
+        if isinstance(inner, Call) and isinstance(inner.args[1], Const) and inner.op == x.op:
+            c1 = int(inner.args[1].value)
+            if x.op == "floordiv":  # (a // c1) // c == a // (c1*c)
+                return fold(Call("floordiv", (inner.args[0], index(c1 * c)))) or floordiv(inner.args[0], c1 * c)
+            if c1 % c == 0:  # (a % c1) % c == a % c when c divides c1
+                return fold(Call("mod", (inner.args[0], divisor))) or mod(inner.args[0], c)
+        form = affine_form(inner)
+        if form is None:
+            return None
+        q_coeffs = {k: v // c for k, v in form[0].items() if v % c == 0}
+        r_coeffs = {k: v for k, v in form[0].items() if v % c != 0}
+        q_const, r_const = divmod(form[1], c)
+        rb = _bounds((r_coeffs, r_const), ranges)
+        if rb is not None and 0 <= rb[0] and rb[1] < c:
+            return from_affine(q_coeffs, q_const) if x.op == "floordiv" else from_affine(r_coeffs, r_const)
+        if x.op == "mod" and (q_coeffs or q_const):  # multiples of c vanish under % c
+            return Call("mod", (from_affine(r_coeffs, r_const), divisor))
+        return None
+
+    return rewrite(e, fold)
+
+# }}}

@@ -1,0 +1,169 @@
+"""Programs: tensors and a tree of loops, guards and statements.
+
+All nodes are frozen dataclasses; transformations build new trees (``dataclasses.replace``).
+
+Semantics. A program runs its body in order. ``Loop`` runs its body for each value of its
+iterator in ``[lower, upper)``; its ``kind`` says what the body does across iterations:
+``parallel`` (no value flows between iterations), ``reduce`` (iterations fold into reduction
+targets) or ``seq`` (anything else). ``Guard`` runs its body where the condition holds.
+``Stmt`` evaluates ``expr`` and combines it into ``target``: ``=`` overwrites, a reduction
+combiner (``+=``, ``*=``, ``max=``, ``min=``) folds. Every element that a reduction statement
+folds into starts at the combiner's identity. A reduction with a ``scale`` is an *online*
+reduction: each step first rescales the accumulator, ``t = t*scale + expr`` for ``+=`` and
+``t = max(t + scale, expr)`` for ``max=`` (the partner operation of the combiner).
+
+After tiling, a loop carries its tile size, and after mapping it says where it runs:
+``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
+(all of it at once inside a tile). A ``local`` tensor lives in registers of one program;
+every other temporary is a global ``buffer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Union
+
+from flashlight.ir import dtypes
+from flashlight.ir.expr import Expr, Load
+
+LOOP_KINDS = ("parallel", "reduce", "seq")
+MAPPINGS = ("grid", "serial", "block")
+ROLES = ("input", "output", "temp")
+STORAGES = ("global", "local")
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str  # input | output | temp
+    storage: str = "global"  # global | local (registers of one program)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class Stmt:
+    name: str
+    target: Load
+    op: str  # "=" or a reduction combiner
+    expr: Expr
+    scale: Expr | None = None
+
+    @property
+    def is_reduction(self) -> bool:
+        return self.op in dtypes.REDUCTION_OPS
+
+
+@dataclass(frozen=True)
+class Loop:
+    iterator: str
+    lower: Expr
+    upper: Expr
+    kind: str
+    body: tuple[Node, ...]
+    tile: int | None = None
+    mapping: str | None = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    cond: Expr
+    body: tuple[Node, ...]
+
+
+Node = Union[Loop, Guard, Stmt]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """A legality decision a pass made: what, whether it was legal, and the evidence.
+
+    ``relation`` is the isl relation that was checked (or that blocked the transformation),
+    ``witness`` a concrete violating pair when it was illegal, ``lemma`` the algebraic fact
+    that licensed a rewrite.
+    """
+
+    transformation: str
+    legal: bool
+    reason: str
+    relation: str | None = None
+    witness: str | None = None
+    lemma: str | None = None
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    tensors: tuple[TensorDecl, ...]
+    body: tuple[Node, ...]
+    # Decisions of the passes that produced this program; not part of the printed IR.
+    proofs: tuple[Proof, ...] = field(default=(), compare=False)
+
+    @cached_property
+    def tensor_map(self) -> dict[str, TensorDecl]:
+        return {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> TensorDecl:
+        try:
+            return self.tensor_map[name]
+        except KeyError:
+            raise KeyError(f"program {self.name} has no tensor {name!r}") from None
+
+    @cached_property
+    def dtypes(self) -> dict[str, str]:
+        return {t.name: t.dtype for t in self.tensors}
+
+    @property
+    def inputs(self) -> tuple[TensorDecl, ...]:
+        return tuple(t for t in self.tensors if t.role == "input")
+
+    @property
+    def outputs(self) -> tuple[TensorDecl, ...]:
+        return tuple(t for t in self.tensors if t.role == "output")
+
+    @property
+    def temps(self) -> tuple[TensorDecl, ...]:
+        return tuple(t for t in self.tensors if t.role == "temp")
+
+    def statements(self) -> list[Stmt]:
+        return [s for s, _, _ in walk_stmts(self.body)]
+
+    def with_proofs(self, *proofs: Proof) -> Program:
+        return Program(self.name, self.tensors, self.body, self.proofs + tuple(proofs))
+
+    def replace(self, **changes) -> Program:
+        fields = {"name": self.name, "tensors": self.tensors, "body": self.body, "proofs": self.proofs}
+        fields.update(changes)
+        return Program(**fields)
+
+    def polyhedral(self):
+        """The isl view of this program (domains, accesses, schedule): see :mod:`flashlight.ir.poly`."""
+        from flashlight.ir.poly import PolyView
+
+        return PolyView.of(self)
+
+    def __str__(self) -> str:
+        from flashlight.ir.printer import format_program
+
+        return format_program(self)
+
+
+def walk_stmts(body: tuple[Node, ...], loops: tuple[Loop, ...] = (), guards: tuple[Expr, ...] = ()
+               ) -> Iterator[tuple[Stmt, tuple[Loop, ...], tuple[Expr, ...]]]:
+    """Each statement with its enclosing loops (outermost first) and guard conditions."""
+    for node in body:
+        if isinstance(node, Stmt):
+            yield node, loops, guards
+        elif isinstance(node, Loop):
+            yield from walk_stmts(node.body, loops + (node,), guards)
+        else:
+            yield from walk_stmts(node.body, loops, guards + (node.cond,))

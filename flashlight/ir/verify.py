@@ -1,0 +1,114 @@
+"""The verifier: rejects malformed programs with a message that names the offending part.
+
+.. autofunction:: verify
+.. autoexception:: VerificationError
+"""
+
+from __future__ import annotations
+
+from flashlight.ir import dtypes
+from flashlight.ir.expr import Expr, Iter, Load, dtype_of, walk
+from flashlight.ir.nodes import LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt
+from flashlight.ir.poly import aff_str, isl_name
+
+
+class VerificationError(ValueError):
+    """A program violates an invariant of the IR."""
+
+
+def verify(program: Program) -> Program:
+    """Check every invariant of the IR; returns the program so that calls can chain."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    for t in program.tensors:
+        if t.name in seen:
+            errors.append(f"tensor {t.name!r} is declared twice")
+        seen.add(t.name)
+        if not t.name.isidentifier():
+            errors.append(f"tensor name {t.name!r} is not an identifier")
+        if t.dtype not in dtypes.ALL:
+            errors.append(f"tensor {t.name!r} has unknown dtype {t.dtype!r}")
+        if t.role not in ROLES:
+            errors.append(f"tensor {t.name!r} has unknown role {t.role!r}")
+        if t.storage not in STORAGES:
+            errors.append(f"tensor {t.name!r} has unknown storage {t.storage!r}")
+        if t.storage == "local" and t.role != "temp":
+            errors.append(f"tensor {t.name!r} is a {t.role} and cannot be local")
+        if any((not isinstance(s, int)) or s < 0 for s in t.shape):
+            errors.append(f"tensor {t.name!r} has an invalid shape {t.shape}")
+    stmt_names: set[str] = set()
+    written: set[str] = set()
+    _verify_body(program, program.body, (), errors, stmt_names, written)
+    for t in program.outputs:
+        if t.name not in written:
+            errors.append(f"output {t.name!r} is never written")
+    if errors:
+        raise VerificationError(f"program {program.name} is malformed:\n  " + "\n  ".join(errors))
+    return program
+
+
+def _verify_expr(program: Program, e: Expr, bound: tuple[str, ...], where: str, errors: list[str]) -> None:
+    for x in walk(e):
+        if isinstance(x, Iter) and x.name not in bound:
+            errors.append(f"{where}: iterator {x.name!r} is not bound by an enclosing loop")
+        elif isinstance(x, Load):
+            t = program.tensor_map.get(x.tensor)
+            if t is None:
+                errors.append(f"{where}: load of undeclared tensor {x.tensor!r}")
+            elif len(x.indices) != len(t.shape):
+                errors.append(f"{where}: {x.tensor} has {len(t.shape)} dimensions, indexed with {len(x.indices)}")
+
+
+def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...], errors: list[str],
+                 stmt_names: set[str], written: set[str]) -> None:
+    for node in body:
+        if isinstance(node, Loop):
+            where = f"loop {node.iterator}"
+            if node.iterator in bound:
+                errors.append(f"{where}: iterator shadows an enclosing loop's iterator")
+            if node.kind not in LOOP_KINDS:
+                errors.append(f"{where}: unknown kind {node.kind!r}")
+            if node.mapping is not None and node.mapping not in MAPPINGS:
+                errors.append(f"{where}: unknown mapping {node.mapping!r}")
+            if node.tile is not None and node.tile < 1:
+                errors.append(f"{where}: tile size must be positive")
+            if not node.iterator.isidentifier() or isl_name(node.iterator) != node.iterator:
+                errors.append(f"{where}: {node.iterator!r} cannot name an iterator")
+            for b in (node.lower, node.upper):
+                _verify_expr(program, b, bound, where, errors)
+                if aff_str(b) is None:
+                    errors.append(f"{where}: bound {b} is not affine")
+            _verify_body(program, node.body, bound + (node.iterator,), errors, stmt_names, written)
+        elif isinstance(node, Guard):
+            _verify_expr(program, node.cond, bound, "guard", errors)
+            if dtype_of(node.cond, program.dtypes) != dtypes.BOOL:
+                errors.append(f"guard {node.cond} is not boolean")
+            _verify_body(program, node.body, bound, errors, stmt_names, written)
+        else:
+            _verify_stmt(program, node, bound, errors, stmt_names, written)
+
+
+def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list[str],
+                 stmt_names: set[str], written: set[str]) -> None:
+    where = f"statement {s.name}"
+    if s.name in stmt_names:
+        errors.append(f"{where}: name used twice")
+    stmt_names.add(s.name)
+    if s.op not in dtypes.ASSIGN_OPS:
+        errors.append(f"{where}: unknown operator {s.op!r}")
+    for e in (s.target, s.expr) + ((s.scale,) if s.scale is not None else ()):
+        _verify_expr(program, e, bound, where, errors)
+    t = program.tensor_map.get(s.target.tensor)
+    if t is None:
+        return
+    if t.role == "input":
+        errors.append(f"{where}: writes the input {t.name!r}")
+    written.add(t.name)
+    if s.scale is not None and s.op not in ("+=", "max="):
+        errors.append(f"{where}: only += and max= reductions can be rescaled")
+    try:
+        et = dtype_of(s.expr, program.dtypes)
+    except KeyError:
+        return
+    if et != t.dtype:
+        errors.append(f"{where}: assigns a {et} value to {t.name}: {t.dtype}; insert a cast")

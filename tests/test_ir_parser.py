@@ -1,0 +1,386 @@
+"""Tests of :mod:`flashlight.ir.parser`: printer round trips, structural equality and errors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from flashlight.ir import dtypes, parse
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load, call, const, index
+from flashlight.ir.nodes import Guard, Loop, Program, Stmt, TensorDecl
+from flashlight.ir.parser import ParseError, parse_expr, parse_program
+
+
+def roundtrip(p: Program) -> Program:
+    text = str(p)
+    q = parse_program(text)
+    assert str(q) == text
+    return q
+
+
+def x(*idx: Expr) -> Load:
+    return Load("x", tuple(idx))
+
+
+i0, i1, i2 = Iter("i0"), Iter("i1"), Iter("i2")
+
+
+# {{{ programs
+
+def attention() -> Program:
+    tensors = (
+        TensorDecl("q", "f32", (2, 7, 4), "input"),
+        TensorDecl("k", "bf16", (2, 5, 4), "input"),
+        TensorDecl("out0", "f32", (2, 7), "output"),
+        TensorDecl("out1", "f32", (), "output"),
+        TensorDecl("s", "f32", (2, 7, 5), "temp"),
+        TensorDecl("m", "f32", (2, 7), "temp", "local"),
+        TensorDecl("l", "f32", (2, 7), "temp", "local"),
+    )
+    s = Load("s", (i0, i1, i2))
+    m = Load("m", (i0, i1))
+    qk = call("mul", Load("q", (i0, i1, Iter("i3"))), call("f32", Load("k", (i0, i2, Iter("i3")))))
+    body = (
+        Loop("i0", index(0), index(2), "parallel", (
+            Loop("i1", index(0), index(7), "parallel", (
+                Loop("i2", index(0), index(5), "parallel", (
+                    Loop("i3", index(0), index(4), "reduce", (
+                        Stmt("S0", s, "+=", qk),
+                    )),
+                )),
+                Loop("i2", index(0), E.add(i1, index(1)), "reduce", (
+                    Guard(call("le", i2, i1), (
+                        Stmt("S1", m, "max=", call("mul", s, Const(0.5, "f32"))),
+                    )),
+                ), tile=16, mapping="serial"),
+                Loop("i2", index(0), index(5), "reduce", (
+                    Stmt("S2", Load("l", (i0, i1)), "+=", call("exp", call("sub", s, m)),
+                         scale=call("exp", call("neg", m))),
+                )),
+                Stmt("S3", Load("out0", (i0, i1)), "=", call("div", m, Load("l", (i0, i1)))),
+            ), tile=4, mapping="block"),
+        ), tile=1, mapping="grid"),
+        Stmt("S4", Load("out1", ()), "=", Const(-math.inf, "f32")),
+    )
+    return Program("attention", tensors, body)
+
+
+def test_roundtrip_attention() -> None:
+    p = attention()
+    q = roundtrip(p)
+    assert q == p
+    text = str(p)
+    assert "for i0 in 0:2 parallel tile 1 @grid\n" in text
+    assert "for i1 in 0:7 parallel tile 4 @block, i2 in 0:5 parallel tile 4 @block" not in text
+    assert "out1[] = -inf" in text
+    assert [t.role for t in q.tensors] == ["input", "input", "output", "output", "temp", "temp", "temp"]
+    assert q.tensor("m").storage == "local" and q.tensor("s").storage == "global"
+
+
+def test_multi_item_for_line() -> None:
+    inner = Stmt("S1", Load("o", (i0, i1, i2)), "=", Const(1.0, "f32"))
+    body = (Loop("i0", index(0), index(2), "parallel", (
+        Loop("i1", index(0), index(3), "parallel", (
+            Loop("i2", index(0), index(4), "parallel", (inner,), tile=2),
+        ), tile=2),
+    ), tile=2),)
+    p = Program("nest", (TensorDecl("o", "f32", (2, 3, 4), "output"),), body)
+    text = str(p)
+    assert text.splitlines()[1] == ("  for i0 in 0:2 parallel tile 2, i1 in 0:3 parallel tile 2, "
+                                    "i2 in 0:4 parallel tile 2")
+    assert roundtrip(p) == p
+
+
+def test_nested_for_lines_with_same_kind_are_merged() -> None:
+    text = ("program p() -> (o: f32[2,3])\n"
+            "  for i0 in 0:2 parallel\n"
+            "    for i1 in 0:3 parallel\n"
+            "      S1: o[i0,i1] = 1.0")
+    p = parse_program(text)
+    assert str(p) == ("program p() -> (o: f32[2,3])\n"
+                      "  for i0 in 0:2 parallel, i1 in 0:3 parallel\n"
+                      "    S1: o[i0,i1] = 1.0")
+    assert p == parse_program(str(p))
+
+
+def test_statement_ops_and_scalar_tensors() -> None:
+    tensors = (TensorDecl("a", "i32", (), "input"), TensorDecl("o", "i32", (), "output"))
+    body = tuple(Stmt(f"S{k}", Load("o", ()), op, Load("a", ()))
+                 for k, op in enumerate(dtypes.ASSIGN_OPS))
+    body += (Stmt("S9", Load("o", ()), "max=", Load("a", ()), scale=Const(3, "i32")),)
+    p = Program("scalars", tensors, body)
+    assert "S2: o[] *= a[]" in str(p) and "max= a[] rescale i32(3)" in str(p)
+    assert roundtrip(p) == p
+
+
+def test_guards_nested_and_empty_bodies() -> None:
+    cond = call("and", call("lt", i0, index(3)), call("not", call("eq", i0, index(1))))
+    body = (
+        Loop("i0", index(0), index(8), "seq", (
+            Guard(cond, (Guard(call("isnan", Load("x", (i0,))), (
+                Stmt("S1", Load("o", (i0,)), "=", Const(0.0, "f32")),)),)),
+            Guard(Const(True, "b1"), ()),
+            Loop("i1", index(0), index(0), "seq", ()),
+        )),
+        Loop("i9", index(1), index(2), "reduce", ()),
+    )
+    p = Program("g", (TensorDecl("x", "f32", (8,), "input"), TensorDecl("o", "f32", (8,), "output")), body)
+    assert "if i0 < 3 & ~(i0 == 1)" in str(p)
+    assert roundtrip(p) == p
+
+
+def test_empty_program() -> None:
+    p = Program("empty", (), ())
+    assert str(p) == "program empty() -> ()"
+    assert roundtrip(p) == p
+
+
+def test_affine_and_quasi_affine_bounds_and_indices() -> None:
+    lin = E.add(E.mul(index(3), i0), i1)
+    idx = (E.floordiv(lin, 3), E.mod(lin, 3), E.sub(E.neg(i0), index(2)), E.sub(E.mul(index(2), i1), i0))
+    body = (Loop("i0", index(0), index(4), "parallel", (
+        Loop("i1", E.sub(i0, index(1)), E.add(E.mul(index(2), i0), index(3)), "seq", (
+            Stmt("S1", Load("o", idx), "=", Load("x", (lin,))),
+        )),
+    )),)
+    tensors = (TensorDecl("x", "f32", (16,), "input"), TensorDecl("o", "f32", (4, 3, 4, 4), "output"))
+    p = Program("aff", tensors, body)
+    text = str(p)
+    assert "(3 * i0 + i1) // 3" in text and "-i0 - 2" in text and "2 * i1 - i0" in text
+    assert roundtrip(p) == p
+
+
+def test_names_that_look_like_keywords() -> None:
+    # Statement and tensor names may be keywords: a statement is 'NAME:', a load 'NAME['.
+    tensors = (TensorDecl("for", "f32", (2,), "input"), TensorDecl("inf", "f32", (2,), "input"),
+               TensorDecl("buffer", "f32", (2,), "output"), TensorDecl("exp", "f32", (2,), "temp"))
+    it = Iter("tile")
+    body = (Loop("tile", index(0), index(2), "parallel", (
+        Stmt("if", Load("exp", (it,)), "=", call("exp", Load("inf", (it,)))),
+        Stmt("for", Load("buffer", (it,)), "+=", Load("for", (it,)), scale=Load("exp", (it,))),
+    ), tile=2),)
+    p = Program("program", tensors, body)
+    assert roundtrip(p) == p
+
+
+def test_blank_lines_and_trailing_newline_are_ignored() -> None:
+    p = attention()
+    assert parse_program("\n" + str(p).replace("\n  buffer", "\n\n  buffer") + "\n") == p
+    assert parse(str(p)) == p
+
+# }}}
+
+
+# {{{ expressions
+
+a, b, c = Load("a", (i0,)), Load("b", (i0,)), Load("c", (i0,))
+
+
+@pytest.mark.parametrize("e, text", [
+    (call("sub", a, call("sub", b, c)), "a[i0] - (b[i0] - c[i0])"),
+    (call("sub", call("sub", a, b), c), "a[i0] - b[i0] - c[i0]"),
+    (call("div", a, call("mul", b, c)), "a[i0] / (b[i0] * c[i0])"),
+    (call("floordiv", a, call("mod", b, c)), "a[i0] // (b[i0] % c[i0])"),
+    (call("mul", call("add", a, b), c), "(a[i0] + b[i0]) * c[i0]"),
+    (call("or", a, call("or", b, c)), "a[i0] | (b[i0] | c[i0])"),
+    (call("lt", call("lt", a, b), c), "(a[i0] < b[i0]) < c[i0]"),
+    (call("eq", a, call("ne", b, c)), "a[i0] == (b[i0] != c[i0])"),
+    (call("and", call("ge", a, b), call("gt", b, c)), "a[i0] >= b[i0] & b[i0] > c[i0]"),
+    (call("neg", call("add", a, b)), "-(a[i0] + b[i0])"),
+    (call("neg", call("neg", a)), "--a[i0]"),
+    (call("not", call("not", a)), "~~a[i0]"),
+    (call("mul", call("neg", a), b), "-a[i0] * b[i0]"),
+    (call("sub", a, Const(-0.5, "f32")), "a[i0] - -0.5"),
+    (call("mul", Const(-2.0, "f32"), a), "-2.0 * a[i0]"),
+    (call("add", a, Const(1e-05, "f32")), "a[i0] + 1e-05"),
+    (call("mul", a, Const(1e20, "f64")), "a[i0] * f64(1e+20)"),
+    (call("max", a, Const(-math.inf, "bf16")), "max(a[i0], bf16(-inf))"),
+    (call("where", call("isinf", a), Const(math.nan, "f32"), Const(math.inf, "f32")),
+     "where(isinf(a[i0]), nan, inf)"),
+    (call("where", Const(True, "b1"), Const(False, "b1"), call("b1", a)), "where(true, false, b1(a[i0]))"),
+    (call("pow", call("exp2", a), call("atan2", b, c)), "pow(exp2(a[i0]), atan2(b[i0], c[i0]))"),
+    (const(0.5, "f16"), "f16(0.5)"),
+    (const(3, "i32"), "i32(3)"),
+    (const(-3, "u8"), "u8(-3)"),
+    (const(-0.0, "f32"), "-0.0"),
+    (const(-(2 ** 63), "i64"), "-9223372036854775808"),
+    (Call("neg", (Const(0.5, "f16"),)), "-f16(0.5)"),
+    (Call("neg", (Const(-2, "i64"),)), "--2"),
+    (call("neg", Const(True, "b1")), "-true"),
+    (call("not", Const(-1, "i8")), "~i8(-1)"),
+    (Load("s", ()), "s[]"),
+    (Load("s", (Load("idx", (i0,)), E.floordiv(E.add(E.mul(index(3), i0), i1), 3))),
+     "s[idx[i0],(3 * i0 + i1) // 3]"),
+    (E.sub(E.neg(E.mul(index(2), i0)), i1), "-(2 * i0) - i1"),
+    (E.add(i0, E.floordiv(i1, 4)), "i0 + i1 // 4"),
+    (E.mul(E.mod(i1, 4), index(3)), "i1 % 4 * 3"),
+    (call("add", Iter("inf_"), Iter("nan2")), "inf_ + nan2"),
+    (Load("inf", (Load("nan", ()),)), "inf[nan[]]"),
+])
+def test_expression_roundtrip(e: Expr, text: str) -> None:
+    assert str(e) == text
+    assert parse_expr(text) == e
+    assert str(parse_expr(text)) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("f16(0.5)", Const(0.5, "f16")),
+    ("bf16(-inf)", Const(-math.inf, "bf16")),
+    ("i32(3)", Const(3, "i32")),
+    ("f32(2)", Const(2.0, "f32")),
+    ("-0.5", Const(-0.5, "f32")),
+    ("-7", Const(-7, "i64")),
+    ("-inf", Const(-math.inf, "f32")),
+    ("nan", Const(math.nan, "f32")),
+    ("2 + 3 * i0 - i0", E.add(E.mul(index(2), i0), index(2))),
+    ("i0 * 3 + 1 - 1", E.mul(index(3), i0)),
+    ("-(i0 + 1)", E.sub(E.neg(i0), index(1))),
+    ("((a[i0]))", a),
+    ("  max( a[ i0 ] ,b[i0])  ", Call("max", (a, b))),
+    ("a[i0] < b[i0] == true", None),
+])
+def test_expression_values(text: str, expected: Expr | None) -> None:
+    if expected is None:
+        with pytest.raises(ParseError, match="cannot be chained"):
+            parse_expr(text)
+    else:
+        assert parse_expr(text) == expected
+
+
+def _random_expr(rng: random.Random, depth: int) -> Expr:
+    """A random expression built with the builders, as passes build them."""
+    if depth == 0 or rng.random() < 0.2:
+        kind = rng.randrange(6)
+        if kind == 0:
+            return Iter(rng.choice(["i0", "i1", "i2"]))
+        if kind == 1:
+            return index(rng.randint(-5, 5))
+        if kind == 2:
+            dtype = rng.choice(dtypes.FLOATS)
+            return const(rng.choice([0.5, -0.5, 1e-05, -0.0, 3.0, math.inf, -math.inf, math.nan]), dtype)
+        if kind == 3:
+            return const(rng.randint(-9, 9), rng.choice(dtypes.SIGNED + (dtypes.BOOL,)))
+        if kind == 4:
+            return Load("s", ())
+        return Load("x", tuple(_random_expr(rng, 1) for _ in range(rng.randint(1, 2))))
+    kind = rng.randrange(5)
+    if kind == 0:
+        op = rng.choice(list(E.INFIX))
+        if op in ("floordiv", "mod") and rng.random() < 0.5:
+            return {"floordiv": E.floordiv, "mod": E.mod}[op](_random_expr(rng, depth - 1), rng.randint(1, 4))
+        return call(op, _random_expr(rng, depth - 1), _random_expr(rng, depth - 1))
+    if kind == 1:
+        return call(rng.choice(list(E.PREFIX)), _random_expr(rng, depth - 1))
+    if kind == 2:
+        op = rng.choice(E.UNARY_FUNCS + E.CASTS)
+        arg = _random_expr(rng, depth - 1)
+        if op in E.CASTS and isinstance(arg, Const) and not math.isfinite(arg.value):
+            arg = Const(1.5, arg.dtype)  # inf and nan have no integer casts
+        return call(op, arg)
+    if kind == 3:
+        return call(rng.choice(E.BINARY_FUNCS), _random_expr(rng, depth - 1), _random_expr(rng, depth - 1))
+    return call("where", *(_random_expr(rng, depth - 1) for _ in range(3)))
+
+
+def test_random_builder_expressions_roundtrip() -> None:
+    rng = random.Random(1234)
+    for _ in range(2000):
+        e = _random_expr(rng, 4)
+        text = str(e)
+        parsed = parse_expr(text)
+        assert str(parsed) == text
+        assert parsed == e, text
+
+# }}}
+
+
+# {{{ errors
+
+def _error(text: str, expr: bool = False) -> ParseError:
+    with pytest.raises(ParseError) as info:
+        (parse_expr if expr else parse_program)(text)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert str(err).startswith(f"line {err.line}, column {err.column}: ")
+    return err
+
+
+HEAD = "program p(x: f32[4]) -> (o: f32[4])\n"
+
+
+@pytest.mark.parametrize("text, line, column, message", [
+    ("", 1, 1, "expected the header 'program NAME(...) -> (...)', found end of input"),
+    ("  for i in 0:4 parallel\n", 1, 3, "expected the header"),
+    ("prog p() -> ()", 1, 1, "expected the header 'program NAME(...) -> (...)', found 'prog'"),
+    ("program p(x: f33[4]) -> ()", 1, 14, "unknown dtype 'f33'; expected one of f64, f32"),
+    ("program p(x: f32[4) -> ()", 1, 19, "expected ']' after the shape, found ')'"),
+    ("program p(x: f32[4], ) -> ()", 1, 22, "expected a tensor name, found ')'"),
+    ("program p(x f32[4]) -> ()", 1, 13, "expected ':' after the tensor name, found 'f32'"),
+    ("program p() (o: f32[])", 1, 13, "expected '->' between inputs and outputs, found '('"),
+    ("program p() -> () extra", 1, 19, "expected end of line, found 'extra'"),
+    (HEAD + "  buffer t: f32[2.5]", 2, 17, "expected a dimension size, found '2.5'"),
+    (HEAD + "  for i in 0:4 parallel\n     S1: o[i] = x[i]", 3, 6,
+     "expected indentation by a multiple of 2 spaces, found 5 spaces"),
+    (HEAD + "  for i in 0:4 parallel\n\tS1: o[i] = x[i]", 3, 1, "expected spaces for indentation, found tab"),
+    (HEAD + "  for i in 0:4 parallel\n      S1: o[i] = x[i]", 3, 7,
+     "unexpected indentation: expected 4 spaces, found 6"),
+    (HEAD + "  S0: o[] = 1.0\n    S1: o[] = 2.0", 3, 5, "unexpected indentation: expected 2 spaces, found 4"),
+    (HEAD + "    S1: o[] = 2.0", 2, 5, "unexpected indentation: expected 2 spaces, found 4"),
+    (HEAD + "S1: o[] = 2.0", 2, 1, "expected a body line indented by 2 spaces or end of input, found 'S1'"),
+    (HEAD + "  for i in 0:4 paralel\n    S1: o[i] = x[i]", 2, 16,
+     "unknown loop kind 'paralel'; expected one of parallel, reduce, seq"),
+    (HEAD + "  for i in 0:4 parallel @gird\n    S1: o[i] = x[i]", 2, 26,
+     "unknown mapping 'gird'; expected one of grid, serial, block"),
+    (HEAD + "  for i in 0:4 parallel tile x\n    S1: o[i] = x[i]", 2, 30, "expected a tile size, found 'x'"),
+    (HEAD + "  for i in 0:4 parallel j in 0:4 seq", 2, 25,
+     "expected 'tile', '@', ',' or end of line after the loop, found 'j'"),
+    (HEAD + "  for i 0:4 parallel", 2, 9, "expected 'in' after the loop iterator, found '0'"),
+    (HEAD + "  for i in 0 4 parallel", 2, 14, "expected ':' between the loop bounds, found '4'"),
+    (HEAD + "  for i in 0:4", 2, 15, "expected a loop kind (parallel, reduce, seq), found end of line"),
+    (HEAD + "  for i in 0:4 parallel\n    S1: o[i,] = x[i]", 3, 13, "expected an expression, found ']'"),
+    (HEAD + "  for i in 0:4 parallel\n    S1: o[i = x[i]", 3, 13, "expected ']' after index list, found '='"),
+    (HEAD + "  S1: o[0 1] = 1.0", 2, 11, "expected ']' after index list, found '1'"),
+    (HEAD + "  S1: o[0] -= 1.0", 2, 12,
+     "expected an assignment operator (=, +=, *=, max=, min=), found '-'"),
+    (HEAD + "  S1: o = 1.0", 2, 7, "expected a target 'tensor[indices]', found 'o'"),
+    (HEAD + "  S1: o[0] = 1.0 scale 2.0", 2, 18, "expected 'rescale' or end of line, found 'scale'"),
+    (HEAD + "  S1: o[0] = 1.0 rescale 2.0)", 2, 29, "expected end of line, found ')'"),
+    (HEAD + "  S1: o[0] = foo(1.0)", 2, 14, "unknown function 'foo'; expected one of exp,"),
+    (HEAD + "  S1: o[0] = add(1.0, 2.0)", 2, 14, "unknown function 'add'; write the operator '+' instead"),
+    (HEAD + "  S1: o[0] = exp(1.0, 2.0)", 2, 14, "function 'exp' takes 1 argument, found 2"),
+    (HEAD + "  S1: o[0] = where(true, 1.0)", 2, 14, "function 'where' takes 3 arguments, found 2"),
+    (HEAD + "  S1: o[0] = f16()", 2, 14, "cast to f16 takes 1 argument, found 0"),
+    (HEAD + "  S1: o[0] = i32(nan)", 2, 14, "cannot cast nan to i32"),
+    (HEAD + "  S1: o[0] = 1.0 ^ 2.0", 2, 18, "unexpected character '^'"),
+    (HEAD + "  S1: o[0] = (1.0 + 2.0", 2, 24, "expected ')' to close the parenthesis, found end of line"),
+    (HEAD + "  S1: o[0] = 1.0 +", 2, 19, "expected an expression, found end of line"),
+    (HEAD + "  if 0 < 1 < 2\n    S1: o[0] = 1.0", 2, 12, "comparisons cannot be chained; found '<'"),
+    (HEAD + "  S1: o[0] = 1.0\n  buffer t: f32[2]", 3, 3,
+     "tensor declarations must come right after the header, found 'buffer'"),
+    (HEAD + "  while i\n", 2, 3,
+     "expected a statement 'NAME: tensor[indices] OP expr', 'for' or 'if', found 'while'"),
+])
+def test_program_errors(text: str, line: int, column: int, message: str) -> None:
+    err = _error(text)
+    assert (err.line, err.column) == (line, column), str(err)
+    assert message in str(err)
+
+
+@pytest.mark.parametrize("text, column, message", [
+    ("a[i0,", 6, "expected an expression, found end of line"),
+    ("a[i0 i1]", 6, "expected ']' after index list, found 'i1'"),
+    ("  a[i0] )", 9, "expected end of line, found ')'"),
+    ("max(a[i0] b[i0])", 11, "expected ')' after the arguments, found 'b'"),
+    ("a[i0] == b[i0] != c[i0]", 16, "comparisons cannot be chained"),
+    ("", 1, "expected an expression, found end of line"),
+    ("a[i0] $ 2", 7, "unexpected character '$'"),
+])
+def test_expression_errors(text: str, column: int, message: str) -> None:
+    err = _error(text, expr=True)
+    assert (err.line, err.column) == (1, column), str(err)
+    assert message in err.message
+
+# }}}
