@@ -1,0 +1,125 @@
+"""Capture through PyTorch's own tracing: Dynamo for Python, AOT autograd for aten.
+
+Dynamo turns a Python function into FX graphs (breaking the graph where Python does something
+it cannot trace), guards each graph on the shapes, dtypes, devices and strides of its inputs,
+and recompiles when they change. AOT autograd functionalises each graph and decomposes it to
+aten with :func:`decompositions` (softmax becomes ``amax, sub, exp, sum, div``); we compile its
+forward graph and run its backward graph eagerly, so gradients stay correct.
+
+.. autofunction:: make_backend
+.. autofunction:: capture_graphs
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+aten = torch.ops.aten
+
+# A compiler callback: (aten graph, example inputs, input names) -> runner taking a list of tensors.
+GraphCompiler = Callable[[fx.GraphModule, Sequence[Any], list[str]], Callable[[list], Any]]
+
+
+@functools.lru_cache(maxsize=1)
+def decompositions() -> dict:
+    """Core aten decompositions, plus softmax and log_softmax (which core aten keeps whole)."""
+    from torch._decomp import core_aten_decompositions, get_decompositions
+
+    table = dict(core_aten_decompositions())
+    table.update(get_decompositions([aten._softmax, aten._log_softmax, aten.gelu, aten.silu]))
+    # these lift directly, better than their decompositions
+    for op in (aten.gelu.default, aten.silu.default):
+        table.pop(op, None)
+    return table
+
+
+def _input_names(gm: fx.GraphModule) -> list[str]:
+    """User-facing names of a Dynamo graph's inputs: ``l_q_`` -> ``q``."""
+    names = []
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        name = n.name
+        for prefix in ("l_", "L_", "g_", "G_"):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        name = name.rstrip("_") or n.name
+        names.append(name)
+    return names
+
+
+def make_backend(compile_graph: GraphCompiler) -> Callable:
+    """A Dynamo backend that hands each forward aten graph to ``compile_graph``."""
+    from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
+
+    def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        user_names = _input_names(gm)
+        params = [name for name, _ in gm.named_parameters()] + [name for name, _ in gm.named_buffers()]
+
+        def fw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
+            n_in = len([n for n in aten_gm.graph.nodes if n.op == "placeholder"])
+            names = [p.replace(".", "_") for p in params] + user_names
+            if len(names) != n_in:
+                names = [f"arg{k}" for k in range(n_in)]
+            runner = compile_graph(aten_gm, aten_inputs, names)
+            return make_boxed_func(runner) if not getattr(runner, "_boxed_call", False) else runner
+
+        def bw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
+            return make_boxed_func(aten_gm.forward)
+
+        return aot_module_simplified(gm, example_inputs, fw_compiler=fw, bw_compiler=bw,
+                                     decompositions=decompositions())
+
+    return backend
+
+
+@dataclass
+class CapturedGraph:
+    graph_module: fx.GraphModule
+    example_inputs: list[Any]
+    input_names: list[str]
+
+
+def fresh_copy(fn: Callable) -> Callable:
+    """A copy of ``fn`` with its own code object, hence its own Dynamo cache."""
+    if isinstance(fn, types.FunctionType):
+        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                  fn.__closure__)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        return functools.wraps(fn)(copy)
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(fresh_copy(fn.__func__), fn.__self__)
+    return fn
+
+
+def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None) -> tuple[list[CapturedGraph], Any]:
+    """The aten graphs of ``fn(*args, **kwargs)`` and the (eager) result.
+
+    The function runs once, through its captured graphs in eager PyTorch: no kernel is
+    generated or launched.
+    """
+    graphs: list[CapturedGraph] = []
+
+    def record(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
+        graphs.append(CapturedGraph(gm, list(example_inputs), names))
+        return make_eager_runner(gm)
+
+    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=False)
+    result = compiled(*args, **(kwargs or {}))
+    return graphs, result
+
+
+def make_eager_runner(gm: fx.GraphModule) -> Callable[[list], Any]:
+    def run(args: list) -> Any:
+        return gm(*args)
+
+    run._boxed_call = True  # type: ignore[attr-defined]
+    return run
