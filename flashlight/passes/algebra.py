@@ -1,0 +1,196 @@
+"""The algebraic lemma behind the online rewrite, checked symbolically with sympy.
+
+A reduction ``z = ⊕_j F(x_j, y)`` that reads the final value ``y`` of another reduction can be
+computed in the same loop as ``y`` if
+
+(a) ``⊕`` has a partner ``⊗`` that distributes over it: ``(+, ×)`` or ``(max, +)``;
+(b) ``F`` separates: ``F(x, y) = G(x) ⊗ H(y)``, checked as
+    ``F(x,y) ⊗ F(x0,y0) ≡ F(x,y0) ⊗ F(x0,y)`` (RedFuser's test);
+(c) ``H`` is invertible, so the running accumulator is repaired at each step by
+    ``c = H(y_new) ⊗ H(y_old)^-1``, obtained as one simplified expression
+    ``F(x0, y_new) ⊘ F(x0, y_old)`` that must not depend on ``x0``.
+
+Then ``z_k = (z_{k-1} ⊗ c_k) ⊕ F(x_k, y_k)`` is, by distributivity, ``⊕_{j<=k} G(x_j) ⊗ H(y_k)``
+at every step, and equals ``z`` at the last. Subexpressions of ``F`` that do not involve ``y``
+become opaque symbols (they are the ``x``); float casts are rounding, the identity in exact
+arithmetic. ``sum(tanh(x - max(x)))`` fails (b), so it is not fused.
+
+.. autofunction:: online_lemma
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import random
+
+import sympy as sp
+
+from flashlight.ir import dtypes
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Call, Const, Expr, Load
+
+PARTNER = {"+=": "*", "max=": "+"}
+
+
+class NotSeparable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Lemma:
+    combiner: str
+    partner: str
+    F: str        # F with opaque symbols, as sympy prints it
+    c: sp.Expr    # the rescale factor in the symbols y_old_<k>, y_new_<k>
+    running: tuple[Load, ...]
+
+    def statement(self) -> str:
+        ys = ", ".join(str(y) for y in self.running)
+        check = ("F(x,y)*F(x0,y0) - F(x,y0)*F(x0,y) == 0" if self.partner == "*"
+                 else "F(x,y)+F(x0,y0) - F(x,y0)-F(x0,y) == 0")
+        return (f"F = {self.F} separates over ({self.combiner[:-1]}, {self.partner}) in y = {ys} "
+                f"[{check}]; rescale c = {self.c}")
+
+
+class _ToSympy:
+    def __init__(self, running: tuple[Load, ...]) -> None:
+        self.running = running
+        self.opaque: dict[Expr, sp.Symbol] = {}
+        self.y = [sp.Symbol(f"y{k}", real=True) for k in range(len(running))]
+
+    def __call__(self, e: Expr) -> sp.Expr:
+        if e in self.running:
+            return self.y[self.running.index(e)]
+        if not any(ld in self.running for ld in E.loads(e)):
+            if isinstance(e, Const) and not isinstance(e.value, bool):
+                return sp.nsimplify(e.value) if abs(e.value) != float("inf") else (
+                    sp.oo if e.value > 0 else -sp.oo)
+            sym = self.opaque.get(e)
+            if sym is None:
+                sym = self.opaque[e] = sp.Symbol(f"x{len(self.opaque)}", real=True)
+            return sym
+        if not isinstance(e, Call):
+            raise NotSeparable(f"{e} reads the running value through an index")
+        a = [self(x) for x in e.args]
+        op = e.op
+        if op in dtypes.FLOATS:
+            return a[0]  # rounding: the identity in exact arithmetic
+        table = {
+            "add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+            "div": lambda: a[0] / a[1], "neg": lambda: -a[0], "exp": lambda: sp.exp(a[0]),
+            "exp2": lambda: sp.Integer(2) ** a[0], "log": lambda: sp.log(a[0]),
+            "pow": lambda: a[0] ** a[1], "reciprocal": lambda: 1 / a[0], "sqrt": lambda: sp.sqrt(a[0]),
+            "tanh": lambda: sp.tanh(a[0]), "sigmoid": lambda: 1 / (1 + sp.exp(-a[0])),
+            "max": lambda: sp.Max(a[0], a[1]), "min": lambda: sp.Min(a[0], a[1]),
+        }
+        if op not in table:
+            raise NotSeparable(f"{op} of the running value has no symbolic form")
+        return table[op]()
+
+
+def online_lemma(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma | None:
+    """The lemma for ``z combiner= F`` with ``running`` the loads of the other reductions."""
+    partner = PARTNER.get(combiner)
+    if partner is None:
+        return None
+    conv = _ToSympy(running)
+    try:
+        f = conv(F)
+    except NotSeparable:
+        return None
+    xs = list(conv.opaque.values())
+    x0 = {x: sp.Symbol(f"{x.name}_0", real=True) for x in xs}
+    y0 = {y: sp.Symbol(f"{y.name}_0", real=True) for y in conv.y}
+
+    def at(expr: sp.Expr, xmap: Mapping, ymap: Mapping) -> sp.Expr:
+        return expr.xreplace({**xmap, **ymap})
+
+    same_x = {x: x for x in xs}
+    same_y = {y: y for y in conv.y}
+    if partner == "*":
+        residue = at(f, same_x, same_y) * at(f, x0, y0) - at(f, same_x, y0) * at(f, x0, same_y)
+    else:
+        residue = at(f, same_x, same_y) + at(f, x0, y0) - at(f, same_x, y0) - at(f, x0, same_y)
+    if not _is_zero(residue):
+        return None
+    y_old = {y: sp.Symbol(f"y_old_{k}", real=True) for k, y in enumerate(conv.y)}
+    y_new = {y: sp.Symbol(f"y_new_{k}", real=True) for k, y in enumerate(conv.y)}
+    if partner == "*":
+        c = sp.powsimp(sp.expand_power_exp(at(f, x0, y_new) / at(f, x0, y_old)), force=True)
+        if c.free_symbols & set(x0.values()):
+            c = sp.simplify(c)
+    else:
+        c = sp.simplify(at(f, x0, y_new) - at(f, x0, y_old))
+    if c.free_symbols & set(x0.values()) or c.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        return None
+    return Lemma(combiner, partner, str(f), c, running)
+
+
+def _is_zero(e: sp.Expr) -> bool:
+    """Symbolic zero test, after a quick numeric refutation at random points."""
+    rng = random.Random(0)
+    syms = sorted(e.free_symbols, key=lambda s: s.name)
+    for _ in range(3):
+        point = {s: sp.Float(rng.uniform(-2.0, 2.0)) for s in syms}
+        try:
+            val = complex(e.xreplace(point).evalf())
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if abs(val) > 1e-9 * (1 + abs(val)):
+            return False
+    e = sp.expand(sp.powsimp(sp.expand(e), force=True))
+    if e == 0:
+        return True
+    return sp.simplify(e) == 0
+
+
+def to_ir(c: sp.Expr, y_old: list[Expr], y_new: list[Expr], dtype: str) -> Expr:
+    """The rescale factor as an IR expression over the old and new running values."""
+    sym = {}
+    for k in range(len(y_old)):
+        sym[sp.Symbol(f"y_old_{k}", real=True)] = y_old[k]
+        sym[sp.Symbol(f"y_new_{k}", real=True)] = y_new[k]
+
+    def conv(e: sp.Expr) -> Expr:
+        if e in sym:
+            return sym[e]
+        if e.is_Number:
+            return E.const(float(e), dtype)
+        if isinstance(e, sp.exp):
+            return E.call("exp", conv(e.args[0]))
+        if isinstance(e, sp.Pow):
+            base, ex = e.args
+            if base == 2:
+                return E.call("exp2", conv(ex))
+            if ex == -1:
+                return E.call("div", E.const(1.0, dtype), conv(base))
+            return E.call("pow", conv(base), conv(ex))
+        if isinstance(e, sp.Add):
+            pos = [t for t in e.args if not _negative(t)]
+            neg = [t for t in e.args if _negative(t)]
+            out = conv(pos[0]) if pos else None
+            for t in pos[1:]:
+                out = E.call("add", out, conv(t))
+            for t in neg:
+                out = E.call("sub", out, conv(-t)) if out is not None else E.call("neg", conv(-t))
+            return out  # type: ignore[return-value]
+        if isinstance(e, sp.Mul):
+            num = [t for t in e.args if not (isinstance(t, sp.Pow) and t.args[1] == -1)]
+            den = [t.args[0] for t in e.args if isinstance(t, sp.Pow) and t.args[1] == -1]
+            if num and num[0] == -1:
+                return E.call("neg", conv(sp.Mul(*num[1:], *[1 / d for d in den])))
+            out = conv(num[0]) if num else E.const(1.0, dtype)
+            for t in num[1:]:
+                out = E.call("mul", out, conv(t))
+            for t in den:
+                out = E.call("div", out, conv(t))
+            return out
+        raise NotSeparable(f"cannot express {e} in the IR")
+
+    return conv(c)
+
+
+def _negative(t: sp.Expr) -> bool:
+    return t.could_extract_minus_sign()

@@ -1,0 +1,82 @@
+"""Contract temporaries into registers: decide which intermediates never touch global memory.
+
+A temporary of a kernel is *local* (held in the registers of one program) when nothing outside
+the kernel touches it and every access indexes it with the same plain iterators, each mapped
+the same way at every access: a grid iterator (the program owns that slice), a block iterator
+(the slice lies whole inside the program) or the same serial loop (the value lives for one
+iteration of that loop, as the score tile ``s[i, j]`` of attention does). Then every value read
+was written by the same program, at the same point of the same loop iteration or earlier, so
+keeping it in registers preserves it. Everything else stays a global ``buffer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Iter
+from flashlight.ir.nodes import Loop, Node, Program, Proof, walk_stmts
+
+name = "contract-buffers"
+
+
+def local_temps(program: Program, nest: Node) -> set[str]:
+    """Temporaries of ``nest`` that can live in registers."""
+    inside: dict[str, list[tuple[tuple, dict[str, Loop]]]] = {}
+    for stmt, loops, _ in walk_stmts((nest,)):
+        ctx = {l.iterator: l for l in loops}
+        for ld in [stmt.target] + E.loads(stmt.expr) + (E.loads(stmt.scale) if stmt.scale is not None else []):
+            inside.setdefault(ld.tensor, []).append((ld.indices, ctx))
+    outside: set[str] = set()
+    for other in program.body:
+        if other is nest:
+            continue
+        for stmt, _, _ in walk_stmts((other,)):
+            outside.add(stmt.target.tensor)
+            for e in [stmt.expr] + ([stmt.scale] if stmt.scale is not None else []):
+                outside.update(ld.tensor for ld in E.loads(e))
+    local = set()
+    for t, accesses in inside.items():
+        decl = program.tensor_map.get(t)
+        if decl is None or decl.role != "temp" or t in outside:
+            continue
+        if _consistent(accesses):
+            local.add(t)
+    return local
+
+
+def _consistent(accesses: list[tuple[tuple, dict[str, Loop]]]) -> bool:
+    first = accesses[0][0]
+    if not all(isinstance(i, Iter) for i in first):
+        return False
+    for idx, ctx in accesses:
+        if idx != first:
+            return False
+    ref_ctx = accesses[0][1]
+    for i in first:
+        ref = ref_ctx.get(i.name)  # type: ignore[union-attr]
+        if ref is None or ref.mapping is None:
+            return False
+        for _, ctx in accesses:
+            l = ctx.get(i.name)  # type: ignore[union-attr]
+            if l is None or l.mapping != ref.mapping:
+                return False
+            if ref.mapping == "serial" and l is not ref:
+                return False
+            if ref.mapping == "block" and l.upper != ref.upper:
+                return False
+    return True
+
+
+def contract_buffers(program: Program) -> Program:
+    """Mark the temporaries each kernel can keep in registers as ``local``."""
+    local: set[str] = set()
+    for nest in program.body:
+        local |= local_temps(program, nest)
+    if not local:
+        return program
+    tensors = tuple(replace(t, storage="local") if t.name in local else t for t in program.tensors)
+    proof = Proof("contract " + ", ".join(sorted(local)), True,
+                  "every access indexes the temporary with the same grid, block or serial-loop iterators "
+                  "of one kernel, so each value is produced and consumed inside one program")
+    return program.replace(tensors=tensors).with_proofs(proof)

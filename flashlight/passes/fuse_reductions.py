@@ -1,0 +1,562 @@
+"""Fuse nests into kernels, rewriting dependent reductions into online form where that is legal.
+
+Input: a program in the lifted form, one statement per top-level nest. Output: one top-level
+nest per *kernel*, each loop mapped:
+
+* ``@grid`` loops: the iterators parallel in every statement of the kernel (one program each);
+* ``@serial`` loops: inside a program, in *phases*; a phase loops over the iterator that couples
+  its statements (one shared by several statements and reduced by one of them), or over an
+  iterator too large to hold in one block;
+* ``@block`` loops: the remaining iterators, whole inside a program (a head dimension).
+
+Statements are taken in program order. Each joins the current kernel if (1) the kernel keeps a
+grid, (2) isl finds no dependence that the fused schedule runs backwards (``deps ∩
+lex_ge(fused) = ∅``) nor one between different grid points, and (3) every temporary both
+written and read inside the kernel can stay in the registers of one program. Inside a kernel, a
+statement joins the current phase's loop if that is legal as is; if isl refuses because the
+statement reads the *final* value of a reduction of that loop (the witness
+``S9[.., j = last] -> S12[.., j']``), the online rewrite is tried: the algebraic lemma of
+:mod:`flashlight.passes.algebra` must hold, and isl must accept the fused schedule for the
+rewritten program with its running values expanded into single-assignment form
+(``y_run[p, j+1] = y_run[p, j] ⊕ g(x_j)``; readers use ``y_run[p, j]`` and ``y_run[p, j+1]``).
+Otherwise the statement opens a new phase: a second pass over the same loop in the same kernel.
+
+The rewritten statement reads the running value and carries the repair factor as its
+``rescale``; a copy ``y_prev = y`` before the running reduction keeps the old value. For a
+running ``max``, the new value enters ``F`` and the rescale through ``where(y == -inf, 0, y)``:
+any finite reference keeps the invariant ``z = ⊕ G(x_j) ⊗ H(ref)``, and while ``y`` is still
+``-inf`` the accumulator is the identity, so ``exp(-inf - ref) = 0`` repairs it safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import islpy as isl
+
+from flashlight.ir import dtypes
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Const, Expr, Iter, Load
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.poly import PolyView, isl_name
+from flashlight.passes import algebra
+from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
+                                           violations, witness)
+from flashlight.passes.tree import fresh_tensor_name
+
+name = "fuse-reductions"
+
+BLOCK_LIMIT = 128
+
+
+# {{{ statements in their own nests
+
+@dataclass(frozen=True)
+class Rec:
+    stmt: Stmt
+    loops: tuple[Loop, ...]
+    guards: tuple[Expr, ...]
+
+    @property
+    def name(self) -> str:
+        return self.stmt.name
+
+    @property
+    def its(self) -> tuple[str, ...]:
+        return tuple(l.iterator for l in self.loops)
+
+    def extent(self, it: str) -> int:
+        return int(self.loop(it).upper.value)  # type: ignore[union-attr]
+
+    def loop(self, it: str) -> Loop:
+        return next(l for l in self.loops if l.iterator == it)
+
+    @property
+    def parallel(self) -> tuple[str, ...]:
+        return tuple(l.iterator for l in self.loops if l.kind == "parallel")
+
+
+def _records(program: Program) -> list[Rec] | None:
+    recs = []
+    for nest in program.body:
+        found = list(walk_stmts((nest,)))
+        if len(found) != 1:
+            return None
+        stmt, loops, guards = found[0]
+        if any(not (isinstance(l.lower, Const) and l.lower.value == 0 and isinstance(l.upper, Const))
+               for l in loops):
+            return None
+        recs.append(Rec(stmt, loops, guards))
+    return recs
+
+# }}}
+
+
+# {{{ plans
+
+@dataclass
+class Phase:
+    loops: tuple[str, ...]
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    grid: tuple[str, ...]
+    phases: list[Phase]
+    recs: list[Rec]
+    serial: dict[str, tuple[str, ...]]  # statement -> its serial iterators
+    block: dict[str, tuple[str, ...]]   # statement -> its block iterators
+
+
+@dataclass(frozen=True)
+class Running:
+    """A reduction whose running value is read inside its own loop by rewritten statements."""
+
+    stmt: str
+    tensor: str
+    loop: str
+    extent: int
+    prev: str       # temporary holding the value before the current step
+    readers: frozenset[str]
+
+
+def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, dict] | None:
+    """Grid iterators and, per statement, serial and block iterators."""
+    first = recs[0]
+    grid = tuple(it for it in first.its
+                 if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
+    if len(recs) > 1 and not grid:
+        return None
+    count: dict[str, int] = {}
+    reduced: set[str] = set()
+    for r in recs:
+        for l in r.loops:
+            if l.iterator not in grid:
+                count[l.iterator] = count.get(l.iterator, 0) + 1
+                if l.kind == "reduce":
+                    reduced.add(l.iterator)
+    serial, block = {}, {}
+    for r in recs:
+        rest = [it for it in r.its if it not in grid]
+        s = tuple(it for it in rest if (count[it] > 1 and it in reduced) or r.extent(it) > block_limit)
+        serial[r.name] = s
+        block[r.name] = tuple(it for it in rest if it not in s)
+    return grid, serial, block
+
+# }}}
+
+
+# {{{ the analysed program: rewritten statements with running values expanded
+
+def _combine(op: str, a: Expr, b: Expr) -> Expr:
+    return {"+=": lambda: E.call("add", a, b), "*=": lambda: E.call("mul", a, b),
+            "max=": lambda: E.call("max", a, b), "min=": lambda: E.call("min", a, b)}[op]()
+
+
+def _guarded(guards: tuple[Expr, ...], value: Expr, identity: Expr) -> Expr:
+    for g in guards:
+        value = E.call("where", g, value, identity)
+    return value
+
+
+def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt],
+                     running: dict[str, Running]) -> Program:
+    """The program whose dependences license the fused schedule.
+
+    Rewritten statements replace their originals, and each running value ``y`` becomes the
+    single-assignment ``y_run[p, j]`` (the value after ``j`` steps): the running reduction writes
+    ``y_run[p, j+1]`` from ``y_run[p, j]`` at every ``j``; inside the loop, rewritten readers read
+    ``y_run[p, j+1]`` for ``y`` and ``y_run[p, j]`` for ``y_prev``; everyone else reads the final
+    ``y_run[p, N]``.
+    """
+    if not running:
+        body = tuple(_nest(r.loops, r.guards, rewrites.get(r.name, r.stmt)) for r in recs)
+        return program.replace(body=body)
+    tensors = list(program.tensors)
+    run_of = {}
+    for y, info in running.items():
+        decl = program.tensor(y)
+        rname = fresh_tensor_name(program.replace(tensors=tuple(tensors)), y + "_run")
+        tensors.append(TensorDecl(rname, decl.dtype, decl.shape + (info.extent + 1,), "temp"))
+        run_of[y] = rname
+        tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
+    body: list[Node] = []
+    for r in recs:
+        stmt = rewrites.get(r.name, r.stmt)
+        by_stmt = {info.stmt: (y, info) for y, info in running.items()}
+        if r.name in by_stmt:
+            y, info = by_stmt[r.name]
+            p = stmt.target.indices
+            j = Iter(info.loop)
+            old = Load(run_of[y], p + (j,))
+            new = Load(run_of[y], p + (E.add(j, E.index(1)),))
+            ident = E.const(dtypes.identity(stmt.op, program.tensor(y).dtype), program.tensor(y).dtype)
+            term = _guarded(r.guards, _redirect(stmt.expr, running, run_of, r.name), ident)
+            if stmt.scale is not None:
+                scale = _redirect(stmt.scale, running, run_of, r.name)
+                old = E.call("mul" if stmt.op == "+=" else "add", old, scale)
+            body.append(_nest(r.loops, (), Stmt(stmt.name, new, "=", _combine(stmt.op, old, term))))
+            continue
+
+        def redirect(e: Expr, name: str = r.name) -> Expr:
+            return _redirect(e, running, run_of, name)
+        new_stmt = replace(stmt, expr=redirect(stmt.expr),
+                           scale=None if stmt.scale is None else redirect(stmt.scale))
+        body.append(_nest(r.loops, r.guards, new_stmt))
+    return program.replace(tensors=tuple(tensors), body=tuple(body))
+
+
+def _redirect(e: Expr, running: dict[str, Running], run_of: dict[str, str], reader: str) -> Expr:
+    prev_of = {info.prev: y for y, info in running.items()}
+
+    def fold(x: Expr) -> Expr | None:
+        if not isinstance(x, Load):
+            return None
+        if x.tensor in running:
+            info = running[x.tensor]
+            if reader in info.readers or reader == info.stmt:
+                return Load(run_of[x.tensor], x.indices + (E.add(Iter(info.loop), E.index(1)),))
+            return Load(run_of[x.tensor], x.indices + (E.index(info.extent),))
+        if x.tensor in prev_of:
+            y = prev_of[x.tensor]
+            return Load(run_of[y], x.indices + (Iter(running[y].loop),))
+        return None
+
+    return E.rewrite(e, fold)
+
+
+def _nest(loops: tuple[Loop, ...], guards: tuple[Expr, ...], stmt: Stmt) -> Node:
+    node: Node = stmt
+    for g in reversed(guards):
+        node = Guard(g, (node,))
+    for l in reversed(loops):
+        node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
+    return node
+
+# }}}
+
+
+# {{{ schedules
+
+@dataclass
+class Layout:
+    """Where every statement goes: planned groups, then the rest in their own nests."""
+
+    groups: list[Group]
+    rest: list[Rec]
+
+    def schedule(self, view: PolyView) -> isl.UnionMap:
+        rows: list[tuple[str, list[str]]] = []
+        for g, grp in enumerate(self.groups):
+            for p, phase in enumerate(grp.phases):
+                for k, s in enumerate(phase.members):
+                    rows.append((s, [str(g)] + list(grp.grid) + ["|"] + [str(p)] + list(grp.serial[s])
+                                 + ["|"] + [str(k)] + list(grp.block[s])))
+        for r in self.rest:
+            g = len(self.groups) + self.rest.index(r)
+            rows.append((r.name, [str(g)] + list(r.its) + ["|", "0", "|", "0"]))
+        # pad each section to a common width: [group, grid..., phase, serial..., pos, block...]
+        sections = [row[1] for row in rows]
+        split = [_sections(s) for s in sections]
+        widths = [max(len(sp[k]) for sp in split) for k in range(3)]
+        out = isl.UnionMap("{ }")
+        for (stmt, _), parts in zip(rows, split):
+            dims: list[str] = []
+            for k, part in enumerate(parts):
+                dims += [isl_name(x) for x in part] + ["0"] * (widths[k] - len(part))
+            sv = view.stmts[stmt]
+            space = f"{isl_name(stmt)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
+            m = isl.Map(f"{{ {space} -> [{', '.join(dims)}] }}").intersect_domain(sv.domain)
+            out = out.union(isl.UnionMap.from_map(m))
+        return out
+
+
+def _sections(row: list[str]) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    for x in row:
+        if x == "|":
+            parts.append([])
+        else:
+            parts[-1].append(x)
+    return parts
+
+# }}}
+
+
+@dataclass
+class _Verdict:
+    legal: bool
+    bad: isl.UnionMap | None = None
+    parallel_bad: isl.UnionMap | None = None
+
+
+class _Fuser:
+    def __init__(self, program: Program, recs: list[Rec], block_limit: int) -> None:
+        self.program = program
+        self.recs = recs
+        self.block_limit = block_limit
+        self.groups: list[Group] = []
+        self.rewrites: dict[str, Stmt] = {}
+        self.running: dict[str, Running] = {}
+        self.proofs: list[Proof] = []
+        self.prev_names: dict[str, str] = {}
+
+    def check(self, groups: list[Group], rewrites: dict[str, Stmt], running: dict[str, Running]) -> _Verdict:
+        placed = {s for g in groups for p in g.phases for s in p.members}
+        rest = [r for r in self.recs if r.name not in placed]
+        aprog = analysis_program(self.program, self.recs, rewrites, running)
+        view = PolyView.of(aprog)
+        deps = memory_dependences(view).all
+        sched = Layout(groups, rest).schedule(view)
+        bad = violations(deps, sched)
+        if not bad.is_empty():
+            return _Verdict(False, bad=bad)
+        for gi, g in enumerate(groups):
+            par = parallel_violations(deps, sched, gi, len(g.grid))
+            if not par.is_empty():
+                return _Verdict(False, parallel_bad=par)
+        return _Verdict(True)
+
+    def naive_witness(self, groups: list[Group], rewrites: dict[str, Stmt], running: dict[str, Running],
+                      bad: isl.UnionMap) -> tuple[str, str | None]:
+        """The value-based (flow) part of a violation, else the memory-based one."""
+        aprog = analysis_program(self.program, self.recs, rewrites, running)
+        view = PolyView.of(aprog)
+        flow = flow_dependences(view).intersect(bad).coalesce()
+        rel = flow if not flow.is_empty() else bad
+        return str(rel), witness(rel)
+
+    def plan(self, recs: list[Rec]) -> tuple[Group, dict[str, Stmt], dict[str, Running], list[Proof]] | None:
+        roles = _roles(recs, self.block_limit)
+        if roles is None:
+            return None
+        grid, serial, block = roles
+        group = Group(grid, [], recs, serial, block)
+        rewrites = dict(self.rewrites)
+        running = dict(self.running)
+        proofs: list[Proof] = []
+        done = self.groups
+        for rec in recs:
+            loops = serial[rec.name]
+            cur = group.phases[-1] if group.phases else None
+            if cur is not None and cur.loops == loops:
+                cur.members.append(rec.name)
+                verdict = self.check(done + [group], rewrites, running)
+                if verdict.legal:
+                    continue
+                cur.members.pop()
+                if loops and verdict.bad is not None:
+                    attempt = self.online(group, rec, rewrites, running, verdict.bad)
+                    proofs.extend(attempt[2])
+                    if attempt[0] is not None:
+                        rewrites, running = attempt[0], attempt[1]
+                        cur.members.append(rec.name)
+                        continue
+            group.phases.append(Phase(loops, [rec.name]))
+        verdict = self.check(done + [group], rewrites, running)
+        if not verdict.legal:
+            return None
+        if not self.contractible(group, rewrites, running):
+            return None
+        return group, rewrites, running, proofs
+
+    def online(self, group: Group, rec: Rec, rewrites: dict[str, Stmt], running: dict[str, Running],
+               bad: isl.UnionMap) -> tuple[dict | None, dict | None, list[Proof]]:
+        """Try the online rewrite of ``rec`` into the current phase."""
+        phase = group.phases[-1]
+        stmt = rec.stmt
+        relation, wit = self.naive_witness(self.groups + [group], rewrites, running, bad)
+        what = f"fuse {stmt.name} into the {', '.join(phase.loops)} loop of {', '.join(phase.members)}"
+        refusal = Proof(what, False, "a dependence would run backwards under the fused schedule",
+                        relation=relation, witness=wit)
+        loop_its = set(phase.loops)
+        if len(phase.loops) != 1 or stmt.op not in algebra.PARTNER or stmt.scale is not None:
+            return None, None, [refusal]
+        if any(isinstance(i, Iter) and i.name in loop_its for i in stmt.target.indices):
+            return None, None, [refusal]
+        j = phase.loops[0]
+        members = {r.name: r for r in group.recs if r.name in phase.members}
+        candidates = {}
+        for m in members.values():
+            t = m.stmt.target
+            if m.stmt.is_reduction and not any(isinstance(i, Iter) and i.name in loop_its for i in t.indices):
+                candidates[t.tensor] = m
+        ys = tuple(dict.fromkeys(ld for ld in E.loads(stmt.expr) if ld.tensor in candidates))
+        if not ys or any(E.free_iters(y) & loop_its for y in ys):
+            return None, None, [refusal]
+        lemma = algebra.online_lemma(stmt.expr, ys, stmt.op)
+        if lemma is None:
+            return None, None, [refusal, Proof(
+                f"online rewrite of {stmt.name}", False,
+                f"the lemma fails: {stmt.expr} does not separate as G(x) "
+                f"{algebra.PARTNER[stmt.op]} H({', '.join(str(y) for y in ys)})")]
+        new_running = dict(running)
+        prev_loads, safe_loads = [], []
+        for y in ys:
+            src = candidates[y.tensor]
+            info = new_running.get(y.tensor)
+            if info is None:
+                prev = self.fresh_prev(y.tensor)
+                info = Running(src.name, y.tensor, j, rec.extent(j) if j in rec.its else src.extent(j),
+                               prev, frozenset())
+            info = replace(info, readers=info.readers | {stmt.name})
+            new_running[y.tensor] = info
+            prev_loads.append(Load(info.prev, y.indices))
+            safe_loads.append(_safe(y, src.stmt.op, self.program.tensor(y.tensor).dtype))
+        subst = dict(zip(ys, safe_loads))
+        acc_dtype = self.program.tensor(stmt.target.tensor).dtype
+        c = algebra.to_ir(lemma.c, prev_loads, safe_loads, acc_dtype)
+        new_stmt = replace(stmt, expr=E.rewrite(stmt.expr, lambda x: subst.get(x)), scale=c)
+        new_rewrites = dict(rewrites)
+        new_rewrites[stmt.name] = new_stmt
+        phase.members.append(stmt.name)
+        verdict = self.check(self.groups + [group], new_rewrites, new_running)
+        phase.members.pop()
+        if not verdict.legal:
+            rel = verdict.bad if verdict.bad is not None else verdict.parallel_bad
+            return None, None, [refusal, Proof(
+                f"online rewrite of {stmt.name}", False, "the rewritten program still violates a dependence",
+                relation=str(rel), witness=witness(rel), lemma=lemma.statement())]
+        accepted = Proof(
+            f"online rewrite of {stmt.name} into the {j} loop", True,
+            "the running values expanded to single assignment, no dependence of the rewritten "
+            "program runs backwards under the fused schedule: deps ∩ lex_ge(fused) = ∅",
+            relation="∅", lemma=lemma.statement())
+        return new_rewrites, new_running, [refusal, accepted]
+
+    def fresh_prev(self, y: str) -> str:
+        if y not in self.prev_names:
+            taken = set(self.program.tensor_map) | set(self.prev_names.values())
+            name, k = y + "_prev", 1
+            while name in taken:
+                name, k = f"{y}_prev_{k}", k + 1
+            self.prev_names[y] = name
+        return self.prev_names[y]
+
+    def contractible(self, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> bool:
+        """Temporaries written and read inside the group must stay in one program's registers."""
+        from flashlight.passes.contract_buffers import local_temps
+
+        members = {r.name for r in group.recs}
+        mine = {y: info for y, info in running.items() if info.stmt in members}
+        nest = emit_group(self.program, group, rewrites, mine)
+        local = local_temps(self.program_with(nest, running), nest)
+        for r in group.recs:
+            t = rewrites.get(r.name, r.stmt).target.tensor
+            if self.program.tensor(t).role != "temp":
+                continue
+            read_inside = any(ld.tensor == t for o in group.recs if o.name in members
+                              for ld in E.loads(rewrites.get(o.name, o.stmt).expr))
+            if read_inside and t not in local:
+                return False
+        return True
+
+    def program_with(self, nest: Node, running: dict[str, Running]) -> Program:
+        tensors = list(self.program.tensors)
+        for info in running.values():
+            if info.prev not in self.program.tensor_map:
+                decl = self.program.tensor(info.tensor)
+                tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
+        return self.program.replace(tensors=tuple(tensors), body=(nest,))
+
+    def run(self) -> Program:
+        current: list[Rec] = []
+        for rec in self.recs:
+            attempt = self.plan(current + [rec]) if current else None
+            if attempt is not None:
+                current = current + [rec]
+                self.groups_pending = attempt
+                continue
+            if current:
+                self.commit(current)
+            current = [rec]
+            single = self.plan(current)
+            assert single is not None, f"{rec.name} cannot even form its own kernel"
+            self.groups_pending = single
+        if current:
+            self.commit(current)
+        return self.emit()
+
+    def commit(self, recs: list[Rec]) -> None:
+        group, rewrites, running, proofs = self.groups_pending  # type: ignore[has-type]
+        self.groups.append(group)
+        self.rewrites, self.running = rewrites, running
+        self.proofs.extend(proofs)
+        self.proofs.append(Proof(
+            f"kernel {len(self.groups) - 1}: " + " ; ".join(
+                f"[{', '.join(p.members)}]" + (f" over {', '.join(p.loops)}" if p.loops else "")
+                for p in group.phases), True,
+            f"grid ({', '.join(group.grid)}) carries no dependence and the fused schedule violates none",
+            relation="∅"))
+
+    def emit(self) -> Program:
+        body = tuple(emit_group(self.program, g, self.rewrites, self.running) for g in self.groups)
+        tensors = list(self.program.tensors)
+        for info in self.running.values():
+            decl = self.program.tensor(info.tensor)
+            tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
+        return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
+
+
+def _safe(y: Load, op: str, dtype: str) -> Expr:
+    """The reference value for a running ``max``: finite even before any element arrives."""
+    if op != "max=" or not dtypes.is_float(dtype):
+        return y
+    return E.call("where", E.call("eq", y, E.const(-float("inf"), dtype)), E.const(0.0, dtype), y)
+
+
+def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> Node:
+    by_name = {r.name: r for r in group.recs}
+    running_by_stmt = {info.stmt: info for info in running.values()}
+    first = group.recs[0]
+    phase_nodes: list[Node] = []
+    for phase in group.phases:
+        members: list[Node] = []
+        for s in phase.members:
+            r = by_name[s]
+            stmt = rewrites.get(s, r.stmt)
+            info = running_by_stmt.get(s)
+            if info is not None:
+                members.append(_copy_prev(r, stmt, info, group))
+            node: Node = stmt
+            for g in reversed(r.guards):
+                node = Guard(g, (node,))
+            for it in reversed(group.block[s]):
+                l = r.loop(it)
+                node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="block")
+            members.append(node)
+        if phase.loops:
+            recs = [by_name[s] for s in phase.members]
+            node = None
+            for it in reversed(phase.loops):
+                owner = next(r for r in recs if it in r.its)
+                kind = "reduce" if any(it in r.its and r.loop(it).kind == "reduce" for r in recs) else "parallel"
+                node = Loop(it, E.index(0), E.index(owner.extent(it)), kind,
+                            tuple(members) if node is None else (node,), mapping="serial")
+            phase_nodes.append(node)  # type: ignore[arg-type]
+        else:
+            phase_nodes.extend(members)
+    body: tuple[Node, ...] = tuple(phase_nodes)
+    for it in reversed(group.grid):
+        body = (Loop(it, E.index(0), E.index(first.extent(it)), "parallel", body, mapping="grid"),)
+    assert len(body) == 1
+    return body[0]
+
+
+def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group) -> Node:
+    target = stmt.target
+    node: Node = Stmt(f"{stmt.name}_prev", Load(info.prev, target.indices), "=", target)
+    for it in reversed(group.block[r.name]):
+        if any(isinstance(i, Iter) and i.name == it for i in target.indices):
+            l = r.loop(it)
+            node = Loop(it, l.lower, l.upper, "parallel", (node,), mapping="block")
+    return node
+
+
+def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT) -> Program:
+    """Group the program's nests into kernels (see the module docstring)."""
+    recs = _records(program)
+    if recs is None or not recs:
+        return program
+    return _Fuser(program, recs, block_limit).run()

@@ -1,0 +1,85 @@
+"""Inline pointwise producers into their consumers.
+
+A statement ``t[x0, ..., xn] = e`` whose nest is exactly the loops over ``x0..xn`` (one
+distinct iterator per dimension, no guard) and that is the only writer of the temporary ``t``
+defines ``t`` as a pure function of its index. Every load ``t[f0, ..., fn]`` can therefore be
+replaced by ``e[x := f]``, and the statement deleted once nothing reads ``t``.
+
+Legality: the producer writes each element of ``t`` exactly once, over ``t``'s whole shape, and
+before any reader (program order is a valid order, and a single writer means no later write can
+change the value), so substitution preserves every value read. Reductions, outputs and
+statements under guards are never inlined. Casts to a value's own dtype are dropped on the way.
+"""
+
+from __future__ import annotations
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Call, Expr, Iter, Load
+from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
+from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, writers
+
+name = "inline"
+
+
+def _definition(program: Program) -> dict[str, tuple[tuple[str, ...], Expr]]:
+    """Temporaries defined by a single pointwise statement: tensor -> (iterators, expression)."""
+    out = {}
+    w = writers(program)
+    for stmt, loops, guards in walk_stmts(program.body):
+        t = program.tensor(stmt.target.tensor)
+        if t.role != "temp" or stmt.op != "=" or stmt.scale is not None or guards or len(w[t.name]) != 1:
+            continue
+        idx = stmt.target.indices
+        its = tuple(l.iterator for l in loops)
+        if not all(isinstance(i, Iter) for i in idx) or tuple(i.name for i in idx) != its:  # type: ignore[union-attr]
+            continue
+        if any(ld.tensor == t.name for ld in E.loads(stmt.expr)):
+            continue
+        out[t.name] = (its, stmt.expr)
+    return out
+
+
+def drop_identity_casts(e: Expr, dtypes: dict[str, str]) -> Expr:
+    def fold(x: Expr) -> Expr | None:
+        if isinstance(x, Call) and x.op in E.CASTS and E.dtype_of(x.args[0], dtypes) == x.op:
+            return x.args[0]
+        return None
+
+    return E.rewrite(e, fold)
+
+
+def inline_pointwise(program: Program) -> Program:
+    """Substitute every single-assignment pointwise temporary into its readers."""
+    defs = _definition(program)
+    if not defs:
+        return program
+    # Definitions may read each other; resolve them in program order.
+    resolved: dict[str, tuple[tuple[str, ...], Expr]] = {}
+
+    def substitute(e: Expr) -> Expr:
+        def fold(x: Expr) -> Expr | None:
+            if isinstance(x, Load) and x.tensor in resolved:
+                its, body = resolved[x.tensor]
+                return E.substitute(body, dict(zip(its, x.indices)))
+            return None
+
+        return drop_identity_casts(E.rewrite(e, fold), program.dtypes)
+
+    for stmt, _, _ in walk_stmts(program.body):
+        if stmt.target.tensor in defs:
+            its, body = defs[stmt.target.tensor]
+            resolved[stmt.target.tensor] = (its, substitute(body))
+
+    inlined = [n for n in resolved]
+
+    def rewrite_stmt(s: Stmt) -> Stmt | None:
+        if s.target.tensor in resolved:
+            return None
+        return map_exprs(s, substitute)
+
+    body = map_stmts(program.body, rewrite_stmt)
+    proof = Proof(
+        "inline " + ", ".join(inlined), True,
+        "each inlined temporary has a single pointwise writer over its whole shape, so every read "
+        "equals the writer's expression at the read index")
+    return drop_unused_temps(program.replace(body=body)).with_proofs(proof)

@@ -1,0 +1,96 @@
+"""Helpers that passes share for reading and rebuilding program trees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, walk_stmts
+
+
+def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ...] | None]) -> tuple[Node, ...]:
+    """Rebuild ``body`` with ``fn`` applied to every statement.
+
+    ``fn`` returns a statement, a tuple of nodes to splice in, or None to delete; loops and
+    guards left empty disappear.
+    """
+    out: list[Node] = []
+    for node in body:
+        if isinstance(node, Stmt):
+            r = fn(node)
+            if r is None:
+                continue
+            out.extend(r if isinstance(r, tuple) else (r,))
+        else:
+            inner = map_stmts(node.body, fn)
+            if inner:
+                out.append(replace(node, body=inner))
+    return tuple(out)
+
+
+def map_exprs(stmt: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
+    """Apply ``fn`` to the right-hand side, the scale and the target's indices."""
+    target = E.Load(stmt.target.tensor, tuple(fn(i) for i in stmt.target.indices))
+    scale = None if stmt.scale is None else fn(stmt.scale)
+    return replace(stmt, target=target, expr=fn(stmt.expr), scale=scale)
+
+
+def writers(program: Program) -> dict[str, list[Stmt]]:
+    out: dict[str, list[Stmt]] = {}
+    for s, _, _ in walk_stmts(program.body):
+        out.setdefault(s.target.tensor, []).append(s)
+    return out
+
+
+def readers(program: Program) -> dict[str, list[Stmt]]:
+    out: dict[str, list[Stmt]] = {}
+    for s, _, _ in walk_stmts(program.body):
+        exprs = [s.expr, *s.target.indices] + ([s.scale] if s.scale is not None else [])
+        for e in exprs:
+            for ld in E.loads(e):
+                lst = out.setdefault(ld.tensor, [])
+                if not lst or lst[-1] is not s:
+                    lst.append(s)
+    return out
+
+
+def drop_unused_temps(program: Program) -> Program:
+    """Remove declarations of temporaries that no statement touches."""
+    used = set()
+    for s, _, _ in walk_stmts(program.body):
+        used.add(s.target.tensor)
+        for e in [s.expr, *s.target.indices] + ([s.scale] if s.scale is not None else []):
+            used.update(ld.tensor for ld in E.loads(e))
+    tensors = tuple(t for t in program.tensors if t.role != "temp" or t.name in used)
+    return program.replace(tensors=tensors)
+
+
+def top_level_nests(program: Program) -> list[Node]:
+    return list(program.body)
+
+
+def stmt_loops(program: Program) -> dict[str, tuple[tuple[Loop, ...], tuple[Expr, ...]]]:
+    return {s.name: (loops, guards) for s, loops, guards in walk_stmts(program.body)}
+
+
+def fresh_stmt_name(program: Program, base: str) -> str:
+    names = {s.name for s, _, _ in walk_stmts(program.body)}
+    name, k = base, 1
+    while name in names:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def fresh_tensor_name(program: Program, base: str) -> str:
+    name, k = base, 1
+    while name in program.tensor_map:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def guard_body(guards: tuple[Expr, ...], node: Node) -> Node:
+    for g in reversed(guards):
+        node = Guard(g, (node,))
+    return node
