@@ -1,1 +1,13 @@
-"""flashlight: plain PyTorch attention variants compiled to fused Triton kernels."""
+"""flashlight: plain PyTorch attention variants compiled to fused Triton kernels.
+
+    f = flashlight.compile(fn)          # or @flashlight.compile
+    y = f(q, k, v)                      # == fn(q, k, v)
+    print(flashlight.explain(fn, q, k, v))
+    prog = flashlight.trace(fn, q, k, v)
+"""
+
+from flashlight import ir, passes
+from flashlight.api import CompiledFunction, Explanation, Options, compile, explain, trace
+
+__all__ = ["CompiledFunction", "Explanation", "Options", "compile", "explain", "ir", "passes", "trace"]
+__version__ = "0.1.0"

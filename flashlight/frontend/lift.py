@@ -62,6 +62,7 @@ class ProgramSegment:
     program: Program
     inputs: list[fx.Node]   # in the order of program.inputs
     outputs: list[fx.Node]  # in the order of program.outputs
+    nodes: list[fx.Node]    # the graph nodes it replaces, in order (for running it eagerly)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
         reason = _try_lift(b, env, n)
         assert reason is None, f"node {n.name} lifted in pass 1 but not in pass 2: {reason}"
     outs = [(f"out{k}", env[n]) for k, n in enumerate(outputs)]
-    return ProgramSegment(b.program(outs), inputs, outputs)
+    return ProgramSegment(b.program(outs), inputs, outputs, list(run))
 
 
 def _input_value(b: ProgramBuilder, n: fx.Node, name: str) -> Value:

@@ -20,10 +20,9 @@ arithmetic. ``sum(tanh(x - max(x)))`` fails (b), so it is not fused.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import random
 
 import sympy as sp
 
@@ -92,14 +91,19 @@ class _ToSympy:
 
 def online_lemma(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma | None:
     """The lemma for ``z combiner= F`` with ``running`` the loads of the other reductions."""
-    partner = PARTNER.get(combiner)
-    if partner is None:
-        return None
-    conv = _ToSympy(running)
     try:
-        f = conv(F)
+        return prove_online(F, running, combiner)
     except NotSeparable:
         return None
+
+
+def prove_online(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma:
+    """The lemma, or :class:`NotSeparable` saying which condition fails."""
+    partner = PARTNER.get(combiner)
+    if partner is None:
+        raise NotSeparable(f"{combiner} has no distributive partner")
+    conv = _ToSympy(running)
+    f = conv(F)
     xs = list(conv.opaque.values())
     x0 = {x: sp.Symbol(f"{x.name}_0", real=True) for x in xs}
     y0 = {y: sp.Symbol(f"{y.name}_0", real=True) for y in conv.y}
@@ -114,7 +118,7 @@ def online_lemma(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma | N
     else:
         residue = at(f, same_x, same_y) + at(f, x0, y0) - at(f, same_x, y0) - at(f, x0, same_y)
     if not _is_zero(residue):
-        return None
+        raise NotSeparable(f"F = {f} does not separate as G(x) {partner} H(y)")
     y_old = {y: sp.Symbol(f"y_old_{k}", real=True) for k, y in enumerate(conv.y)}
     y_new = {y: sp.Symbol(f"y_new_{k}", real=True) for k, y in enumerate(conv.y)}
     if partner == "*":
@@ -124,8 +128,15 @@ def online_lemma(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma | N
     else:
         c = sp.simplify(at(f, x0, y_new) - at(f, x0, y_old))
     if c.free_symbols & set(x0.values()) or c.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
-        return None
+        raise NotSeparable(f"the rescale {c} depends on x")
+    if partner == "*" and not _positive(c):
+        raise NotSeparable(f"H may vanish: the rescale {c} is not an exponential, so H(y)^-1 may not exist")
     return Lemma(combiner, partner, str(f), c, running)
+
+
+def _positive(c: sp.Expr) -> bool:
+    """An exponential of something: finite and strictly positive wherever its argument is finite."""
+    return isinstance(c, sp.exp) or (isinstance(c, sp.Pow) and c.base.is_Number and c.base > 0)
 
 
 def _is_zero(e: sp.Expr) -> bool:

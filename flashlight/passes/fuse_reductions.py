@@ -385,12 +385,12 @@ class _Fuser:
         ys = tuple(dict.fromkeys(ld for ld in E.loads(stmt.expr) if ld.tensor in candidates))
         if not ys or any(E.free_iters(y) & loop_its for y in ys):
             return None, None, [refusal]
-        lemma = algebra.online_lemma(stmt.expr, ys, stmt.op)
-        if lemma is None:
+        try:
+            lemma = algebra.prove_online(stmt.expr, ys, stmt.op)
+        except algebra.NotSeparable as why:
             return None, None, [refusal, Proof(
                 f"online rewrite of {stmt.name}", False,
-                f"the lemma fails: {stmt.expr} does not separate as G(x) "
-                f"{algebra.PARTNER[stmt.op]} H({', '.join(str(y) for y in ys)})")]
+                f"the lemma fails for F = {stmt.expr} in y = {', '.join(str(y) for y in ys)}: {why}")]
         new_running = dict(running)
         prev_loads, safe_loads = [], []
         for y in ys:

@@ -1,0 +1,259 @@
+"""The public API: ``compile``, ``trace``, ``explain``. This module only wires the layers together.
+
+capture (Dynamo/AOT) -> lift (frontend) -> passes -> Triton source (codegen) -> runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from flashlight import passes
+from flashlight.codegen import launcher
+from flashlight.codegen.triton import KernelSource, generate
+from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
+from flashlight.frontend.lift import ProgramSegment, lift_graph
+from flashlight.ir.nodes import Program, Proof
+from flashlight.runtime import CompiledGraph, CompiledProgram, contiguous_strides
+
+log = logging.getLogger("flashlight")
+
+
+# {{{ options
+
+@dataclass(frozen=True)
+class Options:
+    """Compilation options. ``None`` picks a default for the device."""
+
+    block_m: int | None = None       # tile of the tiled grid dimension (query rows)
+    block_n: int | None = None       # tile of serial loops (key columns)
+    block_limit: int = 128           # largest dimension kept whole inside a program
+    pipeline: str = passes.DEFAULT_PIPELINE
+
+    def for_target(self, target: str) -> Options:
+        bm = self.block_m or (64 if target == "interpreter" else 128)
+        bn = self.block_n or 64
+        return Options(bm, bn, self.block_limit, self.pipeline)
+
+
+def _overrides(o: Options) -> dict[str, dict]:
+    return {"fuse-reductions": {"block_limit": o.block_limit},
+            "tile": {"block_m": o.block_m, "block_n": o.block_n}}
+
+# }}}
+
+
+def target_of(tensors: Sequence[Any]) -> str:
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"flashlight: inputs are on different devices ({', '.join(sorted(devices))}); "
+                         "move them to one device before calling the compiled function")
+    device = devices.pop() if devices else "cpu"
+    if device == "cuda":
+        return "cuda"
+    if device == "cpu":
+        return "interpreter"
+    raise ValueError(f"flashlight: unsupported device type {device!r}")
+
+
+@dataclass
+class SegmentReport:
+    """What happened to one program segment of a graph."""
+
+    program: Program | None
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    kernels: list[KernelSource] = field(default_factory=list)
+    error: str | None = None
+
+
+def compile_segment(seg: ProgramSegment, options: Options, target: str,
+                    report: SegmentReport | None = None) -> tuple[Program, list[KernelSource]]:
+    """Passes and code generation for one lifted program."""
+    def record(name: str, prog: Program) -> None:
+        if report is not None:
+            report.stages.append((name, str(prog)))
+
+    record("lifted", seg.program)
+    final = passes.run_pipeline(seg.program, options.pipeline, on_stage=record, overrides=_overrides(options))
+    strides = {}
+    for decl, node in zip(final.inputs, seg.inputs):
+        strides[decl.name] = tuple(int(s) for s in node.meta["val"].stride())
+    for decl in final.tensors:
+        if decl.role != "input":
+            strides[decl.name] = contiguous_strides(decl.shape)
+    kernels = generate(final, strides, target)
+    if report is not None:
+        report.program, report.kernels = final, kernels
+    return final, kernels
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
+                  name: str = "program", reports: list[SegmentReport] | None = None) -> CompiledGraph:
+    target = target_of(example_inputs)
+    opts = options.for_target(target)
+    lifted = lift_graph(gm, names, name)
+    compiled: dict[int, CompiledProgram | None] = {}
+    fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
+    for k, seg in enumerate(lifted.segments):
+        if not isinstance(seg, ProgramSegment):
+            continue
+        report = SegmentReport(seg.program)
+        try:
+            final, kernels = compile_segment(seg, opts, target, report)
+            launches = [launcher.Launch(ks, launcher.load(ks, interpret=(target == "interpreter")))
+                        for ks in kernels] if reports is None else []
+            strides = {d.name: tuple(int(s) for s in n.meta["val"].stride())
+                       for d, n in zip(final.inputs, seg.inputs)}
+            compiled[k] = CompiledProgram(final, launches, strides)
+        except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)
+            report.error = reason
+            compiled[k] = None
+            fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
+        if reports is not None:
+            reports.append(report)
+    return CompiledGraph(lifted, compiled, fallbacks)
+
+
+def _op(n: fx.Node) -> str:
+    return str(getattr(n.target, "__name__", n.target))
+
+
+# {{{ compile
+
+class CompiledFunction:
+    """``fn`` compiled by flashlight; call it like ``fn``. Recompiles for new shapes, dtypes,
+    devices or strides (Dynamo's guards)."""
+
+    def __init__(self, fn: Callable, options: Options) -> None:
+        self.fn = fn
+        self.options = options
+        self.graphs: list[CompiledGraph] = []
+        self._name = _program_name(fn)
+        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph), dynamic=False)
+        functools.update_wrapper(self, fn)
+
+    def _compile_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
+        graph = compile_graph(gm, example_inputs, names, self.options, self._name)
+        self.graphs.append(graph)
+
+        def run(args: list) -> Any:
+            return graph(args)
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        target_of([a for a in args if isinstance(a, torch.Tensor)])
+        return self._compiled(*args, **kwargs)
+
+
+def compile(fn: Callable | None = None, **options: Any) -> Any:
+    """Compile ``fn`` (also usable as ``@flashlight.compile`` or ``@flashlight.compile(block_m=64)``)."""
+    opts = Options(**options)
+    if fn is None:
+        return lambda f: CompiledFunction(f, opts)
+    return CompiledFunction(fn, opts)
+
+
+def _program_name(fn: Callable) -> str:
+    raw = getattr(fn, "__name__", "program")
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in raw).strip("_") or "program"
+    return name if name[0].isalpha() else "p_" + name
+
+# }}}
+
+
+# {{{ trace and explain
+
+def trace(fn: Callable, *args: Any, **kwargs: Any) -> Program:
+    """The lifted program of ``fn`` on these inputs (runs ``fn`` once, eagerly, to capture it)."""
+    graphs, _ = capture_graphs(fn, args, kwargs)
+    programs = [p for g in graphs for p in lift_graph(g.graph_module, g.input_names, _program_name(fn)).programs]
+    if len(programs) != 1:
+        raise ValueError(f"{_program_name(fn)} lifts to {len(programs)} programs (graph breaks or eager "
+                         "fallbacks split it); flashlight.explain shows each of them")
+    return programs[0]
+
+
+@dataclass
+class KernelInfo:
+    name: str
+    source: str
+    grid: int
+
+
+@dataclass
+class BufferInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class Explanation:
+    """What flashlight does with a function: every stage, decision, kernel, buffer and fallback."""
+
+    name: str
+    stages: list[tuple[str, str]]
+    proofs: list[Proof]
+    kernels: list[KernelInfo]
+    buffers: list[BufferInfo]
+    fallbacks: list[tuple[str, str]]
+    programs: list[Program]
+
+    def __str__(self) -> str:
+        out = [f"== flashlight explain: {self.name} =="]
+        for name, text in self.stages:
+            out += ["", f"-- {name} --", text]
+        out += ["", "-- legality decisions --"]
+        for p in self.proofs:
+            mark = "legal  " if p.legal else "refused"
+            out.append(f"[{mark}] {p.transformation}: {p.reason}")
+            if p.lemma:
+                out.append(textwrap.indent(f"lemma: {p.lemma}", "          "))
+            if p.witness:
+                out.append(textwrap.indent(f"witness: {p.witness}", "          "))
+            if p.relation and p.relation != "∅":
+                out.append(textwrap.indent(f"relation: {p.relation}", "          "))
+        out += ["", "-- kernels --"]
+        for k in self.kernels:
+            out += [f"# {k.name}: {k.grid} programs", k.source]
+        out += ["-- buffers in global memory --"]
+        out += [f"{b.name}: {b.dtype}{list(b.shape)}" for b in self.buffers] or ["(none)"]
+        out += ["", "-- fallbacks to eager PyTorch --"]
+        out += [f"{op}: {why}" for op, why in self.fallbacks] or ["(none)"]
+        return "\n".join(out)
+
+
+def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: Any) -> Explanation:
+    """Explain how ``fn`` compiles on these inputs. Runs ``fn`` once eagerly to capture it;
+    no kernel is launched and nothing is timed."""
+    opts = options or Options()
+    name = _program_name(fn)
+    graphs, _ = capture_graphs(fn, args, kwargs)
+    stages, proofs, kernels, buffers, fallbacks, programs = [], [], [], [], [], []
+    for g in graphs:
+        reports: list[SegmentReport] = []
+        cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports)
+        fallbacks += cg.fallbacks
+        for r in reports:
+            stages += r.stages
+            if r.program is not None:
+                programs.append(r.program)
+                proofs += list(r.program.proofs)
+                kernels += [KernelInfo(k.name, k.source, k.grid) for k in r.kernels]
+                buffers += [BufferInfo(t.name, t.shape, t.dtype) for t in r.program.temps
+                            if t.storage == "global"]
+    return Explanation(name, stages, proofs, kernels, buffers, fallbacks, programs)
+
+# }}}
+

@@ -1,0 +1,115 @@
+"""Loading generated kernels and launching them: on the GPU, or under Triton's interpreter.
+
+Kernel sources are written to the on-disk cache (``$FLASHLIGHT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/flashlight`` or ``~/.cache/flashlight``) under a name derived from their
+hash, atomically (write to a temporary file, then rename), and imported from there: Triton's
+JIT reads a kernel's source from its file. CPU tensors run the same kernel through
+:class:`triton.runtime.interpreter.InterpretedFunction`, so no environment variable is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flashlight.codegen.triton import KernelSource
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, bool], Any] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLASHLIGHT_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flashlight"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(kernel: KernelSource, interpret: bool) -> Any:
+    """The launchable kernel: a ``JITFunction``, or an ``InterpretedFunction`` for CPU tensors."""
+    digest = hashlib.sha256(kernel.source.encode()).hexdigest()[:20]
+    key = (digest, interpret)
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        path = cache_dir() / "kernels" / f"{kernel.name}_{digest}.py"
+        if not path.exists() or path.read_text() != kernel.source:
+            _write_atomic(path, kernel.source)
+        mod_name = f"flashlight_kernels.{kernel.name}_{digest}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+        fn = getattr(module, kernel.name)
+        if interpret:
+            fn = _interpretable(module, fn)
+        _loaded[key] = fn
+        return fn
+
+
+class _InterpretedLanguage:
+    """``triton.language`` as seen by an interpreted kernel: its library functions that are
+    themselves ``@triton.jit`` functions (``tl.max``, ``tl.sum``, ``tl.sigmoid``) are interpreted
+    too, as ``TRITON_INTERPRET=1`` would have made them; everything else is the module's own."""
+
+    def __init__(self) -> None:
+        import triton.language as tl
+
+        self._tl = tl
+        self._wrapped: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+
+        value = getattr(self._tl, name)
+        if isinstance(value, JITFunction):
+            if name not in self._wrapped:
+                self._wrapped[name] = InterpretedFunction(value.fn)
+            return self._wrapped[name]
+        return value
+
+
+def _interpretable(module: Any, jit_fn: Any) -> Any:
+    import triton.language
+    from triton.runtime.interpreter import InterpretedFunction
+
+    module.__dict__["_triton_language"] = triton.language  # the interpreter patches the real module
+    module.__dict__["tl"] = _InterpretedLanguage()
+    return InterpretedFunction(jit_fn.fn)
+
+
+@dataclass
+class Launch:
+    kernel: KernelSource
+    fn: Any
+
+    def __call__(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.kernel.grid == 0:
+            return
+        args = [tensors[p] for p in self.kernel.params]
+        self.fn[(self.kernel.grid,)](*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)

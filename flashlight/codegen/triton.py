@@ -1,0 +1,670 @@
+"""Triton source from tiled, mapped IR: one ``@triton.jit`` kernel per top-level nest.
+
+The kernel follows the IR's mapping, nothing else:
+
+* ``@grid`` loops become one program axis (``tl.program_id(0)``, decomposed innermost-fastest so
+  neighbouring programs share the tiles of the other operands); a grid loop with tile ``T > 1``
+  becomes a vector axis of offsets ``o_x = pid_x * T + tl.arange(0, T)``;
+* ``@serial`` loops become ``for`` loops over tiles, with loop-carried accumulators;
+* ``@block`` loops become whole vector axes (``tl.arange`` over the padded extent).
+
+Every value carries the axes it varies along (a subset of the kernel's axes, in one canonical
+order); operators broadcast by inserting ``None`` dimensions. Local temporaries are registers;
+reductions fold a tile with ``tl.sum``/``tl.max``/``tl.min`` after replacing points outside the
+domain (tails, guards) by the identity, and a sum of a product of two tiles that share exactly
+the reduced axis becomes ``tl.dot`` on the operands' own dtype with fp32 accumulation. An
+online reduction updates ``acc = acc * rescale + tile`` (``max(acc + rescale, tile)``).
+Expressions that do not vary inside a loop are emitted before it (so the Q tile of attention is
+loaded once), and equal expressions are emitted once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from flashlight.ir import dtypes
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt
+
+TL_DTYPE = {
+    "f64": "tl.float64", "f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16",
+    "i64": "tl.int64", "i32": "tl.int32", "i16": "tl.int16", "i8": "tl.int8", "u8": "tl.uint8",
+    "b1": "tl.int1",
+}
+LOG2E = 1.4426950408889634
+INT32_LIMIT = 2**31 - 1
+
+
+class CodegenError(Exception):
+    """The IR uses something this backend cannot express (the caller falls back to eager)."""
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    name: str
+    source: str                 # a complete Python module defining the kernel
+    params: tuple[str, ...]     # global tensors passed to the kernel, in argument order
+    grid: int                   # number of programs
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass
+class _Value:
+    code: str
+    axes: tuple[str, ...]
+    dtype: str
+    zero_outside: frozenset[str] = frozenset()  # axes beyond whose bounds the value is 0
+
+
+@dataclass
+class _Scope:
+    lines: list[str]
+    parent: _Scope | None
+    loop_iter: str | None = None          # serial iterator introduced by this scope
+    written: set[str] = field(default_factory=set)  # registers assigned inside this loop
+    depth: int = 0
+
+
+def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
+             name_prefix: str = "flashlight") -> list[KernelSource]:
+    """One kernel per top-level nest of a tiled, mapped program."""
+    if target not in ("cuda", "interpreter"):
+        raise ValueError(f"unknown target {target!r}")
+    out = []
+    for k, nest in enumerate(program.body):
+        out.append(_Kernel(program, nest, f"{name_prefix}_{program.name}_k{k}", strides, target).build())
+    return out
+
+
+class _Kernel:
+    def __init__(self, program: Program, nest: Node, name: str, strides: dict[str, tuple[int, ...]],
+                 target: str) -> None:
+        self.program, self.nest, self.name, self.strides, self.target = program, nest, name, strides, target
+        self.grid: list[Loop] = []
+        node: Node = nest
+        while isinstance(node, Loop) and node.mapping == "grid":
+            self.grid.append(node)
+            if len(node.body) == 1 and isinstance(node.body[0], Loop) and node.body[0].mapping == "grid":
+                node = node.body[0]
+            else:
+                break
+        self.phases: tuple[Node, ...] = self.grid[-1].body if self.grid else (nest,)
+        self.tile: dict[str, int] = {}
+        self.extent: dict[str, int] = {}
+        self.role: dict[str, str] = {}
+        self.axes: list[str] = []
+        for l in self.grid:
+            self._axis(l, "grid")
+        for m in ("serial", "block"):
+            for l in _loops(self.phases):
+                if l.mapping == m:
+                    self._axis(l, m)
+        for l in _loops(self.phases):
+            if l.mapping not in ("serial", "block"):
+                raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
+        self.params: list[str] = []
+        self.registers: dict[str, _Value] = {}
+        self.counter = 0
+        self.cache: dict[tuple, tuple[_Value, _Scope, frozenset[str]]] = {}
+        self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
+        self.uses_libdevice = False
+        self.open_accumulators: set[str] = set()
+
+    def _axis(self, l: Loop, role: str) -> None:
+        it = l.iterator
+        n = int(l.upper.value)  # type: ignore[union-attr]
+        if l.tile is None:
+            raise CodegenError(f"loop {it} is not tiled; run the tile pass first")
+        if it in self.role and (self.role[it] != role or self.extent[it] != n):
+            raise CodegenError(f"iterator {it} has two roles in one kernel")
+        self.extent[it], self.tile[it], self.role[it] = n, l.tile, role
+        if it not in self.axes and (role != "grid" or l.tile > 1):
+            self.axes.append(it)
+
+    # {{{ helpers
+
+    def fresh(self, base: str = "v") -> str:
+        self.counter += 1
+        return f"{base}{self.counter}"
+
+    def order(self, axes: set[str] | frozenset[str]) -> tuple[str, ...]:
+        return tuple(a for a in self.axes if a in axes)
+
+    def bcast(self, v: _Value, to: tuple[str, ...]) -> str:
+        if v.axes == to or not v.axes:
+            return v.code
+        if list(v.axes) != [a for a in to if a in v.axes]:
+            perm = sorted(range(len(v.axes)), key=lambda k: to.index(v.axes[k]))
+            code = f"tl.trans({v.code})" if len(v.axes) == 2 else f"tl.permute({v.code}, {tuple(perm)})"
+            v = _Value(code, tuple(v.axes[k] for k in perm), v.dtype)
+        if v.axes == to:
+            return v.code
+        return f"{v.code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
+
+    def needs_mask(self, it: str) -> bool:
+        return self.extent[it] % self.tile[it] != 0
+
+    def offsets(self, it: str) -> _Value:
+        if it in self.axes:
+            return _Value(f"o_{it}", (it,), "i32")
+        return _Value(f"{it}", (), "i32")
+
+    def mask_of(self, axes: tuple[str, ...]) -> _Value | None:
+        parts = [a for a in axes if self.needs_mask(a)]
+        if not parts:
+            return None
+        code = " & ".join(self.bcast(_Value(f"m_{a}", (a,), "b1"), axes) for a in parts)
+        return _Value(f"({code})" if len(parts) > 1 else code, axes, "b1")
+
+    # }}}
+
+    # {{{ expressions
+
+    def value(self, e: Expr, scope: _Scope) -> _Value:
+        if isinstance(e, Const):
+            return _Value(_literal(e), (), e.dtype)
+        if isinstance(e, Iter):
+            return self.offsets(e.name)
+        key = (e,)
+        hit = self.cache.get(key)
+        if hit is not None and self._visible(hit[1], scope):
+            return hit[0]
+        reads: set[str] = set()
+        home = self.home(e, scope, reads)
+        if isinstance(e, Load):
+            v = self.load(e, home)
+        else:
+            v = self.call(e, home)
+        if not v.code.isidentifier():
+            var = self.fresh()
+            home.lines.append(f"{var} = {v.code}")
+            v = _Value(var, v.axes, v.dtype, v.zero_outside)
+        self.cache[key] = (v, home, frozenset(reads))
+        return v
+
+    def _visible(self, where: _Scope, scope: _Scope | None) -> bool:
+        while scope is not None:
+            if scope is where:
+                return True
+            scope = scope.parent
+        return False
+
+    def home(self, e: Expr, scope: _Scope, reads: set[str]) -> _Scope:
+        """The outermost open scope in which ``e`` has its value: hoists loop invariants."""
+        its = E.free_iters(e)
+        regs = {ld.tensor for ld in E.loads(e) if ld.tensor in self.local}
+        reads.update(regs)
+        s: _Scope | None = scope
+        chain = []
+        while s is not None:
+            chain.append(s)
+            s = s.parent
+        for s in chain:  # innermost first: stop at the first scope the expression varies in
+            if (s.loop_iter is not None and s.loop_iter in its) or (s.written & regs):
+                return s
+        return chain[-1]
+
+    def index(self, e: Expr, scope: _Scope) -> _Value:
+        """An integer index expression (affine ones are emitted inline)."""
+        form = E.affine_form(e)
+        if form is None:
+            v = self.value(e, scope)
+            return _Value(f"({v.code}).to(tl.int64)" if self.wide else v.code, v.axes, v.dtype)
+        coeffs, c = form
+        axes = self.order({k for k in coeffs if k in self.axes})
+        terms = []
+        for k, a in coeffs.items():
+            off = self.bcast(self.offsets(k), axes)
+            terms.append(off if a == 1 else f"{a} * {off}")
+        if c or not terms:
+            terms.append(str(c))
+        return _Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
+
+    def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
+        decl = self.program.tensor(e.tensor)
+        if decl.storage == "local":
+            reg = self.registers.get(e.tensor)
+            if reg is None:
+                raise CodegenError(f"register {e.tensor} is read before it is written")
+            return reg
+        if e.tensor not in self.params:
+            self.params.append(e.tensor)
+        strides = self.strides[e.tensor]
+        idx = [self.index(i, scope) for i in e.indices]
+        axes = order or self.order({a for v in idx for a in v.axes})
+        parts = []
+        for v, st in zip(idx, strides):
+            if st == 0 or v.code == "0":
+                continue
+            code = self.bcast(v, axes) if v.axes else v.code
+            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
+        ptr = f"{e.tensor}_ptr" + "".join(f" + {p}" for p in parts)
+        if not axes:
+            return _Value(f"tl.load({ptr})", (), decl.dtype)
+        m = self.mask_of(axes)
+        if m is None:
+            return _Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
+        other = "0" if decl.dtype != "b1" else "False"
+        return _Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
+                      frozenset(axes))
+
+    def call(self, e: Call, scope: _Scope) -> _Value:
+        op = e.op
+        args = [self.value(a, scope) for a in e.args]
+        dt = E.dtype_of(e, self.program.dtypes)
+        axes = self.order({a for v in args for a in v.axes})
+        xs = [self.bcast(v, axes) for v in args]
+        if op in dtypes.ALL:
+            src = args[0]
+            if src.dtype == op:
+                return src
+            if op == "b1":
+                return _Value(f"({xs[0]} != 0)", axes, op)
+            return _Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
+        code = _pointwise(op, xs, [v.dtype for v in args], self.target)
+        if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
+            self.uses_libdevice = True
+        return _Value(code, axes, dt)
+
+    # }}}
+
+    # {{{ statements
+
+    @property
+    def local(self) -> set[str]:
+        return {t.name for t in self.program.tensors if t.storage == "local"}
+
+    def build(self) -> KernelSource:
+        top = _Scope([], None)
+        lines = top.lines
+        grid_counts = []
+        lines.append(f"pid = tl.program_id(0){'.to(tl.int64)' if self.wide else ''}")
+        for l in reversed(self.grid):
+            n = math.ceil(self.extent[l.iterator] / self.tile[l.iterator])
+            grid_counts.append(n)
+            var = f"pid_{l.iterator}" if self.tile[l.iterator] > 1 else l.iterator
+            lines.append(f"{var} = pid % {n}")
+            lines.append(f"pid = pid // {n}")
+            if self.tile[l.iterator] > 1:
+                t = self.tile[l.iterator]
+                lines.append(f"o_{l.iterator} = {var} * {t} + tl.arange(0, {t})")
+                if self.needs_mask(l.iterator):
+                    lines.append(f"m_{l.iterator} = o_{l.iterator} < {self.extent[l.iterator]}")
+        for it in self.axes:
+            if self.role[it] == "block":
+                lines.append(f"o_{it} = tl.arange(0, {self.tile[it]})")
+                if self.needs_mask(it):
+                    lines.append(f"m_{it} = o_{it} < {self.extent[it]}")
+        for phase in self.phases:
+            self.emit_node(phase, top, ())
+        grid = 1
+        for n in grid_counts:
+            grid *= n
+        args = ", ".join(f"{p}_ptr" for p in self.params)
+        header = ["import triton", "import triton.language as tl"]
+        if self.uses_libdevice:
+            header.append("from triton.language.extra import libdevice")
+        src = "\n".join(header + ["", "", "@triton.jit", f"def {self.name}({args}):"]
+                        + ["    " + line for line in lines]) + "\n"
+        return KernelSource(self.name, src, tuple(self.params), grid)
+
+    def emit_node(self, node: Node, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        if isinstance(node, Stmt):
+            self.emit_stmt(node, scope, guards)
+        elif isinstance(node, Guard):
+            for c in node.body:
+                self.emit_node(c, scope, guards + (node.cond,))
+        elif node.mapping == "block":
+            for c in node.body:
+                self.emit_node(c, scope, guards)
+        elif node.mapping == "serial":
+            self.emit_serial(node, scope, guards)
+        else:
+            raise CodegenError(f"unexpected {node.mapping} loop {node.iterator} inside a kernel")
+
+    def emit_serial(self, loop: Loop, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
+        inner = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+        inner.written = {s.target.tensor for s in _stmts(loop)}
+        carried = [acc for acc in self.carried(loop) if acc.target.tensor not in self.open_accumulators]
+        for acc in carried:  # loop-carried accumulators start at the identity
+            self.init_accumulator(acc, scope)
+            self.open_accumulators.add(acc.target.tensor)
+        inner.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
+        if self.needs_mask(it):
+            inner.lines.append(f"m_{it} = o_{it} < {n}")
+        for c in loop.body:
+            self.emit_node(c, inner, guards)
+        scope.lines.append(f"for t_{it} in range(0, {math.ceil(n / t)}):")
+        scope.lines.extend("    " + line for line in inner.lines)
+        for acc in carried:  # a global accumulator is stored once it is complete
+            self.open_accumulators.discard(acc.target.tensor)
+            if self.program.tensor(acc.target.tensor).storage != "local":
+                self.store(acc, self.registers[acc.target.tensor], scope, ())
+        self.invalidate(inner.written)
+
+    def carried(self, loop: Loop) -> list[Stmt]:
+        """Reductions in ``loop`` whose target does not vary with it: their accumulators carry."""
+        seen, out = set(), []
+        for s in _stmts(loop):
+            if s.is_reduction and loop.iterator not in E.free_iters(s.target) and s.target.tensor not in seen:
+                seen.add(s.target.tensor)
+                out.append(s)
+        return out
+
+    def target_axes(self, s: Stmt) -> tuple[str, ...]:
+        return self.order({a for i in s.target.indices for a in E.free_iters(i) if a in self.axes})
+
+    def init_accumulator(self, s: Stmt, scope: _Scope) -> None:
+        axes = self.target_axes(s)
+        dt = self.program.tensor(s.target.tensor).dtype
+        ident = _literal(E.const(dtypes.identity(s.op, dt), dt))
+        var = f"r_{s.target.tensor}"
+        shape = "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
+        scope.lines.append(f"{var} = tl.full({shape}, {ident}, {TL_DTYPE[dt]})")
+        self.registers[s.target.tensor] = _Value(var, axes, dt)
+
+    def emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        decl = self.program.tensor(s.target.tensor)
+        taxes = self.target_axes(s)
+        if not s.is_reduction:
+            v = self.value(s.expr, scope)
+            if decl.storage == "local":
+                if guards:
+                    raise CodegenError(f"{s.name}: a guarded assignment to a register")
+                self.assign(s.target.tensor, v, taxes, decl.dtype, scope)
+            else:
+                self.store(s, v, scope, guards)
+            return
+        stmt_axes = self.order(set(taxes) | {a for a in self.axes_of_stmt(s)})
+        red = tuple(a for a in stmt_axes if a not in taxes)
+        tile = self.contract(s, red, taxes, scope, guards)
+        if tile is None:
+            v = self.value(s.expr, scope)
+            v = _Value(self.bcast(v, self.order(set(v.axes) | set(red))), self.order(set(v.axes) | set(red)),
+                       v.dtype)
+            valid = self.validity(red, guards, scope, v.axes)
+            ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))
+            code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
+            axes = v.axes
+            for a in reversed(red):
+                k = axes.index(a)
+                code = f"{_REDUCE[s.op]}({code}, axis={k})"
+                axes = axes[:k] + axes[k + 1:]
+            tile = _Value(code, axes, decl.dtype)
+        if s.target.tensor in self.open_accumulators:
+            acc = self.registers[s.target.tensor]
+            old = acc.code
+            if s.scale is not None:
+                sc = self.bcast(self.value(s.scale, scope), acc.axes)
+                old = f"{acc.code} * {sc}" if s.op == "+=" else f"{acc.code} + {sc}"
+            scope.lines.append(f"{acc.code} = {_combine(s.op, old, self.bcast(tile, acc.axes))}")
+            self.invalidate({s.target.tensor})
+        else:
+            if s.scale is not None:
+                raise CodegenError(f"{s.name}: an online reduction outside its loop")
+            if decl.storage == "local":
+                self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
+            else:
+                self.store(s, tile, scope, ())
+
+    def axes_of_stmt(self, s: Stmt) -> set[str]:
+        its = E.free_iters(s.expr) | E.free_iters(s.target)
+        return {a for a in its if a in self.axes} | self.stmt_block_axes.get(s.name, set())
+
+    @property
+    def stmt_block_axes(self) -> dict[str, set[str]]:
+        if not hasattr(self, "_sba"):
+            self._sba: dict[str, set[str]] = {}
+            for s, loops in _stmts_with_loops(self.phases, ()):
+                self._sba[s.name] = {l.iterator for l in loops if l.iterator in self.axes}
+        return self._sba
+
+    def validity(self, red: tuple[str, ...], guards: tuple[Expr, ...], scope: _Scope,
+                 axes: tuple[str, ...]) -> str | None:
+        parts = []
+        m = self.mask_of(tuple(a for a in axes if a in red))
+        if m is not None:
+            parts.append(self.bcast(m, axes))
+        for g in guards:
+            gv = self.value(g, scope)
+            parts.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
+        if not parts:
+            return None
+        return " & ".join(f"({p})" for p in parts)
+
+    def contract(self, s: Stmt, red: tuple[str, ...], taxes: tuple[str, ...], scope: _Scope,
+                 guards: tuple[Expr, ...]) -> _Value | None:
+        """``sum_r A * B`` as ``tl.dot`` when A and B are tiles sharing exactly the reduced axis."""
+        if s.op != "+=" or len(red) != 1 or len(taxes) != 2 or not (isinstance(s.expr, Call) and s.expr.op == "mul"):
+            return None
+        r = red[0]
+        a_expr, b_expr = s.expr.args
+        a_ax = self.order({x for x in E.free_iters(a_expr) if x in self.axes})
+        b_ax = self.order({x for x in E.free_iters(b_expr) if x in self.axes})
+        if r not in a_ax or r not in b_ax or len(a_ax) != 2 or len(b_ax) != 2:
+            return None
+        m_ax = next(x for x in a_ax if x != r)
+        n_ax = next(x for x in b_ax if x != r)
+        if {m_ax, n_ax} != set(taxes):
+            return None
+        g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
+        if any(not set(ga) <= set(a_ax) for ga in g_axes):
+            return None
+        a_in, b_in = _strip_upcast(a_expr, self.program.dtypes), _strip_upcast(b_expr, self.program.dtypes)
+        da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
+        if da != db or da not in ("bf16", "f16", "f32"):
+            a_in = a_expr if E.dtype_of(a_expr, self.program.dtypes) == "f32" else E.call("f32", a_expr)
+            b_in = b_expr if E.dtype_of(b_expr, self.program.dtypes) == "f32" else E.call("f32", b_expr)
+            da = db = "f32"
+        A = self.operand(a_in, (m_ax, r), scope)
+        B = self.operand(b_in, (r, n_ax), scope)
+        zero = "0.0"
+        a_code, b_code = A.code, B.code
+        if self.needs_mask(r):
+            if r not in A.zero_outside:
+                a_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (m_ax, r))}, {a_code}, {zero})"
+            if r not in B.zero_outside:
+                b_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (r, n_ax))}, {b_code}, {zero})"
+        for g in guards:
+            gv = self.value(g, scope)
+            a_code = f"tl.where({self.bcast(gv, (m_ax, r))}, {a_code}, {zero})"
+        if a_code != A.code:
+            var = self.fresh("a")
+            scope.lines.append(f"{var} = {a_code}")
+            a_code = var
+        if b_code != B.code:
+            var = self.fresh("b")
+            scope.lines.append(f"{var} = {b_code}")
+            b_code = var
+        precision = ', input_precision="ieee"' if da == "f32" else ""
+        out = _Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), "f32")
+        order = self.order({m_ax, n_ax})
+        if order != (m_ax, n_ax):
+            out = _Value(f"tl.trans({out.code})", order, "f32")
+        return out
+
+    def operand(self, e: Expr, order: tuple[str, ...], scope: _Scope) -> _Value:
+        """A dot operand laid out as ``order``; loads are emitted in that layout directly."""
+        if isinstance(e, Load) and self.program.tensor(e.tensor).storage != "local":
+            key = (e, order)
+            hit = self.cache.get(key)
+            if hit is not None and self._visible(hit[1], scope):
+                return hit[0]
+            home = self.home(e, scope, set())
+            v = self.load(e, home, order)
+            var = self.fresh("t")
+            home.lines.append(f"{var} = {v.code}")
+            v = _Value(var, order, v.dtype, v.zero_outside)
+            self.cache[key] = (v, home, frozenset())
+            return v
+        v = self.value(e, scope)
+        if v.axes != order:
+            v = _Value(self.bcast(v, order), order, v.dtype, v.zero_outside)
+        return v
+
+    def assign(self, tensor: str, v: _Value, axes: tuple[str, ...], dt: str, scope: _Scope) -> None:
+        var = f"r_{tensor}"
+        code = v.code
+        if v.dtype != dt:
+            code = f"({code}).to({TL_DTYPE[dt]})"
+        if v.axes != axes:
+            shape = "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
+            code = f"tl.broadcast_to({self.bcast(_Value(code, v.axes, dt), axes)}, {shape})"
+        scope.lines.append(f"{var} = {code}")
+        self.invalidate({tensor})
+        self.registers[tensor] = _Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())
+
+    def invalidate(self, tensors: set[str]) -> None:
+        for key in [k for k, (_, _, reads) in self.cache.items() if reads & tensors]:
+            del self.cache[key]
+
+    def store(self, s: Stmt, v: _Value, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        decl = self.program.tensor(s.target.tensor)
+        if s.target.tensor not in self.params:
+            self.params.append(s.target.tensor)
+        strides = self.strides[s.target.tensor]
+        idx = [self.index(i, scope) for i in s.target.indices]
+        axes = self.order({a for x in idx for a in x.axes} | set(v.axes))
+        parts = []
+        for x, st in zip(idx, strides):
+            if x.code == "0" or st == 0:
+                continue
+            code = self.bcast(x, axes) if x.axes else x.code
+            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
+        ptr = f"{s.target.tensor}_ptr" + "".join(f" + {p}" for p in parts)
+        val = self.bcast(v, axes) if v.axes else v.code
+        if v.dtype != decl.dtype:
+            val = f"({val}).to({TL_DTYPE[decl.dtype]})"
+        masks = []
+        m = self.mask_of(axes)
+        if m is not None:
+            masks.append(m.code)
+        for g in guards:
+            gv = self.value(g, scope)
+            masks.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
+        mask = f", mask={' & '.join(f'({x})' for x in masks)}" if masks else ""
+        scope.lines.append(f"tl.store({ptr}, {val}{mask})")
+
+    # }}}
+
+
+_REDUCE = {"+=": "tl.sum", "max=": "tl.max", "min=": "tl.min"}
+
+
+def _combine(op: str, a: str, b: str) -> str:
+    if op == "+=":
+        return f"{a} + {b}"
+    if op == "max=":
+        return f"tl.maximum({a}, {b})"
+    if op == "min=":
+        return f"tl.minimum({a}, {b})"
+    raise CodegenError(f"reductions with {op} are not supported by the Triton backend")
+
+
+def _literal(c: Const) -> str:
+    v = c.value
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return 'float("nan")'
+        if math.isinf(v):
+            return 'float("inf")' if v > 0 else 'float("-inf")'
+        return repr(v)
+    return str(v)
+
+
+def _strip_upcast(e: Expr, dt: dict[str, str]) -> Expr:
+    """``f32(x)`` of a bf16/f16 ``x`` is exact: a dot can take ``x`` and accumulate in fp32."""
+    if isinstance(e, Call) and e.op == "f32" and E.dtype_of(e.args[0], dt) in ("bf16", "f16"):
+        return e.args[0]
+    return e
+
+
+def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
+    a = xs[0]
+    b = xs[1] if len(xs) > 1 else None
+    infix = {"add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
+             "ge": ">=", "eq": "==", "ne": "!=", "and": "&", "or": "|"}
+    if op in infix:
+        if op == "div" and not dtypes.is_float(dts[0]):
+            raise CodegenError("integer true division")
+        return f"({a} {infix[op]} {b})"
+    if op == "floordiv":
+        if dtypes.is_float(dts[0]):
+            return f"tl.floor({a} / {b})"
+        return f"(({a} - (({a} % {b}) + {b}) % {b}) // {b})"
+    if op == "mod":
+        return f"((({a} % {b}) + {b}) % {b})"
+    if op == "neg":
+        return f"(-{a})"
+    if op == "not":
+        return f"({a} == 0)"
+    if op == "exp":
+        return f"tl.exp2({a} * {LOG2E})"
+    simple = {"exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
+              "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "erf": "tl.erf", "abs": "tl.abs",
+              "sin": "tl.sin", "cos": "tl.cos", "floor": "tl.floor", "ceil": "tl.ceil"}
+    if op in simple:
+        return f"{simple[op]}({a})"
+    if op == "reciprocal":
+        return f"(1.0 / {a})"
+    if op in ("max", "min"):
+        fn = "tl.maximum" if op == "max" else "tl.minimum"
+        if dtypes.is_float(dts[0]):
+            return f"{fn}({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
+        return f"{fn}({a}, {b})"
+    if op == "where":
+        return f"tl.where({a}, {b}, {xs[2]})"
+    if op == "isnan":
+        return f"({a} != {a})"
+    if op == "isinf":
+        return f"(tl.abs({a}) == float('inf'))"
+    if op == "tanh":
+        if target == "cuda":
+            return f"libdevice.tanh({a})"
+        # exp-based, with a series near 0 where 1 - exp(-2|x|) cancels
+        ax = f"tl.abs({a})"
+        e = f"tl.exp2({ax} * {-2 * LOG2E})"
+        big = f"tl.where({a} < 0, -1.0, 1.0) * ((1.0 - {e}) / (1.0 + {e}))"
+        x2 = f"({a} * {a})"
+        small = f"{a} * (1.0 + {x2} * (-0.3333333333333333 + {x2} * (0.13333333333333333 + {x2} * -0.05396825396825397)))"
+        return f"tl.where({ax} < 0.05, {small}, {big})"
+    if op == "pow":
+        if target == "cuda":
+            return f"libdevice.pow({a}, {b})"
+        raise CodegenError("pow is not available under the interpreter")
+    raise CodegenError(f"operator {op} has no Triton lowering")
+
+
+def _loops(body: tuple[Node, ...]):
+    for n in body:
+        if isinstance(n, Loop):
+            yield n
+            yield from _loops(n.body)
+        elif isinstance(n, Guard):
+            yield from _loops(n.body)
+
+
+def _stmts(node: Node):
+    if isinstance(node, Stmt):
+        yield node
+    else:
+        for c in node.body:
+            yield from _stmts(c)
+
+
+def _stmts_with_loops(body: tuple[Node, ...], loops: tuple[Loop, ...]):
+    for n in body:
+        if isinstance(n, Stmt):
+            yield n, loops
+        elif isinstance(n, Loop):
+            yield from _stmts_with_loops(n.body, loops + (n,))
+        else:
+            yield from _stmts_with_loops(n.body, loops)
+
+

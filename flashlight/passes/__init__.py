@@ -1,0 +1,76 @@
+"""Program -> Program transformations, each in its own module with its legality argument.
+
+Every pass is a plain function of a :class:`~flashlight.ir.Program` (plus keyword options) and
+has a name for pipelines: ``"inline,masks-to-domains,fuse-reductions,tile{block_m=128}"``.
+Each pass records its legality decisions in ``program.proofs``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from flashlight.ir.nodes import Program
+from flashlight.ir.verify import verify
+from flashlight.passes.contract_buffers import contract_buffers
+from flashlight.passes.defer_normalization import defer_normalization
+from flashlight.passes.fuse_reductions import fuse_reductions
+from flashlight.passes.inline_pointwise import inline_pointwise
+from flashlight.passes.masks_to_domains import masks_to_domains
+from flashlight.passes.tile import tile
+
+PASSES: dict[str, Callable[..., Program]] = {
+    "inline": inline_pointwise,
+    "defer-normalization": defer_normalization,
+    "masks-to-domains": masks_to_domains,
+    "fuse-reductions": fuse_reductions,
+    "contract-buffers": contract_buffers,
+    "tile": tile,
+}
+
+DEFAULT_PIPELINE = "inline,defer-normalization,inline,masks-to-domains,fuse-reductions,contract-buffers,tile"
+
+
+def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
+    """``"a,b{x=1,y=2}"`` -> ``[("a", {}), ("b", {"x": 1, "y": 2})]``."""
+    out = []
+    for m in re.finditer(r"\s*([\w-]+)\s*(?:\{([^}]*)\})?\s*(?:,|$)", spec):
+        if not m.group(1):
+            continue
+        name, args = m.group(1), {}
+        if name not in PASSES:
+            raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(PASSES)}")
+        for item in filter(None, (x.strip() for x in (m.group(2) or "").split(","))):
+            key, _, val = item.partition("=")
+            args[key.strip().replace("-", "_")] = _literal(val.strip())
+        out.append((name, args))
+    return out
+
+
+def _literal(text: str) -> int | float | str:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
+                 on_stage: Callable[[str, Program], None] | None = None,
+                 overrides: dict[str, dict] | None = None) -> Program:
+    """Run passes in order, verifying after each; ``on_stage(name, program)`` sees every stage."""
+    steps = parse_pipeline(spec) if isinstance(spec, str) else spec
+    for name, args in steps:
+        kwargs = dict(args)
+        kwargs.update((overrides or {}).get(name, {}))
+        program = verify(PASSES[name](program, **kwargs))
+        if on_stage is not None:
+            on_stage(name, program)
+    return program
+
+
+__all__ = [
+    "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "fuse_reductions",
+    "inline_pointwise", "masks_to_domains", "parse_pipeline", "run_pipeline", "tile",
+]

@@ -1,0 +1,252 @@
+"""Tile every kernel: tile sizes for grid and serial loops, whole-extent tiles for block loops.
+
+Which grid iterators get a tile larger than one: in a kernel with a contraction
+(``acc += A * B`` summed over an iterator both factors share), the grid iterators that only one
+factor uses are the M and N of a matrix product and are tiled; the others are batch dimensions
+(one program each). A kernel without one tiles its innermost grid iterator, and also the one
+before it when it is purely parallel. Block loops are rounded up to a power of two (masked at the
+tail), at least 16 so that ``tl.dot`` applies.
+
+Legality, checked with isl per kernel on the tiled schedule ``[kernel, phase, tile of each serial
+loop, statement]`` (points of one tile and of different programs run at once): every dependence
+must point strictly forward, except
+
+* a reduction statement's dependences on itself through its target, since its combiner is
+  associative and a tile folds as one block reduction;
+* dependences through the online state (running reductions, their ``prev`` copies and the
+  accumulators they rescale): the merge of the running state ``(y, z)`` is a monoid, so a tile
+  can be folded as one block and merged (the FlashAttention argument).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import islpy as isl
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Call, Load
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
+from flashlight.ir.poly import PolyView, isl_name
+from flashlight.passes.dependences import memory_dependences, violations, witness
+
+name = "tile"
+
+
+class TilingError(ValueError):
+    pass
+
+
+def next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def _fit(extent: int, size: int, minimum: int = 16) -> int:
+    return max(minimum, min(next_pow2(max(extent, 1)), next_pow2(size)))
+
+
+def _grid_chain(nest: Node) -> list[Loop]:
+    chain = []
+    node = nest
+    while isinstance(node, Loop) and node.mapping == "grid":
+        chain.append(node)
+        if len(node.body) != 1 or not isinstance(node.body[0], Loop) or node.body[0].mapping != "grid":
+            break
+        node = node.body[0]
+    return chain
+
+
+def _strip_casts(e):
+    while isinstance(e, Call) and e.op in E.CASTS:
+        e = e.args[0]
+    return e
+
+
+def contraction_operands(stmt: Stmt, reduced: set[str]):
+    """``(A, B, r)`` if ``stmt`` sums ``A * B`` over ``r``, an iterator both factors use."""
+    if stmt.op != "+=" or not (isinstance(stmt.expr, Call) and stmt.expr.op == "mul"):
+        return None
+    a, b = stmt.expr.args
+    shared = E.free_iters(a) & E.free_iters(b) & reduced
+    if len(shared) != 1:
+        return None
+    return a, b, next(iter(shared))
+
+
+def tile(program: Program, block_m: int = 64, block_n: int = 64, block_pointwise: int = 1024) -> Program:
+    """Choose tile sizes for every kernel and prove the tiled schedule legal."""
+    body, proofs = [], []
+    view = PolyView.of(program)
+    deps = _deps_by_tensor(view)
+    for k, nest in enumerate(program.body):
+        tiled, proof = _tile_kernel(nest, k, block_m, block_n, block_pointwise, view, deps)
+        body.append(tiled)
+        proofs.append(proof)
+    return program.replace(body=tuple(body)).with_proofs(*proofs)
+
+
+def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
+                 deps: dict[str, isl.UnionMap]) -> tuple[Node, Proof]:
+    grid = _grid_chain(nest)
+    grid_its = [l.iterator for l in grid]
+    stmts = list(walk_stmts((nest,)))
+    has_serial = any(l.mapping == "serial" for _, loops, _ in stmts for l in loops)
+    has_block = any(l.mapping == "block" for _, loops, _ in stmts for l in loops)
+    extent = {l.iterator: int(l.upper.value) for l in grid}  # type: ignore[union-attr]
+    tiled: dict[str, int] = {}
+    for s, loops, _ in stmts:
+        inner = {l.iterator for l in loops if l.mapping in ("serial", "block")}
+        c = contraction_operands(s, inner)
+        if c is None:
+            continue
+        a, b, _ = c
+        fa, fb = E.free_iters(a), E.free_iters(b)
+        for it in grid_its:
+            if (it in fa) != (it in fb) and extent[it] > 1:
+                tiled[it] = bm
+    if not tiled:
+        candidates = [it for it in grid_its if extent[it] > 1]
+        if candidates:
+            if has_serial or has_block:
+                tiled[candidates[-1]] = bm
+            elif len(candidates) >= 2:
+                inner = _fit(extent[candidates[-1]], min(bp, 128))
+                tiled[candidates[-1]] = inner
+                tiled[candidates[-2]] = max(1, bp // inner)
+            else:
+                tiled[candidates[-1]] = bp
+    sizes = {it: _fit(extent[it], size) for it, size in tiled.items()}
+
+    def retile(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return node
+        if isinstance(node, Guard):
+            return replace(node, body=tuple(retile(c) for c in node.body))
+        n = int(node.upper.value)  # type: ignore[union-attr]
+        if node.mapping == "grid":
+            t = sizes.get(node.iterator, 1)
+        elif node.mapping == "serial":
+            t = _fit(n, bn)
+        else:
+            t = _fit(n, n)
+        return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
+
+    new = retile(nest)
+    proof = _prove(new, k, view, deps)
+    return new, proof
+
+
+def _deps_by_tensor(view: PolyView) -> dict[str, isl.UnionMap]:
+    """Memory dependences split by the tensor they go through."""
+    out: dict[str, isl.UnionMap] = {}
+    tensors: set[str] = set()
+    for part in (view.writes, view.reads):
+        part.foreach_map(lambda m: tensors.add(m.get_tuple_name(isl.dim_type.out)))
+    for t in sorted(tensors):
+        sub = _restrict(view, t)
+        out[t] = memory_dependences(sub, view.schedule).all
+    return out
+
+
+class _Restricted:
+    def __init__(self, view: PolyView, tensor: str) -> None:
+        self.view, self.tensor = view, tensor
+
+    def _only(self, u: isl.UnionMap) -> isl.UnionMap:
+        out = isl.UnionMap("{ }")
+        maps: list[isl.Map] = []
+        u.foreach_map(maps.append)
+        for m in maps:
+            if m.get_tuple_name(isl.dim_type.out) == self.tensor:
+                out = out.union(isl.UnionMap.from_map(m))
+        return out
+
+    @property
+    def writes(self) -> isl.UnionMap:
+        return self._only(self.view.writes)
+
+    @property
+    def reads(self) -> isl.UnionMap:
+        return self._only(self.view.reads)
+
+    @property
+    def schedule(self) -> isl.UnionMap:
+        return self.view.schedule
+
+
+def _restrict(view: PolyView, tensor: str) -> _Restricted:
+    return _Restricted(view, tensor)
+
+
+def state_tensors(nest: Node) -> set[str]:
+    """The online state: running reductions, the copies holding their previous values, and the
+    accumulators rescaled by them."""
+    stmts = [s for s, _, _ in walk_stmts((nest,))]
+    acc = {s.target.tensor for s in stmts if s.is_reduction}
+    copies = {s: s.expr.tensor for s in (x for x in stmts if x.op == "=" and isinstance(x.expr, Load))
+              if s.expr.tensor in acc}
+    rescaled = {s.target.tensor for s in stmts if s.scale is not None}
+    return {c.target.tensor for c in copies} | set(copies.values()) | rescaled
+
+
+def _self_reduction_deps(nest: Node, t: str, d: isl.UnionMap) -> isl.UnionMap:
+    """``d`` without a reduction statement's dependences on itself through its own target."""
+    reducers = {s.name for s, _, _ in walk_stmts((nest,)) if s.is_reduction and s.target.tensor == t}
+    out = isl.UnionMap("{ }")
+    maps: list[isl.Map] = []
+    d.foreach_map(maps.append)
+    for m in maps:
+        src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
+        if not (src == dst and src in reducers):
+            out = out.union(isl.UnionMap.from_map(m))
+    return out
+
+
+def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:
+    state = state_tensors(nest)
+    grid = _grid_chain(nest)
+    body = grid[-1].body if grid else (nest,)
+    sched = isl.UnionMap("{ }")
+    names = []
+    for p, phase in enumerate(body):
+        pos = 0
+        for stmt, loops, _ in walk_stmts((phase,)):
+            serial = [l for l in loops if l.mapping == "serial"]
+            dims = [str(k), str(p)] + [f"floor({isl_name(l.iterator)}/{l.tile})" for l in serial]
+            dims += ["0"] * (2 - len(serial)) + [str(pos)]
+            pos += 1
+            sv = view.stmts[stmt.name]
+            space = f"{isl_name(stmt.name)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
+            sched = sched.union(isl.UnionMap.from_map(
+                isl.Map(f"{{ {space} -> [{', '.join(dims)}] }}").intersect_domain(sv.domain)))
+            names.append(stmt.name)
+    mine = isl.UnionSet("{ }")
+    for n in names:
+        mine = mine.union(isl.UnionSet.from_set(view.stmts[n].domain))
+    strict = isl.UnionMap("{ }")
+    for t, d in deps.items():
+        if t not in state:
+            strict = strict.union(_self_reduction_deps(nest, t, d))
+    strict = strict.intersect_domain(mine).intersect_range(mine)
+    bad = violations(strict, sched)
+    tiles = ", ".join(f"{l.iterator}:{l.tile}" for l in _loops(nest) if l.tile and l.tile > 1)
+    if not bad.is_empty():
+        raise TilingError(f"tiling kernel {k} ({tiles}) would violate {witness(bad)}")
+    relaxed = ", ".join(sorted(state)) or "none"
+    return Proof(f"tile kernel {k} ({tiles})", True,
+                 "under [kernel, phase, tile, statement] every dependence points strictly forward, "
+                 "except a reduction's dependences on itself (its combiner is associative) and those "
+                 f"through the online state ({relaxed}), reordered within a tile because the merge of "
+                 "the running state is a monoid", relation="∅")
+
+
+def _loops(node: Node):
+    if isinstance(node, Loop):
+        yield node
+    if not isinstance(node, Stmt):
+        for c in node.body:
+            yield from _loops(c)
+

@@ -1,0 +1,83 @@
+"""The compiled callable of one captured graph: segments run in order.
+
+A program segment allocates its outputs and global buffers on the device of its inputs and
+launches its kernels; an eager segment calls the aten operator. A program segment whose
+compilation failed runs its original graph nodes eagerly instead (the reason is recorded as a
+fallback), so a compiled function always computes what eager computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from flashlight.codegen.launcher import Launch
+from flashlight.frontend.lift import IR_TO_TORCH, EagerSegment, LiftedGraph
+from flashlight.ir.nodes import Program
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+@dataclass
+class CompiledProgram:
+    """A program whose kernels are loaded: call it with its input tensors, get its outputs."""
+
+    program: Program
+    launches: list[Launch]
+    input_strides: dict[str, tuple[int, ...]]
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        device = inputs[0].device if inputs else torch.device("cpu")
+        for decl, t in zip(self.program.inputs, inputs):
+            want = self.input_strides[decl.name]
+            if tuple(t.stride()) != want and t.numel() > 1:
+                t = torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
+            tensors[decl.name] = t
+        for decl in self.program.tensors:
+            if decl.role == "input" or decl.storage == "local":
+                continue
+            tensors[decl.name] = torch.empty(decl.shape, dtype=IR_TO_TORCH[decl.dtype], device=device)
+        for launch in self.launches:
+            launch(tensors)
+        return [tensors[d.name] for d in self.program.outputs]
+
+
+@dataclass
+class CompiledGraph:
+    lifted: LiftedGraph
+    compiled: dict[int, CompiledProgram | None]  # by segment index; None runs the segment eagerly
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, args: list) -> Any:
+        env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
+        for k, seg in enumerate(self.lifted.segments):
+            if isinstance(seg, EagerSegment):
+                env[seg.node] = _run_node(seg.node, env)
+                continue
+            prog = self.compiled.get(k)
+            if prog is None:
+                for n in seg.nodes:
+                    env[n] = _run_node(n, env)
+                continue
+            outs = prog([env[n] for n in seg.inputs])
+            for n, t in zip(seg.outputs, outs):
+                env[n] = t
+        out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
+        return fx.node.map_arg(out_node.args[0], lambda n: env[n])
+
+
+def _run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:
+    args = fx.node.map_arg(n.args, lambda a: env[a])
+    kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+    return n.target(*args, **kwargs)  # type: ignore[operator]
+
