@@ -9,8 +9,9 @@ Two normalisations happen here, so that the lifted program exposes the tile stru
 * *Delinearisation.* An iterator that every access uses only through ``x // c`` and ``x % c``
   (a batch dimension that a ``view`` merged, as ``matmul`` does for ``bmm``) is split into
   digits, and the result tensor keeps the unmerged shape.
-* *Iterator naming* (:func:`name_iterators`). Iterators that index the same dimension of the
-  same tensor get one name, across statements (``i0``, ``i1``, ... in order of appearance).
+* *Iterator naming* (:func:`name_iterators`). Iterators that index the same dimension of a
+  tensor that one statement writes and another reads get one name (``i0``, ``i1``, ... in order
+  of appearance).
   Names are only a proposal for aligning nests during fusion; legality never relies on them,
   since every fusion is checked with isl on the actual accesses.
 """
@@ -79,9 +80,11 @@ class ProgramBuilder:
         its = [Iter(f"x{self._counter}_{k}") for k in range(len(extents))]
         self._counter += 1
         ranges = {it.name: (0, max(n - 1, 0)) for it, n in zip(its, extents)}
-        rhs = E.simplify_index(make_expr(its), ranges)
-        target_idx: list[Expr] = [its[d] for d in target_dims]
-        loops = [(it.name, n, kind) for it, n, kind in zip(its, extents, kinds)]
+        # a dimension of extent one is no loop: its iterator is the constant 0
+        unit = {it.name: E.index(0) for it, n in zip(its, extents) if n == 1}
+        rhs = E.simplify_index(E.substitute(make_expr(its), unit), ranges)
+        target_idx: list[Expr] = [unit.get(its[d].name, its[d]) for d in target_dims]
+        loops = [(it.name, n, kind) for it, n, kind in zip(its, extents, kinds) if n != 1]
 
         # delinearise merged dimensions
         splits: dict[str, list[tuple[str, int, int]]] = {}  # iterator -> digits (name, extent, radix)
@@ -103,7 +106,12 @@ class ProgramBuilder:
             loops[k:k + 1] = [(d, ext, loops[k][2]) for d, ext, _ in digits]
         shape, value_idx, new_target = [], [], []
         for pos, t in enumerate(target_idx):
-            name = t.name  # target indices are plain iterators
+            if not isinstance(t, Iter):  # a unit dimension
+                shape.append(1)
+                new_target.append(t)
+                value_idx.append(E.index(0))
+                continue
+            name = t.name  # other target indices are plain iterators
             if name in splits:
                 for d, ext, radix in splits[name]:
                     shape.append(ext)
@@ -197,11 +205,14 @@ class _UnionFind:
 
 
 def name_iterators(prog: Program) -> Program:
-    """Give iterators that index the same tensor dimension the same name (``i0``, ``i1``, ...)."""
+    """Give iterators that index the same dimension of a computed tensor the same name."""
     uf = _UnionFind()
     stmts = list(walk_stmts(prog.body))
+    written = {s.target.tensor for s, _, _ in stmts}
     for stmt, loops, _ in stmts:
-        for load in [stmt.target] + E.loads(stmt.expr):
+        # Only values flowing between statements align nests; two reads of one input (q @ q.T)
+        # say nothing about how the readers' loops correspond.
+        for load in [stmt.target] + [ld for ld in E.loads(stmt.expr) if ld.tensor in written]:
             for k, x in enumerate(load.indices):
                 if isinstance(x, Iter):
                     uf.union(("dim", load.tensor, k), ("it", stmt.name, x.name))

@@ -26,7 +26,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Program
 from flashlight.frontend.builder import ProgramBuilder, broadcast_index, literal
-from flashlight.frontend.values import Value
+from flashlight.frontend.values import Value, placeholder
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -432,13 +432,38 @@ for _packet_, _op, _arity in [
     (aten.sqrt, "sqrt", 1), (aten.rsqrt, "rsqrt", 1), (aten.tanh, "tanh", 1), (aten.sigmoid, "sigmoid", 1),
     (aten.erf, "erf", 1), (aten.abs, "abs", 1), (aten.sin, "sin", 1), (aten.cos, "cos", 1),
     (aten.floor, "floor", 1), (aten.ceil, "ceil", 1), (aten.reciprocal, "reciprocal", 1),
-    (aten.maximum, "max", 2), (aten.minimum, "min", 2), (aten.pow, "pow", 2), (aten.atan2, "atan2", 2),
+    (aten.maximum, "max", 2), (aten.minimum, "min", 2), (aten.atan2, "atan2", 2),
     (aten.remainder, "mod", 2),
     (aten.lt, "lt", 2), (aten.le, "le", 2), (aten.gt, "gt", 2), (aten.ge, "ge", 2), (aten.eq, "eq", 2),
     (aten.ne, "ne", 2), (aten.logical_and, "and", 2), (aten.logical_or, "or", 2),
     (aten.logical_not, "not", 1), (aten.logical_xor, "ne", 2),
 ]:
     _HANDLERS[_packet_] = _elementwise(_op, _arity)
+
+
+@_handles(aten.pow)
+def _pow(c: _Ctx) -> Value:
+    """Small integer and half exponents are products and square roots (the same value, exactly
+    rounded); other exponents stay ``pow``."""
+    base, ex = c.node.args[:2]
+    compute = opmath(c.out_dtype)
+    if isinstance(ex, (int, float)) and not isinstance(ex, bool) and isinstance(base, fx.Node):
+        get = _operand(c, base, compute, c.out_shape)
+
+        def power(xs: list[Expr]) -> Expr:
+            x = xs[0]
+            if ex == 0.5:
+                return E.call("sqrt", x)
+            if ex == -0.5:
+                return E.call("rsqrt", x)
+            if float(ex).is_integer() and 1 <= abs(ex) <= 4:
+                r = x
+                for _ in range(int(abs(ex)) - 1):
+                    r = E.call("mul", r, x)
+                return r if ex > 0 else E.call("div", literal(1, compute), r)
+            return E.call("pow", x, literal(ex, compute))
+        return _pointwise(c, [get], power, compute)
+    return _elementwise("pow", 2)(c)
 
 
 @_handles(aten.round)
@@ -566,9 +591,59 @@ def _gelu(c: _Ctx) -> Value:
     return _pointwise(c, [_operand(c, c.arg(0), compute, c.out_shape)], fn, compute)
 
 
+# prims that some decompositions produce
+
+@_handles(prims.broadcast_in_dim, view=True)
+def _broadcast_in_dim(c: _Ctx) -> Value:
+    v = c.value(c.arg(0))
+    shape, dims = list(c.arg(1)), list(c.arg(2))  # type: ignore[arg-type]
+    idx: list[Expr] = []
+    for a, d in enumerate(dims):
+        idx.append(E.index(0) if v.shape[a] == 1 and shape[d] != 1 else placeholder(d))
+    return v.reindex(shape, idx)
+
+
+@_handles(prims.div)
+def _prims_div(c: _Ctx) -> Value:
+    if not dtypes.is_float(c.out_dtype):
+        raise Unsupported("truncating integer division")
+    return _div(c)
+
+
+@_handles(prims.var)
+def _prims_var(c: _Ctx) -> Value:
+    """``sum((x - mean)^2) / (n - correction)``: two reductions, as eager computes it."""
+    v = c.value(c.arg(0))
+    dims = sorted(d % v.rank for d in c.arg(1))  # type: ignore[union-attr]
+    correction = c.kwarg("correction", c.arg(2, 1))
+    acc = opmath(c.out_dtype)
+    n = 1
+    for d in dims:
+        n *= v.shape[d]
+    kept = [d for d in range(v.rank) if d not in dims]
+    order = kept + dims
+    kinds = ["parallel"] * len(kept) + ["reduce"] * len(dims)
+
+    def at(its: list[Iter]) -> Expr:
+        idx: list[Expr] = [E.index(0)] * v.rank
+        for it, d in zip(its, order):
+            idx[d] = it
+        x = v.at(idx)
+        return x if v.dtype == acc else E.call(acc, x)
+    total = c.b.emit(c.hint() + "_sum", acc, [v.shape[d] for d in order], kinds, list(range(len(kept))), "+=", at)
+
+    def sq(its: list[Iter]) -> Expr:
+        mean = E.call("div", total.at(its[:len(kept)]), literal(n, acc))
+        dev = E.call("sub", at(its), mean)
+        return E.call("mul", dev, dev)
+    ss = c.b.emit(c.hint() + "_ss", acc, [v.shape[d] for d in order], kinds, list(range(len(kept))), "+=", sq)
+    return _pointwise(c, [ss], lambda xs: E.call("div", xs[0], literal(max(n - correction, 0), acc)), acc)
+
+
 # reductions
 
-_REDUCE_OPS = {aten.sum: "+=", aten.amax: "max=", aten.amin: "min=", aten.mean: "+=", aten.prod: "*="}
+_REDUCE_OPS = {aten.sum: "+=", aten.amax: "max=", aten.amin: "min=", aten.mean: "+=", aten.prod: "*=",
+               prims.sum: "+=", prims.amax: "max=", prims.amin: "min="}
 
 
 @_handles(*_REDUCE_OPS)
@@ -576,7 +651,7 @@ def _reduce(c: _Ctx) -> Value:
     packet = _packet(c.node.target)
     op = _REDUCE_OPS[packet]
     v = c.value(c.arg(0))
-    dims = c.arg(1)
+    dims = c.arg(1, c.kwarg("dim"))
     if packet is aten.prod:
         dims = None if len(c.node.args) < 2 else [dims]
     keepdim = bool(c.arg(2, c.kwarg("keepdim", False)))

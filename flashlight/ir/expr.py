@@ -271,6 +271,37 @@ def dtype_of(e: Expr, tensor_dtypes: Mapping[str, str]) -> str:
         return dtype_of(e.args[1], tensor_dtypes)
     return dtype_of(e.args[0], tensor_dtypes)
 
+def simplify_condition(e: Expr) -> Expr:
+    """Drop ``& true`` / ``| false`` and move affine comparisons against 0 to ``a <= b`` form."""
+
+    def fold(x: Expr) -> Expr | None:
+        if not isinstance(x, Call):
+            return None
+        if x.op in ("and", "or"):
+            unit = x.op == "and"
+            a, b = x.args
+            for p, q in ((a, b), (b, a)):
+                if isinstance(p, Const) and p.dtype == "b1":
+                    return q if bool(p.value) == unit else p
+            return None
+        if x.op in ("lt", "le", "gt", "ge", "eq", "ne") and isinstance(x.args[1], Const):
+            form = affine_form(x.args[0])
+            if form is None or form[1] != 0 and len(form[0]) == 0:
+                return None
+            if form is not None and x.args[1].dtype == "i64":
+                pos = {k: v for k, v in form[0].items() if v > 0}
+                neg = {k: -v for k, v in form[0].items() if v < 0}
+                rhs = int(x.args[1].value) - form[1]
+                if pos and neg:
+                    left = from_affine(pos, 0)
+                    right = from_affine(neg, rhs)
+                    if (left, right) != (x.args[0], x.args[1]):
+                        return Call(x.op, (left, right))
+        return None
+
+    return rewrite(e, fold)
+
+
 # }}}
 
 

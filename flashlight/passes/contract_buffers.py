@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Iter
+from flashlight.ir.expr import Const, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, walk_stmts
 
 name = "contract-buffers"
@@ -47,13 +47,15 @@ def local_temps(program: Program, nest: Node) -> set[str]:
 
 def _consistent(accesses: list[tuple[tuple, dict[str, Loop]]]) -> bool:
     first = accesses[0][0]
-    if not all(isinstance(i, Iter) for i in first):
+    if not all(isinstance(i, Iter) or (isinstance(i, Const) and i.value == 0) for i in first):
         return False
     for idx, ctx in accesses:
         if idx != first:
             return False
     ref_ctx = accesses[0][1]
     for i in first:
+        if isinstance(i, Const):  # a unit dimension
+            continue
         ref = ref_ctx.get(i.name)  # type: ignore[union-attr]
         if ref is None or ref.mapping is None:
             return False

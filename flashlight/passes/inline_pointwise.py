@@ -1,7 +1,7 @@
 """Inline pointwise producers into their consumers.
 
 A statement ``t[x0, ..., xn] = e`` whose nest is exactly the loops over ``x0..xn`` (one
-distinct iterator per dimension, no guard) and that is the only writer of the temporary ``t``
+distinct iterator per dimension, or the index 0 of a dimension of size one; no guard) and that is the only writer of the temporary ``t``
 defines ``t`` as a pure function of its index. Every load ``t[f0, ..., fn]`` can therefore be
 replaced by ``e[x := f]``, and the statement deleted once nothing reads ``t``.
 
@@ -14,7 +14,7 @@ statements under guards are never inlined. Casts to a value's own dtype are drop
 from __future__ import annotations
 
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Expr, Iter, Load
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
 from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, writers
 
@@ -31,11 +31,13 @@ def _definition(program: Program) -> dict[str, tuple[tuple[str, ...], Expr]]:
             continue
         idx = stmt.target.indices
         its = tuple(l.iterator for l in loops)
-        if not all(isinstance(i, Iter) for i in idx) or tuple(i.name for i in idx) != its:  # type: ignore[union-attr]
+        unit = [isinstance(i, Const) and t.shape[k] == 1 for k, i in enumerate(idx)]
+        named = tuple(i.name for i, u in zip(idx, unit) if isinstance(i, Iter) and not u)
+        if named != its or len(named) + sum(unit) != len(idx):
             continue
         if any(ld.tensor == t.name for ld in E.loads(stmt.expr)):
             continue
-        out[t.name] = (its, stmt.expr)
+        out[t.name] = (tuple(i.name if isinstance(i, Iter) else "" for i in idx), stmt.expr)
     return out
 
 
@@ -60,7 +62,7 @@ def inline_pointwise(program: Program) -> Program:
         def fold(x: Expr) -> Expr | None:
             if isinstance(x, Load) and x.tensor in resolved:
                 its, body = resolved[x.tensor]
-                return E.substitute(body, dict(zip(its, x.indices)))
+                return E.substitute(body, {i: v for i, v in zip(its, x.indices) if i})
             return None
 
         return drop_identity_casts(E.rewrite(e, fold), program.dtypes)

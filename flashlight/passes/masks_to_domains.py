@@ -141,7 +141,7 @@ def restrict_statement(stmt: Stmt) -> tuple[Stmt, list[Expr], list[str]]:
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
                                  f"F({fill}) = {identity} = identity of {stmt.op}")
                     stmt = replace(stmt, expr=_replace(stmt.expr, w, kept))
-                    conds.append(keep_cond)
+                    conds.append(E.simplify_condition(keep_cond))
                     changed = True
                     break
             if changed:
