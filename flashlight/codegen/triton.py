@@ -195,7 +195,7 @@ class _Kernel:
     def home(self, e: Expr, scope: _Scope, reads: set[str]) -> _Scope:
         """The outermost open scope in which ``e`` has its value: hoists loop invariants."""
         its = E.free_iters(e)
-        regs = {ld.tensor for ld in E.loads(e) if ld.tensor in self.local}
+        regs = {ld.tensor for ld in E.loads(e) if ld.tensor in self.produced}
         reads.update(regs)
         s: _Scope | None = scope
         chain = []
@@ -225,10 +225,10 @@ class _Kernel:
 
     def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
         decl = self.program.tensor(e.tensor)
-        if decl.storage == "local":
+        if e.tensor in self.produced:  # computed in this kernel: its value is in registers
             reg = self.registers.get(e.tensor)
             if reg is None:
-                raise CodegenError(f"register {e.tensor} is read before it is written")
+                raise CodegenError(f"{e.tensor} is read before this kernel writes it")
             return reg
         if e.tensor not in self.params:
             self.params.append(e.tensor)
@@ -274,8 +274,11 @@ class _Kernel:
     # {{{ statements
 
     @property
-    def local(self) -> set[str]:
-        return {t.name for t in self.program.tensors if t.storage == "local"}
+    def produced(self) -> set[str]:
+        """Tensors this kernel writes: reads of them inside the kernel come from registers."""
+        if not hasattr(self, "_produced"):
+            self._produced = {s.target.tensor for s, _ in _stmts_with_loops(self.phases, ())}
+        return self._produced
 
     def build(self) -> KernelSource:
         top = _Scope([], None)
@@ -372,11 +375,11 @@ class _Kernel:
         taxes = self.target_axes(s)
         if not s.is_reduction:
             v = self.value(s.expr, scope)
-            if decl.storage == "local":
-                if guards:
-                    raise CodegenError(f"{s.name}: a guarded assignment to a register")
+            if guards and decl.storage == "local":
+                raise CodegenError(f"{s.name}: a guarded assignment to a register")
+            if not guards:
                 self.assign(s.target.tensor, v, taxes, decl.dtype, scope)
-            else:
+            if decl.storage != "local":
                 self.store(s, v, scope, guards)
             return
         stmt_axes = self.order(set(taxes) | {a for a in self.axes_of_stmt(s)})
@@ -406,9 +409,8 @@ class _Kernel:
         else:
             if s.scale is not None:
                 raise CodegenError(f"{s.name}: an online reduction outside its loop")
-            if decl.storage == "local":
-                self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
-            else:
+            self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
+            if decl.storage != "local":
                 self.store(s, tile, scope, ())
 
     def axes_of_stmt(self, s: Stmt) -> set[str]:

@@ -9,9 +9,9 @@ Two normalisations happen here, so that the lifted program exposes the tile stru
 * *Delinearisation.* An iterator that every access uses only through ``x // c`` and ``x % c``
   (a batch dimension that a ``view`` merged, as ``matmul`` does for ``bmm``) is split into
   digits, and the result tensor keeps the unmerged shape.
-* *Iterator naming* (:func:`name_iterators`). Iterators that index the same dimension of a
-  tensor that one statement writes and another reads get one name (``i0``, ``i1``, ... in order
-  of appearance).
+* *Iterator naming* (:func:`name_iterators`). Iterators that index the same dimension of the
+  same tensor get one name (``i0``, ``i1``, ... in order of appearance), unless that would merge
+  two loops of one statement.
   Names are only a proposal for aligning nests during fusion; legality never relies on them,
   since every fusion is checked with isl on the actual accesses.
 """
@@ -187,12 +187,18 @@ def _join_digits(digits: list[tuple[str, int, int]]) -> Expr:
 
 # {{{ naming
 
-class _UnionFind:
+class _Classes:
+    """Union-find over (tensor, dim) and (statement, iterator), refusing any union that would put
+    two iterators of one statement in one class."""
+
     def __init__(self) -> None:
         self.parent: dict[object, object] = {}
+        self.members: dict[object, set[tuple[str, str]]] = {}
 
     def find(self, x: object) -> object:
         self.parent.setdefault(x, x)
+        if x not in self.members:
+            self.members[x] = {x[1:]} if x[0] == "it" else set()  # type: ignore[index]
         while self.parent[x] != x:
             self.parent[x] = self.parent[self.parent[x]]
             x = self.parent[x]
@@ -200,22 +206,33 @@ class _UnionFind:
 
     def union(self, a: object, b: object) -> None:
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
+        if ra == rb:
+            return
+        ma, mb = self.members[ra], self.members[rb]
+        stmts_a = {s: it for s, it in ma}
+        if any(s in stmts_a and stmts_a[s] != it for s, it in mb):
+            return  # would merge two loops of one statement
+        self.parent[rb] = ra
+        self.members[ra] = ma | mb
 
 
 def name_iterators(prog: Program) -> Program:
-    """Give iterators that index the same dimension of a computed tensor the same name."""
-    uf = _UnionFind()
+    """Give iterators that index the same tensor dimension the same name (``i0``, ``i1``, ...).
+
+    Values flowing between statements are unified first; reads of one input unify only where
+    they do not merge two loops of one statement (``q @ q.T`` reads q's rows with two loops).
+    """
+    uf = _Classes()
     stmts = list(walk_stmts(prog.body))
     written = {s.target.tensor for s, _, _ in stmts}
-    for stmt, loops, _ in stmts:
-        # Only values flowing between statements align nests; two reads of one input (q @ q.T)
-        # say nothing about how the readers' loops correspond.
-        for load in [stmt.target] + [ld for ld in E.loads(stmt.expr) if ld.tensor in written]:
-            for k, x in enumerate(load.indices):
-                if isinstance(x, Iter):
-                    uf.union(("dim", load.tensor, k), ("it", stmt.name, x.name))
+    for computed in (True, False):
+        for stmt, loops, _ in stmts:
+            for load in [stmt.target] + E.loads(stmt.expr):
+                if (load.tensor in written) != computed:
+                    continue
+                for k, x in enumerate(load.indices):
+                    if isinstance(x, Iter):
+                        uf.union(("dim", load.tensor, k), ("it", stmt.name, x.name))
     names: dict[object, str] = {}
     renames: dict[str, dict[str, str]] = {}
     for stmt, loops, _ in stmts:
@@ -224,7 +241,7 @@ def name_iterators(prog: Program) -> Program:
         for l in loops:
             root = uf.find(("it", stmt.name, l.iterator))
             name = names.setdefault(root, f"i{len(names)}")
-            if name in used:  # two iterators of one statement in one class: keep them apart
+            if name in used:
                 name = names.setdefault(("fresh", stmt.name, l.iterator), f"i{len(names)}")
             used.add(name)
             renames[stmt.name][l.iterator] = name

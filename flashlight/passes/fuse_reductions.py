@@ -5,8 +5,8 @@ nest per *kernel*, each loop mapped:
 
 * ``@grid`` loops: the iterators parallel in every statement of the kernel (one program each);
 * ``@serial`` loops: inside a program, in *phases*; a phase loops over the iterator that couples
-  its statements (one shared by several statements and reduced by one of them), or over an
-  iterator too large to hold in one block;
+  its statements (one statement reduces over it while reading another's result along it), or
+  over an iterator too large to hold in one block;
 * ``@block`` loops: the remaining iterators, whole inside a program (a head dimension).
 
 Statements are taken in program order. Each joins the current kernel if (1) the kernel keeps a
@@ -122,24 +122,30 @@ class Running:
 
 
 def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, dict] | None:
-    """Grid iterators and, per statement, serial and block iterators."""
+    """Grid iterators and, per statement, serial and block iterators.
+
+    An iterator is serial (a loop over tiles inside the program) if it is too large for one block,
+    or if it *couples* the statements: some statement reduces over it while reading, at an index
+    that varies with it, a tensor another statement of the group produces (the key index of
+    attention: the softmax reductions read the score tile ``s[i, j]``).
+    """
     first = recs[0]
     grid = tuple(it for it in first.its
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
     if len(recs) > 1 and not grid:
         return None
-    count: dict[str, int] = {}
-    reduced: set[str] = set()
+    produced = {r.stmt.target.tensor: r.name for r in recs}
+    coupling: set[str] = set()
     for r in recs:
-        for l in r.loops:
-            if l.iterator not in grid:
-                count[l.iterator] = count.get(l.iterator, 0) + 1
-                if l.kind == "reduce":
-                    reduced.add(l.iterator)
+        reduced = {l.iterator for l in r.loops if l.kind == "reduce"}
+        for ld in E.loads(r.stmt.expr):
+            writer = produced.get(ld.tensor)
+            if writer is not None and writer != r.name:
+                coupling |= reduced & {i for x in ld.indices for i in E.free_iters(x)}
     serial, block = {}, {}
     for r in recs:
         rest = [it for it in r.its if it not in grid]
-        s = tuple(it for it in rest if (count[it] > 1 and it in reduced) or r.extent(it) > block_limit)
+        s = tuple(it for it in rest if it in coupling or r.extent(it) > block_limit)
         serial[r.name] = s
         block[r.name] = tuple(it for it in rest if it not in s)
     return grid, serial, block
