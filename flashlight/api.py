@@ -6,6 +6,7 @@ capture (Dynamo/AOT) -> lift (frontend) -> passes -> Triton source (codegen) -> 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import textwrap
 from collections.abc import Callable, Sequence
@@ -95,10 +96,11 @@ def compile_segment(seg: ProgramSegment, options: Options, target: str,
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
-                  name: str = "program", reports: list[SegmentReport] | None = None) -> CompiledGraph:
+                  name: str = "program", reports: list[SegmentReport] | None = None,
+                  arg_order: Sequence[str] = ()) -> CompiledGraph:
     target = target_of(example_inputs)
     opts = options.for_target(target)
-    lifted = lift_graph(gm, names, name)
+    lifted = lift_graph(gm, names, name, arg_order)
     compiled: dict[int, CompiledProgram | None] = {}
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     for k, seg in enumerate(lifted.segments):
@@ -142,7 +144,7 @@ class CompiledFunction:
         functools.update_wrapper(self, fn)
 
     def _compile_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
-        graph = compile_graph(gm, example_inputs, names, self.options, self._name)
+        graph = compile_graph(gm, example_inputs, names, self.options, self._name, arg_order=_params(self.fn))
         self.graphs.append(graph)
 
         def run(args: list) -> Any:
@@ -164,6 +166,13 @@ def compile(fn: Callable | None = None, **options: Any) -> Any:
     return CompiledFunction(fn, opts)
 
 
+def _params(fn: Callable) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
 def _program_name(fn: Callable) -> str:
     raw = getattr(fn, "__name__", "program")
     name = "".join(c if c.isalnum() or c == "_" else "_" for c in raw).strip("_") or "program"
@@ -177,7 +186,8 @@ def _program_name(fn: Callable) -> str:
 def trace(fn: Callable, *args: Any, **kwargs: Any) -> Program:
     """The lifted program of ``fn`` on these inputs (runs ``fn`` once, eagerly, to capture it)."""
     graphs, _ = capture_graphs(fn, args, kwargs)
-    programs = [p for g in graphs for p in lift_graph(g.graph_module, g.input_names, _program_name(fn)).programs]
+    programs = [p for g in graphs
+                for p in lift_graph(g.graph_module, g.input_names, _program_name(fn), _params(fn)).programs]
     if len(programs) != 1:
         raise ValueError(f"{_program_name(fn)} lifts to {len(programs)} programs (graph breaks or eager "
                          "fallbacks split it); flashlight.explain shows each of them")
@@ -243,7 +253,7 @@ def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: 
     stages, proofs, kernels, buffers, fallbacks, programs = [], [], [], [], [], []
     for g in graphs:
         reports: list[SegmentReport] = []
-        cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports)
+        cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports, _params(fn))
         fallbacks += cg.fallbacks
         for r in reports:
             stages += r.stages

@@ -88,8 +88,13 @@ class LiftedGraph:
 # }}}
 
 
-def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, name: str = "program") -> LiftedGraph:
-    """Lift ``gm`` (an aten graph with ``val`` metadata on every node) into segments."""
+def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, name: str = "program",
+               arg_order: Sequence[str] = ()) -> LiftedGraph:
+    """Lift ``gm`` (an aten graph with ``val`` metadata on every node) into segments.
+
+    ``input_names`` name the graph's placeholders; program inputs are declared in the order of
+    ``arg_order`` (the user's parameter names), then in order of first use.
+    """
     graph = gm.graph
     phs = [n for n in graph.nodes if n.op == "placeholder"]
     names = list(input_names) if input_names and len(input_names) == len(phs) else [n.name for n in phs]
@@ -136,11 +141,12 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
         outputs = [n for n in outputs if _is_tensor(n)]
         prog_name = name if len(runs) == 1 else f"{name}_{seg_index}"
         seg_index += 1
-        lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name))
+        lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order)))
     return lifted
 
 
-def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str) -> ProgramSegment:
+def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str,
+              arg_order: list[str]) -> ProgramSegment:
     b = ProgramBuilder(name)
     env: dict[fx.Node, Value] = {}
     inputs: list[fx.Node] = []
@@ -153,7 +159,12 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
         reason = _try_lift(b, env, n)
         assert reason is None, f"node {n.name} lifted in pass 1 but not in pass 2: {reason}"
     outs = [(f"out{k}", env[n]) for k, n in enumerate(outputs)]
-    return ProgramSegment(b.program(outs), inputs, outputs, list(run))
+    prog = b.program(outs)
+    rank = {n: arg_order.index(n) if n in arg_order else len(arg_order) + k
+            for k, n in enumerate(d.name for d in prog.inputs)}
+    pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
+    decls = [d for d, _ in pairs] + [t for t in prog.tensors if t.role != "input"]
+    return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run))
 
 
 def _input_value(b: ProgramBuilder, n: fx.Node, name: str) -> Value:

@@ -232,7 +232,7 @@ def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) ->
             strict = strict.union(_self_reduction_deps(nest, t, d))
     strict = strict.intersect_domain(mine).intersect_range(mine)
     bad = violations(strict, sched)
-    tiles = ", ".join(f"{l.iterator}:{l.tile}" for l in _loops(nest) if l.tile and l.tile > 1)
+    tiles = ", ".join(dict.fromkeys(f"{l.iterator}:{l.tile}" for l in _loops(nest) if l.tile and l.tile > 1))
     if not bad.is_empty():
         raise TilingError(f"tiling kernel {k} ({tiles}) would violate {witness(bad)}")
     relaxed = ", ".join(sorted(state)) or "none"
