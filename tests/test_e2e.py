@@ -1,0 +1,139 @@
+"""End to end on the CPU (Triton's interpreter): programs against eager PyTorch, and the shape
+of what the compiler produced."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import flashlight
+
+from conftest import attention, causal_attention, check_golden, qkv, relerr
+
+SHAPES = [  # (B, H, Sq, Sk, D): batch and head dims, tails (77), Sq != Sk, D not a power of two
+    (2, 3, 77, 77, 16),
+    (1, 2, 40, 93, 24),
+]
+
+
+def _kernels(f: flashlight.CompiledFunction) -> int:
+    return sum(len(p.launches) for g in f.graphs for p in g.compiled.values() if p is not None)
+
+
+@pytest.mark.parametrize("fn", [attention, causal_attention], ids=["vanilla", "causal"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_attention_matches_eager_in_one_kernel(fn, shape):
+    B, H, Sq, Sk, D = shape
+    q, k, v = qkv(B, H, Sq, Sk, D)
+    f = flashlight.compile(fn)
+    out = f(q, k, v)
+    assert out.shape == (B, H, Sq, D) and out.dtype == torch.float32
+    assert relerr(out, fn(q.double(), k.double(), v.double())) < 1e-5
+    assert _kernels(f) == 1
+    ex = flashlight.explain(fn, q, k, v)
+    assert len(ex.kernels) == 1 and not ex.fallbacks
+    big = [b for b in ex.buffers if Sq in b.shape and Sk in b.shape]
+    assert not big, f"an Sq x Sk intermediate lives in global memory: {big}"
+
+
+def test_flashattention_structure_of_the_kernel():
+    q, k, v = qkv(2, 2, 77, 93, 16)
+    src = flashlight.explain(causal_attention, q, k, v).kernels[0].source
+    body = src.split("def ", 1)[1]
+    pre, loop = body.split("    for ", 1)
+    loop_body = "\n".join(l for l in loop.splitlines()[1:] if l.startswith("        "))
+    after = "\n".join(l for l in loop.splitlines()[1:] if l.startswith("    ") and not l.startswith("        "))
+    assert body.count("    for ") == 1, "one loop over key tiles"
+    assert "q_ptr" in pre and "q_ptr" not in loop, "the Q tile is loaded once, before the loop"
+    assert loop_body.count("tl.dot(") == 2, "QK^T and PV are tile dot products"
+    state = re.findall(r"^\s+(r_\w+) = tl\.full", pre, re.M)
+    assert len(state) == 3, f"running max, sum and accumulator carried by the loop: {state}"
+    assert "tl.maximum(r_" in loop_body and "* " in loop_body
+    assert re.search(r"= \(r_\w+ / r_\w+\[:, None\]\)", after), "the division by the sum follows the loop"
+    assert "tl.store" in after and "tl.store" not in loop_body
+
+
+def test_masked_rows_follow_eager():
+    # a row with no visible key: eager's softmax of all -inf is nan, and so is ours
+    def fn(q, k, v):
+        s = q @ k.transpose(-2, -1)
+        i = torch.arange(q.shape[-2])[:, None]
+        j = torch.arange(k.shape[-2])[None, :]
+        s = s.masked_fill(j > i - 3, float("-inf"))
+        return torch.softmax(s, dim=-1) @ v
+    q, k, v = qkv(1, 1, 20, 20, 8)
+    out, ref = flashlight.compile(fn)(q, k, v), fn(q, k, v)
+    assert torch.isnan(out[..., :3, :]).all() and torch.isnan(ref[..., :3, :]).all()
+    assert relerr(out[..., 3:, :], ref[..., 3:, :]) < 1e-5
+
+
+def test_lemma_failure_still_matches_eager():
+    def fn(x):
+        return torch.sum(torch.tanh(x - x.amax(-1, keepdim=True)), -1)
+    x = torch.randn(6, 300)
+    f = flashlight.compile(fn)
+    assert relerr(f(x), fn(x)) < 1e-5
+    ex = flashlight.explain(fn, x)
+    refused = [p for p in ex.proofs if p.transformation.startswith("online rewrite") and not p.legal]
+    assert refused and "does not separate" in refused[0].reason
+    final = ex.stages[-1][1]
+    assert final.count("@serial") == 2, "two passes over x, not one fused loop"
+
+
+@pytest.mark.parametrize("case", ["softmax", "matmul", "matmul_big_k", "mlp"])
+def test_plain_programs(case):
+    g = torch.Generator().manual_seed(1)
+    if case == "softmax":
+        fn, args = (lambda x: torch.softmax(x, dim=-1)), (torch.randn(37, 300, generator=g),)
+    elif case == "matmul":
+        fn, args = (lambda a, b: a @ b), (torch.randn(70, 90, generator=g), torch.randn(90, 50, generator=g))
+    elif case == "matmul_big_k":
+        fn, args = (lambda a, b: a @ b), (torch.randn(40, 300, generator=g), torch.randn(300, 30, generator=g))
+    else:
+        fn = lambda x, w1, w2: torch.relu(x @ w1) @ w2  # noqa: E731
+        args = (torch.randn(40, 32, generator=g), torch.randn(32, 64, generator=g), torch.randn(64, 16, generator=g))
+    f = flashlight.compile(fn)
+    assert relerr(f(*args), fn(*args)) < 1e-5
+    assert _kernels(f) == 1
+    assert not [x for gr in f.graphs for x in gr.fallbacks]
+
+
+def test_bf16_attention_against_fp32():
+    q, k, v = qkv(1, 2, 70, 70, 16, dtype=torch.bfloat16)
+
+    def fn(q, k, v):
+        s = (q @ k.transpose(-2, -1)).float() * 0.25
+        return torch.softmax(s, dim=-1).to(v.dtype) @ v
+    out = flashlight.compile(fn)(q, k, v)
+    assert out.dtype == torch.bfloat16
+    assert relerr(out, fn(q.float(), k.float(), v.float())) < 2e-2
+
+
+def test_trace_prints_the_lifted_program():
+    q, k, v = qkv(2, 3, 7, 5, 4)
+    prog = flashlight.trace(attention, q, k, v)
+    check_golden("lifted_attention", str(prog))
+    assert str(flashlight.ir.parse(str(prog))) == str(prog)
+    assert "//" not in str(prog) and "%" not in str(prog), "merged batch dims were delinearised"
+
+
+def test_unsupported_op_falls_back_to_eager():
+    def fn(x):
+        y = torch.exp(x) * 2
+        z = torch.cumsum(y, dim=-1)  # no lifting rule: runs in eager PyTorch
+        return torch.softmax(z, dim=-1)
+    x = torch.randn(5, 40)
+    f = flashlight.compile(fn)
+    assert relerr(f(x), fn(x)) < 1e-5
+    ex = flashlight.explain(fn, x)
+    assert any("cumsum" in op for op, _ in ex.fallbacks)
+    assert len(ex.kernels) == 2, "the pointwise part and the softmax still compile"
+
+
+def test_self_attention_with_one_tensor():
+    q, _, _ = qkv(1, 2, 50, 50, 16)
+    f = flashlight.compile(causal_attention)
+    assert relerr(f(q, q, q), causal_attention(q, q, q)) < 1e-5
+    assert _kernels(f) == 1

@@ -1,0 +1,194 @@
+"""Pass-level tests: text in, text out, and the legality decisions each pass records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flashlight import ir, passes
+from flashlight.ir.interpret import interpret
+from flashlight.passes import algebra
+from flashlight.passes.fuse_reductions import fuse_reductions
+
+from conftest import check_golden
+
+# The safe-softmax row reduction followed by P @ V, one statement per nest (the lifted form).
+# Rows longer than the block limit (4 here) are visited in tiles, which is where fusion matters.
+SOFTMAX_PV = """\
+program softmax_pv(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2])
+  buffer m: f32[4]
+  buffer l: f32[4]
+  buffer acc: f32[4,2]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      M1: m[i] max= S[i,j]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      L1: l[i] += exp(S[i,j] - m[i])
+  for i in 0:4 parallel, d in 0:2 parallel
+    for j in 0:6 reduce
+      O1: acc[i,d] += exp(S[i,j] - m[i]) * V[j,d]
+  for i in 0:4 parallel, d in 0:2 parallel
+    N1: o[i,d] = acc[i,d] / l[i]"""
+
+TANH = """\
+program tanh_sum(x: f32[3,200]) -> (out0: f32[3])
+  buffer m: f32[3]
+  for i in 0:3 parallel
+    for j in 0:200 reduce
+      M: m[i] max= x[i,j]
+  for i in 0:3 parallel
+    for j in 0:200 reduce
+      T: out0[i] += tanh(x[i,j] - m[i])"""
+
+
+def _run(prog: ir.Program, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ins = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in prog.inputs}
+    return interpret(prog, ins)
+
+
+def _proof(prog: ir.Program, prefix: str) -> ir.Proof:
+    return next(p for p in prog.proofs if p.transformation.startswith(prefix))
+
+
+def test_naive_fusion_is_illegal_with_a_witness():
+    prog = fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4)
+    refused = _proof(prog, "fuse L1")
+    assert not refused.legal
+    # every step of the sum needs the last step of the max
+    assert refused.witness == "M1[3, 5] -> L1[3, 4]"
+    assert "M1[i, j = 5] -> L1[i' = i, j']" in refused.relation
+
+
+def test_online_rewrite_is_proved_and_applied():
+    prog = fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4)
+    for name in ("L1", "O1"):
+        accepted = _proof(prog, f"online rewrite of {name}")
+        assert accepted.legal and "separates over (+, *)" in accepted.lemma
+        assert "exp(-y_new_0 + y_old_0)" in accepted.lemma
+    check_golden("fuse_softmax_pv", str(prog))
+    # one kernel: one nest, one serial loop carrying max, sum and P@V, then the division
+    assert len(prog.body) == 1
+    assert str(prog).count("@serial") == 1
+
+
+def test_online_rewrite_preserves_values():
+    before = ir.parse(SOFTMAX_PV)
+    after = passes.run_pipeline(before, "fuse-reductions{block_limit=4},contract-buffers,tile{block_m=2,block_n=4}")
+    a, b = _run(before)["o"], _run(after)["o"]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_lemma_failure_keeps_two_passes():
+    prog = fuse_reductions(ir.parse(TANH))
+    refused = _proof(prog, "online rewrite of T")
+    assert not refused.legal and "does not separate" in refused.reason
+    text = str(prog)
+    assert len(prog.body) == 1, "still one kernel"
+    assert text.count("@serial") == 2, "but two passes over x"
+    np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(TANH))["out0"], rtol=1e-5)
+
+
+def test_inline_pointwise_golden():
+    text = """\
+program p(x: f32[4,5]) -> (out0: f32[4])
+  buffer e: f32[4,5]
+  buffer s: f32[4]
+  for i in 0:4 parallel, j in 0:5 parallel
+    A: e[i,j] = exp(x[i,j] * 0.5)
+  for i in 0:4 parallel
+    for j in 0:5 reduce
+      B: s[i] += e[i,j]
+  for i in 0:4 parallel
+    C: out0[i] = s[i] + 1.0"""
+    prog = passes.inline_pointwise(ir.parse(text))
+    check_golden("inline", str(prog))
+    assert "e[" not in str(prog) and len(prog.body) == 2
+    np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(text))["out0"], rtol=1e-6)
+
+
+def test_masks_to_domains_only_for_identity_fills():
+    text = """\
+program p(x: f32[4,6]) -> (m: f32[4], s: f32[4])
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      A: m[i] max= where(j > i, -inf, x[i,j])
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      B: s[i] += where(j > i, -1000000000.0, x[i,j])"""
+    prog = passes.masks_to_domains(ir.parse(text))
+    check_golden("masks_to_domains", str(prog))
+    assert "if j <= i" in str(prog)
+    assert str(prog).count("if ") == 1, "a finite fill in a sum is no identity: it stays an expression"
+    orig = _run(ir.parse(text))
+    new = _run(prog)
+    for name in ("m", "s"):
+        np.testing.assert_allclose(new[name], orig[name], rtol=1e-6)
+
+
+def test_defer_normalization_golden():
+    text = """\
+program p(x: f32[3,5], v: f32[5,2]) -> (out0: f32[3,2])
+  buffer l: f32[3]
+  buffer a: f32[3,2]
+  for i in 0:3 parallel
+    for j in 0:5 reduce
+      L: l[i] += exp(x[i,j])
+  for i in 0:3 parallel, e in 0:2 parallel
+    for j in 0:5 reduce
+      A: a[i,e] += exp(x[i,j]) / l[i] * v[j,e]
+  for i in 0:3 parallel, e in 0:2 parallel
+    O: out0[i,e] = a[i,e]"""
+    prog = passes.defer_normalization(ir.parse(text))
+    check_golden("defer_normalization", str(prog))
+    assert "/ l[i]" not in str(prog).split("A: ")[1].split("\n")[0]
+    np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(text))["out0"], rtol=1e-5)
+
+
+def test_tiled_program_golden_and_proof():
+    prog = passes.run_pipeline(ir.parse(SOFTMAX_PV), "fuse-reductions{block_limit=4},contract-buffers,tile{block_m=16,block_n=16}")
+    check_golden("tile_softmax_pv", str(prog))
+    proof = _proof(prog, "tile kernel 0")
+    assert proof.legal and "monoid" in proof.reason
+    assert "local m" in str(prog) and "local acc" in str(prog)
+
+
+def test_tiling_refuses_a_reordering_dependence():
+    # a sequential scan: x[j] reads x[j-1]; folding a tile at once would read stale values
+    text = """\
+program scan(a: f32[8]) -> (x: f32[8])
+  for j in 0:8 seq
+    S: x[j] = a[j] + where(j > 0, x[max(j - 1, 0)], 0.0)"""
+    from flashlight.passes.tile import TilingError
+
+    prog = ir.parse(text)
+    with pytest.raises(TilingError, match="would violate S"):
+        passes.run_pipeline(prog, "fuse-reductions,tile{block_n=4}")
+
+
+@pytest.mark.parametrize("F,separable,c", [
+    ("exp(s[i,j] - m[i])", True, "exp(-y_new_0 + y_old_0)"),
+    ("f32(bf16(exp(s[i,j] - m[i]))) * v[j,e]", True, "exp(-y_new_0 + y_old_0)"),
+    ("exp2(s[i,j] * 0.5 - m[i])", True, "2**(-y_new_0 + y_old_0)"),
+    ("tanh(s[i,j] - m[i])", False, None),
+    ("(s[i,j] - m[i]) * (s[i,j] - m[i])", False, None),
+    ("s[i,j] * m[i]", False, None),  # separable, but H(y) = y may vanish: refused
+])
+def test_lemma(F, separable, c):
+    from flashlight.ir.parser import parse_expr
+
+    e = parse_expr(F)
+    m = parse_expr("m[i]")
+    lemma = algebra.online_lemma(e, (m,), "+=")
+    assert (lemma is not None) == separable
+    if c is not None:
+        assert str(lemma.c) == c
+
+
+def test_max_plus_lemma():
+    from flashlight.ir.parser import parse_expr
+
+    lemma = algebra.online_lemma(parse_expr("s[i,j] + m[i]"), (parse_expr("m[i]"),), "max=")
+    assert lemma is not None and lemma.partner == "+"
+    assert str(lemma.c) in ("-y_old_0 + y_new_0", "y_new_0 - y_old_0")
