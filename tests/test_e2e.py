@@ -38,21 +38,46 @@ def test_attention_matches_eager_in_one_kernel(fn, shape):
     assert not big, f"an Sq x Sk intermediate lives in global memory: {big}"
 
 
+def _split_kernel(src: str) -> tuple[str, list[str], str]:
+    """(before the first loop, [loop bodies], after the last loop) of a generated kernel."""
+    lines = src.split("def ", 1)[1].splitlines()[1:]
+    pre, loops, post = [], [], []
+    for line in lines:
+        if line.startswith("    for "):
+            loops.append([])
+        elif line.startswith("        ") and loops:
+            loops[-1].append(line)
+        elif loops:
+            post.append(line)
+        else:
+            pre.append(line)
+    return "\n".join(pre), ["\n".join(body) for body in loops], "\n".join(post)
+
+
 def test_flashattention_structure_of_the_kernel():
     q, k, v = qkv(2, 2, 77, 93, 16)
-    src = flashlight.explain(causal_attention, q, k, v).kernels[0].source
-    body = src.split("def ", 1)[1]
-    pre, loop = body.split("    for ", 1)
-    loop_body = "\n".join(l for l in loop.splitlines()[1:] if l.startswith("        "))
-    after = "\n".join(l for l in loop.splitlines()[1:] if l.startswith("    ") and not l.startswith("        "))
-    assert body.count("    for ") == 1, "one loop over key tiles"
+    src = flashlight.explain(attention, q, k, v).kernels[0].source
+    pre, loops, after = _split_kernel(src)
+    assert len(loops) == 1, "one loop over key tiles"
+    loop = loops[0]
     assert "q_ptr" in pre and "q_ptr" not in loop, "the Q tile is loaded once, before the loop"
-    assert loop_body.count("tl.dot(") == 2, "QK^T and PV are tile dot products"
+    assert loop.count("tl.dot(") == 2, "QK^T and PV are tile dot products"
     state = re.findall(r"^\s+(r_\w+) = tl\.full", pre, re.M)
     assert len(state) == 3, f"running max, sum and accumulator carried by the loop: {state}"
-    assert "tl.maximum(r_" in loop_body and "* " in loop_body
+    assert "tl.maximum(r_" in loop and "* " in loop
     assert re.search(r"= \(r_\w+ / r_\w+\[:, None\]\)", after), "the division by the sum follows the loop"
-    assert "tl.store" in after and "tl.store" not in loop_body
+    assert "tl.store" in after and "tl.store" not in loop
+
+
+def test_causal_kernel_separates_full_and_masked_tiles():
+    q, k, v = qkv(1, 2, 256, 256, 16)
+    src = flashlight.explain(causal_attention, q, k, v, options=flashlight.Options(block_m=64, block_n=64)
+                             ).kernels[0].source
+    _, loops, _ = _split_kernel(src)
+    assert len(loops) == 2, "a loop over tiles below the diagonal, one over the diagonal"
+    assert "<=" not in loops[0], "no mask code where every guard holds"
+    assert "<=" in loops[1] and "tl.where" in loops[1]
+    assert all(body.count("tl.dot(") == 2 for body in loops)
 
 
 def test_masked_rows_follow_eager():

@@ -112,6 +112,7 @@ class _Kernel:
         self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
         self.uses_libdevice = False
         self.open_accumulators: set[str] = set()
+        self.full_tiles = False
 
     def _axis(self, l: Loop, role: str) -> None:
         it = l.iterator
@@ -318,8 +319,10 @@ class _Kernel:
         if isinstance(node, Stmt):
             self.emit_stmt(node, scope, guards)
         elif isinstance(node, Guard):
+            # inside tiles proved full, every guard holds: no mask code
+            extra = () if self.full_tiles else (node.cond,)
             for c in node.body:
-                self.emit_node(c, scope, guards + (node.cond,))
+                self.emit_node(c, scope, guards + extra)
         elif node.mapping == "block":
             for c in node.body:
                 self.emit_node(c, scope, guards)
@@ -329,25 +332,58 @@ class _Kernel:
             raise CodegenError(f"unexpected {node.mapping} loop {node.iterator} inside a kernel")
 
     def emit_serial(self, loop: Loop, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        """One ``for`` over tiles per tile range (all tiles if the loop lists none); accumulators
+        start before the first and are stored after the last."""
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
-        inner = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
-        inner.written = {s.target.tensor for s in _stmts(loop)}
         carried = [acc for acc in self.carried(loop) if acc.target.tensor not in self.open_accumulators]
         for acc in carried:  # loop-carried accumulators start at the identity
             self.init_accumulator(acc, scope)
             self.open_accumulators.add(acc.target.tensor)
-        inner.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
-        if self.needs_mask(it):
-            inner.lines.append(f"m_{it} = o_{it} < {n}")
-        for c in loop.body:
-            self.emit_node(c, inner, guards)
-        scope.lines.append(f"for t_{it} in range(0, {math.ceil(n / t)}):")
-        scope.lines.extend("    " + line for line in inner.lines)
+        written = {s.target.tensor for s in _stmts(loop)}
+        ranges = [(self.scalar(r.lower), self.scalar(r.upper), r.masked) for r in loop.ranges] or \
+            [("0", str(math.ceil(n / t)), True)]
+        for lo, hi, masked in ranges:
+            inner = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+            inner.written = written
+            inner.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
+            if self.needs_mask(it):
+                inner.lines.append(f"m_{it} = o_{it} < {n}")
+            self.full_tiles = not masked
+            for c in loop.body:
+                self.emit_node(c, inner, guards)
+            self.full_tiles = False
+            note = "" if masked else "  # tiles where every guard holds: no mask code"
+            scope.lines.append(f"for t_{it} in range({lo}, {hi}):{note}")
+            scope.lines.extend("    " + line for line in inner.lines)
+            self.invalidate(written)
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
             if self.program.tensor(acc.target.tensor).storage != "local":
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
-        self.invalidate(inner.written)
+
+    def scalar(self, e: Expr) -> str:
+        """A tile-range bound: grid iterators stand for the first point of the program's tile."""
+        if isinstance(e, Const):
+            return _literal(e)
+        if isinstance(e, Iter):
+            it = e.name
+            return f"(pid_{it} * {self.tile[it]})" if it in self.axes else it
+        assert isinstance(e, Call)
+        if e.op == "floordiv" and isinstance(e.args[0], Iter) and isinstance(e.args[1], Const) \
+                and self.tile.get(e.args[0].name) == e.args[1].value and e.args[0].name in self.axes:
+            return f"pid_{e.args[0].name}"  # the tile index of the program
+        a = [self.scalar(x) for x in e.args]
+        infix = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%", "le": "<=",
+                 "lt": "<", "ge": ">=", "gt": ">", "eq": "==", "and": "&", "or": "|"}
+        if e.op in infix:
+            return f"({a[0]} {infix[e.op]} {a[1]})"
+        if e.op == "neg":
+            return f"(-{a[0]})"
+        if e.op in ("max", "min"):
+            return f"{'tl.maximum' if e.op == 'max' else 'tl.minimum'}({a[0]}, {a[1]})"
+        if e.op == "where":
+            return f"tl.where({a[0]}, {a[1]}, {a[2]})"
+        raise CodegenError(f"tile range bound {e} has no scalar form")
 
     def carried(self, loop: Loop) -> list[Stmt]:
         """Reductions in ``loop`` whose target does not vary with it: their accumulators carry."""
@@ -375,9 +411,10 @@ class _Kernel:
         taxes = self.target_axes(s)
         if not s.is_reduction:
             v = self.value(s.expr, scope)
-            if guards and decl.storage == "local":
-                raise CodegenError(f"{s.name}: a guarded assignment to a register")
-            if not guards:
+            if guards and not self.read_only_under(s.target.tensor, guards):
+                if decl.storage == "local":
+                    raise CodegenError(f"{s.name}: a guarded assignment to a register read elsewhere")
+            elif s.target.tensor in self.read_here:  # where a guard fails, nobody reads it
                 self.assign(s.target.tensor, v, taxes, decl.dtype, scope)
             if decl.storage != "local":
                 self.store(s, v, scope, guards)
@@ -409,9 +446,32 @@ class _Kernel:
         else:
             if s.scale is not None:
                 raise CodegenError(f"{s.name}: an online reduction outside its loop")
-            self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
+            if s.target.tensor in self.read_here or decl.storage == "local":
+                self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
             if decl.storage != "local":
                 self.store(s, tile, scope, ())
+
+    @property
+    def read_here(self) -> set[str]:
+        """Tensors some statement of this kernel reads."""
+        if not hasattr(self, "_read_here"):
+            self._read_here = {ld.tensor for s, _ in _stmts_with_loops(self.phases, ())
+                               for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
+        return self._read_here
+
+    def read_only_under(self, tensor: str, guards: tuple[Expr, ...]) -> bool:
+        """Every statement reading ``tensor`` in this kernel runs under ``guards`` (or stronger)."""
+        for s, loops in _stmts_with_loops(self.phases, ()):
+            if any(ld.tensor == tensor for ld in E.loads(s.expr) + (E.loads(s.scale) if s.scale else [])):
+                if not set(guards) <= set(self.guards_of[s.name]):
+                    return False
+        return True
+
+    @property
+    def guards_of(self) -> dict[str, tuple[Expr, ...]]:
+        if not hasattr(self, "_guards_of"):
+            self._guards_of = {s.name: g for s, g in _stmts_with_guards(self.phases, ())}
+        return self._guards_of
 
     def axes_of_stmt(self, s: Stmt) -> set[str]:
         its = E.free_iters(s.expr) | E.free_iters(s.target)
@@ -454,7 +514,9 @@ class _Kernel:
         if {m_ax, n_ax} != set(taxes):
             return None
         g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
-        if any(not set(ga) <= set(a_ax) for ga in g_axes):
+        on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
+        on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]
+        if len(on_out) + len(on_a) != len(guards):
             return None
         a_in, b_in = _strip_upcast(a_expr, self.program.dtypes), _strip_upcast(b_expr, self.program.dtypes)
         da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
@@ -472,7 +534,7 @@ class _Kernel:
                 a_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (m_ax, r))}, {a_code}, {zero})"
             if r not in B.zero_outside:
                 b_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (r, n_ax))}, {b_code}, {zero})"
-        for g in guards:
+        for g in on_a:
             gv = self.value(g, scope)
             a_code = f"tl.where({self.bcast(gv, (m_ax, r))}, {a_code}, {zero})"
         if a_code != A.code:
@@ -488,6 +550,9 @@ class _Kernel:
         order = self.order({m_ax, n_ax})
         if order != (m_ax, n_ax):
             out = _Value(f"tl.trans({out.code})", order, "f32")
+        for g in on_out:  # elements outside the guard hold the identity
+            gv = self.value(g, scope)
+            out = _Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, "f32")
         return out
 
     def operand(self, e: Expr, order: tuple[str, ...], scope: _Scope) -> _Value:
@@ -659,6 +724,16 @@ def _stmts(node: Node):
     else:
         for c in node.body:
             yield from _stmts(c)
+
+
+def _stmts_with_guards(body: tuple[Node, ...], guards: tuple[Expr, ...]):
+    for n in body:
+        if isinstance(n, Stmt):
+            yield n, guards
+        elif isinstance(n, Guard):
+            yield from _stmts_with_guards(n.body, guards + (n.cond,))
+        else:
+            yield from _stmts_with_guards(n.body, guards)
 
 
 def _stmts_with_loops(body: tuple[Node, ...], loops: tuple[Loop, ...]):

@@ -284,19 +284,22 @@ def simplify_condition(e: Expr) -> Expr:
                 if isinstance(p, Const) and p.dtype == "b1":
                     return q if bool(p.value) == unit else p
             return None
-        if x.op in ("lt", "le", "gt", "ge", "eq", "ne") and isinstance(x.args[1], Const):
+        if x.op in ("lt", "le", "gt", "ge", "eq", "ne") and isinstance(x.args[1], Const) \
+                and x.args[1].dtype == "i64":
             form = affine_form(x.args[0])
-            if form is None or form[1] != 0 and len(form[0]) == 0:
+            if form is None or not form[0]:
                 return None
-            if form is not None and x.args[1].dtype == "i64":
-                pos = {k: v for k, v in form[0].items() if v > 0}
-                neg = {k: -v for k, v in form[0].items() if v < 0}
-                rhs = int(x.args[1].value) - form[1]
-                if pos and neg:
-                    left = from_affine(pos, 0)
-                    right = from_affine(neg, rhs)
-                    if (left, right) != (x.args[0], x.args[1]):
-                        return Call(x.op, (left, right))
+            pos = {k: v for k, v in form[0].items() if v > 0}
+            neg = {k: -v for k, v in form[0].items() if v < 0}
+            k = int(x.args[1].value) - form[1]  # pos - neg (op) k
+            flip = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
+            if not neg:  # pos (op) k
+                out = Call(x.op, (from_affine(pos, 0), index(k)))
+            elif not pos:  # -neg (op) k  <=>  neg (flip op) -k
+                out = Call(flip[x.op], (from_affine(neg, 0), index(-k)))
+            else:  # pos (op) neg + k, written with the smaller side first: neg + k (flip op) pos
+                out = Call(flip[x.op], (from_affine(neg, k), from_affine(pos, 0)))
+            return None if out == x else out
         return None
 
     return rewrite(e, fold)

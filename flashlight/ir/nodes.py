@@ -14,7 +14,8 @@ reduction: each step first rescales the accumulator, ``t = t*scale + expr`` for 
 
 After tiling, a loop carries its tile size, and after mapping it says where it runs:
 ``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
-(all of it at once inside a tile). A ``local`` tensor lives in registers of one program;
+(all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
+and which of them need no masks: a proved fact about the domain, not a change of meaning. A ``local`` tensor lives in registers of one program;
 every other temporary is a global ``buffer``.
 """
 
@@ -64,6 +65,17 @@ class Stmt:
 
 
 @dataclass(frozen=True)
+class TileRange:
+    """Tiles ``lower <= t < upper`` of a serial loop (bounds in tiles, functions of the grid
+    iterators through ``x // tile``); ``masked=False`` says that every point of these tiles
+    satisfies the guards of the statements inside, so no mask needs evaluating there."""
+
+    lower: Expr
+    upper: Expr
+    masked: bool
+
+
+@dataclass(frozen=True)
 class Loop:
     iterator: str
     lower: Expr
@@ -72,6 +84,9 @@ class Loop:
     body: tuple[Node, ...]
     tile: int | None = None
     mapping: str | None = None
+    # For a tiled serial loop: the only tiles that hold instances (proved by the tile-ranges
+    # pass); empty means every tile, with masks.
+    ranges: tuple[TileRange, ...] = ()
 
 
 @dataclass(frozen=True)

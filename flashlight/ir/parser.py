@@ -40,7 +40,7 @@ from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
 )
-from flashlight.ir.nodes import LOOP_KINDS, MAPPINGS, Guard, Loop, Node, Program, Stmt, TensorDecl
+from flashlight.ir.nodes import Guard, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileRange
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
@@ -255,6 +255,23 @@ class _LineParser:
             if tok.text not in MAPPINGS:
                 raise self.error(f"unknown mapping {tok.text!r}; expected one of {', '.join(MAPPINGS)}")
             mapping = self.next().text
+        ranges: list[TileRange] = []
+        if self.at("tiles"):
+            self.next()
+            self.expect("[", "before the tile ranges")
+            while True:
+                lo = self.expr()
+                self.expect(":", "between a tile range's bounds")
+                hi = self.expr()
+                tok = self.peek()
+                if not (tok.kind == "name" and tok.text in ("full", "masked")):
+                    raise self.expected("'full' or 'masked' after a tile range")
+                ranges.append(TileRange(lo, hi, self.next().text == "masked"))
+                if self.at(","):
+                    self.next()
+                    continue
+                self.expect("]", "after the tile ranges")
+                break
         if not (self.at(",") or self.peek().kind == "end"):
             what = "',' or end of line"
             if tile is None and mapping is None:
@@ -262,7 +279,7 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping)
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges))
 
     def stmt(self) -> Stmt:
         """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]``."""

@@ -228,3 +228,40 @@ def _loads_in(e: Expr) -> list[Load]:
     from flashlight.ir.expr import loads
 
     return loads(e)
+
+
+# {{{ isl sets back to IR conditions
+
+def set_to_condition(s: isl.Set, iterators: tuple[str, ...]) -> Expr | None:
+    """An IR condition equal to ``s`` (a set over ``iterators``), or None if it needs
+    existential variables. Each basic set is a conjunction of affine constraints; a union is a
+    disjunction."""
+    from flashlight.ir import expr as E
+
+    s = s.coalesce()
+    disjuncts: list[Expr] = []
+    for bs in s.get_basic_sets():
+        if bs.dim(isl.dim_type.div):
+            return None
+        conj: list[Expr] = []
+        for c in bs.get_constraints():
+            coeffs = {iterators[k]: c.get_coefficient_val(isl.dim_type.set, k).to_python()
+                      for k in range(len(iterators))}
+            const = c.get_constant_val().to_python()
+            form = E.from_affine({k: v for k, v in coeffs.items() if v}, 0)
+            rel = E.Call("eq" if c.is_equality() else "ge", (E.add(form, E.index(const)), E.index(0)))
+            conj.append(E.simplify_condition(rel))
+        if not conj:
+            return E.const(True, "b1")
+        term = conj[0]
+        for x in conj[1:]:
+            term = E.call("and", term, x)
+        disjuncts.append(term)
+    if not disjuncts:
+        return E.const(False, "b1")
+    out = disjuncts[0]
+    for x in disjuncts[1:]:
+        out = E.call("or", out, x)
+    return out
+
+# }}}

@@ -72,6 +72,11 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
                 errors.append(f"{where}: unknown mapping {node.mapping!r}")
             if node.tile is not None and node.tile < 1:
                 errors.append(f"{where}: tile size must be positive")
+            if node.ranges and (node.mapping != "serial" or node.tile is None):
+                errors.append(f"{where}: only tiled serial loops list tile ranges")
+            for r in node.ranges:
+                _verify_expr(program, r.lower, bound, where, errors)
+                _verify_expr(program, r.upper, bound, where, errors)
             if not node.iterator.isidentifier() or isl_name(node.iterator) != node.iterator:
                 errors.append(f"{where}: {node.iterator!r} cannot name an iterator")
             for b in (node.lower, node.upper):

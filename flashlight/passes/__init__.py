@@ -17,18 +17,23 @@ from flashlight.passes.defer_normalization import defer_normalization
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
+from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.tile import tile
+from flashlight.passes.tile_ranges import tile_ranges
 
 PASSES: dict[str, Callable[..., Program]] = {
     "inline": inline_pointwise,
     "defer-normalization": defer_normalization,
     "masks-to-domains": masks_to_domains,
+    "restrict-to-demand": restrict_to_demand,
     "fuse-reductions": fuse_reductions,
     "contract-buffers": contract_buffers,
     "tile": tile,
+    "tile-ranges": tile_ranges,
 }
 
-DEFAULT_PIPELINE = "inline,defer-normalization,inline,masks-to-domains,fuse-reductions,contract-buffers,tile"
+DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,restrict-to-demand,fuse-reductions,"
+                    "contract-buffers,tile,tile-ranges")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
@@ -72,5 +77,5 @@ def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
 
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "fuse_reductions",
-    "inline_pointwise", "masks_to_domains", "parse_pipeline", "run_pipeline", "tile",
+    "inline_pointwise", "masks_to_domains", "parse_pipeline", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
 ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import islpy as isl
 
+from flashlight.ir.expr import Load
+from flashlight.ir.nodes import Node, walk_stmts
 from flashlight.ir.poly import PolyView
 
 
@@ -92,3 +94,69 @@ def witness(u: isl.UnionMap) -> str | None:
 
 def show(u: isl.UnionMap) -> str:
     return str(u.coalesce())
+
+
+# {{{ dependences by tensor, and the ones associativity licenses
+
+def deps_by_tensor(view: PolyView) -> dict[str, isl.UnionMap]:
+    """Memory dependences split by the tensor they go through."""
+    out: dict[str, isl.UnionMap] = {}
+    tensors: set[str] = set()
+    for part in (view.writes, view.reads):
+        part.foreach_map(lambda m: tensors.add(m.get_tuple_name(isl.dim_type.out)))
+    for t in sorted(tensors):
+        sub = _Restricted(view, t)
+        out[t] = memory_dependences(sub, view.schedule).all
+    return out
+
+
+class _Restricted:
+    def __init__(self, view: PolyView, tensor: str) -> None:
+        self.view, self.tensor = view, tensor
+
+    def _only(self, u: isl.UnionMap) -> isl.UnionMap:
+        out = isl.UnionMap("{ }")
+        maps: list[isl.Map] = []
+        u.foreach_map(maps.append)
+        for m in maps:
+            if m.get_tuple_name(isl.dim_type.out) == self.tensor:
+                out = out.union(isl.UnionMap.from_map(m))
+        return out
+
+    @property
+    def writes(self) -> isl.UnionMap:
+        return self._only(self.view.writes)
+
+    @property
+    def reads(self) -> isl.UnionMap:
+        return self._only(self.view.reads)
+
+    @property
+    def schedule(self) -> isl.UnionMap:
+        return self.view.schedule
+
+
+def state_tensors(nest: Node) -> set[str]:
+    """The online state: running reductions, the copies holding their previous values, and the
+    accumulators rescaled by them."""
+    stmts = [s for s, _, _ in walk_stmts((nest,))]
+    acc = {s.target.tensor for s in stmts if s.is_reduction}
+    copies = {s: s.expr.tensor for s in (x for x in stmts if x.op == "=" and isinstance(x.expr, Load))
+              if s.expr.tensor in acc}
+    rescaled = {s.target.tensor for s in stmts if s.scale is not None}
+    return {c.target.tensor for c in copies} | set(copies.values()) | rescaled
+
+
+def without_self_reductions(nest: Node, t: str, d: isl.UnionMap) -> isl.UnionMap:
+    """``d`` without a reduction statement's dependences on itself through its own target."""
+    reducers = {s.name for s, _, _ in walk_stmts((nest,)) if s.is_reduction and s.target.tensor == t}
+    out = isl.UnionMap("{ }")
+    maps: list[isl.Map] = []
+    d.foreach_map(maps.append)
+    for m in maps:
+        src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
+        if not (src == dst and src in reducers):
+            out = out.union(isl.UnionMap.from_map(m))
+    return out
+
+# }}}

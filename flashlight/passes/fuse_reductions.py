@@ -524,7 +524,7 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
             stmt = rewrites.get(s, r.stmt)
             info = running_by_stmt.get(s)
             if info is not None:
-                members.append(_copy_prev(r, stmt, info, group))
+                members.append(_copy_prev(r, stmt, info, group, [by_name[x] for x in info.readers if x in by_name]))
             node: Node = stmt
             for g in reversed(r.guards):
                 node = Guard(g, (node,))
@@ -550,9 +550,15 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
     return body[0]
 
 
-def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group) -> Node:
+def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:
+    """``y_prev = y`` before the running reduction; it runs where its readers do (only they
+    read the copy, in the same iteration), so it carries their guards when they share them."""
     target = stmt.target
     node: Node = Stmt(f"{stmt.name}_prev", Load(info.prev, target.indices), "=", target)
+    shared = {rd.guards for rd in readers}
+    if len(shared) == 1:
+        for g in reversed(next(iter(shared))):
+            node = Guard(g, (node,))
     for it in reversed(group.block[r.name]):
         if any(isinstance(i, Iter) and i.name == it for i in target.indices):
             l = r.loop(it)

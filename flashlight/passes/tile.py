@@ -28,7 +28,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.ir.poly import PolyView, isl_name
-from flashlight.passes.dependences import memory_dependences, violations, witness
+from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
 
 name = "tile"
 
@@ -80,7 +80,7 @@ def tile(program: Program, block_m: int = 64, block_n: int = 64, block_pointwise
     """Choose tile sizes for every kernel and prove the tiled schedule legal."""
     body, proofs = [], []
     view = PolyView.of(program)
-    deps = _deps_by_tensor(view)
+    deps = deps_by_tensor(view)
     for k, nest in enumerate(program.body):
         tiled, proof = _tile_kernel(nest, k, block_m, block_n, block_pointwise, view, deps)
         body.append(tiled)
@@ -139,72 +139,6 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
     return new, proof
 
 
-def _deps_by_tensor(view: PolyView) -> dict[str, isl.UnionMap]:
-    """Memory dependences split by the tensor they go through."""
-    out: dict[str, isl.UnionMap] = {}
-    tensors: set[str] = set()
-    for part in (view.writes, view.reads):
-        part.foreach_map(lambda m: tensors.add(m.get_tuple_name(isl.dim_type.out)))
-    for t in sorted(tensors):
-        sub = _restrict(view, t)
-        out[t] = memory_dependences(sub, view.schedule).all
-    return out
-
-
-class _Restricted:
-    def __init__(self, view: PolyView, tensor: str) -> None:
-        self.view, self.tensor = view, tensor
-
-    def _only(self, u: isl.UnionMap) -> isl.UnionMap:
-        out = isl.UnionMap("{ }")
-        maps: list[isl.Map] = []
-        u.foreach_map(maps.append)
-        for m in maps:
-            if m.get_tuple_name(isl.dim_type.out) == self.tensor:
-                out = out.union(isl.UnionMap.from_map(m))
-        return out
-
-    @property
-    def writes(self) -> isl.UnionMap:
-        return self._only(self.view.writes)
-
-    @property
-    def reads(self) -> isl.UnionMap:
-        return self._only(self.view.reads)
-
-    @property
-    def schedule(self) -> isl.UnionMap:
-        return self.view.schedule
-
-
-def _restrict(view: PolyView, tensor: str) -> _Restricted:
-    return _Restricted(view, tensor)
-
-
-def state_tensors(nest: Node) -> set[str]:
-    """The online state: running reductions, the copies holding their previous values, and the
-    accumulators rescaled by them."""
-    stmts = [s for s, _, _ in walk_stmts((nest,))]
-    acc = {s.target.tensor for s in stmts if s.is_reduction}
-    copies = {s: s.expr.tensor for s in (x for x in stmts if x.op == "=" and isinstance(x.expr, Load))
-              if s.expr.tensor in acc}
-    rescaled = {s.target.tensor for s in stmts if s.scale is not None}
-    return {c.target.tensor for c in copies} | set(copies.values()) | rescaled
-
-
-def _self_reduction_deps(nest: Node, t: str, d: isl.UnionMap) -> isl.UnionMap:
-    """``d`` without a reduction statement's dependences on itself through its own target."""
-    reducers = {s.name for s, _, _ in walk_stmts((nest,)) if s.is_reduction and s.target.tensor == t}
-    out = isl.UnionMap("{ }")
-    maps: list[isl.Map] = []
-    d.foreach_map(maps.append)
-    for m in maps:
-        src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
-        if not (src == dst and src in reducers):
-            out = out.union(isl.UnionMap.from_map(m))
-    return out
-
-
 def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:
     state = state_tensors(nest)
     grid = _grid_chain(nest)
@@ -229,7 +163,7 @@ def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) ->
     strict = isl.UnionMap("{ }")
     for t, d in deps.items():
         if t not in state:
-            strict = strict.union(_self_reduction_deps(nest, t, d))
+            strict = strict.union(without_self_reductions(nest, t, d))
     strict = strict.intersect_domain(mine).intersect_range(mine)
     bad = violations(strict, sched)
     tiles = ", ".join(dict.fromkeys(f"{l.iterator}:{l.tile}" for l in _loops(nest) if l.tile and l.tile > 1))

@@ -1,0 +1,269 @@
+"""Tile ranges: which tiles of a serial loop hold work, and which of them need no mask.
+
+For a serial loop over ``j`` (tile ``BN``) in a kernel whose grid iterators have tiles ``T``,
+isl computes, as sets parameterised by the grid tile indices ``t``:
+
+* ``nonempty(t) = { jt : some instance of a statement in the loop lies in tile (t, jt) }``
+  (the union of the statements' domains, mapped to tiles);
+* ``full(t) = nonempty(t) \\ { jt : some point of the tile, inside the loop bounds, is outside a
+  statement's domain }``: in these tiles every guard holds, so no mask code is needed;
+* ``masked(t) = nonempty(t) \\ full(t)``.
+
+Each set is split into convex pieces, and each piece's bounds ``min jt``/``max jt`` become
+(piecewise quasi-affine) functions of ``t``, written back in the IR as expressions of the grid
+iterators (``i // 64``): the kernel loops over those ranges only. Legality: skipped tiles hold
+no instance; full tiles satisfy every guard; the ranges partition ``nonempty``, so every
+instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
+is legal because no dependence links two different tiles except through the online state,
+whose merge is commutative and associative (checked with isl: strict dependences across tiles
+must be empty; otherwise the loop keeps one masked range in its natural order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import islpy as isl
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Iter
+from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, walk_stmts
+from flashlight.ir.poly import PolyView, isl_name
+from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
+
+name = "tile-ranges"
+
+
+def tile_ranges(program: Program) -> Program:
+    """Annotate every tiled serial loop with the tile ranges that hold instances."""
+    view = PolyView.of(program)
+    deps = deps_by_tensor(view)
+    body, proofs = [], []
+    for k, nest in enumerate(program.body):
+        grid = _grid_chain(nest)
+        if not grid:
+            body.append(nest)
+            continue
+        phases = list(grid[-1].body)
+        for p, phase in enumerate(phases):
+            if isinstance(phase, Loop) and phase.mapping == "serial" and phase.tile:
+                ranged, proof = _ranges(phase, grid, view, deps, nest, k)
+                phases[p] = ranged
+                if proof is not None:
+                    proofs.append(proof)
+        body.append(_rebuild(nest, len(grid), tuple(phases)))
+    return program.replace(body=tuple(body)).with_proofs(*proofs)
+
+
+def _grid_chain(nest: Node) -> list[Loop]:
+    chain = []
+    node = nest
+    while isinstance(node, Loop) and node.mapping == "grid":
+        chain.append(node)
+        if len(node.body) != 1 or not isinstance(node.body[0], Loop) or node.body[0].mapping != "grid":
+            break
+        node = node.body[0]
+    return chain
+
+
+def _rebuild(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
+    if depth == 0:
+        return nest
+    assert isinstance(nest, Loop)
+    if depth == 1:
+        return replace(nest, body=body)
+    return replace(nest, body=(_rebuild(nest.body[0], depth - 1, body),))
+
+
+def _extent(l: Loop) -> int:
+    return int(l.upper.value)  # type: ignore[union-attr]
+
+
+def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.UnionMap], nest: Node,
+            k: int) -> tuple[Loop, Proof | None]:
+    j, bn, n = loop.iterator, loop.tile, _extent(loop)
+    placed = list(walk_stmts((loop,)))
+    stmts = [s for s, _, _ in placed]
+    if any(isinstance(x, Loop) and x.mapping == "serial" for x in _inner_loops(loop)):
+        return loop, None  # nested serial loops keep every tile
+    gits = [g.iterator for g in grid]
+    params = [f"t_{g}" for g in gits]
+    dims = gits + [j]
+    space = f"[{', '.join(dims)}]"
+    box = " and ".join(f"0 <= {isl_name(d)} < {e}" for d, e in zip(dims, [_extent(g) for g in grid] + [n]))
+    bounds = isl.Set(f"{{ {space} : {box} }}")
+    tiles = []
+    for g, t in zip(grid, params):
+        tiles.append(f"{g.tile} * {t} <= {isl_name(g.iterator)} < {g.tile} * {t} + {g.tile}")
+    tiles.append(f"{bn} * jt <= {isl_name(j)} < {bn} * jt + {bn}")
+    to_tiles = isl.Map(f"[{', '.join(params)}] -> {{ {space} -> [jt] : {' and '.join(tiles)} }}")
+    union = isl.Set(f"{{ {space} : 1 = 0 }}")
+    bad = isl.Set(f"[{', '.join(params)}] -> {{ [jt] : 1 = 0 }}")
+    for s, loops, guards in placed:
+        sv = view.stmts[s.name]
+        proj = _project(sv, dims)
+        union = union.union(proj)
+        blocks = {l.iterator for l in loops if l.mapping == "block"}
+        if any(E.free_iters(g) & blocks for g in guards):  # no tile is full for this statement
+            bad = bad.union(bounds.apply(to_tiles))
+        else:
+            bad = bad.union(bounds.subtract(proj).apply(to_tiles))
+    nonempty = union.apply(to_tiles).coalesce()
+    full = nonempty.subtract(bad).coalesce()
+    masked = nonempty.subtract(full).coalesce()
+    ctx_parts = [f"0 <= {t} < {-(-_extent(g) // g.tile)}" for g, t in zip(grid, params)]
+    ctx = isl.Set(f"[{', '.join(params)}] -> {{ : {' and '.join(ctx_parts)} }}")
+    if not _reorderable(stmts, nest, deps, view, loop):
+        full = isl.Set(f"[{', '.join(params)}] -> {{ [jt] : 1 = 0 }}")
+        masked = nonempty
+    to_ir = {t: (E.floordiv(Iter(g.iterator), g.tile) if g.tile > 1 else Iter(g.iterator))
+             for g, t in zip(grid, params)}
+    ranges: list[TileRange] = []
+    for s, is_masked in ((full, False), (masked, True)):
+        for piece in s.make_disjoint().get_basic_sets():
+            if piece.dim(isl.dim_type.div):
+                return loop, None  # strided pieces: keep every tile
+            piece_set = isl.Set.from_basic_set(piece)
+            lo = _total(piece_set.dim_min(0), ctx, 0)
+            hi = _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)
+            ranges.append(TileRange(_ast_to_ir(lo, ctx, to_ir), _ast_to_ir(hi, ctx, to_ir), is_masked))
+    visited, with_mask, total = _count(ranges, grid, bn, n)
+    new = replace(loop, ranges=tuple(ranges))
+    proof = Proof(
+        f"tile ranges of kernel {k}, loop {j}", True,
+        f"visits {visited} of {total} tiles (all query tiles, one point of the other grid dimensions), "
+        f"{with_mask} of them with mask code; "
+        "skipped tiles hold no instance, full tiles satisfy every guard (isl), tiles are visited out "
+        "of order only through the online state, whose merge commutes",
+        relation=f"nonempty = {nonempty}; full = {full}")
+    return new, proof
+
+
+def _inner_loops(node: Node):
+    for c in node.body if not isinstance(node, Stmt) else ():
+        if isinstance(c, Loop):
+            yield c
+        if not isinstance(c, Stmt):
+            yield from _inner_loops(c)
+
+
+def _project(sv, dims: list[str]) -> isl.Set:
+    src = f"{isl_name(sv.name)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
+    m = isl.Map(f"{{ {src} -> [{', '.join(isl_name(d) for d in dims)}] }}")
+    return sv.domain.apply(m)
+
+
+def _const(ctx: isl.Set, value: int) -> isl.PwAff:
+    params = ", ".join(ctx.get_space().get_var_names(isl.dim_type.param))
+    return isl.PwAff(f"[{params}] -> {{ [({value})] }}")
+
+
+def _total(pa: isl.PwAff, ctx: isl.Set, value: int) -> isl.PwAff:
+    """``pa`` where it is defined, ``value`` elsewhere in the context (an empty range there)."""
+    return pa.union_max(_const(ctx, value).intersect_params(ctx)).gist_params(ctx)
+
+
+def _ast_to_ir(pa: isl.PwAff, ctx: isl.Set, params: dict[str, Expr]) -> Expr:
+    build = isl.AstBuild.from_context(ctx)
+    return _convert(build.expr_from_pw_aff(pa), params)
+
+
+def _convert(e: isl.AstExpr, params: dict[str, Expr]) -> Expr:
+    t = e.get_type()
+    if t == isl.ast_expr_type.int:
+        return E.index(e.get_val().to_python())
+    if t == isl.ast_expr_type.id:
+        return params[e.get_id().get_name()]
+    op = e.get_op_type()
+    args = [_convert(e.get_op_arg(k), params) for k in range(e.get_op_n_arg())]
+    T = isl.ast_expr_op_type
+    if op == T.add:
+        return E.add(*args)
+    if op == T.sub:
+        return E.sub(*args)
+    if op == T.mul:
+        return E.mul(*args)
+    if op == T.minus:
+        return E.neg(args[0])
+    if op in (T.fdiv_q, T.pdiv_q):
+        return E.Call("floordiv", tuple(args))
+    if op in (T.pdiv_r, T.zdiv_r):
+        return E.Call("mod", tuple(args))
+    if op in (T.max, T.min):
+        out = args[0]
+        for a in args[1:]:
+            out = E.call("max" if op == T.max else "min", out, a)
+        return out
+    if op in (T.select, T.cond):
+        return E.call("where", *args)
+    cmp = {T.le: "le", T.lt: "lt", T.ge: "ge", T.gt: "gt", T.eq: "eq"}
+    if op in cmp:
+        return E.call(cmp[op], *args)
+    if op in (T.and_, T.and_then):
+        return E.call("and", *args)
+    if op in (T.or_, T.or_else):
+        return E.call("or", *args)
+    raise ValueError(f"isl expression {e.to_C_str()} has no IR form")
+
+
+def _reorderable(stmts: list[Stmt], nest: Node, deps: dict[str, isl.UnionMap], view: PolyView,
+                 loop: Loop) -> bool:
+    """No dependence, other than through the online state, links two different tiles of the loop."""
+    state = state_tensors(nest)
+    names = {s.name for s in stmts}
+    for t, d in deps.items():
+        if t in state:
+            continue
+        rel = without_self_reductions(nest, t, d)
+        maps: list[isl.Map] = []
+        rel.foreach_map(maps.append)
+        for m in maps:
+            src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
+            if src not in names or dst not in names:
+                continue
+            a = view.stmts[src].iterators.index(loop.iterator)
+            b = view.stmts[dst].iterators.index(loop.iterator)
+            na, nb = m.dim(isl.dim_type.in_), m.dim(isl.dim_type.out)
+            xs = [f"a{i}" for i in range(na)]
+            ys = [f"b{i}" for i in range(nb)]
+            across = isl.Map(f"{{ {src}[{', '.join(xs)}] -> {dst}[{', '.join(ys)}] : "
+                             f"floor(a{a}/{loop.tile}) != floor(b{b}/{loop.tile}) }}")
+            if not m.intersect(across).is_empty():
+                return False
+    return True
+
+
+def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[int, int, int]:
+    """Tiles visited and masked, summed over the grid's tiled dimensions (others at 0)."""
+    tiled = [g for g in grid if g.tile and g.tile > 1]
+    counts = [-(-_extent(g) // g.tile) for g in tiled]
+    visited = masked = 0
+    total = -(-n // bn)
+    points = [()]
+    for c in counts:
+        points = [p + (t,) for p in points for t in range(c)]
+    for p in points:
+        env = {g.iterator: 0 for g in grid}
+        env.update({g.iterator: t * g.tile for g, t in zip(tiled, p)})
+        for r in ranges:
+            width = max(0, _eval(r.upper, env) - _eval(r.lower, env))
+            visited += width
+            masked += width if r.masked else 0
+    return visited, masked, total * len(points)
+
+
+def _eval(e: Expr, env: dict[str, int]) -> int:
+    if isinstance(e, E.Const):
+        return int(e.value)
+    if isinstance(e, Iter):
+        return env[e.name]
+    assert isinstance(e, E.Call)
+    a = [_eval(x, env) for x in e.args]
+    ops = {"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+           "neg": lambda: -a[0], "floordiv": lambda: a[0] // a[1], "mod": lambda: a[0] % a[1],
+           "max": lambda: max(a), "min": lambda: min(a), "where": lambda: a[1] if a[0] else a[2],
+           "le": lambda: a[0] <= a[1], "lt": lambda: a[0] < a[1], "ge": lambda: a[0] >= a[1],
+           "gt": lambda: a[0] > a[1], "eq": lambda: a[0] == a[1], "and": lambda: a[0] and a[1],
+           "or": lambda: a[0] or a[1]}
+    return int(ops[e.op]())
+

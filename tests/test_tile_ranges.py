@@ -1,0 +1,80 @@
+"""Masks as domains: isl-derived tile ranges. Nothing here runs a kernel (explain only)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import flashlight
+from flashlight import ir, passes
+
+from conftest import check_golden, qkv
+
+S, T = 1024, 64
+
+
+def _mask(kind: str):
+    def fn(q, k, v):
+        s = q @ k.transpose(-2, -1)
+        i = torch.arange(q.shape[-2])[:, None]
+        j = torch.arange(k.shape[-2])[None, :]
+        if kind == "causal":
+            keep = j <= i
+        elif kind == "sliding":
+            keep = (j <= i) & (i - j < 256)
+        else:  # prefix LM: bidirectional over the first 256 keys, causal after
+            keep = (j <= i) | (j < 256)
+        return torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1) @ v
+    return fn
+
+
+def _counts(kind: str) -> tuple[int, int, int]:
+    q, k, v = qkv(1, 1, S, S, 16)
+    ex = flashlight.explain(_mask(kind), q, k, v, options=flashlight.Options(block_m=T, block_n=T))
+    proof = next(p for p in ex.proofs if p.transformation.startswith("tile ranges"))
+    m = re.search(r"visits (\d+) of (\d+) tiles.*?(\d+) of them with mask code", proof.reason)
+    assert m, proof.reason
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def _expected(kind: str) -> tuple[int, int]:
+    """Brute force over the 16 x 16 tiles: (visited, masked)."""
+    n = S // T
+    visited = masked = 0
+    for a in range(n):
+        for b in range(n):
+            pts = [(i, j) for i in range(a * T, a * T + T) for j in range(b * T, b * T + T)]
+            if kind == "causal":
+                keep = [j <= i for i, j in pts]
+            elif kind == "sliding":
+                keep = [j <= i and i - j < 256 for i, j in pts]
+            else:
+                keep = [j <= i or j < 256 for i, j in pts]
+            visited += any(keep)
+            masked += any(keep) and not all(keep)
+    return visited, masked
+
+
+@pytest.mark.parametrize("kind", ["causal", "sliding", "prefix"])
+def test_visited_and_masked_tiles(kind):
+    visited, total, masked = _counts(kind)
+    assert total == 256
+    assert (visited, masked) == _expected(kind)
+    if kind == "causal":
+        assert (visited, masked) == (136, 16), "the diagonal and below; mask code on the diagonal only"
+
+
+def test_tile_ranges_golden():
+    text = """\
+program causal(s: f32[256,256]) -> (m: f32[256])
+  for i in 0:256 parallel tile 64 @grid
+    for j in 0:256 reduce tile 64 @serial
+      if j <= i
+        A: m[i] max= s[i,j]"""
+    prog = passes.tile_ranges(ir.parse(text))
+    check_golden("tile_ranges_causal", str(prog))
+    loop = prog.body[0].body[0]
+    assert [r.masked for r in loop.ranges] == [False, True]
+    assert str(ir.parse(str(prog))) == str(prog)
