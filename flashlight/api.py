@@ -35,7 +35,7 @@ class Options:
 
     block_m: int | None = None       # tile of the tiled grid dimension (query rows)
     block_n: int | None = None       # tile of serial loops (key columns)
-    block_limit: int = 128           # largest dimension kept whole inside a program
+    block_limit: int = 256           # largest dimension kept whole inside a program
     pipeline: str = passes.DEFAULT_PIPELINE
 
     def for_target(self, target: str) -> Options:

@@ -71,7 +71,8 @@ class CompiledGraph:
                 continue
             outs = prog([env[n] for n in seg.inputs])
             for n, t in zip(seg.outputs, outs):
-                env[n] = t
+                # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data
+                env[n] = t.view(n.meta["val"].shape)
         out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
         return fx.node.map_arg(out_node.args[0], lambda n: env[n])
 

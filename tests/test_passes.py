@@ -81,7 +81,7 @@ def test_online_rewrite_preserves_values():
 
 
 def test_lemma_failure_keeps_two_passes():
-    prog = fuse_reductions(ir.parse(TANH))
+    prog = fuse_reductions(ir.parse(TANH), block_limit=64)
     refused = _proof(prog, "online rewrite of T")
     assert not refused.legal and "does not separate" in refused.reason
     text = str(prog)

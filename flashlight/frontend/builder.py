@@ -97,9 +97,11 @@ class ProgramBuilder:
             del new_ranges[it]
             new_ranges.update({d: (0, ext - 1) for d, ext, _ in digits})
             candidate = E.simplify_index(E.substitute(rhs, mapping), new_ranges)
-            if any(isinstance(x, Call) and x.op in ("floordiv", "mod")
-                   and E.free_iters(x) & {d for d, _, _ in digits} for x in E.walk(candidate)):
-                continue  # the split did not remove the division: keep the merged iterator
+            names = {d for d, _, _ in digits}
+            before = sum(1 for x in E.walk(rhs) if _divmod_of(x, {it}))
+            after = sum(1 for x in E.walk(candidate) if _divmod_of(x, names))
+            if after >= before:
+                continue  # the split removed no division: keep the merged iterator
             rhs, ranges = candidate, new_ranges
             splits[it] = digits
             k = next(k for k, l in enumerate(loops) if l[0] == it)
@@ -174,6 +176,10 @@ def _digits(it: str, extent: int, e: Expr) -> list[tuple[str, int, int]] | None:
     for k in range(len(bounds) - 1, 0, -1):  # most significant first
         digits.append((f"{it}d{k - 1}", bounds[k] // bounds[k - 1], bounds[k - 1]))
     return digits
+
+
+def _divmod_of(x: Expr, its: set[str]) -> bool:
+    return isinstance(x, Call) and x.op in ("floordiv", "mod") and bool(E.free_iters(x) & its)
 
 
 def _join_digits(digits: list[tuple[str, int, int]]) -> Expr:

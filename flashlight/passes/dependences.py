@@ -33,9 +33,11 @@ class Dependences:
         return self.raw.union(self.war).union(self.waw).coalesce()
 
 
-def memory_dependences(view: PolyView, schedule: isl.UnionMap | None = None) -> Dependences:
-    sched = view.schedule if schedule is None else schedule
-    before = sched.lex_lt_union_map(sched)
+def memory_dependences(view: PolyView, schedule: isl.UnionMap | None = None,
+                       before: isl.UnionMap | None = None) -> Dependences:
+    if before is None:
+        sched = view.schedule if schedule is None else schedule
+        before = sched.lex_lt_union_map(sched)
     w, r = view.writes, view.reads
     raw = w.apply_range(r.reverse()).intersect(before)
     war = r.apply_range(w.reverse()).intersect(before)
@@ -98,15 +100,18 @@ def show(u: isl.UnionMap) -> str:
 
 # {{{ dependences by tensor, and the ones associativity licenses
 
-def deps_by_tensor(view: PolyView) -> dict[str, isl.UnionMap]:
-    """Memory dependences split by the tensor they go through."""
+def deps_by_tensor(view: PolyView, stmts: set[str] | None = None) -> dict[str, isl.UnionMap]:
+    """Memory dependences split by the tensor they go through (among ``stmts`` if given)."""
+    if stmts is not None:
+        view = PolyView({k: v for k, v in view.stmts.items() if k in stmts})
+    sched = view.schedule
+    before = sched.lex_lt_union_map(sched)
     out: dict[str, isl.UnionMap] = {}
     tensors: set[str] = set()
     for part in (view.writes, view.reads):
         part.foreach_map(lambda m: tensors.add(m.get_tuple_name(isl.dim_type.out)))
     for t in sorted(tensors):
-        sub = _Restricted(view, t)
-        out[t] = memory_dependences(sub, view.schedule).all
+        out[t] = memory_dependences(_Restricted(view, t), before=before).all
     return out
 
 

@@ -46,7 +46,7 @@ from flashlight.passes.tree import fresh_tensor_name
 
 name = "fuse-reductions"
 
-BLOCK_LIMIT = 128
+BLOCK_LIMIT = 256
 
 
 # {{{ statements in their own nests
@@ -307,28 +307,45 @@ class _Fuser:
         self.running: dict[str, Running] = {}
         self.proofs: list[Proof] = []
         self.prev_names: dict[str, str] = {}
+        self._cache: dict[tuple, tuple[PolyView, isl.UnionMap]] = {}
+
+    def _analysis(self, members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]
+                  ) -> tuple[PolyView, isl.UnionMap]:
+        """The view and memory dependences of the candidate kernel's statements (cached).
+
+        Only dependences among the kernel's own statements matter: earlier kernels run before it
+        and later ones after, so every other dependence points forward anyway."""
+        mine_rw = tuple(sorted((n, st) for n, st in rewrites.items() if n in members))
+        mine_run = {y: info for y, info in running.items() if info.stmt in members}
+        key = (frozenset(members), mine_rw, tuple(sorted(mine_run.items())))
+        hit = self._cache.get(key)
+        if hit is None:
+            recs = [r for r in self.recs if r.name in members]
+            view = PolyView.of(analysis_program(self.program, recs, dict(mine_rw), mine_run))
+            hit = self._cache[key] = (view, memory_dependences(view).all)
+        return hit
 
     def check(self, groups: list[Group], rewrites: dict[str, Stmt], running: dict[str, Running]) -> _Verdict:
-        placed = {s for g in groups for p in g.phases for s in p.members}
-        rest = [r for r in self.recs if r.name not in placed]
-        aprog = analysis_program(self.program, self.recs, rewrites, running)
-        view = PolyView.of(aprog)
-        deps = memory_dependences(view).all
-        sched = Layout(groups, rest).schedule(view)
+        group = groups[-1]
+        members = {s for p in group.phases for s in p.members}
+        view, deps = self._analysis(members, rewrites, running)
+        sched = Layout([group], []).schedule(view)
         bad = violations(deps, sched)
         if not bad.is_empty():
             return _Verdict(False, bad=bad)
-        for gi, g in enumerate(groups):
-            par = parallel_violations(deps, sched, gi, len(g.grid))
-            if not par.is_empty():
-                return _Verdict(False, parallel_bad=par)
+        par = parallel_violations(deps, sched, 0, len(group.grid))
+        if not par.is_empty():
+            return _Verdict(False, parallel_bad=par)
         return _Verdict(True)
 
     def naive_witness(self, groups: list[Group], rewrites: dict[str, Stmt], running: dict[str, Running],
                       bad: isl.UnionMap) -> tuple[str, str | None]:
         """The value-based (flow) part of a violation, else the memory-based one."""
-        aprog = analysis_program(self.program, self.recs, rewrites, running)
-        view = PolyView.of(aprog)
+        group = groups[-1]
+        members = {s for p in group.phases for s in p.members}
+        members |= {m.get_tuple_name(isl.dim_type.in_) for m in _maps(bad)}
+        members |= {m.get_tuple_name(isl.dim_type.out) for m in _maps(bad)}
+        view, _ = self._analysis(members, rewrites, running)
         flow = flow_dependences(view).intersect(bad).coalesce()
         rel = flow if not flow.is_empty() else bad
         return str(rel), witness(rel)
@@ -503,6 +520,12 @@ class _Fuser:
             decl = self.program.tensor(info.tensor)
             tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
         return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
+
+
+def _maps(u: isl.UnionMap) -> list[isl.Map]:
+    out: list[isl.Map] = []
+    u.foreach_map(out.append)
+    return out
 
 
 def _safe(y: Load, op: str, dtype: str) -> Expr:

@@ -80,8 +80,8 @@ def tile(program: Program, block_m: int = 64, block_n: int = 64, block_pointwise
     """Choose tile sizes for every kernel and prove the tiled schedule legal."""
     body, proofs = [], []
     view = PolyView.of(program)
-    deps = deps_by_tensor(view)
     for k, nest in enumerate(program.body):
+        deps = deps_by_tensor(view, {s.name for s, _, _ in walk_stmts((nest,))})
         tiled, proof = _tile_kernel(nest, k, block_m, block_n, block_pointwise, view, deps)
         body.append(tiled)
         proofs.append(proof)

@@ -37,9 +37,9 @@ name = "tile-ranges"
 def tile_ranges(program: Program) -> Program:
     """Annotate every tiled serial loop with the tile ranges that hold instances."""
     view = PolyView.of(program)
-    deps = deps_by_tensor(view)
     body, proofs = [], []
     for k, nest in enumerate(program.body):
+        deps = deps_by_tensor(view, {s.name for s, _, _ in walk_stmts((nest,))})
         grid = _grid_chain(nest)
         if not grid:
             body.append(nest)
