@@ -349,9 +349,13 @@ class _Kernel:
             if self.needs_mask(it):
                 inner.lines.append(f"m_{it} = o_{it} < {n}")
             self.full_tiles = not masked
+            skip = self.tile_predicate(loop, inner) if masked else None
+            start = len(inner.lines)
             for c in loop.body:
                 self.emit_node(c, inner, guards)
             self.full_tiles = False
+            if skip is not None:  # tiles the guard's interval bound rules out are skipped
+                inner.lines[start:] = [f"if {skip}:"] + ["    " + x for x in inner.lines[start:]]
             note = "" if masked else "  # tiles where every guard holds: no mask code"
             scope.lines.append(f"for t_{it} in range({lo}, {hi}):{note}")
             scope.lines.extend("    " + line for line in inner.lines)
@@ -360,6 +364,86 @@ class _Kernel:
             self.open_accumulators.discard(acc.target.tensor)
             if self.program.tensor(acc.target.tensor).storage != "local":
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
+
+    # {{{ run-time tile skipping
+
+    def tile_predicate(self, loop: Loop, scope: _Scope) -> str | None:
+        """A scalar that is false only if no point of the current tile satisfies a data-dependent
+        guard that every statement of the loop runs under (interval bounds over the tile)."""
+        stmts = [s for s, _ in _stmts_with_loops((loop,), ())]
+        common = set.intersection(*(set(self.guards_of[s.name]) for s in stmts)) if stmts else set()
+        parts = []
+        for g in sorted(common, key=str):
+            if E.affine_form(g) is None and not _affine_condition(g):
+                p = self.possible(g, scope)
+                if p is not None:
+                    parts.append(p)
+        return " & ".join(f"({p})" for p in parts) if parts else None
+
+    def possible(self, c: Expr, scope: _Scope) -> str | None:
+        if isinstance(c, Call) and c.op in ("and", "or"):
+            a, b = self.possible(c.args[0], scope), self.possible(c.args[1], scope)
+            if c.op == "and":
+                return None if a is None and b is None else " & ".join(f"({x})" for x in (a, b) if x)
+            return None if a is None or b is None else f"({a}) | ({b})"
+        if not (isinstance(c, Call) and c.op in ("eq", "ne", "lt", "le", "gt", "ge")):
+            return None
+        a, b = self.interval(c.args[0], scope), self.interval(c.args[1], scope)
+        if a is None or b is None:
+            return None
+        (alo, ahi), (blo, bhi) = a, b
+        return {
+            "eq": f"({alo} <= {bhi}) & ({blo} <= {ahi})",
+            "ne": f"~(({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo}))",
+            "lt": f"{alo} < {bhi}", "le": f"{alo} <= {bhi}",
+            "gt": f"{ahi} > {blo}", "ge": f"{ahi} >= {blo}",
+        }[c.op]
+
+    def interval(self, e: Expr, scope: _Scope) -> tuple[str, str] | None:
+        """Scalar bounds of ``e`` over the current tile, or None."""
+        if isinstance(e, Const):
+            return _literal(e), _literal(e)
+        if isinstance(e, Iter):
+            x = e.name
+            if x not in self.axes:
+                return x, x
+            t = self.tile[x]
+            base = {"grid": f"pid_{x}", "serial": f"t_{x}"}.get(self.role[x])
+            if base is None:
+                return "0", str(self.extent[x] - 1)
+            return f"({base} * {t})", f"({base} * {t} + {t - 1})"
+        if isinstance(e, Load):
+            if e.tensor in self.produced or any(E.loads(i) for i in e.indices):
+                return None
+            v = self.value(e, scope)
+            if not v.axes:
+                return v.code, v.code
+            big = "float('inf')" if dtypes.is_float(v.dtype) else str(2**31 - 1 if v.dtype != "i64" else 2**62)
+            m = self.mask_of(v.axes)
+            lo_in = v.code if m is None else f"tl.where({m.code}, {v.code}, {big})"
+            hi_in = v.code if m is None else f"tl.where({m.code}, {v.code}, -{big})"
+            lo, hi = lo_in, hi_in
+            for k in reversed(range(len(v.axes))):
+                lo, hi = f"tl.min({lo}, axis={k})", f"tl.max({hi}, axis={k})"
+            home = self.home(e, scope, set())
+            lv, hv = self.fresh("lo"), self.fresh("hi")
+            home.lines += [f"{lv} = {lo}", f"{hv} = {hi}"]
+            return lv, hv
+        if isinstance(e, Call) and e.op in dtypes.ALL and e.op != "b1":
+            return self.interval(e.args[0], scope)
+        if isinstance(e, Call) and e.op in ("add", "sub", "neg"):
+            xs = [self.interval(a, scope) for a in e.args]
+            if any(x is None for x in xs):
+                return None
+            if e.op == "neg":
+                return f"(-{xs[0][1]})", f"(-{xs[0][0]})"
+            (alo, ahi), (blo, bhi) = xs
+            if e.op == "add":
+                return f"({alo} + {blo})", f"({ahi} + {bhi})"
+            return f"({alo} - {bhi})", f"({ahi} - {blo})"
+        return None
+
+    # }}}
 
     def scalar(self, e: Expr) -> str:
         """A tile-range bound: grid iterators stand for the first point of the program's tile."""
@@ -631,6 +715,12 @@ def _combine(op: str, a: str, b: str) -> str:
     if op == "min=":
         return f"tl.minimum({a}, {b})"
     raise CodegenError(f"reductions with {op} are not supported by the Triton backend")
+
+
+def _affine_condition(c: Expr) -> bool:
+    from flashlight.ir.poly import cond_str
+
+    return cond_str(c) is not None
 
 
 def _literal(c: Const) -> str:

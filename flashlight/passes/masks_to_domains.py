@@ -8,7 +8,9 @@ for every finite value of the other operands (``exp(-inf - m) = 0`` for ``+=``, 
 by its fill and every other load an unknown finite real; it is a lemma, not a pattern.
 
 Then isl knows the exact iteration domain (causal: ``j <= i``), which is what later lets the
-tiler prove which key tiles are empty, full or partial.
+tiler prove which key tiles are empty, full or partial. A data-dependent condition (``doc[i] ==
+doc[j]``) becomes a guard too: the isl view over-approximates it, and the kernel skips tiles it
+rules out at run time.
 
 Caveat, as in every FlashAttention kernel: a row where *every* point is masked folds nothing,
 so its accumulators keep their identities (a sum of 0 where eager sums ``exp(nan)``); outputs
@@ -24,7 +26,6 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Program, Proof, Stmt
-from flashlight.ir.poly import cond_str
 from flashlight.passes.tree import map_stmts
 
 name = "masks-to-domains"
@@ -116,7 +117,10 @@ def _negate(c: Expr) -> Expr:
 
 
 def _masks(e: Expr) -> list[Call]:
-    return [x for x in E.walk(e) if isinstance(x, Call) and x.op == "where" and cond_str(x.args[0]) is not None]
+    """``where`` nodes whose condition depends on no reduction result: candidates for guards.
+    Affine ones become exact domain restrictions; data-dependent ones (document ids) stay
+    expressions of the guard, which isl over-approximates."""
+    return [x for x in E.walk(e) if isinstance(x, Call) and x.op == "where"]
 
 
 def _replace(e: Expr, old: Expr, new: Expr) -> Expr:

@@ -8,15 +8,19 @@ removing them (a guard equal to ``gist(needed, domain_W)``) leaves every output 
 
 For causal attention this moves the mask ``j <= i`` onto the score statement
 ``s[i, j] += q[i, d] * k[j, d]``, which is what lets the tiler skip key tiles above the diagonal
-for the whole fused loop, not only for the softmax statements.
+for the whole fused loop, not only for the softmax statements. A data-dependent guard that every
+reader shares (``doc[i] == doc[j]``) moves to the writer the same way, by renaming the readers'
+iterators through the read index (isl over-approximates such guards, so this part is syntactic).
 """
 
 from __future__ import annotations
 
 import islpy as isl
 
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Guard, Program, Proof, Stmt, walk_stmts
-from flashlight.ir.poly import PolyView, set_to_condition
+from flashlight.ir.poly import PolyView, cond_str, set_to_condition
 from flashlight.passes.tree import map_stmts, writers
 
 name = "restrict-to-demand"
@@ -50,6 +54,9 @@ def restrict_to_demand(program: Program) -> Program:
             continue
         guards[stmt.name] = cond
         notes.append(f"{stmt.name}: only instances with {cond} write elements of {t.name} that are read")
+    for stmt, cond in _shared_data_guards(program, w).items():
+        guards[stmt] = cond if stmt not in guards else E.call("and", guards[stmt], cond)  # type: ignore[arg-type]
+        notes.append(f"{stmt}: every reader runs only where {cond}")
     if not guards:
         return program
 
@@ -60,6 +67,41 @@ def restrict_to_demand(program: Program) -> Program:
                   "removed instances write values no statement reads (isl: writes^-1(reads(domains)))",
                   lemma="; ".join(notes))
     return program.replace(body=map_stmts(program.body, guard)).with_proofs(proof)
+
+
+def _shared_data_guards(program: Program, w: dict[str, list[Stmt]]) -> dict[str, Expr]:
+    """Data-dependent guards every reader of a temporary shares, renamed to its writer's iterators.
+
+    If each reader reads ``t[r0, ..., rn]`` (plain iterators) only under a guard ``g(r)``, the
+    writer's instance that writes ``t[w]`` is read only where ``g(w)`` holds: guard it by ``g(w)``.
+    """
+    placed = list(walk_stmts(program.body))
+    out: dict[str, Expr] = {}
+    for stmt, _, _ in placed:
+        t = program.tensor(stmt.target.tensor)
+        if t.role != "temp" or len(w[t.name]) != 1 or not all(isinstance(i, Iter) for i in stmt.target.indices):
+            continue
+        target = [i.name for i in stmt.target.indices]  # type: ignore[union-attr]
+        common: set[Expr] | None = None
+        for rd, _, guards in placed:
+            if rd is stmt:
+                continue
+            lds = [ld for e in (rd.expr, rd.scale) if e is not None for ld in E.loads(e) if ld.tensor == t.name]
+            if not lds:
+                continue
+            if any(ld.indices != lds[0].indices or not all(isinstance(i, Iter) for i in ld.indices) for ld in lds):
+                common = set()
+                break
+            rename = {i.name: Iter(wn) for i, wn in zip(lds[0].indices, target)}  # type: ignore[union-attr]
+            mine = {E.substitute(g, rename) for g in guards
+                    if cond_str(g) is None and E.free_iters(g) <= set(rename)}
+            common = mine if common is None else common & mine
+        if common:
+            cond = None
+            for g in sorted(common, key=str):
+                cond = g if cond is None else E.call("and", cond, g)
+            out[stmt.name] = cond  # type: ignore[assignment]
+    return out
 
 
 def _reads(u: isl.UnionMap, tensor: str) -> bool:

@@ -28,7 +28,7 @@ import islpy as isl
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, walk_stmts
-from flashlight.ir.poly import PolyView, isl_name
+from flashlight.ir.poly import PolyView, cond_str, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
 
 name = "tile-ranges"
@@ -104,7 +104,8 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
         proj = _project(sv, dims)
         union = union.union(proj)
         blocks = {l.iterator for l in loops if l.mapping == "block"}
-        if any(E.free_iters(g) & blocks for g in guards):  # no tile is full for this statement
+        data = any(cond_str(g) is None for g in guards)  # decided at run time: never full
+        if data or any(E.free_iters(g) & blocks for g in guards):  # no tile is full for this statement
             bad = bad.union(bounds.apply(to_tiles))
         else:
             bad = bad.union(bounds.subtract(proj).apply(to_tiles))
