@@ -29,18 +29,53 @@ GraphCompiler = Callable[[fx.GraphModule, Sequence[Any], list[str]], Callable[[l
 
 @functools.lru_cache(maxsize=1)
 def decompositions() -> dict:
-    """Core aten decompositions, plus softmax and log_softmax (which core aten keeps whole)."""
+    """Core aten decompositions, plus composite ops that core aten keeps whole but that lift
+    better decomposed (softmax, norms, var/std, activations, batch norm, split)."""
     from torch._decomp import core_aten_decompositions, get_decompositions
 
     table = dict(core_aten_decompositions())
     table.update(get_decompositions([
         aten._softmax, aten._log_softmax, aten.native_layer_norm, aten.native_group_norm,
-        aten.var_mean, aten.var, aten.std, aten.logsumexp, aten.addcmul, aten.addcdiv,
+        aten.var_mean, aten.var, aten.std, aten.std_mean, aten.logsumexp, aten.addcmul, aten.addcdiv,
+        # into where/clamp/expm1 and pow/sum/abs/amax, which lift
+        aten.leaky_relu, aten.elu, aten.hardtanh, aten.linalg_vector_norm,
+        aten._native_batch_norm_legit_functional,
     ]))
+    # torch's own makes the mutating _native_batch_norm_legit, which AOT refuses
+    table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_inference
+    # split/chunk into slices (torch's own decomposition makes as_strided views of the storage)
+    table[aten.split_with_sizes.default] = _split_with_sizes
+    table[aten.split.Tensor] = _split
     # these lift directly, better than their decompositions
     for op in (aten.gelu.default, aten.silu.default):
         table.pop(op, None)
     return table
+
+
+def _batch_norm_inference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                          mean: torch.Tensor, var: torch.Tensor, momentum: float,
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm with running statistics: ``(x - mean) * rsqrt(var + eps) * weight + bias``."""
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    out = (x - mean.reshape(shape)) * torch.rsqrt(var + eps).reshape(shape)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out.to(x.dtype), x.new_zeros((0,)), x.new_zeros((0,))
+
+
+def _split_with_sizes(x: torch.Tensor, sizes: Sequence[int], dim: int = 0) -> list[torch.Tensor]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(aten.slice.Tensor(x, dim, start, start + n))
+        start += n
+    return out
+
+
+def _split(x: torch.Tensor, size: int, dim: int = 0) -> list[torch.Tensor]:
+    n = x.shape[dim]
+    return _split_with_sizes(x, [min(size, n - s) for s in range(0, n, size)] if size > 0 else [n], dim)
 
 
 def _input_names(gm: fx.GraphModule) -> list[str]:

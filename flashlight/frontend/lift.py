@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Iter
+from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Program
 from flashlight.frontend.builder import ProgramBuilder, broadcast_index, literal
 from flashlight.frontend.values import Value, placeholder
@@ -76,6 +76,9 @@ class LiftedGraph:
     graph: fx.Graph
     placeholders: list[fx.Node]
     segments: list[ProgramSegment | EagerSegment] = field(default_factory=list)
+    # get_attr nodes (tensor constants such as torch.tensor(2.0) in the function) and their values:
+    # like placeholders, they are values of the graph that no segment computes
+    constants: dict[fx.Node, object] = field(default_factory=dict)
 
     @property
     def programs(self) -> list[Program]:
@@ -108,6 +111,9 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     env: dict[fx.Node, Value] = {}
     for n in phs:
         env[n] = _input_value(scratch, n, ph_name[n])
+    for n in graph.nodes:  # tensor constants are inputs of the programs that read them
+        if n.op == "get_attr" and _is_tensor(n):
+            env[n] = _input_value(scratch, n, n.name.lstrip("_"))
     for n in compute:
         reason = _try_lift(scratch, env, n)
         if reason is not None:
@@ -116,6 +122,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
 
     # pass 2: maximal runs of liftable nodes become programs; only-view runs stay eager
     lifted = LiftedGraph(graph, phs)
+    lifted.constants = {n: _attr(gm, str(n.target)) for n in graph.nodes if n.op == "get_attr"}
     runs: list[list[fx.Node]] = []
     for n in compute:
         if n in reasons:
@@ -154,7 +161,7 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     for n in run:
         for a in n.all_input_nodes:
             if a not in members and a not in env:
-                env[a] = _input_value(b, a, ph_name.get(a, a.name))
+                env[a] = _input_value(b, a, ph_name.get(a, a.name.lstrip("_") or "t"))
                 inputs.append(a)
         reason = _try_lift(b, env, n)
         assert reason is None, f"node {n.name} lifted in pass 1 but not in pass 2: {reason}"
@@ -165,6 +172,13 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
     decls = [d for d, _ in pairs] + [t for t in prog.tensors if t.role != "input"]
     return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run))
+
+
+def _attr(gm: fx.GraphModule, target: str) -> object:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _input_value(b: ProgramBuilder, n: fx.Node, name: str) -> Value:
@@ -368,9 +382,9 @@ def _as_python(x: object, dtype: str) -> float | int | bool:
             return float(x)
         if dtype == dtypes.BOOL:
             return bool(x)
-        if isinstance(x, float):
-            raise Unsupported(f"real fill value {x} for an integer tensor")
-        return int(x)
+        if isinstance(x, float) and not math.isfinite(x):
+            raise Unsupported(f"fill value {x} for an integer tensor")
+        return int(x)  # a real truncates, as eager's cast does
     raise Unsupported(f"fill value {x!r} is not a Python number")
 
 
@@ -394,7 +408,12 @@ def _operand(c: _Ctx, a: object, compute: str, out_shape: Sequence[int]) -> Call
 
 def _pointwise(c: _Ctx, operands: Sequence[Callable[[list[Iter]], Expr] | Value],
                fn: Callable[[list[Expr]], Expr], compute: str | None) -> Value:
-    """The statement ``out[its] = cast(fn(operands(its)))`` over the node's output shape."""
+    """The statement ``out[its] = cast(fn(operands(its)))`` over the node's output shape.
+
+    An expression that reads no tensor (a constant, ``arange``, a mask computed from iterators,
+    index arithmetic on those) creates no statement: like a view, it is a value over placeholder
+    iterators, recomputed where it is used. So ``table[i - j + n]`` stays an affine access and a
+    mask like ``j > i`` reaches its consumer as an affine condition."""
     shape, out = c.out_shape, c.out_dtype
     getters = []
     for o in operands:
@@ -406,6 +425,11 @@ def _pointwise(c: _Ctx, operands: Sequence[Callable[[list[Iter]], Expr] | Value]
     def make(its: list[Iter]) -> Expr:
         r = fn([g(its) for g in getters])
         return r if compute is None or compute == out else E.call(out, r)
+    ps = [placeholder(k) for k in range(len(shape))]
+    pure = make(ps)
+    if not E.loads(pure):
+        ranges = {p.name: (0, max(n - 1, 0)) for p, n in zip(ps, shape)}
+        return Value(E.simplify_index(pure, ranges), shape, out)
     return c.b.emit(c.hint(), out, shape, ["parallel"] * len(shape), list(range(len(shape))), "=", make)
 
 
@@ -421,21 +445,26 @@ def _promoted(c: _Ctx, args: Sequence[object]) -> str:
 def _elementwise(op: str, arity: int) -> Callable[[_Ctx], Value]:
     def handler(c: _Ctx) -> Value:
         args = list(c.node.args[:arity])
-        if op in E.COMPARISONS or op in ("and", "or", "not"):
-            common = _promoted(c, args)
-            compute = opmath(common) if op in E.COMPARISONS else dtypes.BOOL
+        if op in E.COMPARISONS:
+            compute = opmath(_promoted(c, args))
             fn = lambda xs: E.call(op, *xs)  # noqa: E731
             return _pointwise(c, [_operand(c, a, compute, c.out_shape) for a in args], fn, None)
         compute = opmath(c.out_dtype)
-        if op in _FLOAT_ONLY and not dtypes.is_float(compute):
+        name = op
+        if compute == dtypes.BOOL:  # arithmetic on booleans is logic (True + True is True)
+            name = _BOOL_ARITH.get(op, op)
+            if name not in E.LOGICAL:
+                raise Unsupported(f"{op} of booleans")
+        if name in _FLOAT_ONLY and not dtypes.is_float(compute):
             raise Unsupported(f"{op} of integers")
-        fn = lambda xs: E.call(op, *xs)  # noqa: E731
+        fn = lambda xs: E.call(name, *xs)  # noqa: E731
         return _pointwise(c, [_operand(c, a, compute, c.out_shape) for a in args], fn, compute)
     return handler
 
 
 _FLOAT_ONLY = {"div", "exp", "exp2", "expm1", "log", "log2", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid",
-               "erf", "sin", "cos", "reciprocal", "atan2"}
+               "erf", "sin", "cos", "reciprocal", "atan2", "pow"}
+_BOOL_ARITH = {"mul": "and", "max": "or", "min": "and", "add": "or"}
 
 for _packet_, _op, _arity in [
     (aten.mul, "mul", 2), (aten.neg, "neg", 1), (aten.exp, "exp", 1), (aten.exp2, "exp2", 1),
@@ -446,34 +475,58 @@ for _packet_, _op, _arity in [
     (aten.maximum, "max", 2), (aten.minimum, "min", 2), (aten.atan2, "atan2", 2),
     (aten.remainder, "mod", 2),
     (aten.lt, "lt", 2), (aten.le, "le", 2), (aten.gt, "gt", 2), (aten.ge, "ge", 2), (aten.eq, "eq", 2),
-    (aten.ne, "ne", 2), (aten.logical_and, "and", 2), (aten.logical_or, "or", 2),
-    (aten.logical_not, "not", 1), (aten.logical_xor, "ne", 2),
+    (aten.ne, "ne", 2),
 ]:
     _HANDLERS[_packet_] = _elementwise(_op, _arity)
 
 
+_LOGICAL = {aten.logical_and: "and", aten.logical_or: "or", aten.logical_not: "not", aten.logical_xor: "ne",
+            aten.bitwise_and: "and", aten.bitwise_or: "or", aten.bitwise_not: "not", aten.bitwise_xor: "ne"}
+
+
+@_handles(*_LOGICAL)
+def _logical(c: _Ctx) -> Value:
+    """Logical operators read their operands as truth values (``x != 0``); the bitwise ones are
+    the same operators on booleans (the IR has no bitwise integer operators)."""
+    packet = _packet(c.node.target)
+    op = _LOGICAL[packet]
+    if packet in (aten.bitwise_and, aten.bitwise_or, aten.bitwise_not, aten.bitwise_xor) \
+            and c.out_dtype != dtypes.BOOL:
+        raise Unsupported("bitwise operations on integers")
+    args = list(c.node.args[:1 if op == "not" else 2])
+    ops = [_operand(c, a, dtypes.BOOL, c.out_shape) for a in args]
+    return _pointwise(c, ops, lambda xs: E.call(op, *xs), dtypes.BOOL)
+
+
 @_handles(aten.pow)
 def _pow(c: _Ctx) -> Value:
-    """Small integer and half exponents are products and square roots (the same value, exactly
-    rounded); other exponents stay ``pow``."""
+    """Literal exponents 0, ±0.5 and small integers are a constant, square roots and products, as
+    eager computes them; a power of the literal 2 is ``exp2``; other powers stay ``pow``."""
     base, ex = c.node.args[:2]
     compute = opmath(c.out_dtype)
     if isinstance(ex, (int, float)) and not isinstance(ex, bool) and isinstance(base, fx.Node):
         get = _operand(c, base, compute, c.out_shape)
+        integral = float(ex).is_integer()
+        if not dtypes.is_float(compute) and not (integral and 0 <= ex <= 4):
+            raise Unsupported(f"integer power {ex}")
 
         def power(xs: list[Expr]) -> Expr:
             x = xs[0]
+            if ex == 0:
+                return literal(1, compute)
             if ex == 0.5:
                 return E.call("sqrt", x)
             if ex == -0.5:
                 return E.call("rsqrt", x)
-            if float(ex).is_integer() and 1 <= abs(ex) <= 4:
+            if integral and 1 <= abs(ex) <= 4:
                 r = x
                 for _ in range(int(abs(ex)) - 1):
                     r = E.call("mul", r, x)
                 return r if ex > 0 else E.call("div", literal(1, compute), r)
             return E.call("pow", x, literal(ex, compute))
         return _pointwise(c, [get], power, compute)
+    if isinstance(base, (int, float)) and not isinstance(base, bool) and base == 2 and dtypes.is_float(compute):
+        return _pointwise(c, [_operand(c, ex, compute, c.out_shape)], lambda xs: E.call("exp2", xs[0]), compute)
     return _elementwise("pow", 2)(c)
 
 
@@ -495,6 +548,11 @@ def _add_sub(c: _Ctx) -> Value:
     compute = opmath(c.out_dtype)
     ga, gb = _operand(c, a, compute, c.out_shape), _operand(c, b, compute, c.out_shape)
 
+    if compute == dtypes.BOOL:  # True + True is True
+        if op != "add" or alpha != 1:
+            raise Unsupported("subtraction or scaled addition of booleans")
+        op = "or"
+
     def fn(xs: list[Expr]) -> Expr:
         rhs = xs[1] if alpha == 1 else E.call("mul", literal(alpha, compute), xs[1])  # type: ignore[arg-type]
         return E.call(op, xs[0], rhs)
@@ -513,16 +571,25 @@ def _div(c: _Ctx) -> Value:
         if dtypes.is_float(compute):
             return _pointwise(c, ops, lambda xs: E.call("floor", E.call("div", *xs)), compute)
         return _pointwise(c, ops, lambda xs: E.call("floordiv", *xs), compute)
+    if mode == "trunc":
+        if dtypes.is_float(compute):
+            return _pointwise(c, ops, lambda xs: _trunc(E.call("div", *xs), compute), compute)
+        return _pointwise(c, ops, lambda xs: _trunc_div(xs[0], xs[1], compute), compute)
     raise Unsupported(f"division with rounding_mode={mode!r}")
 
 
-@_handles(aten.bitwise_not, aten.bitwise_and, aten.bitwise_or)
-def _bitwise(c: _Ctx) -> Value:
-    if c.out_dtype != dtypes.BOOL:
-        raise Unsupported("bitwise operations on integers")
-    op = {aten.bitwise_not: "not", aten.bitwise_and: "and", aten.bitwise_or: "or"}[_packet(c.node.target)]
-    args = list(c.node.args[:1 if op == "not" else 2])
-    return _pointwise(c, [_operand(c, a, dtypes.BOOL, c.out_shape) for a in args], lambda xs: E.call(op, *xs), None)
+def _trunc(x: Expr, dtype: str) -> Expr:
+    """Rounding of a real towards zero: ``ceil`` below zero, ``floor`` elsewhere (NaN stays NaN)."""
+    return E.call("where", E.call("lt", x, literal(0, dtype)), E.call("ceil", x), E.call("floor", x))
+
+
+def _trunc_div(a: Expr, b: Expr, dtype: str) -> Expr:
+    """C division of integers: the floor quotient, plus one where a negative quotient was inexact."""
+    zero = literal(0, dtype)
+    q = E.call("floordiv", a, b)
+    inexact = E.call("ne", E.call("mul", q, b), a)
+    negative = E.call("ne", E.call("lt", a, zero), E.call("lt", b, zero))
+    return E.call("where", E.call("and", inexact, negative), E.call("add", q, literal(1, dtype)), q)
 
 
 @_handles(aten.where)
@@ -590,16 +657,110 @@ def _silu(c: _Ctx) -> Value:
 
 @_handles(aten.gelu)
 def _gelu(c: _Ctx) -> Value:
-    if c.kwarg("approximate", "none") != "none":
-        raise Unsupported("tanh-approximated gelu")
+    """``x/2 (1 + erf(x/√2))``, or with ``approximate='tanh'`` eager's
+    ``x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))``."""
+    approximate = c.kwarg("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise Unsupported(f"gelu with approximate={approximate!r}")
     compute = opmath(c.out_dtype)
-    half, inv_sqrt2 = literal(0.5, compute), literal(1 / math.sqrt(2), compute)
+    half, one = literal(0.5, compute), literal(1, compute)
 
     def fn(xs: list[Expr]) -> Expr:
         x = xs[0]
-        erf = E.call("erf", E.call("mul", x, inv_sqrt2))
-        return E.call("mul", E.call("mul", x, half), E.call("add", literal(1, compute), erf))
+        if approximate == "tanh":
+            cube = E.call("mul", E.call("mul", x, x), x)
+            inner = E.call("add", x, E.call("mul", literal(0.044715, compute), cube))
+            t = E.call("tanh", E.call("mul", literal(math.sqrt(2 / math.pi), compute), inner))
+            return E.call("mul", E.call("mul", half, x), E.call("add", one, t))
+        erf = E.call("erf", E.call("mul", x, literal(1 / math.sqrt(2), compute)))
+        return E.call("mul", E.call("mul", x, half), E.call("add", one, erf))
     return _pointwise(c, [_operand(c, c.arg(0), compute, c.out_shape)], fn, compute)
+
+
+@_handles(aten.sign, aten.sgn)
+def _sign(c: _Ctx) -> Value:
+    """-1, 0 or 1 (0 for NaN and -0.0, as eager); booleans are their own sign."""
+    dt = c.out_dtype
+    if dt == dtypes.BOOL:
+        return _pointwise(c, [_operand(c, c.arg(0), dt, c.out_shape)], lambda xs: xs[0], None)
+    compute = opmath(dt)
+
+    def fn(xs: list[Expr]) -> Expr:
+        x, zero = xs[0], literal(0, compute)
+        return E.call("where", E.call("gt", x, zero), literal(1, compute),
+                      E.call("where", E.call("lt", x, zero), literal(-1, compute), zero))
+    return _pointwise(c, [_operand(c, c.arg(0), compute, c.out_shape)], fn, compute)
+
+
+@_handles(aten.trunc, aten.fix)
+def _trunc_op(c: _Ctx) -> Value:
+    compute = opmath(c.out_dtype)
+    if not dtypes.is_float(compute):
+        return _pointwise(c, [_operand(c, c.arg(0), compute, c.out_shape)], lambda xs: xs[0], compute)
+    return _pointwise(c, [_operand(c, c.arg(0), compute, c.out_shape)], lambda xs: _trunc(xs[0], compute), compute)
+
+
+@_handles(aten.fmod)
+def _fmod(c: _Ctx) -> Value:
+    """C remainder (the sign of the dividend) of integers: the floor remainder ``mod``, minus the
+    divisor where the signs differ and it is not zero; exactly ``mod`` when the dividend is
+    provably non-negative and the divisor a positive literal."""
+    compute = opmath(c.out_dtype)
+    if not dtypes.is_int(compute):
+        raise Unsupported("fmod of reals (the IR has no exact real remainder)")
+    a, b = c.node.args[:2]
+    ga, gb = _operand(c, a, compute, c.out_shape), _operand(c, b, compute, c.out_shape)
+
+    def make(its: list[Iter]) -> Expr:
+        x, y = ga(its), gb(its)
+        r = E.call("mod", x, y)
+        if isinstance(y, E.Const) and y.value > 0 and _nonnegative(x, _ranges(its, c.out_shape)):
+            return r
+        zero = literal(0, compute)
+        fix = E.call("and", E.call("ne", r, zero), E.call("ne", E.call("lt", x, zero), E.call("lt", y, zero)))
+        return E.call("where", fix, E.call("sub", r, y), r)
+    return _pointwise(c, [make], lambda xs: xs[0], compute)
+
+
+@_handles(aten.max, aten.min)
+def _max_min(c: _Ctx) -> Value:
+    """``max(x)`` is ``amax`` over every dimension, ``max(x, y)`` is ``maximum``; ``max(x, dim)``
+    (values and indices) is not lifted."""
+    is_max = _packet(c.node.target) is aten.max
+    overload = getattr(c.node.target, "_overloadname", "")
+    if overload == "other":
+        return _elementwise("max" if is_max else "min", 2)(c)
+    if overload == "default":
+        v = c.value(c.arg(0))
+        return _reduction(c, "max=" if is_max else "min=", v, list(range(v.rank)), False)
+    raise Unsupported(f"{overload} overload")
+
+
+@_handles(aten.copy)
+def _copy(c: _Ctx) -> Value:
+    """``copy(dst, src)``: ``src`` broadcast to the shape and cast to the dtype of ``dst``."""
+    out = c.out_dtype
+    return _pointwise(c, [_operand(c, c.arg(1), out, c.out_shape)], lambda xs: xs[0], None)
+
+
+def _nonnegative(e: Expr, ranges: dict[str, tuple[int, int]]) -> bool:
+    """Whether an integer index expression is provably >= 0 on iterator ``ranges``."""
+    if isinstance(e, Call) and e.op == "mod" and isinstance(e.args[1], E.Const) and e.args[1].value > 0:
+        return True
+    if isinstance(e, Call) and e.op == "floordiv" and isinstance(e.args[1], E.Const) and e.args[1].value > 0:
+        return _nonnegative(e.args[0], ranges)
+    if isinstance(e, Call) and e.op in ("i64", "i32"):
+        return _nonnegative(e.args[0], ranges)
+    form = E.affine_form(e)
+    if form is None:
+        return False
+    lo = form[1]
+    for name, k in form[0].items():
+        if name not in ranges:
+            return False
+        a, b = ranges[name]
+        lo += min(k * a, k * b)
+    return lo >= 0
 
 
 # prims that some decompositions produce
@@ -660,20 +821,30 @@ _REDUCE_OPS = {aten.sum: "+=", aten.amax: "max=", aten.amin: "min=", aten.mean: 
 @_handles(*_REDUCE_OPS)
 def _reduce(c: _Ctx) -> Value:
     packet = _packet(c.node.target)
-    op = _REDUCE_OPS[packet]
     v = c.value(c.arg(0))
     dims = c.arg(1, c.kwarg("dim"))
     if packet is aten.prod:
         dims = None if len(c.node.args) < 2 else [dims]
     keepdim = bool(c.arg(2, c.kwarg("keepdim", False)))
+    return _reduction(c, _REDUCE_OPS[packet], v, _reduced_dims(v, dims), keepdim, mean=packet is aten.mean)
+
+
+def _reduced_dims(v: Value, dims: object) -> list[int]:
+    """The reduced dimensions of ``v``, sorted; ``None`` or ``[]`` reduce all of them."""
     if dims is None or dims == []:
-        dims = list(range(v.rank))
-    dims = sorted({d % max(v.rank, 1) for d in (dims if isinstance(dims, (list, tuple)) else [dims])})  # type: ignore[union-attr]
+        return list(range(v.rank))
+    listed = dims if isinstance(dims, (list, tuple)) else [dims]
+    return sorted({d % max(v.rank, 1) for d in listed})  # type: ignore[operator]
+
+
+def _reduction(c: _Ctx, op: str, v: Value, dims: list[int], keepdim: bool, mean: bool = False) -> Value:
+    """``op``-reduce ``v`` over ``dims`` into the node's dtype: reals accumulate in their opmath
+    type, integer sums and products in i64; ``mean`` divides by the count."""
     out = c.out_dtype
     acc = opmath(out) if dtypes.is_float(out) else ("i64" if op in ("+=", "*=") else out)
     if out == dtypes.BOOL:
         raise Unsupported("reductions producing booleans")
-    if packet is aten.mean and not dtypes.is_float(out):
+    if mean and not dtypes.is_float(out):
         raise Unsupported("mean of integers")
     kept = [d for d in range(v.rank) if d not in dims]
     order = kept + dims  # output dims outermost, reduced dims inside
@@ -685,7 +856,7 @@ def _reduce(c: _Ctx) -> Value:
             idx[d] = it
         x = v.at(idx)
         return x if v.dtype == acc else E.call(acc, x)
-    hint = c.hint() if acc == out and packet is not aten.mean else c.hint() + "_acc"
+    hint = c.hint() if acc == out and not mean else c.hint() + "_acc"
     r = c.b.emit(hint, acc, [v.shape[d] for d in order], kinds, list(range(len(kept))), op, make)
     if keepdim:
         for d in dims:
@@ -693,11 +864,38 @@ def _reduce(c: _Ctx) -> Value:
     count = 1
     for d in dims:
         count *= v.shape[d]
-    if packet is aten.mean:
+    if mean:
         return _pointwise(c, [r], lambda xs: E.call("div", xs[0], literal(count, acc)), acc)
     if acc != out:
         return _pointwise(c, [r], lambda xs: E.call(out, xs[0]), None)
     return r
+
+
+@_handles(aten.any, aten.all)
+def _any_all(c: _Ctx) -> Value:
+    """``any``: the count of true elements is positive; ``all``: the count of false ones is zero
+    (counts, so that an empty reduction gives eager's False and True)."""
+    is_any = _packet(c.node.target) is aten.any
+    v = c.value(c.arg(0))
+    dims = _reduced_dims(v, c.arg(1, c.kwarg("dim")))
+    keepdim = bool(c.arg(2, c.kwarg("keepdim", False)))
+    kept = [d for d in range(v.rank) if d not in dims]
+    order = kept + dims
+
+    def make(its: list[Iter]) -> Expr:
+        idx: list[Expr] = [E.index(0)] * v.rank
+        for it, d in zip(its, order):
+            idx[d] = it
+        x = v.at(idx)
+        truth = x if v.dtype == dtypes.BOOL else E.call(dtypes.BOOL, x)
+        return E.call("i64", truth if is_any else E.call("not", truth))
+    count = c.b.emit(c.hint() + "_count", "i64", [v.shape[d] for d in order],
+                     ["parallel"] * len(kept) + ["reduce"] * len(dims), list(range(len(kept))), "+=", make)
+    if keepdim:
+        for d in dims:
+            count = count.unsqueeze(d)
+    test = "gt" if is_any else "eq"
+    return _pointwise(c, [count], lambda xs: E.call(test, xs[0], E.index(0)), dtypes.BOOL)
 
 
 # contractions
@@ -729,13 +927,25 @@ def _matmul(c: _Ctx) -> Value:
 
 @_handles(aten.addmm)
 def _addmm(c: _Ctx) -> Value:
-    if c.kwarg("beta", 1) != 1 or c.kwarg("alpha", 1) != 1:
-        raise Unsupported("addmm with beta or alpha")
+    """``beta * bias + alpha * (a @ b)``; with ``beta == 0`` the bias is not read (eager ignores
+    even its NaNs)."""
+    beta, alpha = c.kwarg("beta", 1), c.kwarg("alpha", 1)
+    if not all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in (beta, alpha)):
+        raise Unsupported("addmm with non-numeric beta or alpha")
     bias = c.value(c.arg(0))
     prod = _matmul(_Ctx(c.b, c.env, _with_args(c.node, c.node.args[1:3])))
     compute = opmath(c.out_dtype)
+    if not dtypes.is_float(compute) and any(isinstance(k, float) for k in (beta, alpha)):
+        raise Unsupported("real beta or alpha for an integer addmm")
     ops = [_cast_getter(prod, compute, c.out_shape), _cast_getter(bias, compute, c.out_shape)]
-    return _pointwise(c, ops, lambda xs: E.call("add", xs[0], xs[1]), compute)
+
+    def fn(xs: list[Expr]) -> Expr:
+        p = xs[0] if alpha == 1 else E.call("mul", literal(alpha, compute), xs[0])  # type: ignore[arg-type]
+        if beta == 0:
+            return p
+        b = xs[1] if beta == 1 else E.call("mul", literal(beta, compute), xs[1])  # type: ignore[arg-type]
+        return E.call("add", p, b)
+    return _pointwise(c, ops, fn, compute)
 
 
 def _cast_getter(v: Value, dtype: str, out_shape: Sequence[int]) -> Callable[[list[Iter]], Expr]:
@@ -754,6 +964,358 @@ class _NodeView:
 
 def _with_args(node: fx.Node, args: tuple) -> fx.Node:
     return _NodeView(node, tuple(args))  # type: ignore[return-value]
+
+# }}}
+
+
+# {{{ index maps: copies whose elements are elements of their inputs
+
+@_handles(aten.repeat)
+def _repeat(c: _Ctx) -> Value:
+    """``x.repeat(r0, ...)``: element ``p`` is ``x[p % n]`` along every repeated dimension."""
+    v = c.value(c.arg(0))
+    reps = list(c.arg(1))  # type: ignore[arg-type]
+    off = len(reps) - v.rank
+    idx: list[Expr] = []
+    for a, n in enumerate(v.shape):
+        p = placeholder(a + off)
+        idx.append(E.index(0) if n <= 1 else (p if reps[a + off] == 1 else E.mod(p, n)))
+    return v.reindex(c.out_shape, idx)
+
+
+@_handles(aten.repeat_interleave)
+def _repeat_interleave(c: _Ctx) -> Value:
+    """``repeat_interleave(x, r, dim)`` with an integer ``r``: element ``p`` is ``x[p // r]``."""
+    if getattr(c.node.target, "_overloadname", "") != "self_int":
+        raise Unsupported("repeat counts given as a tensor (a data-dependent shape)")
+    v = c.value(c.arg(0))
+    r, dim = int(c.arg(1)), c.arg(2, c.kwarg("dim"))  # type: ignore[arg-type]
+    if dim is None:
+        v, dim = v.reshape([math.prod(v.shape)]), 0
+    dim = dim % v.rank  # type: ignore[operator]
+    idx: list[Expr] = [placeholder(k) for k in range(v.rank)]
+    idx[dim] = E.floordiv(placeholder(dim), r)
+    return v.reindex(c.out_shape, idx)
+
+
+@_handles(aten.flip)
+def _flip(c: _Ctx) -> Value:
+    v = c.value(c.arg(0))
+    dims = {d % max(v.rank, 1) for d in c.arg(1)}  # type: ignore[union-attr]
+    idx = [E.sub(E.index(n - 1), placeholder(k)) if k in dims else placeholder(k) for k, n in enumerate(v.shape)]
+    return v.reindex(v.shape, idx)
+
+
+@_handles(aten.cat)
+def _cat(c: _Ctx) -> Value:
+    """Concatenation along ``dim``: a ``where`` over the index ranges of the operands. Each operand
+    is read at ``(p - offset) mod size``, a quasi-affine index that stays in bounds where its
+    branch is not taken."""
+    shape, out = c.out_shape, c.out_dtype
+    rank = len(shape)
+    dim = c.arg(1, c.kwarg("dim", 0)) % rank  # type: ignore[operator]
+    parts: list[tuple[int, int, Value]] = []
+    off = 0
+    for a in c.arg(0):  # type: ignore[union-attr]
+        v = c.value(a)
+        if v.rank != rank or v.shape[dim] == 0:  # empty operands (legacy 1-d empties included) add nothing
+            continue
+        parts.append((off, v.shape[dim], v))
+        off += v.shape[dim]
+    if not parts:
+        raise Unsupported("concatenation of empty tensors")
+
+    def make(its: list[Iter]) -> Expr:
+        p, e = its[dim], None
+        for start, n, v in reversed(parts):
+            idx: list[Expr] = list(its)
+            local = E.sub(p, E.index(start))
+            idx[dim] = local if len(parts) == 1 else E.mod(local, n)
+            x = v.at(broadcast_index(idx, shape, v.shape))
+            x = x if v.dtype == out else E.call(out, x)
+            e = x if e is None else E.call("where", E.call("lt", p, E.index(start + n)), x, e)
+        return e  # type: ignore[return-value]
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.constant_pad_nd)
+def _constant_pad(c: _Ctx) -> Value:
+    """``F.pad`` with a constant: ``x[p - low]`` inside, the value outside (negative pads crop)."""
+    v = c.value(c.arg(0))
+    pad = list(c.arg(1))  # type: ignore[arg-type]
+    out = c.out_dtype
+    fill = literal(_as_python(c.arg(2, 0), out), out)
+    lows, highs = [0] * v.rank, [0] * v.rank
+    for k in range(len(pad) // 2):
+        lows[v.rank - 1 - k], highs[v.rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
+
+    def make(its: list[Iter]) -> Expr:
+        idx: list[Expr] = []
+        conds: list[Expr] = []
+        for d, n in enumerate(v.shape):
+            local = E.sub(its[d], E.index(lows[d]))
+            if lows[d] > 0:
+                conds.append(E.call("ge", its[d], E.index(lows[d])))
+            if highs[d] > 0:
+                conds.append(E.call("lt", its[d], E.index(n + lows[d])))
+            if (lows[d] > 0 or highs[d] > 0) and n == 0:
+                raise Unsupported("padding an empty dimension")
+            idx.append(E.mod(local, n) if lows[d] > 0 or highs[d] > 0 else local)
+        x = v.at(idx)
+        x = x if v.dtype == out else E.call(out, x)
+        if not conds:
+            return x
+        cond = conds[0]
+        for k in conds[1:]:
+            cond = E.call("and", cond, k)
+        return E.call("where", cond, x, fill)
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.diagonal, view=True)
+def _diagonal(c: _Ctx) -> Value:
+    v = c.value(c.arg(0))
+    off = c.arg(1, c.kwarg("offset", 0))
+    d1, d2 = c.arg(2, c.kwarg("dim1", 0)) % v.rank, c.arg(3, c.kwarg("dim2", 1)) % v.rank  # type: ignore[operator]
+    rest = [d for d in range(v.rank) if d not in (d1, d2)]
+    idx: list[Expr] = [E.index(0)] * v.rank
+    for k, d in enumerate(rest):
+        idx[d] = placeholder(k)
+    p = placeholder(len(rest))
+    idx[d1] = E.add(p, E.index(max(-off, 0)))  # type: ignore[operator]
+    idx[d2] = E.add(p, E.index(max(off, 0)))  # type: ignore[call-overload]
+    return v.reindex(c.out_shape, idx)
+
+
+@_handles(aten.unfold, view=True)
+def _unfold(c: _Ctx) -> Value:
+    """``x.unfold(dim, size, step)``: windows along ``dim`` in a new last dimension,
+    element ``[.., w, .., k]`` is ``x[.., step * w + k, ..]``."""
+    v = c.value(c.arg(0))
+    dim, step = c.arg(1) % max(v.rank, 1), c.arg(3)  # type: ignore[operator]
+    if v.rank == 0:
+        raise Unsupported("unfold of a 0-d tensor")
+    idx: list[Expr] = [placeholder(k) for k in range(v.rank)]
+    idx[dim] = E.add(E.mul(E.index(step), placeholder(dim)), placeholder(v.rank))  # type: ignore[arg-type]
+    return v.reindex(c.out_shape, idx)
+
+
+@_handles(aten.as_strided, view=True)
+def _as_strided(c: _Ctx) -> Value:
+    """A strided view of a contiguous tensor that starts its storage: element ``p`` is element
+    ``offset + sum(p * stride)`` of the flattened tensor. Other sources are refused: their
+    storage is not what the value's indices describe."""
+    src = c.node.args[0]
+    assert isinstance(src, fx.Node)
+    val = src.meta["val"]
+    size, stride = list(c.arg(1)), list(c.arg(2))  # type: ignore[arg-type]
+    offset = c.arg(3, c.kwarg("storage_offset"))
+    offset = val.storage_offset() if offset is None else offset
+    if not val.is_contiguous() or val.storage_offset() != 0:
+        raise Unsupported("as_strided of a tensor that does not start a contiguous storage")
+    numel = val.numel()
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride) if n > 0)
+    if any(st < 0 for st in stride) or (math.prod(size) > 0 and last >= numel):
+        raise Unsupported("as_strided reaching beyond its source")
+    flat = c.value(src).reshape([numel])
+    linear: Expr = E.index(offset)
+    for k, st in enumerate(stride):
+        linear = E.add(linear, E.mul(E.index(st), placeholder(k)))
+    return flat.reindex(size, [linear])
+
+
+@_handles(aten.slice_scatter)
+def _slice_scatter(c: _Ctx) -> Value:
+    """``base`` with ``src`` in ``base[start:end:step]`` along ``dim`` (an in-place slice update):
+    a ``where`` over the slice's indices; ``src`` is read at an in-bounds index everywhere."""
+    base, src = c.value(c.arg(0)), c.value(c.arg(1))
+    dim = c.arg(2, c.kwarg("dim", 0)) % base.rank  # type: ignore[operator]
+    start, step = c.arg(3, c.kwarg("start")), c.arg(5, c.kwarg("step", 1))
+    n, size = base.shape[dim], src.shape[dim]
+    start = 0 if start is None else (start + n if start < 0 else start)  # type: ignore[operator]
+    start = min(max(start, 0), n)
+    out = c.out_dtype
+
+    def make(its: list[Iter]) -> Expr:
+        y = base.at(its)
+        y = y if base.dtype == out else E.call(out, y)
+        if size == 0:
+            return y
+        p = its[dim]
+        local = E.sub(p, E.index(start))
+        idx: list[Expr] = list(its)
+        idx[dim] = E.mod(local if step == 1 else E.floordiv(local, step), size)  # type: ignore[arg-type]
+        x = src.at(idx)
+        x = x if src.dtype == out else E.call(out, x)
+        cond = E.call("and", E.call("ge", p, E.index(start)),
+                      E.call("lt", p, E.index(start + (size - 1) * step + 1)))  # type: ignore[operator]
+        if step != 1:
+            cond = E.call("and", cond, E.call("eq", E.mod(local, step), E.index(0)))  # type: ignore[arg-type]
+        return E.call("where", cond, x, y)
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.select_scatter)
+def _select_scatter(c: _Ctx) -> Value:
+    """``base`` with ``src`` in ``base.select(dim, index)`` (an in-place update of one slice)."""
+    base, src = c.value(c.arg(0)), c.value(c.arg(1))
+    dim = c.arg(2) % base.rank  # type: ignore[operator]
+    i = c.arg(3)
+    i = i + base.shape[dim] if i < 0 else i  # type: ignore[operator]
+    out = c.out_dtype
+
+    def make(its: list[Iter]) -> Expr:
+        y, x = base.at(its), src.at(its[:dim] + its[dim + 1:])
+        y = y if base.dtype == out else E.call(out, y)
+        x = x if src.dtype == out else E.call(out, x)
+        return E.call("where", E.call("eq", its[dim], E.index(i)), x, y)  # type: ignore[arg-type]
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+# }}}
+
+
+# {{{ constants shaped like other tensors
+
+_FILLS = {aten.full_like: 1, aten.new_full: 2, aten.fill: 1}
+_ZEROS = {aten.zeros_like, aten.new_zeros, aten.zeros, aten.empty_like, aten.empty, aten.empty_strided,
+          aten.empty_permuted, aten.new_empty, aten.new_empty_strided}
+_ONES = {aten.ones_like, aten.new_ones, aten.ones}
+
+
+@_handles(*_FILLS, *_ZEROS, *_ONES)
+def _fill(c: _Ctx) -> Value:
+    """A tensor of one value, shaped by the node. ``empty`` tensors are zeros (their contents are
+    unspecified, so any value is what eager gives)."""
+    packet, dt = _packet(c.node.target), c.out_dtype
+    value = 0 if packet in _ZEROS else 1 if packet in _ONES else c.arg(_FILLS[packet])
+    if isinstance(value, fx.Node):  # fill with a 0-d tensor
+        return _pointwise(c, [_operand(c, value, dt, c.out_shape)], lambda xs: xs[0], None)
+    return _pointwise(c, [], lambda xs: literal(_as_python(value, dt), dt), compute=None)
+
+
+@_handles(prims.iota)
+def _iota(c: _Ctx) -> Value:
+    start, step, dt = c.kwarg("start", 0), c.kwarg("step", 1), c.out_dtype
+    if dt not in dtypes.SIGNED:
+        raise Unsupported(f"iota of {dt}")
+
+    def integer(its: list[Iter]) -> Expr:
+        pos = E.add(E.mul(E.index(step), its[0]), E.index(start))  # type: ignore[arg-type]
+        return pos if dt == "i64" else E.call(dt, pos)
+    return _pointwise(c, [integer], lambda xs: xs[0], None)
+
+# }}}
+
+
+# {{{ gathers: indirect accesses
+
+def _as_index(e: Expr, dtype: str, wrap_size: int | None = None,
+              ranges: dict[str, tuple[int, int]] | None = None) -> Expr:
+    """An element of an index tensor as an i64 index. With ``wrap_size``, a negative index counts
+    from the end (``i + n`` where ``i < 0``), as advanced indexing does in eager, unless it is
+    provably non-negative."""
+    if not dtypes.is_int(dtype):
+        raise Unsupported(f"indices of dtype {dtype}")
+    i = e if dtype == "i64" else E.call("i64", e)
+    if wrap_size is None or dtype == "u8" or _nonnegative(i, ranges or {}):
+        return i
+    return E.call("where", E.call("lt", i, E.index(0)), E.add(i, E.index(wrap_size)), i)
+
+
+def _ranges(its: Sequence[Iter], shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+    return {it.name: (0, max(n - 1, 0)) for it, n in zip(its, shape)}
+
+
+@_handles(aten.index, aten._unsafe_index)
+def _index(c: _Ctx) -> Value:
+    """Advanced indexing ``x[..., idx, ...]`` with integer index tensors: ``x[.., idx[b], ..]``.
+
+    The index tensors broadcast to one shape B, which replaces the indexed dimensions where they
+    are adjacent and comes first otherwise (numpy's rule). Boolean masks (a data-dependent shape)
+    are not lifted."""
+    x = c.value(c.arg(0))
+    given = list(c.arg(1))  # type: ignore[arg-type]
+    if len(given) > x.rank:
+        raise Unsupported("more indices than dimensions")
+    given += [None] * (x.rank - len(given))
+    vals: dict[int, Value] = {}
+    for d, a in enumerate(given):
+        if a is None:
+            continue
+        if not isinstance(a, fx.Node) or a.meta["val"].dtype in (torch.bool, torch.uint8):
+            raise Unsupported("boolean mask indexing (a data-dependent shape)")
+        vals[d] = c.value(a)
+    if not vals:
+        raise Unsupported("indexing without index tensors")
+    bshape = tuple(int(s) for s in torch.broadcast_shapes(*[v.shape for v in vals.values()]))
+    dims = sorted(vals)
+    rest = [d for d in range(x.rank) if d not in vals]
+    batch = [("b", k) for k in range(len(bshape))]
+    if dims == list(range(dims[0], dims[-1] + 1)):
+        layout = [("x", d) for d in rest if d < dims[0]] + batch + [("x", d) for d in rest if d > dims[-1]]
+    else:
+        layout = batch + [("x", d) for d in rest]
+    shape, out = c.out_shape, c.out_dtype
+    if len(layout) != len(shape):
+        raise Unsupported(f"unexpected result shape {list(shape)}")
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = [E.index(0)] * x.rank
+        b_its: list[Expr] = [E.index(0)] * len(bshape)
+        for it, (kind, k) in zip(its, layout):
+            if kind == "x":
+                src[k] = it
+            else:
+                b_its[k] = it
+        for d, v in vals.items():
+            e = v.at(broadcast_index(b_its, bshape, v.shape))
+            src[d] = _as_index(e, v.dtype, x.shape[d], _ranges(its, shape))
+        r = x.at(src)
+        return r if x.dtype == out else E.call(out, r)
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.gather)
+def _gather(c: _Ctx) -> Value:
+    """``gather(x, dim, idx)``: ``x[.., idx[p], ..]`` with ``idx[p]`` in dimension ``dim``
+    (negative indices are an error in eager, so they are not wrapped)."""
+    x, index = c.value(c.arg(0)), c.value(c.arg(2))
+    if x.rank == 0 or index.rank != x.rank:
+        raise Unsupported("gather of a 0-d tensor")
+    dim = c.arg(1) % x.rank  # type: ignore[operator]
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = list(its)
+        src[dim] = _as_index(index.at(its), index.dtype)
+        return x.at(src)
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.index_select)
+def _index_select(c: _Ctx) -> Value:
+    """``index_select(x, dim, idx)``: ``x[.., idx[p], ..]`` for a 1-d ``idx``."""
+    x, index = c.value(c.arg(0)), c.value(c.arg(2))
+    if index.rank > 1 or x.rank == 0:
+        raise Unsupported("index_select with a multi-dimensional index or a 0-d source")
+    dim = c.arg(1) % x.rank  # type: ignore[operator]
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = list(its)
+        src[dim] = _as_index(index.at([its[dim]] if index.rank else []), index.dtype)
+        return x.at(src)
+    return _pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@_handles(aten.embedding)
+def _embedding(c: _Ctx) -> Value:
+    """``embedding(weight, idx)``: row ``idx[p]`` of ``weight``."""
+    w, index = c.value(c.arg(0)), c.value(c.arg(1))
+    if w.rank != 2:
+        raise Unsupported("embedding with a weight that is not a matrix")
+
+    def make(its: list[Iter]) -> Expr:
+        return w.at([_as_index(index.at(its[:-1]), index.dtype), its[-1]])
+    return _pointwise(c, [make], lambda xs: xs[0], None)
 
 # }}}
 
