@@ -37,11 +37,15 @@ class Options:
     block_n: int | None = None       # tile of serial loops (key columns)
     block_limit: int = 256           # largest dimension kept whole inside a program
     pipeline: str = passes.DEFAULT_PIPELINE
+    exact_roundings: bool = False    # True: round fused intermediates to their dtype, as eager does
 
     def for_target(self, target: str) -> Options:
         bm = self.block_m or (64 if target == "interpreter" else 128)
         bn = self.block_n or 64
-        return Options(bm, bn, self.block_limit, self.pipeline)
+        pipeline = self.pipeline
+        if self.exact_roundings:
+            pipeline = ",".join(p for p in pipeline.split(",") if p.strip() != "elide-roundings")
+        return Options(bm, bn, self.block_limit, pipeline, self.exact_roundings)
 
 
 def _overrides(o: Options) -> dict[str, dict]:

@@ -254,6 +254,8 @@ class _Kernel:
 
     def call(self, e: Call, scope: _Scope) -> _Value:
         op = e.op
+        if op == "exp" and dtypes.is_float(E.dtype_of(e, self.program.dtypes)):
+            return self.exp(e.args[0], scope)
         args = [self.value(a, scope) for a in e.args]
         dt = E.dtype_of(e, self.program.dtypes)
         axes = self.order({a for v in args for a in v.axes})
@@ -269,6 +271,23 @@ class _Kernel:
         if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
             self.uses_libdevice = True
         return _Value(code, axes, dt)
+
+    def exp(self, x: Expr, scope: _Scope) -> _Value:
+        """``exp(a - b)`` as ``exp2(a*log2e - b*log2e)``, with a constant factor of ``a`` or ``b``
+        folded into log2e, so that the exponent is one fused multiply-add per element."""
+        terms = [(x.args[0], 1), (x.args[1], -1)] if isinstance(x, Call) and x.op == "sub" else [(x, 1)]
+        parts: list[_Value] = []
+        for t, sign in terms:
+            factor = LOG2E
+            if isinstance(t, Call) and t.op == "mul" and isinstance(t.args[1], Const) and \
+                    dtypes.is_float(t.args[1].dtype):
+                t, factor = t.args[0], LOG2E * float(t.args[1].value)
+            v = self.value(t, scope)
+            parts.append(_Value(f"({v.code} * {factor!r})", v.axes, v.dtype))
+        axes = self.order({a for p in parts for a in p.axes})
+        code = self.bcast(parts[0], axes) if len(parts) == 1 else \
+            f"{self.bcast(parts[0], axes)} - {self.bcast(parts[1], axes)}"
+        return _Value(f"tl.exp2({code})", axes, "f32")
 
     # }}}
 
@@ -507,7 +526,12 @@ class _Kernel:
         red = tuple(a for a in stmt_axes if a not in taxes)
         tile = self.contract(s, red, taxes, scope, guards)
         if tile is None:
-            v = self.value(s.expr, scope)
+            expr, post = s.expr, None
+            if s.op in ("max=", "min=") and isinstance(expr, Call) and expr.op == "mul" and \
+                    isinstance(expr.args[1], Const) and float(expr.args[1].value) > 0:
+                # max_j(x_j * c) == max_j(x_j) * c exactly for c > 0 (rounding is monotonic)
+                expr, post = expr.args[0], expr.args[1]
+            v = self.value(expr, scope)
             v = _Value(self.bcast(v, self.order(set(v.axes) | set(red))), self.order(set(v.axes) | set(red)),
                        v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
@@ -518,6 +542,8 @@ class _Kernel:
                 k = axes.index(a)
                 code = f"{_REDUCE[s.op]}({code}, axis={k})"
                 axes = axes[:k] + axes[k + 1:]
+            if post is not None:
+                code = f"{code} * {_literal(post)}"
             tile = _Value(code, axes, decl.dtype)
         if s.target.tensor in self.open_accumulators:
             acc = self.registers[s.target.tensor]

@@ -14,6 +14,7 @@ from flashlight.ir.nodes import Program
 from flashlight.ir.verify import verify
 from flashlight.passes.contract_buffers import contract_buffers
 from flashlight.passes.defer_normalization import defer_normalization
+from flashlight.passes.elide_roundings import elide_roundings
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
@@ -24,6 +25,7 @@ from flashlight.passes.tile_ranges import tile_ranges
 PASSES: dict[str, Callable[..., Program]] = {
     "inline": inline_pointwise,
     "defer-normalization": defer_normalization,
+    "elide-roundings": elide_roundings,
     "masks-to-domains": masks_to_domains,
     "restrict-to-demand": restrict_to_demand,
     "fuse-reductions": fuse_reductions,
@@ -32,8 +34,8 @@ PASSES: dict[str, Callable[..., Program]] = {
     "tile-ranges": tile_ranges,
 }
 
-DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,restrict-to-demand,fuse-reductions,"
-                    "contract-buffers,tile,tile-ranges")
+DEFAULT_PIPELINE = ("inline,defer-normalization,inline,elide-roundings,masks-to-domains,restrict-to-demand,"
+                    "fuse-reductions,contract-buffers,tile,tile-ranges")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
@@ -76,6 +78,6 @@ def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
 
 
 __all__ = [
-    "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "fuse_reductions",
+    "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "elide_roundings", "fuse_reductions",
     "inline_pointwise", "masks_to_domains", "parse_pipeline", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
 ]
