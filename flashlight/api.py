@@ -19,6 +19,7 @@ import torch.fx as fx
 from flashlight import passes
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import KernelSource, generate
+from flashlight.passes.fuse_reductions import BLOCK_LIMIT
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
 from flashlight.frontend.lift import ProgramSegment, lift_graph
 from flashlight.ir.nodes import Program, Proof
@@ -35,7 +36,7 @@ class Options:
 
     block_m: int | None = None       # tile of the tiled grid dimension (query rows)
     block_n: int | None = None       # tile of serial loops (key columns)
-    block_limit: int = 256           # largest dimension kept whole inside a program
+    block_limit: int = BLOCK_LIMIT   # largest dimension kept whole inside a program
     pipeline: str = passes.DEFAULT_PIPELINE
     exact_roundings: bool = False    # True: round fused intermediates to their dtype, as eager does
 
@@ -117,7 +118,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                         for ks in kernels] if reports is None else []
             strides = {d.name: tuple(int(s) for s in n.meta["val"].stride())
                        for d, n in zip(final.inputs, seg.inputs)}
-            compiled[k] = CompiledProgram(final, launches, strides)
+            device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+            compiled[k] = CompiledProgram(final, launches, strides, torch.device(device.type))
         except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)

@@ -34,10 +34,11 @@ class CompiledProgram:
     program: Program
     launches: list[Launch]
     input_strides: dict[str, tuple[int, ...]]
+    device: torch.device = torch.device("cpu")
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
-        device = inputs[0].device if inputs else torch.device("cpu")
+        device = inputs[0].device if inputs else self.device
         for decl, t in zip(self.program.inputs, inputs):
             want = self.input_strides[decl.name]
             if tuple(t.stride()) != want and t.numel() > 1:
@@ -60,6 +61,7 @@ class CompiledGraph:
 
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
+        env.update(self.lifted.constants)  # tensor constants of the function (torch.tensor(2.0))
         for k, seg in enumerate(self.lifted.segments):
             if isinstance(seg, EagerSegment):
                 env[seg.node] = _run_node(seg.node, env)

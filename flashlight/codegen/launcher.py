@@ -97,9 +97,13 @@ class _InterpretedLanguage:
 def _interpretable(module: Any, jit_fn: Any) -> Any:
     import triton.language
     from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
 
     module.__dict__["_triton_language"] = triton.language  # the interpreter patches the real module
     module.__dict__["tl"] = _InterpretedLanguage()
+    for key, value in list(module.__dict__.items()):  # helpers the kernel calls
+        if isinstance(value, JITFunction) and value is not jit_fn:
+            module.__dict__[key] = InterpretedFunction(value.fn)
     return InterpretedFunction(jit_fn.fn)
 
 

@@ -143,7 +143,8 @@ class _Kernel:
             v = _Value(code, tuple(v.axes[k] for k in perm), v.dtype)
         if v.axes == to:
             return v.code
-        return f"{v.code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
+        code = v.code if v.code.isidentifier() else f"({v.code})"
+        return f"{code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
 
     def needs_mask(self, it: str) -> bool:
         return self.extent[it] % self.tile[it] != 0
@@ -330,7 +331,11 @@ class _Kernel:
         header = ["import triton", "import triton.language as tl"]
         if self.uses_libdevice:
             header.append("from triton.language.extra import libdevice")
-        src = "\n".join(header + ["", "", "@triton.jit", f"def {self.name}({args}):"]
+        helpers: list[str] = []
+        if any("_product(" in line for line in lines):
+            helpers = ["", "", "@triton.jit", "def _multiply(a, b):", "    return a * b",
+                       "", "", "@triton.jit", "def _product(x, axis):", "    return tl.reduce(x, axis, _multiply)"]
+        src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
         return KernelSource(self.name, src, tuple(self.params), grid)
 
@@ -730,7 +735,7 @@ class _Kernel:
     # }}}
 
 
-_REDUCE = {"+=": "tl.sum", "max=": "tl.max", "min=": "tl.min"}
+_REDUCE = {"+=": "tl.sum", "max=": "tl.max", "min=": "tl.min", "*=": "_product"}
 
 
 def _combine(op: str, a: str, b: str) -> str:
@@ -740,6 +745,8 @@ def _combine(op: str, a: str, b: str) -> str:
         return f"tl.maximum({a}, {b})"
     if op == "min=":
         return f"tl.minimum({a}, {b})"
+    if op == "*=":
+        return f"{a} * {b}"
     raise CodegenError(f"reductions with {op} are not supported by the Triton backend")
 
 
@@ -822,6 +829,25 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
         if target == "cuda":
             return f"libdevice.pow({a}, {b})"
         raise CodegenError("pow is not available under the interpreter")
+    if op == "expm1":  # Kahan: (u - 1) * x / log(u), u = exp(x), exact where u rounds to 1
+        if target == "cuda":
+            return f"libdevice.expm1({a})"
+        u = f"tl.exp({a})"
+        return f"tl.where({u} == 1.0, {a}, tl.where({u} - 1.0 == -1.0, -1.0, ({u} - 1.0) * {a} / tl.log({u})))"
+    if op == "log1p":  # Kahan: log(u) * x / (u - 1), u = 1 + x
+        if target == "cuda":
+            return f"libdevice.log1p({a})"
+        u = f"(1.0 + {a})"
+        return f"tl.where({u} == 1.0, {a}, tl.log({u}) * {a} / ({u} - 1.0))"
+    if op == "round":  # half to even
+        if target == "cuda":
+            return f"libdevice.rint({a})"
+        r = f"tl.floor({a} + 0.5)"
+        return f"tl.where(({r} - {a} == 0.5) & ({r} - 2.0 * tl.floor({r} * 0.5) != 0.0), {r} - 1.0, {r})"
+    if op == "atan2":
+        if target == "cuda":
+            return f"libdevice.atan2({a}, {b})"
+        raise CodegenError("atan2 is not available under the interpreter")
     raise CodegenError(f"operator {op} has no Triton lowering")
 
 

@@ -269,6 +269,8 @@ def dtype_of(e: Expr, tensor_dtypes: Mapping[str, str]) -> str:
         return dtypes.BOOL
     if e.op == "where":
         return dtype_of(e.args[1], tensor_dtypes)
+    if len(e.args) > 1 and isinstance(e.args[0], Const) and not isinstance(e.args[1], Const):
+        return dtype_of(e.args[1], tensor_dtypes)  # a literal takes its partner's type: 2 * x
     return dtype_of(e.args[0], tensor_dtypes)
 
 def simplify_condition(e: Expr) -> Expr:

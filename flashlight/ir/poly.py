@@ -209,7 +209,7 @@ def _stmt_view(program: Program, stmt: Stmt, loops: tuple[Loop, ...], guards: tu
         return isl.Map(f"{{ {body} }}").intersect_domain(domain)
 
     writes = isl.UnionMap.from_map(access(stmt.target))
-    read_loads = [x for e in (stmt.expr, stmt.scale) if e is not None for x in _loads_in(e)]
+    read_loads = [x for e in (stmt.expr, stmt.scale, *stmt.target.indices) if e is not None for x in _loads_in(e)]
     if stmt.is_reduction:
         read_loads.append(stmt.target)
     reads = isl.UnionMap("{ }")

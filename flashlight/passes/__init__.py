@@ -39,18 +39,26 @@ DEFAULT_PIPELINE = ("inline,defer-normalization,inline,elide-roundings,masks-to-
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
-    """``"a,b{x=1,y=2}"`` -> ``[("a", {}), ("b", {"x": 1, "y": 2})]``."""
+    """``"a,b{x=1,y=2}"`` -> ``[("a", {}), ("b", {"x": 1, "y": 2})]``; malformed text raises."""
     out = []
-    for m in re.finditer(r"\s*([\w-]+)\s*(?:\{([^}]*)\})?\s*(?:,|$)", spec):
-        if not m.group(1):
-            continue
+    pos = 0
+    item = re.compile(r"\s*([\w-]+)\s*(?:\{([^}]*)\})?\s*(,|$)")
+    while pos < len(spec):
+        m = item.match(spec, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"malformed pipeline at character {pos}: {spec[pos:]!r}")
         name, args = m.group(1), {}
         if name not in PASSES:
             raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(PASSES)}")
-        for item in filter(None, (x.strip() for x in (m.group(2) or "").split(","))):
-            key, _, val = item.partition("=")
+        for part in filter(None, (x.strip() for x in (m.group(2) or "").split(","))):
+            key, eq, val = part.partition("=")
+            if not eq or not key.strip() or not val.strip() or " " in val.strip():
+                raise ValueError(f"malformed option {part!r} of pass {name!r}; write key=value")
             args[key.strip().replace("-", "_")] = _literal(val.strip())
         out.append((name, args))
+        pos = m.end()
+        if m.group(3) == "" and pos < len(spec):
+            raise ValueError(f"malformed pipeline at character {pos}: {spec[pos:]!r}")
     return out
 
 
@@ -69,8 +77,8 @@ def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
     """Run passes in order, verifying after each; ``on_stage(name, program)`` sees every stage."""
     steps = parse_pipeline(spec) if isinstance(spec, str) else spec
     for name, args in steps:
-        kwargs = dict(args)
-        kwargs.update((overrides or {}).get(name, {}))
+        kwargs = dict((overrides or {}).get(name, {}))
+        kwargs.update(args)  # options written in the pipeline win
         program = verify(PASSES[name](program, **kwargs))
         if on_stage is not None:
             on_stage(name, program)

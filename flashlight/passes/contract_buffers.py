@@ -40,6 +40,8 @@ def local_temps(program: Program, nest: Node) -> set[str]:
         decl = program.tensor_map.get(t)
         if decl is None or decl.role != "temp" or t in outside:
             continue
+        if any(isinstance(i, Const) and decl.shape[k] != 1 for idx, _ in accesses for k, i in enumerate(idx)):
+            continue  # a constant index into a dimension of several elements: not a register slice
         if _consistent(accesses):
             local.add(t)
     return local

@@ -134,6 +134,11 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
     if len(recs) > 1 and not grid:
         return None
+    extents: dict[str, int] = {}
+    for r in recs:  # one name, one extent: a kernel's axes are named by their iterators
+        for it in r.its:
+            if extents.setdefault(it, r.extent(it)) != r.extent(it):
+                return None
     produced = {r.stmt.target.tensor: r.name for r in recs}
     coupling: set[str] = set()
     for r in recs:
@@ -593,5 +598,7 @@ def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT) -> Program
     """Group the program's nests into kernels (see the module docstring)."""
     recs = _records(program)
     if recs is None or not recs:
-        return program
+        return program.with_proofs(Proof(
+            "fuse reductions", False, "not in the lifted form (one statement per nest, loops from 0 to a "
+            "constant): nothing fused"))
     return _Fuser(program, recs, block_limit).run()

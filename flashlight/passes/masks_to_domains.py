@@ -127,7 +127,7 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
     return E.rewrite(e, lambda x: new if x == old else None)
 
 
-def restrict_statement(stmt: Stmt) -> tuple[Stmt, list[Expr], list[str]]:
+def restrict_statement(stmt: Stmt, dtype: str = "f32") -> tuple[Stmt, list[Expr], list[str]]:
     """The statement with identity-contributing mask branches removed, the kept conditions, notes."""
     if not stmt.is_reduction or stmt.scale is not None:
         return stmt, [], []
@@ -140,7 +140,7 @@ def restrict_statement(stmt: Stmt) -> tuple[Stmt, list[Expr], list[str]]:
             cond, a, b = w.args
             for fill, kept, keep_cond in ((a, b, _negate(cond)), (b, a, cond)):
                 contribution = abstract_eval(_replace(stmt.expr, w, fill))
-                identity = dtypes.identity(stmt.op, "f32")
+                identity = dtypes.identity(stmt.op, dtype)
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
                                  f"F({fill}) = {identity} = identity of {stmt.op}")
@@ -158,7 +158,7 @@ def masks_to_domains(program: Program) -> Program:
     notes: list[str] = []
 
     def rewrite(stmt: Stmt) -> Stmt | Guard:
-        new, conds, why = restrict_statement(stmt)
+        new, conds, why = restrict_statement(stmt, program.tensor(stmt.target.tensor).dtype)
         notes.extend(why)
         node: Stmt | Guard = new
         for c in reversed(conds):
