@@ -1,9 +1,11 @@
 """Time flashlight beside eager, torch.compile, FlexAttention and SDPA, in one process and run.
 
-Checks every result against an fp32 reference (eager on upcast inputs) by ‖out − ref‖/‖ref‖,
-then prints a table and writes ``$OUT/<device>-<date>.json`` (or ``benchmarks/results/``).
+Every output is checked against eager PyTorch on fp32 copies of the inputs (‖out − ref‖/‖ref‖).
+Prints a table and writes ``<out>/<device>-<date>[-tag].json`` with rows
+``{variant, shape, impl, ms, tflops, relerr, ...}``.
 
     python benchmarks/bench_attention.py --variants vanilla,causal --shapes 4x16x4096x64
+    python benchmarks/bench_attention.py --shapes 4x16x4096x64g8      # GQA, 8 query heads per KV head
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flashlight  # noqa: E402
-from variants import VARIANTS, flex_mods  # noqa: E402
+from variants import VARIANTS, vanilla  # noqa: E402
 
 
 def relerr(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -32,96 +34,124 @@ def relerr(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def bench(fn, *args) -> float:
+def bench(fn, args) -> float:
     import triton.testing
 
     return triton.testing.do_bench(lambda: fn(*args), warmup=25, rep=100, return_mode="median")
 
 
-def flops(name: str, B: int, H: int, S: int, D: int) -> float:
-    dense = 4.0 * B * H * S * S * D
-    if name in ("causal",):
-        return dense / 2
-    return dense
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    group = 1
+    if "g" in text:
+        text, g = text.split("g")
+        group = int(g)
+    B, H, S, D = (int(x) for x in text.split("x"))
+    return B, H, S, D, group
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="vanilla,causal")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--shapes", default="4x16x4096x64")
     ap.add_argument("--impls", default="flashlight,eager,torch.compile,flex,sdpa")
+    ap.add_argument("--options", default="", help="flashlight options, e.g. block_m=128,block_n=64")
+    ap.add_argument("--evoformer-shape", default="32x4x256x64",
+                    help="B x H x S x D of Evoformer row attention (B x 256 rows of S residues)")
+    ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=os.environ.get("OUT", str(Path(__file__).parent / "results")))
     args = ap.parse_args()
+    opts = {k: int(v) for k, v in (x.split("=") for x in args.options.split(",") if x)}
     dev = torch.device("cuda")
-    name_dev = torch.cuda.get_device_name().replace(" ", "_")
     rows = []
     impls = args.impls.split(",")
     for shape in args.shapes.split(","):
-        B, H, S, D = (int(x) for x in shape.split("x"))
-        torch.manual_seed(0)
-        q, k, v = (torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        B, H, S, D, group = parse_shape(shape)
         for name in args.variants.split(","):
-            fn = VARIANTS[name]
-            ref = fn(q.float(), k.float(), v.float())
-            results = {}
+            var = VARIANTS[name]
+            if group > 1 and name in ("differential", "evoformer"):
+                continue
+            torch.manual_seed(0)
+            if name == "evoformer":
+                eb, eh, es, ed, _ = parse_shape(args.evoformer_shape)
+                inputs = var.inputs(eb, eh, es, ed, torch.bfloat16, dev)
+            else:
+                inputs = var.inputs(B, H, S, D, torch.bfloat16, dev, group)
+            ref = var.fn(*[a.float() if a.is_floating_point() else a for a in inputs])
+            calls: dict[str, tuple] = {}
             if "flashlight" in impls:
                 t0 = time.time()
-                f = flashlight.compile(fn)
-                out = f(q, k, v)
+                f = flashlight.compile(var.fn, **opts)
+                out = f(*inputs)
                 torch.cuda.synchronize()
-                compile_s = time.time() - t0
-                fb = [x for g in f.graphs for x in g.fallbacks]
+                cold = time.time() - t0
                 nk = sum(len(p.launches) for g in f.graphs for p in g.compiled.values() if p)
-                results["flashlight"] = (f, out, {"compile_s": round(compile_s, 2), "kernels": nk, "fallbacks": fb})
+                fb = [x for g in f.graphs for x in g.fallbacks]
+                t0 = time.time()  # a second compilation: Dynamo again, the rest from the disk caches
+                flashlight.compile(var.fn, **opts)(*inputs)
+                torch.cuda.synchronize()
+                warm = time.time() - t0
+                calls["flashlight"] = (f, out, {"compile_s": round(cold, 2), "warm_s": round(warm, 2),
+                                                "kernels": nk, "fallbacks": fb})
             if "eager" in impls:
-                results["eager"] = (fn, fn(q, k, v), {})
+                calls["eager"] = (var.fn, var.fn(*inputs), {})
             if "torch.compile" in impls:
-                tc = torch.compile(fn, dynamic=False)
-                results["torch.compile"] = (tc, tc(q, k, v), {})
+                tc = torch.compile(var.fn, dynamic=False)
+                calls["torch.compile"] = (tc, tc(*inputs), {})
             if "flex" in impls:
                 try:
-                    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+                    if name == "differential":  # two FlexAttention calls and the combination
+                        from variants import LAMBDA
+                        q, k, v = inputs
+                        h = q.shape[1] // 2
+                        fv = VARIANTS["vanilla"].flex_call((q[:, :h], k[:, :h], v))[0]
 
-                    score, mask = flex_mods(name, H)
-                    t0 = time.time()
-                    bm = create_block_mask(mask, None, None, S, S, device=dev) if mask else None
-                    torch.cuda.synchronize()
-                    build = time.time() - t0
-                    fa = torch.compile(flex_attention, dynamic=False)
-                    call = (lambda q, k, v, fa=fa, score=score, bm=bm: fa(q, k, v, score_mod=score, block_mask=bm))
-                    results["flex"] = (call, call(q, k, v), {"block_mask_s": round(build, 4)})
+                        def two(q, k, v, fv=fv, h=h):
+                            return fv(q[:, :h], k[:, :h], v) - LAMBDA * fv(q[:, h:], k[:, h:], v)
+                        calls["flex"] = (two, two(*inputs), {"calls": 2})
+                    else:
+                        made = var.flex_call(inputs)
+                        if made is not None:
+                            fc, build = made
+                            calls["flex"] = (fc, fc(*inputs), {"block_mask_s": round(build, 4)})
                 except Exception as exc:  # noqa: BLE001
-                    print(f"flex {name}: {type(exc).__name__}: {exc}")
+                    print(f"flex {name}: {type(exc).__name__}: {exc}", flush=True)
             if "sdpa" in impls and name in ("vanilla", "causal"):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
                 for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
                                        ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    def call(q, k, v, backend=backend, causal=(name == "causal")):
+                    def sd(q, k, v, backend=backend, causal=(name == "causal")):
                         with sdpa_kernel(backend):
-                            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                            return torch.nn.functional.scaled_dot_product_attention(
+                                q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
                     try:
-                        results[label] = (call, call(q, k, v), {})
+                        calls[label] = (sd, sd(*inputs), {})
                     except Exception as exc:  # noqa: BLE001
-                        print(f"{label}: {type(exc).__name__}: {exc}")
-            for impl, (call, out, extra) in results.items():
-                err = relerr(out, ref)
-                ms = bench(call, q, k, v)
-                row = {"variant": name, "shape": shape, "impl": impl, "ms": round(ms, 4),
-                       "tflops": round(flops(name, B, H, S, D) / ms / 1e9, 1), "relerr": err, **extra}
+                        print(f"{label}: {type(exc).__name__}: {exc}", flush=True)
+            for impl, (call, out, extra) in calls.items():
+                ms = bench(call, inputs)
+                row = {"variant": name, "shape": shape if name != "evoformer" else args.evoformer_shape,
+                       "impl": impl, "ms": round(ms, 4),
+                       "tflops": round(var.flops(inputs) / ms / 1e9, 1), "relerr": relerr(out, ref), **extra}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            del calls
+            torch.cuda.empty_cache()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"{name_dev}-{datetime.date.today().isoformat()}.json"
+    dev_name = torch.cuda.get_device_name().replace(" ", "_")
+    tag = f"-{args.tag}" if args.tag else ""
+    path = Path(args.out) / f"{dev_name}-{datetime.date.today().isoformat()}{tag}.json"
     path.write_text(json.dumps(rows, indent=1))
-    print(f"\n{'variant':16s} {'shape':14s} " + " ".join(f"{i:>14s}" for i in sorted({r['impl'] for r in rows})))
-    for (variant, shape) in dict.fromkeys((r["variant"], r["shape"]) for r in rows):
-        cells = {r["impl"]: r for r in rows if r["variant"] == variant and r["shape"] == shape}
-        line = f"{variant:16s} {shape:14s} "
-        for impl in sorted({r['impl'] for r in rows}):
-            c = cells.get(impl)
-            text = "%.3fms" % c["ms"] if c else "-"
+    cols = sorted({r["impl"] for r in rows}, key=lambda c: (c != "flashlight", c))
+    print(f"\n{'variant':16s} {'shape':16s} " + " ".join(f"{c:>14s}" for c in cols) + "   fl/flex")
+    for key in dict.fromkeys((r["variant"], r["shape"]) for r in rows):
+        cells = {r["impl"]: r for r in rows if (r["variant"], r["shape"]) == key}
+        line = f"{key[0]:16s} {key[1]:16s} "
+        for c in cols:
+            text = "%.3fms" % cells[c]["ms"] if c in cells else "-"
             line += f"{text:>14s} "
+        if "flashlight" in cells and "flex" in cells:
+            line += f"  {cells['flashlight']['ms'] / cells['flex']['ms']:.2f}"
         print(line)
 
 

@@ -10,13 +10,13 @@ import inspect
 import logging
 import textwrap
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from flashlight import passes
+from flashlight import autotune, passes
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import KernelSource, generate
 from flashlight.passes.fuse_reductions import BLOCK_LIMIT
@@ -39,6 +39,13 @@ class Options:
     block_limit: int = BLOCK_LIMIT   # largest dimension kept whole inside a program
     pipeline: str = passes.DEFAULT_PIPELINE
     exact_roundings: bool = False    # True: round fused intermediates to their dtype, as eager does
+    num_warps: int | None = None     # Triton launch parameters (None: chosen per kernel)
+    num_stages: int | None = None
+    autotune: bool | None = None     # measure configurations on the GPU (None: unless sizes are given)
+
+    def tunes(self, target: str) -> bool:
+        pinned = any(x is not None for x in (self.block_m, self.block_n, self.num_stages))
+        return target == "cuda" and self.autotune is not False and (self.autotune or not pinned)
 
     def for_target(self, target: str) -> Options:
         bm = self.block_m or (64 if target == "interpreter" else 128)
@@ -46,7 +53,7 @@ class Options:
         pipeline = self.pipeline
         if self.exact_roundings:
             pipeline = ",".join(p for p in pipeline.split(",") if p.strip() != "elide-roundings")
-        return Options(bm, bn, self.block_limit, pipeline, self.exact_roundings)
+        return replace(self, block_m=bm, block_n=bn, pipeline=pipeline)
 
 
 def _overrides(o: Options) -> dict[str, dict]:
@@ -94,7 +101,7 @@ def compile_segment(seg: ProgramSegment, options: Options, target: str,
     for decl in final.tensors:
         if decl.role != "input":
             strides[decl.name] = contiguous_strides(decl.shape)
-    kernels = generate(final, strides, target)
+    kernels = generate(final, strides, target, num_warps=options.num_warps, num_stages=options.num_stages)
     if report is not None:
         report.program, report.kernels = final, kernels
     return final, kernels
@@ -108,18 +115,33 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     lifted = lift_graph(gm, names, name, arg_order)
     compiled: dict[int, CompiledProgram | None] = {}
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
+    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    device = torch.device(device.type)
     for k, seg in enumerate(lifted.segments):
         if not isinstance(seg, ProgramSegment):
             continue
         report = SegmentReport(seg.program)
-        try:
-            final, kernels = compile_segment(seg, opts, target, report)
+        strides = {d.name: tuple(int(s) for s in n.meta["val"].stride())
+                   for d, n in zip(seg.program.inputs, seg.inputs)}
+
+        def build(o: Options, rep: SegmentReport | None = None, seg: ProgramSegment = seg,
+                  strides: dict = strides) -> CompiledProgram:
+            cached = None if rep is not None and reports is not None else _cached_segment(seg, o, target)
+            final, kernels = cached if cached is not None else compile_segment(seg, o, target, rep)
+            if cached is None and reports is None:
+                _store_segment(seg, o, target, final, kernels)
             launches = [launcher.Launch(ks, launcher.load(ks, interpret=(target == "interpreter")))
                         for ks in kernels] if reports is None else []
-            strides = {d.name: tuple(int(s) for s in n.meta["val"].stride())
-                       for d, n in zip(final.inputs, seg.inputs)}
-            device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-            compiled[k] = CompiledProgram(final, launches, strides, torch.device(device.type))
+            return CompiledProgram(final, launches, strides, device)
+
+        try:
+            seg_opts = opts
+            if reports is None and options.tunes(target):
+                choice = autotune.tune(seg.program, torch.cuda.get_device_name(device),
+                                       lambda bm, bn, st: build(replace(opts, block_m=bm, block_n=bn, num_stages=st)))
+                seg_opts = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
+                                   num_stages=choice["num_stages"])
+            compiled[k] = build(seg_opts, report)
         except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)
@@ -129,6 +151,60 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
         if reports is not None:
             reports.append(report)
     return CompiledGraph(lifted, compiled, fallbacks)
+
+
+# {{{ the compiled-segment cache: final IR and kernel sources, on disk
+
+def _segment_key(seg: ProgramSegment, o: Options, target: str) -> str:
+    import hashlib
+
+    import triton
+
+    strides = [tuple(int(x) for x in n.meta["val"].stride()) for n in seg.inputs]
+    text = "\n".join([str(seg.program), repr(o), target, repr(strides), torch.__version__, triton.__version__,
+                      _code_version()])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """A digest of flashlight's own source: a cached compilation is valid only for the same code."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cached_segment(seg: ProgramSegment, o: Options, target: str) -> tuple[Program, list[KernelSource]] | None:
+    import json
+
+    from flashlight.ir import parse
+
+    path = launcher.cache_dir() / "programs" / f"{_segment_key(seg, o, target)}.json"
+    try:
+        data = json.loads(path.read_text())
+        return parse(data["program"]), [KernelSource(**k) for k in data["kernels"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, or corrupt: compile again (and overwrite it)
+
+
+def _store_segment(seg: ProgramSegment, o: Options, target: str, final: Program,
+                   kernels: list[KernelSource]) -> None:
+    import dataclasses
+    import json
+
+    path = launcher.cache_dir() / "programs" / f"{_segment_key(seg, o, target)}.json"
+    data = {"program": str(final), "kernels": [dataclasses.asdict(k) for k in kernels]}
+    try:
+        launcher.write_atomic(path, json.dumps(data))
+    except OSError as exc:
+        log.warning("flashlight: cannot cache compiled programs in %s: %s", path.parent, exc)
+
+# }}}
 
 
 def _op(n: fx.Node) -> str:

@@ -35,9 +35,9 @@ def cache_dir() -> Path:
     return Path(base) / "flashlight"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -57,7 +57,7 @@ def load(kernel: KernelSource, interpret: bool) -> Any:
             return _loaded[key]
         path = cache_dir() / "kernels" / f"{kernel.name}_{digest}.py"
         if not path.exists() or path.read_text() != kernel.source:
-            _write_atomic(path, kernel.source)
+            write_atomic(path, kernel.source)
         mod_name = f"flashlight_kernels.{kernel.name}_{digest}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec is not None and spec.loader is not None

@@ -21,7 +21,7 @@ loaded once), and equal expressions are emitted once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
@@ -49,6 +49,8 @@ class KernelSource:
     grid: int                   # number of programs
     num_warps: int = 4
     num_stages: int = 2
+    tile_elements: int = 0      # elements the kernel keeps in registers (sizes the launch)
+    serial: bool = False        # whether the kernel loops over tiles
 
 
 @dataclass
@@ -69,13 +71,20 @@ class _Scope:
 
 
 def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
-             name_prefix: str = "flashlight") -> list[KernelSource]:
-    """One kernel per top-level nest of a tiled, mapped program."""
+             name_prefix: str = "flashlight", num_warps: int | None = None,
+             num_stages: int | None = None) -> list[KernelSource]:
+    """One kernel per top-level nest of a tiled, mapped program.
+
+    ``num_warps``/``num_stages`` default to a choice by the kernel's register tiles.
+    """
     if target not in ("cuda", "interpreter"):
         raise ValueError(f"unknown target {target!r}")
     out = []
     for k, nest in enumerate(program.body):
-        out.append(_Kernel(program, nest, f"{name_prefix}_{program.name}_k{k}", strides, target).build())
+        kern = _Kernel(program, nest, f"{name_prefix}_{program.name}_k{k}", strides, target).build()
+        warps = num_warps or (8 if kern.tile_elements > 32 * 1024 else 4)
+        stages = num_stages or (3 if kern.serial else 2)
+        out.append(replace(kern, num_warps=warps, num_stages=stages))
     return out
 
 
@@ -337,7 +346,16 @@ class _Kernel:
                        "", "", "@triton.jit", "def _product(x, axis):", "    return tl.reduce(x, axis, _multiply)"]
         src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
-        return KernelSource(self.name, src, tuple(self.params), grid)
+        registers = 0  # elements held in registers: every register tile the kernel keeps
+        for t in {s_.target.tensor for s_, _ in _stmts_with_loops(self.phases, ())}:
+            reg = self.registers.get(t)
+            if reg is not None:
+                n = 1
+                for a in reg.axes:
+                    n *= self.tile[a]
+                registers += n
+        serial = any(self.role[a] == "serial" for a in self.axes)
+        return KernelSource(self.name, src, tuple(self.params), grid, tile_elements=registers, serial=serial)
 
     def emit_node(self, node: Node, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         if isinstance(node, Stmt):

@@ -1,0 +1,107 @@
+"""Choosing tile sizes, warps and stages per program and device, by measuring them.
+
+For a program on the GPU, a handful of configurations (``block_m``, ``block_n``, ``num_stages``;
+warps follow the register tiles) are each run through the tiling passes and code generation,
+timed on random inputs of the program's shapes (floats normal, integers and booleans zero: a
+valid index everywhere), and the fastest is kept. The choice is cached on disk, keyed by the
+program's text, the device and the software versions, so a warm compile reads it back.
+Every configuration is a legal one: tiling is proved by the passes whatever the sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flashlight.codegen.launcher import cache_dir
+from flashlight.frontend.lift import IR_TO_TORCH
+from flashlight.ir.nodes import Program
+
+log = logging.getLogger("flashlight")
+
+CANDIDATES = [(128, 64, 3), (64, 64, 3), (128, 128, 3), (64, 128, 2), (128, 64, 2), (64, 32, 3)]
+
+
+def _key(program: Program, device: str) -> str:
+    import triton
+
+    from flashlight.api import _code_version
+
+    text = "\n".join([str(program), device, torch.__version__, triton.__version__, _code_version()])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _path(key: str) -> Path:
+    return cache_dir() / "tuning" / f"{key}.json"
+
+
+def lookup(program: Program, device: str) -> dict | None:
+    path = _path(_key(program, device))
+    try:
+        data = json.loads(path.read_text())
+        return data if {"block_m", "block_n", "num_stages"} <= set(data) else None
+    except (OSError, ValueError):
+        return None
+
+
+def store(program: Program, device: str, choice: dict) -> None:
+    path = _path(_key(program, device))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(choice, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("flashlight: cannot cache a tuning decision in %s: %s", path.parent, exc)
+
+
+def random_inputs(program: Program, device: str) -> list[torch.Tensor]:
+    out = []
+    for d in program.inputs:
+        dt = IR_TO_TORCH[d.dtype]
+        if dt.is_floating_point:
+            out.append(torch.randn(d.shape, dtype=dt, device=device))
+        else:
+            out.append(torch.zeros(d.shape, dtype=dt, device=device))
+    return out
+
+
+def tune(program: Program, device: str, build: Callable[[int, int, int], Any]) -> dict:
+    """The fastest configuration; ``build(block_m, block_n, num_stages)`` returns a callable
+    taking the program's inputs (or raises if that configuration cannot be compiled)."""
+    import triton.testing
+
+    cached = lookup(program, device)
+    if cached is not None:
+        return cached
+    inputs = random_inputs(program, device)
+    best: tuple[float, dict] | None = None
+    t0 = time.time()
+    for bm, bn, stages in CANDIDATES:
+        try:
+            run = build(bm, bn, stages)
+            run(inputs)
+            ms = triton.testing.do_bench(lambda: run(inputs), warmup=5, rep=20, return_mode="median")
+        except Exception as exc:  # noqa: BLE001  (a configuration that does not compile is skipped)
+            log.info("flashlight: tuning %s: %d/%d/%d failed: %s", program.name, bm, bn, stages, exc)
+            continue
+        log.info("flashlight: tuning %s: block_m=%d block_n=%d stages=%d: %.3f ms", program.name, bm, bn,
+                 stages, ms)
+        if best is None or ms < best[0]:
+            best = (ms, {"block_m": bm, "block_n": bn, "num_stages": stages, "ms": ms})
+    if best is None:
+        raise RuntimeError(f"no configuration of {program.name} compiles")
+    choice = best[1]
+    choice["tuning_s"] = round(time.time() - t0, 2)
+    store(program, device, choice)
+    return choice
