@@ -137,7 +137,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
         try:
             seg_opts = opts
             if reports is None and options.tunes(target):
-                choice = autotune.tune(seg.program, torch.cuda.get_device_name(device),
+                choice = autotune.tune(seg.program, device,
                                        lambda bm, bn, st: build(replace(opts, block_m=bm, block_n=bn, num_stages=st)))
                 seg_opts = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
                                    num_stages=choice["num_stages"])

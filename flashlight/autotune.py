@@ -76,14 +76,39 @@ def random_inputs(program: Program, device: str) -> list[torch.Tensor]:
     return out
 
 
-def tune(program: Program, device: str, build: Callable[[int, int, int], Any]) -> dict:
-    """The fastest configuration; ``build(block_m, block_n, num_stages)`` returns a callable
-    taking the program's inputs (or raises if that configuration cannot be compiled)."""
+def _do_bench(fn: Callable[[], Any]) -> float:
     import triton.testing
 
-    cached = lookup(program, device)
+    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
+
+
+def tune(program: Program, device: torch.device, build: Callable[[int, int, int], Any],
+         timer: Callable[[Callable[[], Any]], float] = _do_bench) -> dict:
+    """The fastest configuration; ``build(block_m, block_n, num_stages)`` returns a callable
+    taking the program's inputs (or raises if that configuration cannot be compiled)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    cached = lookup(program, name)
     if cached is not None:
         return cached
+    with _real_tensors():
+        choice = _measure(program, device, build, timer)
+    store(program, name, choice)
+    return choice
+
+
+def _real_tensors():
+    """Compilation runs inside AOT autograd's fake-tensor mode; measuring needs real tensors."""
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return unset_fake_temporarily()
+
+
+def _measure(program: Program, device: torch.device, build: Callable[[int, int, int], Any],
+             timer: Callable[[Callable[[], Any]], float]) -> dict:
     inputs = random_inputs(program, device)
     best: tuple[float, dict] | None = None
     t0 = time.time()
@@ -91,7 +116,7 @@ def tune(program: Program, device: str, build: Callable[[int, int, int], Any]) -
         try:
             run = build(bm, bn, stages)
             run(inputs)
-            ms = triton.testing.do_bench(lambda: run(inputs), warmup=5, rep=20, return_mode="median")
+            ms = timer(lambda: run(inputs))
         except Exception as exc:  # noqa: BLE001  (a configuration that does not compile is skipped)
             log.info("flashlight: tuning %s: %d/%d/%d failed: %s", program.name, bm, bn, stages, exc)
             continue
@@ -103,5 +128,4 @@ def tune(program: Program, device: str, build: Callable[[int, int, int], Any]) -
         raise RuntimeError(f"no configuration of {program.name} compiles")
     choice = best[1]
     choice["tuning_s"] = round(time.time() - t0, 2)
-    store(program, device, choice)
     return choice

@@ -122,6 +122,7 @@ class _Kernel:
         self.uses_libdevice = False
         self.open_accumulators: set[str] = set()
         self.full_tiles = False
+        self.drop_data_guards = False
 
     def _axis(self, l: Loop, role: str) -> None:
         it = l.iterator
@@ -315,11 +316,15 @@ class _Kernel:
         lines = top.lines
         grid_counts = []
         lines.append(f"pid = tl.program_id(0){'.to(tl.int64)' if self.wide else ''}")
+        heavy_first = self.heavy_first()
         for l in reversed(self.grid):
             n = math.ceil(self.extent[l.iterator] / self.tile[l.iterator])
             grid_counts.append(n)
             var = f"pid_{l.iterator}" if self.tile[l.iterator] > 1 else l.iterator
-            lines.append(f"{var} = pid % {n}")
+            if l.iterator in heavy_first:  # the most work first: fewer idle SMs at the end
+                lines.append(f"{var} = {n - 1} - pid % {n}")
+            else:
+                lines.append(f"{var} = pid % {n}")
             lines.append(f"pid = pid // {n}")
             if self.tile[l.iterator] > 1:
                 t = self.tile[l.iterator]
@@ -357,12 +362,37 @@ class _Kernel:
         serial = any(self.role[a] == "serial" for a in self.axes)
         return KernelSource(self.name, src, tuple(self.params), grid, tile_elements=registers, serial=serial)
 
+    def heavy_first(self) -> set[str]:
+        """Tiled grid iterators along which the tile ranges of the serial loops grow (causal
+        attention: later query tiles see more keys); their programs are launched in reverse."""
+        out = set()
+        ranged = [l for l in _loops(self.phases) if l.ranges]
+        for g in self.grid:
+            it = g.iterator
+            if it not in self.axes or not ranged:
+                continue
+            try:
+                work = []
+                for t in range(math.ceil(self.extent[it] / self.tile[it])):
+                    env = {x.iterator: 0 for x in self.grid}
+                    env[it] = t * self.tile[it]
+                    work.append(sum(max(0, E.evaluate(r.upper, env) - E.evaluate(r.lower, env))
+                                    for l in ranged for r in l.ranges))
+            except (ValueError, KeyError):
+                continue
+            if work[-1] > work[0] and all(a <= b for a, b in zip(work, work[1:])):
+                out.add(it)
+        return out
+
     def emit_node(self, node: Node, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         if isinstance(node, Stmt):
             self.emit_stmt(node, scope, guards)
         elif isinstance(node, Guard):
-            # inside tiles proved full, every guard holds: no mask code
-            extra = () if self.full_tiles else (node.cond,)
+            # inside tiles proved full, every affine guard holds; inside tiles whose bounds prove a
+            # data-dependent guard, it holds too: no mask code for them
+            affine = _affine_condition(node.cond)
+            dropped = (affine and self.full_tiles) or (not affine and self.drop_data_guards)
+            extra = () if dropped else (node.cond,)
             for c in node.body:
                 self.emit_node(c, scope, guards + extra)
         elif node.mapping == "block":
@@ -391,14 +421,28 @@ class _Kernel:
             if self.needs_mask(it):
                 inner.lines.append(f"m_{it} = o_{it} < {n}")
             self.full_tiles = not masked
-            skip = self.tile_predicate(loop, inner) if masked else None
-            start = len(inner.lines)
-            for c in loop.body:
-                self.emit_node(c, inner, guards)
+            certain, possible = self.tile_predicate(loop, inner)
+            if possible is None:
+                for c in loop.body:
+                    self.emit_node(c, inner, guards)
+            else:
+                # data-dependent guards, bounded over the tile at run time: tiles where they hold
+                # everywhere run without them, tiles where they cannot hold are skipped
+                for branch, cond, drop in (("if", certain, True), ("elif" if certain else "if", possible, False)):
+                    if cond is None:
+                        continue
+                    self.drop_data_guards = drop
+                    body = _Scope([], inner, loop_iter=it, depth=inner.depth)
+                    body.written = written
+                    body.parent = inner
+                    for c in loop.body:
+                        self.emit_node(c, body, guards)
+                    self.invalidate(written)
+                    inner.lines.append(f"{branch} {cond}:")
+                    inner.lines.extend("    " + x for x in body.lines or ["pass"])
+                self.drop_data_guards = False
             self.full_tiles = False
-            if skip is not None:  # tiles the guard's interval bound rules out are skipped
-                inner.lines[start:] = [f"if {skip}:"] + ["    " + x for x in inner.lines[start:]]
-            note = "" if masked else "  # tiles where every guard holds: no mask code"
+            note = "" if masked else "  # tiles where every affine guard holds: no affine mask code"
             scope.lines.append(f"for t_{it} in range({lo}, {hi}):{note}")
             scope.lines.extend("    " + line for line in inner.lines)
             self.invalidate(written)
@@ -409,31 +453,52 @@ class _Kernel:
 
     # {{{ run-time tile skipping
 
-    def tile_predicate(self, loop: Loop, scope: _Scope) -> str | None:
-        """A scalar that is false only if no point of the current tile satisfies a data-dependent
-        guard that every statement of the loop runs under (interval bounds over the tile)."""
+    def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
+        """``(certain, possible)`` scalars for the data-dependent guards every statement of the
+        loop runs under, from interval bounds over the current tile: ``certain`` is true only if
+        they hold at every point of the tile, ``possible`` false only if they hold at none."""
         stmts = [s for s, _ in _stmts_with_loops((loop,), ())]
         common = set.intersection(*(set(self.guards_of[s.name]) for s in stmts)) if stmts else set()
-        parts = []
-        for g in sorted(common, key=str):
-            if E.affine_form(g) is None and not _affine_condition(g):
-                p = self.possible(g, scope)
-                if p is not None:
-                    parts.append(p)
-        return " & ".join(f"({p})" for p in parts) if parts else None
+        data = [g for g in sorted(common, key=str) if not _affine_condition(g)]
+        every = {g for s in stmts for g in self.guards_of[s.name] if not _affine_condition(g)}
+        possible, certain = [], []
+        for g in data:
+            p = self.bound(g, scope, certain=False)
+            if p is not None:
+                possible.append(p)
+            c = self.bound(g, scope, certain=True)
+            certain.append(c)
+        pos = " & ".join(f"({p})" for p in possible) if possible else None
+        # dropping the guards needs every data-dependent guard of every statement proved
+        cer = None
+        if possible and set(data) == every and all(c is not None for c in certain):
+            cer = " & ".join(f"({c})" for c in certain)
+        return cer, pos
 
-    def possible(self, c: Expr, scope: _Scope) -> str | None:
+    def bound(self, c: Expr, scope: _Scope, certain: bool) -> str | None:
         if isinstance(c, Call) and c.op in ("and", "or"):
-            a, b = self.possible(c.args[0], scope), self.possible(c.args[1], scope)
-            if c.op == "and":
-                return None if a is None and b is None else " & ".join(f"({x})" for x in (a, b) if x)
-            return None if a is None or b is None else f"({a}) | ({b})"
+            a, b = self.bound(c.args[0], scope, certain), self.bound(c.args[1], scope, certain)
+            if (c.op == "and") != certain:  # possible(and) is weaker than possible of each part
+                if a is None and b is None:
+                    return None
+                return " & ".join(f"({x})" for x in (a, b) if x) if c.op == "and" else \
+                    " | ".join(f"({x})" for x in (a, b) if x)
+            if a is None or b is None:
+                return None
+            return f"({a}) & ({b})" if c.op == "and" else f"({a}) | ({b})"
         if not (isinstance(c, Call) and c.op in ("eq", "ne", "lt", "le", "gt", "ge")):
             return None
         a, b = self.interval(c.args[0], scope), self.interval(c.args[1], scope)
         if a is None or b is None:
             return None
         (alo, ahi), (blo, bhi) = a, b
+        if certain:
+            return {
+                "eq": f"({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo})",
+                "ne": f"({ahi} < {blo}) | ({bhi} < {alo})",
+                "lt": f"{ahi} < {blo}", "le": f"{ahi} <= {blo}",
+                "gt": f"{alo} > {bhi}", "ge": f"{alo} >= {bhi}",
+            }[c.op]
         return {
             "eq": f"({alo} <= {bhi}) & ({blo} <= {ahi})",
             "ne": f"~(({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo}))",
@@ -457,6 +522,9 @@ class _Kernel:
         if isinstance(e, Load):
             if e.tensor in self.produced or any(E.loads(i) for i in e.indices):
                 return None
+            hit = self.cache.get(("interval", e))
+            if hit is not None and self._visible(hit[1], scope):
+                return hit[0]  # type: ignore[return-value]
             v = self.value(e, scope)
             if not v.axes:
                 return v.code, v.code
@@ -470,6 +538,7 @@ class _Kernel:
             home = self.home(e, scope, set())
             lv, hv = self.fresh("lo"), self.fresh("hi")
             home.lines += [f"{lv} = {lo}", f"{hv} = {hi}"]
+            self.cache[("interval", e)] = ((lv, hv), home, frozenset())  # type: ignore[assignment]
             return lv, hv
         if isinstance(e, Call) and e.op in dtypes.ALL and e.op != "b1":
             return self.interval(e.args[0], scope)

@@ -307,6 +307,27 @@ def simplify_condition(e: Expr) -> Expr:
     return rewrite(e, fold)
 
 
+def evaluate(e: Expr, env: Mapping[str, int]) -> int:
+    """The integer value of an index expression (affine, floor division, modulo, min/max,
+    comparisons, where) for iterator values ``env``."""
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Iter):
+        return env[e.name]
+    if not isinstance(e, Call):
+        raise ValueError(f"cannot evaluate {e} as an integer")
+    a = [evaluate(x, env) for x in e.args]
+    ops = {"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+           "neg": lambda: -a[0], "floordiv": lambda: a[0] // a[1], "mod": lambda: a[0] % a[1],
+           "max": lambda: max(a), "min": lambda: min(a), "where": lambda: a[1] if a[0] else a[2],
+           "le": lambda: a[0] <= a[1], "lt": lambda: a[0] < a[1], "ge": lambda: a[0] >= a[1],
+           "gt": lambda: a[0] > a[1], "eq": lambda: a[0] == a[1], "ne": lambda: a[0] != a[1],
+           "and": lambda: a[0] and a[1], "or": lambda: a[0] or a[1], "not": lambda: not a[0]}
+    if e.op not in ops:
+        raise ValueError(f"cannot evaluate {e.op} as an integer")
+    return int(ops[e.op]())
+
+
 # }}}
 
 

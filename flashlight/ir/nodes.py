@@ -68,7 +68,8 @@ class Stmt:
 class TileRange:
     """Tiles ``lower <= t < upper`` of a serial loop (bounds in tiles, functions of the grid
     iterators through ``x // tile``); ``masked=False`` says that every point of these tiles
-    satisfies the guards of the statements inside, so no mask needs evaluating there."""
+    satisfies the affine guards of the statements inside, so no mask needs evaluating for them
+    (data-dependent guards are not covered: they are decided at run time)."""
 
     lower: Expr
     upper: Expr

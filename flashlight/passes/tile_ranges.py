@@ -6,7 +6,8 @@ isl computes, as sets parameterised by the grid tile indices ``t``:
 * ``nonempty(t) = { jt : some instance of a statement in the loop lies in tile (t, jt) }``
   (the union of the statements' domains, mapped to tiles);
 * ``full(t) = nonempty(t) \\ { jt : some point of the tile, inside the loop bounds, is outside a
-  statement's domain }``: in these tiles every guard holds, so no mask code is needed;
+  statement's domain }``: in these tiles every affine guard holds, so no mask code is needed for
+  them (a data-dependent guard, which isl over-approximates, is bounded per tile at run time);
 * ``masked(t) = nonempty(t) \\ full(t)``.
 
 Each set is split into convex pieces, and each piece's bounds ``min jt``/``max jt`` become
@@ -104,8 +105,8 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
         proj = _project(sv, dims)
         union = union.union(proj)
         blocks = {l.iterator for l in loops if l.mapping == "block"}
-        data = any(cond_str(g) is None for g in guards)  # decided at run time: never full
-        if data or any(E.free_iters(g) & blocks for g in guards):  # no tile is full for this statement
+        # data-dependent guards are over-approximated here and bounded per tile at run time
+        if any(E.free_iters(g) & blocks for g in guards if cond_str(g) is not None):
             bad = bad.union(bounds.apply(to_tiles))
         else:
             bad = bad.union(bounds.subtract(proj).apply(to_tiles))
@@ -247,24 +248,7 @@ def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[
         env = {g.iterator: 0 for g in grid}
         env.update({g.iterator: t * g.tile for g, t in zip(tiled, p)})
         for r in ranges:
-            width = max(0, _eval(r.upper, env) - _eval(r.lower, env))
+            width = max(0, E.evaluate(r.upper, env) - E.evaluate(r.lower, env))
             visited += width
             masked += width if r.masked else 0
     return visited, masked, total * len(points)
-
-
-def _eval(e: Expr, env: dict[str, int]) -> int:
-    if isinstance(e, E.Const):
-        return int(e.value)
-    if isinstance(e, Iter):
-        return env[e.name]
-    assert isinstance(e, E.Call)
-    a = [_eval(x, env) for x in e.args]
-    ops = {"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
-           "neg": lambda: -a[0], "floordiv": lambda: a[0] // a[1], "mod": lambda: a[0] % a[1],
-           "max": lambda: max(a), "min": lambda: min(a), "where": lambda: a[1] if a[0] else a[2],
-           "le": lambda: a[0] <= a[1], "lt": lambda: a[0] < a[1], "ge": lambda: a[0] >= a[1],
-           "gt": lambda: a[0] > a[1], "eq": lambda: a[0] == a[1], "and": lambda: a[0] and a[1],
-           "or": lambda: a[0] or a[1]}
-    return int(ops[e.op]())
-
