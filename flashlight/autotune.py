@@ -28,7 +28,7 @@ from flashlight.ir.nodes import Program
 
 log = logging.getLogger("flashlight")
 
-CANDIDATES = [(128, 64, 3), (64, 64, 3), (128, 128, 3), (64, 128, 2), (128, 64, 2), (64, 32, 3)]
+CANDIDATES = [(128, 64, 3), (64, 64, 3), (128, 128, 3), (128, 64, 2), (64, 32, 3)]
 
 
 def _key(program: Program, device: str) -> str:
