@@ -147,7 +147,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                                        lambda bm, bn, st: build(replace(opts, block_m=bm, block_n=bn, num_stages=st)))
                 seg_opts = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
                                    num_stages=choice["num_stages"])
-            compiled[k] = build(seg_opts, report if debug_dir(options) else None)
+            keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
+            compiled[k] = build(seg_opts, report if keep else None)
             progress("compiled", program=seg.program.name, kernels=len(compiled[k].launches),
                      seconds=round(time.time() - started, 2))
         except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
