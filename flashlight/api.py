@@ -140,6 +140,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
             return CompiledProgram(final, launches, strides, device)
 
         started = time.time()
+        if any(0 in t.shape for t in seg.program.tensors):
+            compiled[k] = None  # nothing to compute in parallel: eager handles empty tensors exactly
+            fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", "a tensor has a zero-size "
+                              "dimension: run in eager PyTorch"))
+            if reports is not None:
+                reports.append(report)
+            continue
         try:
             seg_opts = opts
             if reports is None and options.tunes(target):
@@ -245,7 +252,8 @@ def _store_segment(seg: ProgramSegment, o: Options, target: str, final: Program,
     try:
         launcher.write_atomic(path, json.dumps(data))
     except OSError as exc:
-        log.warning("flashlight: cannot cache compiled programs in %s: %s", path.parent, exc)
+        log.warning("flashlight: cannot cache compiled programs in %s (%s); compiling without a cache",
+                    path.parent, exc)
 
 # }}}
 

@@ -349,9 +349,12 @@ class _Kernel:
         if self.uses_libdevice:
             header.append("from triton.language.extra import libdevice")
         helpers: list[str] = []
-        if any("_product(" in line for line in lines):
-            helpers = ["", "", "@triton.jit", "def _multiply(a, b):", "    return a * b",
-                       "", "", "@triton.jit", "def _product(x, axis):", "    return tl.reduce(x, axis, _multiply)"]
+        for name, combine in (("_product", "a * b"),
+                              ("_nanmax", "tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
+                              ("_nanmin", "tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)")):
+            if any(f"{name}(" in line for line in lines):
+                helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
+                            "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
         src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
         registers = 0  # elements held in registers: every register tile the kernel keeps
@@ -844,16 +847,16 @@ class _Kernel:
     # }}}
 
 
-_REDUCE = {"+=": "tl.sum", "max=": "tl.max", "min=": "tl.min", "*=": "_product"}
+_REDUCE = {"+=": "tl.sum", "max=": "_nanmax", "min=": "_nanmin", "*=": "_product"}
 
 
 def _combine(op: str, a: str, b: str) -> str:
     if op == "+=":
         return f"{a} + {b}"
-    if op == "max=":
-        return f"tl.maximum({a}, {b})"
+    if op == "max=":  # NaN-propagating, like torch.amax
+        return f"tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
     if op == "min=":
-        return f"tl.minimum({a}, {b})"
+        return f"tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
     if op == "*=":
         return f"{a} * {b}"
     raise CodegenError(f"reductions with {op} are not supported by the Triton backend")
