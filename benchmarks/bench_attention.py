@@ -50,6 +50,13 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
 
 
 def main() -> None:
+    # every variant and shape compiles FlexAttention and torch.compile afresh: past Dynamo's default
+    # limit of 8 recompilations they would silently run their unfused fallbacks
+    import torch._dynamo
+
+    for knob in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 256)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--shapes", default="4x16x4096x64")

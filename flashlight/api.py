@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +25,7 @@ from flashlight.passes.fuse_reductions import BLOCK_LIMIT
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
 from flashlight.frontend.lift import ProgramSegment, lift_graph
 from flashlight.ir.nodes import Program, Proof
+from flashlight.log import progress
 from flashlight.runtime import CompiledGraph, CompiledProgram, contiguous_strides
 
 log = logging.getLogger("flashlight")
@@ -39,6 +42,7 @@ class Options:
     block_limit: int = BLOCK_LIMIT   # largest dimension kept whole inside a program
     pipeline: str = passes.DEFAULT_PIPELINE
     exact_roundings: bool = False    # True: round fused intermediates to their dtype, as eager does
+    debug_dir: str | None = None     # dump every stage, decision and kernel here ($FLASHLIGHT_DEBUG_DIR)
     num_warps: int | None = None     # Triton launch parameters (None: chosen per kernel)
     num_stages: int | None = None
     autotune: bool | None = None     # measure configurations on the GPU (None: unless sizes are given)
@@ -126,14 +130,23 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
 
         def build(o: Options, rep: SegmentReport | None = None, seg: ProgramSegment = seg,
                   strides: dict = strides) -> CompiledProgram:
-            cached = None if rep is not None and reports is not None else _cached_segment(seg, o, target)
+            use_cache = rep is None  # a report (explain, debug dumps) needs every stage
+            cached = _cached_segment(seg, o, target) if use_cache else None
             final, kernels = cached if cached is not None else compile_segment(seg, o, target, rep)
-            if cached is None and reports is None:
+            if use_cache and cached is None:
                 _store_segment(seg, o, target, final, kernels)
             launches = [launcher.Launch(ks, launcher.load(ks, interpret=(target == "interpreter")))
                         for ks in kernels] if reports is None else []
             return CompiledProgram(final, launches, strides, device)
 
+        started = time.time()
+        if any(0 in t.shape for t in seg.program.tensors):
+            compiled[k] = None  # nothing to compute in parallel: eager handles empty tensors exactly
+            fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", "a tensor has a zero-size "
+                              "dimension: run in eager PyTorch"))
+            if reports is not None:
+                reports.append(report)
+            continue
         try:
             seg_opts = opts
             if reports is None and options.tunes(target):
@@ -141,7 +154,10 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                                        lambda bm, bn, st: build(replace(opts, block_m=bm, block_n=bn, num_stages=st)))
                 seg_opts = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
                                    num_stages=choice["num_stages"])
-            compiled[k] = build(seg_opts, report)
+            keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
+            compiled[k] = build(seg_opts, report if keep else None)
+            progress("compiled", program=seg.program.name, kernels=len(compiled[k].launches),
+                     seconds=round(time.time() - started, 2))
         except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)
@@ -150,7 +166,41 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
             fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
         if reports is not None:
             reports.append(report)
+        if debug_dir(options) and reports is None:
+            dump_report(debug_dir(options), seg.program.name, report, fallbacks)  # type: ignore[arg-type]
     return CompiledGraph(lifted, compiled, fallbacks)
+
+
+def debug_dir(options: Options) -> str | None:
+    return options.debug_dir or os.environ.get("FLASHLIGHT_DEBUG_DIR") or None
+
+
+def dump_report(root: str, name: str, report: SegmentReport, fallbacks: list[tuple[str, str]]) -> None:
+    """Every stage, decision, kernel and fallback of one compiled program, as files in a directory."""
+    from pathlib import Path
+
+    base = Path(root)
+    k = 0
+    while (base / f"{name}_{k}").exists():
+        k += 1
+    out = base / f"{name}_{k}"
+    try:
+        out.mkdir(parents=True)
+        for i, (stage, text) in enumerate(report.stages):
+            (out / f"{i:02d}_{stage}.ir").write_text(text + "\n")
+        proofs = report.program.proofs if report.program is not None else ()
+        (out / "decisions.txt").write_text("\n".join(
+            f"[{'legal' if p.legal else 'refused'}] {p.transformation}: {p.reason}"
+            + (f"\n    lemma: {p.lemma}" if p.lemma else "") + (f"\n    witness: {p.witness}" if p.witness else "")
+            + (f"\n    relation: {p.relation}" if p.relation and p.relation != "∅" else "") for p in proofs) + "\n")
+        for kern in report.kernels:
+            (out / f"{kern.name}.py").write_text(kern.source)
+        (out / "fallbacks.txt").write_text("\n".join(f"{op}: {why}" for op, why in fallbacks) + "\n")
+        if report.error:
+            (out / "error.txt").write_text(report.error + "\n")
+        log.info("flashlight: wrote the compilation of %s to %s", name, out)
+    except OSError as exc:
+        log.warning("flashlight: cannot write debug output to %s: %s", out, exc)
 
 
 # {{{ the compiled-segment cache: final IR and kernel sources, on disk
@@ -202,7 +252,8 @@ def _store_segment(seg: ProgramSegment, o: Options, target: str, final: Program,
     try:
         launcher.write_atomic(path, json.dumps(data))
     except OSError as exc:
-        log.warning("flashlight: cannot cache compiled programs in %s: %s", path.parent, exc)
+        log.warning("flashlight: cannot cache compiled programs in %s (%s); compiling without a cache",
+                    path.parent, exc)
 
 # }}}
 

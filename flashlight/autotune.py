@@ -25,6 +25,7 @@ import torch
 from flashlight.codegen.launcher import cache_dir
 from flashlight.frontend.lift import IR_TO_TORCH
 from flashlight.ir.nodes import Program
+from flashlight.log import progress
 
 log = logging.getLogger("flashlight")
 
@@ -120,8 +121,7 @@ def _measure(program: Program, device: torch.device, build: Callable[[int, int, 
         except Exception as exc:  # noqa: BLE001  (a configuration that does not compile is skipped)
             log.info("flashlight: tuning %s: %d/%d/%d failed: %s", program.name, bm, bn, stages, exc)
             continue
-        log.info("flashlight: tuning %s: block_m=%d block_n=%d stages=%d: %.3f ms", program.name, bm, bn,
-                 stages, ms)
+        progress("tuning", program=program.name, block_m=bm, block_n=bn, stages=stages, ms=round(ms, 4))
         if best is None or ms < best[0]:
             best = (ms, {"block_m": bm, "block_n": bn, "num_stages": stages, "ms": ms})
     if best is None:

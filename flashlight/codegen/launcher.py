@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import torch
 
 from flashlight.codegen.triton import KernelSource
 
+log = logging.getLogger("flashlight")
 _lock = threading.Lock()
 _loaded: dict[tuple[str, bool], Any] = {}
 
@@ -55,9 +57,7 @@ def load(kernel: KernelSource, interpret: bool) -> Any:
     with _lock:
         if key in _loaded:
             return _loaded[key]
-        path = cache_dir() / "kernels" / f"{kernel.name}_{digest}.py"
-        if not path.exists() or path.read_text() != kernel.source:
-            write_atomic(path, kernel.source)
+        path = _kernel_path(kernel.name, digest, kernel.source)
         mod_name = f"flashlight_kernels.{kernel.name}_{digest}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec is not None and spec.loader is not None
@@ -107,6 +107,32 @@ def _interpretable(module: Any, jit_fn: Any) -> Any:
     return InterpretedFunction(jit_fn.fn)
 
 
+_private_dir: Path | None = None
+
+
+def _kernel_path(name: str, digest: str, source: str) -> Path:
+    """The kernel's source file in the cache, rewritten if absent or corrupt; a private temporary
+    directory (with a warning) if the cache cannot be written."""
+    global _private_dir
+    path = cache_dir() / "kernels" / f"{name}_{digest}.py"
+    try:
+        if not path.exists() or path.read_text() != source:
+            write_atomic(path, source)
+        return path
+    except OSError as exc:
+        if _private_dir is None:
+            _private_dir = Path(tempfile.mkdtemp(prefix="flashlight-"))
+            log.warning("flashlight: the cache %s is not writable (%s); kernels go to %s and are not kept",
+                        cache_dir(), exc, _private_dir)
+        path = _private_dir / f"{name}_{digest}.py"
+        write_atomic(path, source)
+        return path
+
+
+# Triton's interpreter patches triton.language while it runs a kernel: one kernel at a time.
+_interpreter_lock = threading.Lock()
+
+
 @dataclass
 class Launch:
     kernel: KernelSource
@@ -116,4 +142,11 @@ class Launch:
         if self.kernel.grid == 0:
             return
         args = [tensors[p] for p in self.kernel.params]
-        self.fn[(self.kernel.grid,)](*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)
+        launch = self.fn[(self.kernel.grid,)]
+        if args and args[0].device.type == "cpu":
+            import numpy as np
+
+            with _interpreter_lock, np.errstate(all="ignore"):  # masked-out lanes may overflow
+                launch(*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)
+        else:
+            launch(*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)

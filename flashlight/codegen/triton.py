@@ -68,6 +68,7 @@ class _Scope:
     loop_iter: str | None = None          # serial iterator introduced by this scope
     written: set[str] = field(default_factory=set)  # registers assigned inside this loop
     depth: int = 0
+    branch: bool = False                  # one arm of a run-time tile test inside a loop
 
 
 def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
@@ -215,6 +216,8 @@ class _Kernel:
             chain.append(s)
             s = s.parent
         for s in chain:  # innermost first: stop at the first scope the expression varies in
+            if s.branch and isinstance(e, Load) and e.tensor not in self.produced:
+                continue  # both arms load the same tiles: load them once, unconditionally (pipelined)
             if (s.loop_iter is not None and s.loop_iter in its) or (s.written & regs):
                 return s
         return chain[-1]
@@ -346,9 +349,12 @@ class _Kernel:
         if self.uses_libdevice:
             header.append("from triton.language.extra import libdevice")
         helpers: list[str] = []
-        if any("_product(" in line for line in lines):
-            helpers = ["", "", "@triton.jit", "def _multiply(a, b):", "    return a * b",
-                       "", "", "@triton.jit", "def _product(x, axis):", "    return tl.reduce(x, axis, _multiply)"]
+        for name, combine in (("_product", "a * b"),
+                              ("_nanmax", "tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
+                              ("_nanmin", "tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)")):
+            if any(f"{name}(" in line for line in lines):
+                helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
+                            "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
         src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
         registers = 0  # elements held in registers: every register tile the kernel keeps
@@ -432,9 +438,8 @@ class _Kernel:
                     if cond is None:
                         continue
                     self.drop_data_guards = drop
-                    body = _Scope([], inner, loop_iter=it, depth=inner.depth)
+                    body = _Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
                     body.written = written
-                    body.parent = inner
                     for c in loop.body:
                         self.emit_node(c, body, guards)
                     self.invalidate(written)
@@ -442,6 +447,8 @@ class _Kernel:
                     inner.lines.extend("    " + x for x in body.lines or ["pass"])
                 self.drop_data_guards = False
             self.full_tiles = False
+            if possible is not None:  # narrow the range to the first and last tile that may hold work
+                lo, hi = self.narrow(loop, scope, lo, hi)
             note = "" if masked else "  # tiles where every affine guard holds: no affine mask code"
             scope.lines.append(f"for t_{it} in range({lo}, {hi}):{note}")
             scope.lines.extend("    " + line for line in inner.lines)
@@ -452,6 +459,24 @@ class _Kernel:
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
     # {{{ run-time tile skipping
+
+    def narrow(self, loop: Loop, scope: _Scope, lo: str, hi: str) -> tuple[str, str]:
+        """A scan over the tiles' guard bounds only (no tile data): the first and last tile where a
+        data-dependent guard may hold bound the loop, so tiles outside are not even visited."""
+        it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
+        pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+        pre.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
+        if self.needs_mask(it):
+            pre.lines.append(f"m_{it} = o_{it} < {n}")
+        _, possible = self.tile_predicate(loop, pre)
+        first, last = self.fresh("first"), self.fresh("last")
+        scope.lines.append(f"{first} = tl.full([], 0, tl.int32) + ({hi})")
+        scope.lines.append(f"{last} = tl.full([], 0, tl.int32) + ({lo}) - 1")
+        scope.lines.append(f"for t_{it} in range({lo}, {hi}):  # bounds of the guard over each tile")
+        scope.lines.extend("    " + x for x in pre.lines)
+        scope.lines.append(f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})")
+        scope.lines.append(f"    {last} = tl.where({possible}, t_{it}, {last})")
+        return first, f"{last} + 1"
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
@@ -822,16 +847,16 @@ class _Kernel:
     # }}}
 
 
-_REDUCE = {"+=": "tl.sum", "max=": "tl.max", "min=": "tl.min", "*=": "_product"}
+_REDUCE = {"+=": "tl.sum", "max=": "_nanmax", "min=": "_nanmin", "*=": "_product"}
 
 
 def _combine(op: str, a: str, b: str) -> str:
     if op == "+=":
         return f"{a} + {b}"
-    if op == "max=":
-        return f"tl.maximum({a}, {b})"
+    if op == "max=":  # NaN-propagating, like torch.amax
+        return f"tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
     if op == "min=":
-        return f"tl.minimum({a}, {b})"
+        return f"tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
     if op == "*=":
         return f"{a} * {b}"
     raise CodegenError(f"reductions with {op} are not supported by the Triton backend")

@@ -1,0 +1,32 @@
+"""``torch.compile(fn, backend="flashlight")``: flashlight as a Dynamo backend.
+
+The entry point ``torch_dynamo_backends: flashlight = flashlight.backend:flashlight_backend`` in
+``pyproject.toml`` makes the name known to Dynamo once the package is installed. Options come
+through ``torch.compile(..., options={...})`` with the fields of :class:`flashlight.Options`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from flashlight.api import Options, compile_graph
+from flashlight.frontend.capture import make_backend
+
+
+def flashlight_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:
+    """A Dynamo backend: each graph is lifted, fused and compiled by flashlight."""
+    opts = Options(**(kwargs.get("options") or {}))
+
+    def compile_one(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str]) -> Callable:
+        graph = compile_graph(aten_gm, inputs, names, opts, "graph")
+
+        def run(args: list) -> Any:
+            return graph(args)
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+    return make_backend(compile_one)(gm, example_inputs)

@@ -1,0 +1,117 @@
+"""The API as a PyTorch user meets it: Dynamo capture, guards, the backend entry point,
+gradients, debug dumps and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import flashlight
+
+from conftest import relerr
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_three_shapes_compile_three_variants_and_reuse_them():
+    f = flashlight.compile(lambda x: torch.softmax(x * 2, dim=-1))
+    shapes = [(3, 40), (5, 17), (2, 3, 9)]
+    for s in shapes + shapes:
+        x = _x(*s)
+        assert relerr(f(x), torch.softmax(x * 2, dim=-1)) < 1e-5
+    assert len(f.graphs) == 3, "one compiled variant per shape, reused on the second round"
+
+
+def test_graph_breaks_kwargs_scalars_and_structured_outputs():
+    def fn(x, y, *, scale=2.0, mode="sum"):
+        z = torch.exp(x) * scale
+        if z.sum() > 0:  # data-dependent Python control flow: a graph break
+            z = z + y
+        print("", end="")  # another graph break
+        out = {"total": z.sum(-1) if mode == "sum" else z.amax(-1), "parts": [z * 2, torch.tanh(y)]}
+        return out, (z.mean(), 3)
+
+    f = flashlight.compile(fn)
+    x, y = _x(4, 20), _x(4, 20, seed=1)
+    got, ref = f(x, y, scale=0.5, mode="max"), fn(x, y, scale=0.5, mode="max")
+    assert set(got[0]) == {"total", "parts"} and got[1][1] == 3
+    for a, b in [(got[0]["total"], ref[0]["total"]), (got[0]["parts"][0], ref[0]["parts"][0]),
+                 (got[0]["parts"][1], ref[0]["parts"][1]), (got[1][0], ref[1][0])]:
+        assert relerr(a, b) < 1e-5
+    assert len(f.graphs) >= 2, "the graph breaks give several compiled graphs"
+
+
+def test_in_place_ops_in_user_code():
+    def fn(x):
+        y = x.clone()
+        y.mul_(3).add_(1)
+        y[:, 0] = 0.0
+        return torch.softmax(y, -1)
+
+    x = _x(6, 11)
+    assert relerr(flashlight.compile(fn)(x), fn(x)) < 1e-5
+
+
+def test_gradients_are_eager_gradients():
+    def fn(q, k, v):
+        return (torch.softmax(q @ k.transpose(-2, -1) * 0.3, -1) @ v).square().sum()
+
+    args = [_x(2, 9, 8, seed=s).requires_grad_() for s in range(3)]
+    ref_args = [a.detach().clone().requires_grad_() for a in args]
+    flashlight.compile(fn)(*args).backward()
+    fn(*ref_args).backward()
+    for a, b in zip(args, ref_args):
+        assert relerr(a.grad, b.grad) < 1e-5
+
+
+def test_wrong_argument_count_raises_like_eager():
+    f = flashlight.compile(lambda x, y: x + y)
+    with pytest.raises(TypeError):
+        f(_x(3))
+
+
+def test_inputs_on_different_devices_are_refused_clearly():
+    f = flashlight.compile(lambda x, y: x + y)
+    with pytest.raises(ValueError, match="different devices"):
+        f(_x(3), torch.empty(3, device="meta"))
+
+
+def test_decorator_with_options():
+    @flashlight.compile(block_m=32, block_n=32)
+    def fn(x):
+        return torch.softmax(x, -1)
+
+    x = _x(70, 300)
+    assert relerr(fn(x), torch.softmax(x, -1)) < 1e-5
+
+
+def test_debug_dump(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_DEBUG_DIR", str(tmp_path))
+    f = flashlight.compile(lambda x: torch.softmax(x, -1) * 2)
+    f(_x(5, 300))
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    names = sorted(p.name for p in run.iterdir())
+    assert "decisions.txt" in names and "fallbacks.txt" in names
+    assert any(n.endswith("_lifted.ir") for n in names) and any(n.endswith("_tile-ranges.ir") for n in names)
+    assert any(n.startswith("flashlight_") and n.endswith(".py") for n in names), names
+
+
+def test_torch_compile_backend_in_a_fresh_process():
+    code = textwrap.dedent("""
+        import torch
+        def fn(x):
+            return torch.softmax(x * 3, dim=-1).sum(0)
+        x = torch.randn(6, 50)
+        f = torch.compile(fn, backend="flashlight")
+        assert torch.allclose(f(x), fn(x), rtol=1e-5, atol=1e-6)
+        import flashlight.backend  # it was loaded through the entry point
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

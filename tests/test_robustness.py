@@ -1,0 +1,160 @@
+"""Hostile inputs, numerics and the cache: every case behaves as eager PyTorch does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+import flashlight
+
+INF, NAN = float("inf"), float("nan")
+
+
+def _same(fn, *args, rtol=1e-5, atol=1e-6):
+    f = flashlight.compile(fn)
+    out, ref = f(*args), fn(*args)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol, equal_nan=True)
+    return f
+
+
+def _r(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("case", ["empty_rows", "empty_reduction", "empty_softmax"])
+def test_zero_size_dimensions(case):
+    fn, x = {"empty_rows": (lambda x: x.sum(-1) * 2, torch.empty(0, 5)),
+             "empty_reduction": (lambda x: x.sum(-1) + 1, torch.empty(4, 0)),
+             "empty_softmax": (lambda x: torch.softmax(x, -1), torch.empty(0, 7))}[case]
+    _same(fn, x)
+
+
+def test_nan_and_inf_inputs():
+    x = torch.tensor([[NAN, 1.0, 2.0, INF], [1.0, -INF, 3.0, 0.5], [-INF, -INF, -INF, -INF]])
+    _same(lambda x: torch.exp(x) * 2 + 1, x)
+    _same(lambda x: x.amax(-1), x)  # NaN propagates through max, as in torch.amax
+    _same(lambda x: x.amin(-1), x)
+    _same(lambda x: torch.softmax(x, -1), x)  # a row of -inf gives NaN, as in eager
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "offset"])
+def test_strided_inputs(layout):
+    base = _r(30, 40)
+    x = {"transposed": base.t(), "sliced": base[::2, 5:25], "expanded": base[:1].expand(12, 40),
+         "offset": base[3:, 2:]}[layout]
+    _same(lambda x: torch.softmax(x * 2, -1) + x, x)
+
+
+def test_mixed_dtypes_follow_promotion():
+    _same(lambda x, y: x * y + 1, _r(8, 9).half(), _r(8, 9, seed=1))
+    _same(lambda x, y: x + y, torch.randint(-5, 5, (8, 9)), _r(8, 9))
+
+
+def test_extreme_logits():
+    _same(lambda x: torch.softmax(x, -1), _r(4, 300) * 1e4)
+    _same(lambda x: torch.softmax(x, -1), _r(4, 300) * 1e-30)
+    _same(lambda x: (x * 1000).exp().to(torch.float16), _r(4, 30))  # overflow to inf in float16
+    one = lambda x: torch.softmax(x.masked_fill(torch.arange(300) != 5, -INF), -1)  # noqa: E731
+    _same(one, _r(4, 300))  # a single unmasked entry per row: exactly 1.0 there
+
+
+def test_corrupt_cache_entries_are_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    fn = lambda x: torch.softmax(x * 3, -1)  # noqa: E731
+    _same(fn, _r(5, 70))
+    for f in (tmp_path / "programs").glob("*.json"):
+        f.write_text(f.read_text()[:40])  # truncated
+    for f in (tmp_path / "kernels").glob("*.py"):
+        f.write_text("garbage")
+    from flashlight.codegen import launcher
+
+    launcher._loaded.clear()  # as a new process would: nothing loaded yet
+    _same(fn, _r(5, 70))
+    assert all(json.loads(f.read_text()) for f in (tmp_path / "programs").glob("*.json"))
+    assert all("@triton.jit" in f.read_text() for f in (tmp_path / "kernels").glob("*.py"))
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+def _warnings_of(run) -> str:
+    handler = _Records()
+    logger = logging.getLogger("flashlight")
+    logger.addHandler(handler)
+    try:
+        run()
+    finally:
+        logger.removeHandler(handler)
+    return handler.text
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_cache_directory_warns_and_works(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        text = _warnings_of(lambda: _same(lambda x: torch.tanh(x) * 5 - 1, _r(6, 13)))
+    finally:
+        tmp_path.chmod(stat.S_IRWXU)
+    assert "not writable" in text or "cannot cache" in text
+
+
+def test_unwritable_cache_path_warns_and_works(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(blocker / "cache"))  # cannot be created, even by root
+    text = _warnings_of(lambda: _same(lambda x: torch.tanh(x) * 7 - 1, _r(6, 13)))
+    assert "not writable" in text and "cannot cache" in text
+
+
+def test_compiled_function_from_several_threads():
+    f = flashlight.compile(lambda x: torch.softmax(x, -1) * 2)
+    xs = [_r(7, 50, seed=s) for s in range(6)]
+    f(xs[0])  # compiled once, then shared
+    results, errors = {}, []
+
+    def work(k):
+        try:
+            results[k] = f(xs[k])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k, x in enumerate(xs):
+        torch.testing.assert_close(results[k], torch.softmax(x, -1) * 2)
+
+
+def test_processes_compiling_the_same_function_at_once(tmp_path):
+    code = textwrap.dedent("""
+        import torch, flashlight
+        fn = lambda x: torch.softmax(x * 2, -1).sum(0)
+        x = torch.randn(9, 80)
+        assert torch.allclose(flashlight.compile(fn)(x), fn(x), rtol=1e-5, atol=1e-6)
+        print("ok")
+    """)
+    env = dict(os.environ, FLASHLIGHT_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
