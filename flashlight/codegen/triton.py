@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, grid_chain
 
 TL_DTYPE = {
     "f64": "tl.float64", "f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16",
@@ -93,14 +93,7 @@ class _Kernel:
     def __init__(self, program: Program, nest: Node, name: str, strides: dict[str, tuple[int, ...]],
                  target: str) -> None:
         self.program, self.nest, self.name, self.strides, self.target = program, nest, name, strides, target
-        self.grid: list[Loop] = []
-        node: Node = nest
-        while isinstance(node, Loop) and node.mapping == "grid":
-            self.grid.append(node)
-            if len(node.body) == 1 and isinstance(node.body[0], Loop) and node.body[0].mapping == "grid":
-                node = node.body[0]
-            else:
-                break
+        self.grid: list[Loop] = grid_chain(nest)
         self.phases: tuple[Node, ...] = self.grid[-1].body if self.grid else (nest,)
         self.tile: dict[str, int] = {}
         self.extent: dict[str, int] = {}
@@ -907,8 +900,6 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
         return f"(-{a})"
     if op == "not":
         return f"({a} == 0)"
-    if op == "exp":
-        return f"tl.exp2({a} * {LOG2E})"
     simple = {"exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
               "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "erf": "tl.erf", "abs": "tl.abs",
               "sin": "tl.sin", "cos": "tl.cos", "floor": "tl.floor", "ceil": "tl.ceil"}

@@ -183,3 +183,15 @@ def walk_stmts(body: tuple[Node, ...], loops: tuple[Loop, ...] = (), guards: tup
             yield from walk_stmts(node.body, loops + (node,), guards)
         else:
             yield from walk_stmts(node.body, loops, guards + (node.cond,))
+
+
+def grid_chain(nest: Node) -> list[Loop]:
+    """The ``@grid`` loops perfectly nested at the top of a kernel's nest, outermost first."""
+    chain: list[Loop] = []
+    node = nest
+    while isinstance(node, Loop) and node.mapping == "grid":
+        chain.append(node)
+        if len(node.body) != 1 or not isinstance(node.body[0], Loop) or node.body[0].mapping != "grid":
+            break
+        node = node.body[0]
+    return chain

@@ -26,7 +26,7 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
 
@@ -46,17 +46,6 @@ def next_pow2(n: int) -> int:
 
 def _fit(extent: int, size: int, minimum: int = 16) -> int:
     return max(minimum, min(next_pow2(max(extent, 1)), next_pow2(size)))
-
-
-def _grid_chain(nest: Node) -> list[Loop]:
-    chain = []
-    node = nest
-    while isinstance(node, Loop) and node.mapping == "grid":
-        chain.append(node)
-        if len(node.body) != 1 or not isinstance(node.body[0], Loop) or node.body[0].mapping != "grid":
-            break
-        node = node.body[0]
-    return chain
 
 
 def _strip_casts(e):
@@ -90,7 +79,7 @@ def tile(program: Program, block_m: int = 64, block_n: int = 64, block_pointwise
 
 def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
                  deps: dict[str, isl.UnionMap]) -> tuple[Node, Proof]:
-    grid = _grid_chain(nest)
+    grid = grid_chain(nest)
     grid_its = [l.iterator for l in grid]
     stmts = list(walk_stmts((nest,)))
     has_serial = any(l.mapping == "serial" for _, loops, _ in stmts for l in loops)
@@ -141,7 +130,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
 
 def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:
     state = state_tensors(nest)
-    grid = _grid_chain(nest)
+    grid = grid_chain(nest)
     body = grid[-1].body if grid else (nest,)
     sched = isl.UnionMap("{ }")
     names = []

@@ -28,7 +28,7 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
-from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
 
@@ -41,7 +41,7 @@ def tile_ranges(program: Program) -> Program:
     body, proofs = [], []
     for k, nest in enumerate(program.body):
         deps = deps_by_tensor(view, {s.name for s, _, _ in walk_stmts((nest,))})
-        grid = _grid_chain(nest)
+        grid = grid_chain(nest)
         if not grid:
             body.append(nest)
             continue
@@ -54,17 +54,6 @@ def tile_ranges(program: Program) -> Program:
                     proofs.append(proof)
         body.append(_rebuild(nest, len(grid), tuple(phases)))
     return program.replace(body=tuple(body)).with_proofs(*proofs)
-
-
-def _grid_chain(nest: Node) -> list[Loop]:
-    chain = []
-    node = nest
-    while isinstance(node, Loop) and node.mapping == "grid":
-        chain.append(node)
-        if len(node.body) != 1 or not isinstance(node.body[0], Loop) or node.body[0].mapping != "grid":
-            break
-        node = node.body[0]
-    return chain
 
 
 def _rebuild(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
