@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flashlight  # noqa: E402
-from variants import VARIANTS, vanilla  # noqa: E402
+from variants import VARIANTS  # noqa: E402
 
 
 def relerr(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import islpy as isl
 
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load, affine_form
+from flashlight.ir.expr import Call, Const, Expr, Load, affine_form
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt
 
 # Words the isl parser reserves; a tensor or iterator with such a name gets a trailing underscore.

@@ -25,7 +25,7 @@ from dataclasses import replace
 import islpy as isl
 
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Load
+from flashlight.ir.expr import Call
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
