@@ -99,6 +99,25 @@ def evoformer(q, k, v, mask_bias, pair_bias):
     return (torch.softmax(s, -1).to(v.dtype) @ vt).transpose(-2, -3)
 
 
+def ipa_like(q, k, v, qp, kp):
+    """Invariant-point-attention-like logits: an extra reduction (squared distances between 4
+    points of 3 coordinates per query and key) feeds the scores."""
+    d2 = ((qp[:, :, :, None] - kp[:, :, None, :]) ** 2).sum(dim=(-1, -2))
+    return _finish(_scores(q, k).float() - 0.1 * d2, v)
+
+
+def key_lengths(q, k, v, lens):
+    """Cross-attention with per-batch key lengths (padding mask), Sq != Sk."""
+    j = torch.arange(k.shape[-2], device=q.device)
+    keep = (j[None, :] < lens[:, None])[:, None, None, :]
+    return _finish(_scores(q, k).masked_fill(~keep, float("-inf")), v)
+
+
+def decode(q, k, v):
+    """One query per sequence against a long key cache."""
+    return _finish(_scores(q, k), v)
+
+
 def random_documents(B: int, S: int, device) -> torch.Tensor:
     """Document ids per position: documents of random length S/16 .. S/4."""
     g = torch.Generator().manual_seed(1)
@@ -124,6 +143,14 @@ class Variant:
             return torch.randn(*shape, device=device, dtype=dtype)
         if self.name == "differential":
             return (r(B, 2 * H, S, D), r(B, 2 * H, S, D), r(B, H, S, 2 * D))
+        if self.name == "ipa_like":
+            return (r(B, H, S, D), r(B, H, S, D), r(B, H, S, D),
+                    torch.randn(B, H, S, 4, 3, device=device), torch.randn(B, H, S, 4, 3, device=device))
+        if self.name == "key_lengths":  # queries: S/4, keys: S, lengths between S/4 and S
+            lens = torch.linspace(S // 4, S, B, device=device).long()
+            return (r(B, H, S // 4, D), r(B, H, S, D), r(B, H, S, D), lens)
+        if self.name == "decode":
+            return (r(B, H, 1, D), r(B, H, S, D), r(B, H, S, D))
         if self.name == "evoformer":  # B x 256 rows of S residues, as in the paper's benchmark
             n = 256
             return (r(B, n, S, H, D), r(B, n, S, H, D), r(B, n, S, H, D),
@@ -143,6 +170,8 @@ class Variant:
             return 2 * (2.0 * B * H * S * S * D) + 2 * (2.0 * B * H * S * S * 2 * D)
         B, H, S, D = args[0].shape
         per_pair = 4.0 * B * H * D  # one (query, key) pair: QK^T and PV, 2 flops per multiply-add
+        if self.name in ("ipa_like", "key_lengths", "decode"):
+            return per_pair * S * args[1].shape[-2]
         if self.sparsity == "causal":
             pairs = sum(i + 1 for i in range(S))
         elif self.sparsity == "window":
@@ -202,4 +231,7 @@ VARIANTS = {v.name: v for v in [
     Variant("alibi", alibi, "score"),
     Variant("differential", differential, None),
     Variant("evoformer", evoformer, None),
+    Variant("ipa_like", ipa_like, None),
+    Variant("key_lengths", key_lengths, None),
+    Variant("decode", decode, None),
 ]}
