@@ -273,6 +273,9 @@ class _Kernel:
                 return src
             if op == "b1":
                 return _Value(f"({xs[0]} != 0)", axes, op)
+            if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
+                one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
+                return _Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
             return _Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
         code = _pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
@@ -801,7 +804,8 @@ class _Kernel:
             code = f"({code}).to({TL_DTYPE[dt]})"
         if v.axes != axes:
             shape = "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
-            code = f"tl.broadcast_to({self.bcast(_Value(code, v.axes, dt), axes)}, {shape})"
+            # adding zeros broadcasts tensors and Python literals alike
+            code = f"tl.zeros({shape}, {TL_DTYPE[dt]}) + {self.bcast(_Value(code, v.axes, dt), axes)}"
         scope.lines.append(f"{var} = {code}")
         self.invalidate({tensor})
         self.registers[tensor] = _Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())

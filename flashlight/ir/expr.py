@@ -416,7 +416,7 @@ def simplify_index(e: Expr, ranges: Mapping[str, tuple[int, int]]) -> Expr:
         c = int(divisor.value)
         if c == 1:
             return inner if x.op == "floordiv" else index(0)
-        if isinstance(inner, Call) and isinstance(inner.args[1], Const) and inner.op == x.op:
+        if isinstance(inner, Call) and inner.op == x.op and isinstance(inner.args[1], Const):
             c1 = int(inner.args[1].value)
             if x.op == "floordiv":  # (a // c1) // c == a // (c1*c)
                 return fold(Call("floordiv", (inner.args[0], index(c1 * c)))) or floordiv(inner.args[0], c1 * c)

@@ -77,7 +77,10 @@ def _shared_data_guards(program: Program, w: dict[str, list[Stmt]]) -> dict[str,
     """
     placed = list(walk_stmts(program.body))
     out: dict[str, Expr] = {}
+    written_before: set[str] = set()
     for stmt, _, _ in placed:
+        available = set(written_before) | {t.name for t in program.inputs}
+        written_before.add(stmt.target.tensor)
         t = program.tensor(stmt.target.tensor)
         if t.role != "temp" or len(w[t.name]) != 1 or not all(isinstance(i, Iter) for i in stmt.target.indices):
             continue
@@ -93,8 +96,10 @@ def _shared_data_guards(program: Program, w: dict[str, list[Stmt]]) -> dict[str,
                 common = set()
                 break
             rename = {i.name: Iter(wn) for i, wn in zip(lds[0].indices, target)}  # type: ignore[union-attr]
+            # a guard that reads a value the writer has not got yet (its own result) cannot move
             mine = {E.substitute(g, rename) for g in guards
-                    if cond_str(g) is None and E.free_iters(g) <= set(rename)}
+                    if cond_str(g) is None and E.free_iters(g) <= set(rename)
+                    and {ld.tensor for ld in E.loads(g)} <= available}
             common = mine if common is None else common & mine
         if common:
             cond = None

@@ -93,9 +93,12 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             continue
         a, b, _ = c
         fa, fb = E.free_iters(a), E.free_iters(b)
-        for it in grid_its:
-            if (it in fa) != (it in fb) and extent[it] > 1:
-                tiled[it] = bm
+        # the innermost grid iterator only A uses is M, the innermost only B uses is N; other
+        # one-operand iterators are batch dimensions like the shared ones
+        for mine, other in ((fa, fb), (fb, fa)):
+            own = [it for it in grid_its if it in mine and it not in other and extent[it] > 1]
+            if own:
+                tiled[own[-1]] = bm
     if not tiled:
         candidates = [it for it in grid_its if extent[it] > 1]
         if candidates:
