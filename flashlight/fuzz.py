@@ -1,0 +1,1308 @@
+"""A differential fuzzer: random small PyTorch programs, eager against ``flashlight.compile``.
+
+``python -m flashlight.fuzz --seeds 0:200 [--time-budget 60] [--out fuzz/corpus]``
+
+A seed makes one program (``random.Random(seed)``, deterministic): a few (2–8) ops drawn from
+pointwise chains with broadcasting (scalar, row, column, general), unary and binary ops,
+comparisons and ``where``, reductions over random axes with and without ``keepdim``,
+``softmax``/``log_softmax`` on any axis, matmuls (2-D and batched, with transposes), layout changes
+(transpose, permute, flatten, unflatten, unsqueeze, slices, ``cat``), ``arange``-built affine and
+modular masks applied with ``masked_fill`` before a softmax, fills and casts, over odd sizes (1, 2,
+3, 5, 7, 13, 17, 31, sometimes 64 or 97), float32 mostly, some float16/bfloat16 and int/bool
+inputs. Attention-shaped programs (``softmax(q @ k^T * c + mask) @ v``, with their variants) are
+drawn often, since that is where the fusing passes do the most.
+
+A program is Python source (:func:`render`): dimension constants, ``make_inputs()`` (inputs from a
+seeded ``torch.Generator``), ``def prog(x0, x1, ...)`` and the compile options. It is run eagerly
+and compiled; :func:`compare` checks outputs: same structure, shapes and dtypes; integers and
+booleans exactly; floats with ``torch.testing.assert_close`` (NaN positions equal) at rtol and
+atol (relative to the output's scale) of 1e-4 for float32 and 2e-2 for 16-bit floats. Values
+outside that tolerance are excused only where eager itself is as far from a float64 evaluation of
+the same program (an ill-conditioned output: then neither result is better than the other).
+
+Outcomes: ``ok``, ``mismatch``, ``crash`` (flashlight raised), ``timeout`` (slower than the limit
+per program), ``eager_error`` (the program is invalid: skipped). A segment that flashlight ran in
+eager PyTorch (a fallback) is a statistic, not a failure; the summary lists the reasons.
+
+A mismatch or crash is minimized (:func:`minimize`: delete ops, replace values by fresh inputs,
+drop outputs and options, shrink dimensions, while the failure persists) and written to
+``<out>/<kind>_<seed>.py``: a runnable script whose ``check()`` raises ``AssertionError`` while
+flashlight differs from eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAX_NUMEL = 4096
+SIZES = [1, 2, 3, 5, 7, 13, 17, 31]
+SIZE_WEIGHTS = [1, 2, 3, 3, 3, 3, 2, 2]
+BIG_SIZES = [64, 97]
+DIM_NAMES = ["A", "B", "C", "D", "E"]
+FLOAT_CONSTS = ["0.5", "2.0", "-1.5", "0.125", "3.0", "-0.25", "10.0", "1e-3"]
+
+TOLERANCES = {  # dtype: (rtol, atol relative to the output's scale)
+    torch.float32: (1e-4, 1e-4),
+    torch.float64: (1e-7, 1e-7),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+
+# {{{ programs
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    shape: tuple[str, ...]  # dimension expressions: "1", "A", "A*B"
+    dtype: str              # torch dtype name: float32, float16, bfloat16, int32, int64, bool
+    kind: str               # randn | pos | randint | bool
+
+
+@dataclass(frozen=True)
+class Op:
+    var: str
+    lines: tuple[str, ...]  # assign `var` (helper names are `var_...`)
+
+
+@dataclass(frozen=True)
+class Program:
+    seed: int
+    dims: dict[str, int]
+    inputs: tuple[Input, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    tuple_out: bool = False  # return a tuple even for one output
+
+
+def _shape_src(shape: tuple[str, ...]) -> str:
+    if not shape:
+        return "()"
+    return "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def input_line(x: Input) -> str:
+    shape = _shape_src(x.shape)
+    if x.kind == "randint":
+        return f"{x.name} = torch.randint(-9, 10, {shape}, generator=g, dtype=torch.{x.dtype})"
+    if x.kind == "bool":
+        return f"{x.name} = torch.rand({shape}, generator=g) < 0.5"
+    base = f"torch.randn({shape}, generator=g)" if x.kind == "randn" else f"(torch.rand({shape}, generator=g) + 0.5)"
+    return f"{x.name} = {base}" + ("" if x.dtype == "float32" else f".to(torch.{x.dtype})")
+
+
+def render_core(p: Program) -> str:
+    """Dimension constants, ``make_inputs``, ``prog`` and ``OPTIONS``: the program as source."""
+    out = []
+    if p.dims:
+        out.append(", ".join(p.dims) + " = " + ", ".join(str(v) for v in p.dims.values()))
+        out.append("")
+    out += ["", "def make_inputs():", f"    g = torch.Generator().manual_seed({p.seed})"]
+    out += [f"    {input_line(x)}" for x in p.inputs]
+    names = ", ".join(x.name for x in p.inputs)
+    out.append(f"    return ({names}{',' if len(p.inputs) == 1 else ''})")
+    out += ["", "", f"def prog({names}):"]
+    for op in p.ops:
+        out += [f"    {line}" for line in op.lines]
+    if len(p.outputs) == 1 and not p.tuple_out:
+        out.append(f"    return {p.outputs[0]}")
+    else:
+        out.append(f"    return {', '.join(p.outputs)}" + ("," if len(p.outputs) == 1 else ""))
+    out += ["", "", f"OPTIONS = {p.options!r}"]
+    return "\n".join(out) + "\n"
+
+
+def materialize(p: Program) -> dict[str, Any]:
+    ns: dict[str, Any] = {"torch": torch, "__name__": "flashlight_fuzz_prog"}
+    exec(compile(render_core(p), f"<fuzz seed {p.seed}>", "exec"), ns)
+    return ns
+
+
+def eval_vars(p: Program) -> dict[str, torch.Tensor] | None:
+    """Every input and op variable's eager value, or ``None`` if eager fails."""
+    ns: dict[str, Any] = {"torch": torch, **p.dims, "g": torch.Generator().manual_seed(p.seed)}
+    try:
+        with _quiet():
+            for x in p.inputs:
+                exec(input_line(x), ns)
+            for op in p.ops:
+                for line in op.lines:
+                    exec(line, ns)
+    except Exception:
+        return None
+    names = [x.name for x in p.inputs] + [op.var for op in p.ops]
+    return {n: ns[n] for n in names}
+
+# }}}
+
+
+# {{{ the generator
+
+class Reject(Exception):
+    """This draw of an op does not fit: try another."""
+
+
+class Gen:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.dims: dict[str, int] = {}
+        self.inputs: list[Input] = []
+        self.ops: list[Op] = []
+        self.g = torch.Generator().manual_seed(seed)
+        self.ns: dict[str, Any] = {"torch": torch, "g": self.g}
+        self.pool: list[str] = []  # inputs and op results, in creation order
+        self.ntemp = 0
+        self.prefer: list[str] = []  # op families to draw next (a mask asks for a softmax)
+        r = self.rng.random()
+        self.flavor = "f32" if r < 0.74 else "f16" if r < 0.82 else "bf16" if r < 0.89 else "int"
+        self.float_dtype = {"f16": "float16", "bf16": "bfloat16"}.get(self.flavor, "float32")
+
+    # {{{ dimensions, inputs, operands
+
+    def new_dim(self, size: int | None = None, big: bool = False) -> str:
+        if size is None:
+            size = self.rng.choice(BIG_SIZES) if big else self.rng.choices(SIZES, SIZE_WEIGHTS)[0]
+        for name, v in self.dims.items():
+            if v == size and self.rng.random() < 0.7:
+                return name
+        if len(self.dims) >= len(DIM_NAMES):
+            return min(self.dims, key=lambda n: abs(self.dims[n] - size))
+        name = DIM_NAMES[len(self.dims)]
+        self.dims[name] = size
+        self.ns[name] = size
+        return name
+
+    def any_dim(self) -> str:
+        if self.dims and self.rng.random() < 0.5:
+            return self.rng.choice(list(self.dims))
+        return self.new_dim()
+
+    def sym(self, size: int) -> str:
+        """A dimension expression of this size (new dimensions are named sizes)."""
+        if size == 1:
+            return "1"
+        for name, v in self.dims.items():
+            if v == size:
+                return name
+        names = list(self.dims)
+        for a in names:
+            for b in names:
+                if self.dims[a] * self.dims[b] == size:
+                    return f"{a}*{b}"
+        raise Reject(f"size {size} is no dimension expression")
+
+    def sym_shape(self, shape: torch.Size) -> tuple[str, ...]:
+        return tuple(self.sym(int(s)) for s in shape)
+
+    def new_input(self, shape: tuple[str, ...], dtype: str | None = None, kind: str | None = None) -> str:
+        dtype = dtype or self.float_dtype
+        if kind is None:
+            kind = ("bool" if dtype == "bool" else "randint" if dtype.startswith("int")
+                    else "pos" if self.rng.random() < 0.1 else "randn")
+        x = Input(f"x{len(self.inputs)}", shape, dtype, kind)
+        numel = math.prod(eval(s, {}, dict(self.dims)) for s in shape)
+        if numel > MAX_NUMEL:
+            raise Reject("input too large")
+        exec(input_line(x), self.ns)
+        self.inputs.append(x)
+        self.pool.append(x.name)
+        return x.name
+
+    def random_shape(self, ndim: int) -> tuple[str, ...]:
+        return tuple("1" if self.rng.random() < 0.08 else self.any_dim() for _ in range(ndim))
+
+    def val(self, name: str) -> torch.Tensor:
+        return self.ns[name]
+
+    def pick(self, pred: Callable[[torch.Tensor], bool], recent: float = 0.7) -> str:
+        cands = [n for n in self.pool if pred(self.val(n))]
+        if not cands:
+            raise Reject("no operand")
+        if self.rng.random() < recent:
+            return cands[-1]
+        return self.rng.choice(cands)
+
+    def const(self) -> str:
+        return self.rng.choice(FLOAT_CONSTS)
+
+    def partner(self, a: str, allow_const: bool = True) -> str:
+        """Something to combine with ``a`` elementwise: a constant, an input broadcast as a
+        scalar, row, column or with some axes of size one, or an earlier value."""
+        t = self.val(a)
+        dtype = str(t.dtype).removeprefix("torch.")
+        shape = t.shape
+        modes = ["full", "row", "col", "bcast", "scalar_in", "var", "grow"] + (["const"] * 2 if allow_const else [])
+        mode = self.rng.choice(modes)
+        if mode == "const":
+            if dtype.startswith("int"):
+                return str(self.rng.randint(-3, 5))
+            return self.const()
+        if mode == "scalar_in":
+            return self.new_input((), dtype)
+        if mode == "var":
+            def fits(u: torch.Tensor) -> bool:
+                try:
+                    return (u.dtype == t.dtype and u.dim() > 0
+                            and math.prod(torch.broadcast_shapes(u.shape, shape)) <= MAX_NUMEL)
+                except RuntimeError:
+                    return False
+            cands = [n for n in self.pool if n != a and fits(self.val(n))]
+            if cands:
+                return self.rng.choice(cands)
+            mode = "full"
+        if t.dim() == 0:
+            mode = "grow" if mode in ("grow", "row") else "scalar_in"
+            if mode == "scalar_in":
+                return self.new_input((), dtype)
+        if mode == "full":
+            return self.new_input(self.sym_shape(shape), dtype)
+        if mode == "row":
+            return self.new_input((self.sym(shape[-1]),), dtype)
+        if mode == "col":
+            if t.dim() < 2:
+                return self.new_input((self.sym(shape[-1]), "1"), dtype)
+            return self.new_input((self.sym(shape[-2]), "1"), dtype)
+        if mode == "bcast":
+            s = list(self.sym_shape(shape))
+            for k in range(len(s)):
+                if self.rng.random() < 0.5:
+                    s[k] = "1"
+            if self.rng.random() < 0.3 and len(s) > 1:
+                s = s[1:]
+            return self.new_input(tuple(s), dtype)
+        # grow: the partner has a leading dimension that `a` lacks
+        return self.new_input((self.any_dim(),) + self.sym_shape(shape), dtype)
+
+    def axis(self, t: torch.Tensor) -> int:
+        d = self.rng.randrange(t.dim())
+        return d - t.dim() if self.rng.random() < 0.4 else d
+
+    # }}}
+
+    # {{{ op families
+
+    def fam_unary(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point())
+        t = self.val(a)
+        fin = t[torch.isfinite(t)]
+        small = fin.numel() == 0 or float(fin.abs().max()) < 10
+        forms = ["torch.tanh({a})", "torch.sigmoid({a})", "torch.relu({a})", "{a}.abs()", "-{a}",
+                 "{a}.clamp({lo}, {hi})", "{a}.clamp(min={lo})", "{a}.clamp(max={hi})", "{a} * {c}", "{a} + {c}",
+                 "{a} / {c}", "torch.log({a}.abs() + 1)", "torch.sqrt({a}.abs() + 0.25)",
+                 "torch.nn.functional.gelu({a})", "torch.nn.functional.silu({a})", "{a} * {a}"]
+        if small:
+            forms += ["torch.exp({a})"] * 3 + ["torch.exp(-{a})", "{a}.exp() - 1"]
+        lo = self.rng.choice(["-1.0", "-0.5", "0.0", "-2.0"])
+        hi = self.rng.choice(["1.0", "0.5", "2.0", "0.25"])
+        c = self.rng.choice([x for x in FLOAT_CONSTS if x != "0.0"])
+        return self.rng.choice(forms).format(a=a, lo=lo, hi=hi, c=c)
+
+    def fam_binary(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point())
+        b = self.partner(a)
+        is_const = not b.startswith(("x", "t"))
+        forms = ["{a} + {b}", "{a} - {b}", "{a} * {b}", "{b} - {a}", "{a} / {c}" if is_const else "{a} / ({b}.abs() + 0.5)"]
+        if is_const:
+            forms += ["{a}.clamp(min={b})", "{a}.clamp(max={b})"]
+        else:
+            forms += ["torch.maximum({a}, {b})", "torch.minimum({a}, {b})", "{b} / ({a}.abs() + 1)",
+                      "torch.add({a}, {b}, alpha=2)"]
+        c = self.rng.choice(["2.0", "3.0", "-0.5", "7.0"])
+        return self.rng.choice(forms).format(a=a, b=b, c=c)
+
+    def fam_where(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point())
+        t = self.val(a)
+        r = self.rng.random()
+        if r < 0.35:
+            b = self.partner(a, allow_const=False)
+            return self.rng.choice(["torch.where({a} > {b}, {a}, {b})", "torch.where({a} < {b}, {b} * 2, {a})",
+                                    "torch.where({a} >= {b}, {a} - {b}, 0.0)"]).format(a=a, b=b)
+        if r < 0.7:
+            c, v = self.const(), self.const()
+            return self.rng.choice(["torch.where({a} > {c}, {a}, {v})", "torch.where({a} <= {c}, {v}, {a})",
+                                    "torch.where({a}.abs() < {c}, 0.0, {a})",
+                                    "torch.where({a} != {a}, 0.0, {a})"]).format(a=a, c=c, v=v)
+        # a boolean mask from an input or an earlier value
+        bools = [n for n in self.pool if self.val(n).dtype == torch.bool and self._bcast(n, t)]
+        m = self.rng.choice(bools) if bools and self.rng.random() < 0.5 else None
+        if m is None:
+            s = list(self.sym_shape(t.shape)) if t.dim() else []
+            for k in range(len(s)):
+                if self.rng.random() < 0.4:
+                    s[k] = "1"
+            m = self.new_input(tuple(s), "bool")
+        b = self.partner(a)
+        return self.rng.choice(["torch.where({m}, {a}, {b})", "{a}.masked_fill({m}, {c})",
+                                "torch.where(~{m}, {b}, {a})"]).format(a=a, b=b, m=m, c=self.const())
+
+    def _bcast(self, n: str, t: torch.Tensor) -> bool:
+        try:
+            return torch.broadcast_shapes(self.val(n).shape, t.shape) == t.shape
+        except RuntimeError:
+            return False
+
+    def fam_compare(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point())
+        b = self.partner(a)
+        cmp = self.rng.choice([">", "<", ">=", "<=", "==", "!="])
+        return self.rng.choice(["({a} {cmp} {b}).float()", "({a} {cmp} {b}).to({a}.dtype) * {a}",
+                                "({a} {cmp} {b})"]).format(a=a, b=b, cmp=cmp)
+
+    def _dims_arg(self, t: torch.Tensor) -> str:
+        n = self.rng.choice([1, 1, 1, 2, 2, 3]) if t.dim() > 1 else 1
+        n = min(n, t.dim())
+        axes = self.rng.sample(range(t.dim()), n)
+        axes = [d - t.dim() if self.rng.random() < 0.3 else d for d in axes]
+        if n == 1 and self.rng.random() < 0.7:
+            return str(axes[0])
+        return "(" + ", ".join(map(str, axes)) + ("," if n == 1 else "") + ")"
+
+    def fam_reduce(self) -> str:
+        a = self.pick(lambda t: t.dim() > 0)
+        t = self.val(a)
+        keep = self.rng.choice(["True", "False"])
+        if t.dtype == torch.bool:
+            d = self.axis(t)
+            return self.rng.choice([f"{a}.sum({d})", f"{a}.any({d})", f"{a}.all(dim={d})",
+                                    f"{a}.sum(dim={d}, keepdim={keep})"])
+        if not t.is_floating_point():
+            d = self._dims_arg(t)
+            return self.rng.choice([f"{a}.sum({d})", f"{a}.amax({d}, keepdim={keep})", f"{a}.amin({d})",
+                                    f"torch.sum({a}, dim={d}, keepdim={keep})"])
+        if self.rng.random() < 0.1:
+            return self.rng.choice([f"{a}.sum()", f"{a}.mean()", f"{a}.amax()", f"torch.logsumexp({a}.flatten(), 0)"])
+        d = self._dims_arg(t)
+        forms = [f"{a}.sum({d}, keepdim={keep})", f"{a}.sum(dim={d})", f"{a}.mean({d}, keepdim={keep})",
+                 f"torch.mean({a}, dim={d})", f"{a}.amax({d}, keepdim={keep})", f"{a}.amax(dim={d})",
+                 f"{a}.amin({d}, keepdim={keep})", f"torch.logsumexp({a}, {d}, keepdim={keep})",
+                 f"torch.logsumexp({a}, dim={d})", f"{a}.var({d}, keepdim={keep})",
+                 f"{a}.var(dim={d}, correction=0)", f"torch.var({a}, {d}, unbiased=False, keepdim={keep})"]
+        if self.rng.random() < 0.05:  # ops that fall back to eager, for the mix
+            dd = self.axis(t)
+            forms += [f"{a}.max(dim={dd}).values", f"torch.cumsum({a}, {dd})"]
+        return self.rng.choice(forms)
+
+    def fam_softmax(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point() and t.dim() > 0, recent=0.8)
+        t = self.val(a)
+        d = -1 if self.rng.random() < 0.5 else self.axis(t)
+        forms = [f"torch.softmax({a}, dim={d})", f"{a}.softmax({d})", f"torch.log_softmax({a}, dim={d})",
+                 f"torch.nn.functional.softmax({a}, {d})", f"torch.nn.functional.log_softmax({a}, dim={d})"]
+        if t.dtype != torch.float32:
+            forms += [f"torch.softmax({a}, {d}, dtype=torch.float32)"]
+        return self.rng.choice(forms)
+
+    def fam_matmul(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point() and 2 <= t.dim() <= 4)
+        t = self.val(a)
+        dtype = str(t.dtype).removeprefix("torch.")
+        k = self.sym(t.shape[-1])
+        batch = self.sym_shape(t.shape[:-2])
+        r = self.rng.random()
+        if r < 0.15 and t.dim() >= 2:
+            return self.rng.choice([f"{a} @ {a}.transpose(-2, -1)", f"{a}.mT @ {a}", f"torch.matmul({a}, {a}.mT)"])
+        n = self.any_dim() if self.rng.random() < 0.8 else "1"
+        if self.rng.random() < 0.3 and batch:
+            bshape = tuple("1" if self.rng.random() < 0.3 else s for s in batch)
+            if self.rng.random() < 0.3:
+                bshape = bshape[1:]
+        else:
+            bshape = batch if self.rng.random() < 0.5 else ()
+        if r < 0.55:
+            b = self.new_input(bshape + (k, n), dtype)
+            form = self.rng.choice([f"{a} @ {b}", f"torch.matmul({a}, {b})"])
+            if t.dim() == 3 and len(bshape) == 1 and bshape[0] == batch[0] and self.rng.random() < 0.5:
+                form = f"torch.bmm({a}, {b})"
+            return form
+        if r < 0.8:
+            b = self.new_input(bshape + (n, k), dtype)
+            return self.rng.choice([f"{a} @ {b}.transpose(-2, -1)", f"{a} @ {b}.mT", f"torch.matmul({a}, {b}.transpose(-1, -2))"])
+        m = self.sym(t.shape[-2])
+        b = self.new_input(bshape + (m, n), dtype)
+        return self.rng.choice([f"{a}.transpose(-2, -1) @ {b}", f"{a}.mT @ {b}"])
+
+    def fam_layout(self) -> str:
+        a = self.pick(lambda t: t.dim() > 0)
+        t = self.val(a)
+        nd = t.dim()
+        forms = [f"{a}.unsqueeze({self.rng.randint(-nd - 1, nd)})", f"{a}.reshape(-1)"]
+        if nd >= 2:
+            i, j = self.rng.sample(range(nd), 2)
+            perm = list(range(nd))
+            self.rng.shuffle(perm)
+            f = self.rng.randrange(nd - 1)
+            forms += [f"{a}.transpose({i}, {j})", f"{a}.permute({', '.join(map(str, perm))})", f"{a}.mT",
+                      f"{a}.flatten({f}, {f + 1})", f"{a}.reshape(-1, {a}.shape[-1])",
+                      f"{a}.transpose({i}, {j}).contiguous()"]
+            if nd == 2:
+                forms.append(f"{a}.t()")
+        ones = [k for k in range(nd) if t.shape[k] == 1]
+        if ones:
+            forms.append(f"{a}.squeeze({self.rng.choice(ones)})")
+        for k in range(nd):
+            s = self.sym(int(t.shape[k])) if t.shape[k] > 1 else "1"
+            if "*" in s:
+                x, y = s.split("*")
+                forms.append(f"{a}.unflatten({k}, ({x}, {y}))")
+        if t.shape[-1] > 1:
+            forms += [f"{a}[..., 1:]", f"{a}[..., :-1] * 2", f"{a}.flip(-1)"]
+        if nd >= 2 and t.shape[0] > 2:
+            forms.append(f"{a}[::2]")
+        if self.rng.random() < 0.3:
+            d = self.axis(t)
+            b = self.partner(a, allow_const=False) if self.rng.random() < 0.5 else a
+            if self.val(b).shape == t.shape:
+                forms.append(f"torch.cat([{a}, {b}], dim={d})")
+        return self.rng.choice(forms)
+
+    def fam_mask(self) -> tuple[str, ...]:
+        a = self.pick(lambda t: t.is_floating_point() and t.dim() >= 2, recent=0.8)
+        v = "{v}"
+        ii, jj = f"{v}_i", f"{v}_j"
+        lines = [f"{ii} = torch.arange({a}.shape[-2])[:, None]", f"{jj} = torch.arange({a}.shape[-1])[None, :]"]
+        w = self.rng.choice([1, 2, 3, 4, 8])
+        k = self.rng.choice([2, 3, 4])
+        kinds = {  # the positions masked out
+            "causal": f"{jj} > {ii}",
+            "causal_strict": f"{jj} >= {ii}",
+            "window": f"({ii} - {jj} >= {w}) | ({jj} > {ii})",
+            "band": f"({ii} - {jj}).abs() >= {w}",
+            "modular": f"({ii} + {jj}) % {k} != 0",
+            "modular_causal": f"(({ii} + {jj}) % {k} != 0) & ({jj} > {ii})",
+            "prefix": f"({jj} > {ii}) & ({jj} >= {w})",
+            "bottom_right": f"{jj} > {ii} + ({a}.shape[-1] - {a}.shape[-2])",
+            "dilated": f"(({ii} - {jj}) % {k} != 0) | ({jj} > {ii})",
+            "anti": f"{ii} + {jj} < {w}",
+        }
+        kind = self.rng.choice(list(kinds))
+        cond = kinds[kind]
+        fill = self.rng.choice(['float("-inf")', 'float("-inf")', "-1e9", "-10000.0", "-1e4", "0.0"])
+        forms = [f"{v} = {a}.masked_fill({cond}, {fill})", f"{v} = torch.where({cond}, {fill}, {a})",
+                 f"{v} = {a}.masked_fill({cond}, {fill})"]
+        if kind in ("causal", "window", "band"):
+            keep = {"causal": f"{jj} <= {ii}", "window": f"({ii} - {jj} < {w}) & ({jj} <= {ii})",
+                    "band": f"({ii} - {jj}).abs() < {w}"}[kind]
+            forms.append(f"{v} = torch.where({keep}, {a}, {fill})")
+        lines.append(self.rng.choice(forms))
+        if fill != "0.0" and self.rng.random() < 0.75:
+            self.prefer = ["softmax_last"]
+        return tuple(lines)
+
+    def fam_fill(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point())
+        t = self.val(a)
+        c, v = self.const(), self.const()
+        forms = [f"torch.full_like({a}, {c}) * {a}", f"{a}.masked_fill({a} > {c}, {v})",
+                 f"{a} + torch.zeros_like({a})", f"torch.ones_like({a}) - {a}"]
+        if t.dim() >= 1:
+            last = self.sym(int(t.shape[-1]))
+            forms += [f"{a} + torch.full(({last},), {c})", f"{a} * torch.arange({last}) + {c}",
+                      f"{a} - torch.ones({last}, dtype={a}.dtype)"]
+        return self.rng.choice(forms)
+
+    def fam_cast(self) -> str:
+        a = self.pick(lambda t: True)
+        t = self.val(a)
+        if t.dtype == torch.bool:
+            return self.rng.choice([f"{a}.float()", f"{a}.long()", f"{a}.to(torch.int32)", f"{a}.int() * 3"])
+        if not t.is_floating_point():
+            return self.rng.choice([f"{a}.float()", f"{a}.float() * 0.5", f"{a}.long()", f"{a} > 0",
+                                    f"{a}.to(torch.{self.float_dtype})"])
+        if t.dtype == torch.float32:
+            return self.rng.choice([f"{a}.to(torch.float16)", f"{a}.bfloat16()", f"({a} * 3).int()",
+                                    f"({a} > 0)", f"({a} * 4).long()", f"{a}.double().float()"])
+        return self.rng.choice([f"{a}.float()", f"{a}.to(torch.float32) * 2", f"({a} > 0.5)"])
+
+    def fam_int(self) -> str:
+        a = self.pick(lambda t: not t.is_floating_point() and t.dtype != torch.bool)
+        t = self.val(a)
+        b = self.partner(a)
+        k = self.rng.choice([2, 3, 5])
+        forms = [f"{a} * 3 + {b}", f"{a} - {b}", f"{a}.abs()", f"-{a}", f"{a} % {k}", f"{a} // {k}",
+                 f"{a} * {b}", f"({a} > {b})", f"{a}.float() * 0.5"]
+        if b.startswith(("x", "t")):
+            forms += [f"torch.maximum({a}, {b})", f"torch.where({a} > {b}, {a}, {b})"]
+        if t.dim():
+            forms += [f"{a}.sum({self.axis(t)})", f"{a}.amax({self.axis(t)})"]
+        return self.rng.choice(forms)
+
+    def fam_bool(self) -> str:
+        a = self.pick(lambda t: t.dtype == torch.bool)
+        t = self.val(a)
+        bools = [n for n in self.pool if n != a and self.val(n).dtype == torch.bool and self._bcast(n, t)]
+        b = self.rng.choice(bools) if bools else self.new_input(self.sym_shape(t.shape), "bool")
+        floats = [n for n in self.pool if self.val(n).is_floating_point()]
+        forms = [f"{a} & {b}", f"{a} | {b}", f"~{a}", f"{a} ^ {b}", f"{a}.float()", f"torch.logical_and({a}, ~{b})"]
+        if floats:
+            forms.append(f"torch.where({a}, {self.rng.choice(floats)}, {self.const()})")
+        return self.rng.choice(forms)
+
+    FAMILIES = {"unary": 3.0, "binary": 4.0, "where": 1.2, "compare": 0.5, "reduce": 2.5, "softmax": 2.0,
+                "matmul": 1.8, "layout": 1.5, "mask": 1.5, "fill": 0.6, "cast": 0.5, "int": 0.0, "bool": 0.0}
+
+    def step(self) -> tuple[str, ...]:
+        if self.prefer:
+            fam, self.prefer = self.prefer[0], []
+            if fam == "softmax_last":
+                a = self.pool[-1]
+                return (self.rng.choice([f"{{v}} = torch.softmax({a}, dim=-1)", f"{{v}} = {a}.softmax(-1)",
+                                         f"{{v}} = torch.log_softmax({a}, -1)", f"{{v}} = torch.logsumexp({a}, -1)",
+                                         f"{{v}} = torch.softmax({a}.float(), dim=-1)"]),)
+        weights = dict(self.FAMILIES)
+        last = self.val(self.pool[-1])
+        if not last.is_floating_point():
+            if last.dtype == torch.bool:
+                weights["bool"] = 4.0
+            else:
+                weights["int"] = 4.0
+            weights["cast"] = 1.5
+        fam = self.rng.choices(list(weights), list(weights.values()))[0]
+        out = getattr(self, f"fam_{fam}")()
+        return out if isinstance(out, tuple) else (f"{{v}} = {out}",)
+
+    def emit(self, lines: tuple[str, ...]) -> str:
+        var = f"t{self.ntemp}"
+        lines = tuple(line.replace("{v}", var) for line in lines)
+        for line in lines:
+            exec(line, self.ns)
+        val = self.ns.get(var)
+        if not isinstance(val, torch.Tensor):
+            raise Reject("not a tensor")
+        if val.numel() > MAX_NUMEL:
+            raise Reject("too large")
+        self.ntemp += 1
+        self.ops.append(Op(var, lines))
+        self.pool.append(var)
+        return var
+
+    def attempt(self, make: Callable[[], tuple[str, ...]]) -> str | None:
+        saved = (len(self.inputs), len(self.pool), dict(self.dims), self.g.get_state(), list(self.prefer))
+        try:
+            return self.emit(make())
+        except Exception:  # Reject, or eager refuses this op: restore and draw again
+            n_in, n_pool, dims, gstate, prefer = saved
+            del self.inputs[n_in:]
+            del self.pool[n_pool:]
+            for name in set(self.dims) - set(dims):
+                self.ns.pop(name, None)
+            self.dims = dims
+            self.g.set_state(gstate)
+            self.prefer = []
+            return None
+
+    # }}}
+
+    # {{{ attention-shaped programs
+
+    def attention(self) -> None:
+        rng = self.rng
+        dt = self.float_dtype
+        for _ in range(20):
+            self.dims = {}
+            self.ns = {"torch": torch, "g": self.g}
+            sq = self.new_dim(rng.choice([1, 5, 7, 13, 17, 31, 64, 97] + [31] * 2))
+            sk = sq if rng.random() < 0.5 else self.new_dim(rng.choice([1, 3, 7, 13, 17, 31, 64, 97]))
+            d = self.new_dim(rng.choice([2, 3, 5, 8, 16, 13]))
+            dv = d if rng.random() < 0.6 else self.new_dim(rng.choice([3, 5, 8, 16]))
+            batch = rng.choice([(), (self.any_dim(),), (self.any_dim(), self.any_dim()), ("1", self.any_dim())])
+            numel = math.prod(self.dims.get(s, 1) for s in batch) * self.dims[sq] * self.dims[sk]
+            if numel <= MAX_NUMEL:
+                break
+        else:
+            raise Reject("no attention shape fits")
+        q = self.new_input(batch + (sq, d), dt)
+        k = self.new_input(batch + (sk, d), dt)
+        s = self.emit((rng.choice([f"{{v}} = {q} @ {k}.transpose(-2, -1)", f"{{v}} = torch.matmul({q}, {k}.mT)",
+                                   f"{{v}} = {q} @ {k}.transpose(-1, -2) * {rng.choice(['0.25', '0.5', '0.125'])}"]),))
+        extra = rng.random()
+        if extra < 0.2:
+            s = self.emit((f"{{v}} = torch.tanh({s} / 5.0) * 5.0",))
+        elif extra < 0.35:
+            b = self.new_input(rng.choice([(sq, sk), ("1", sk), batch[-1:] + ("1", "1")]), dt)
+            s = self.emit((f"{{v}} = {s} + {b}",))
+        elif extra < 0.45:
+            s = self.emit((f"{{v}}_i = torch.arange({s}.shape[-2])[:, None]",
+                           f"{{v}}_j = torch.arange({s}.shape[-1])[None, :]",
+                           f"{{v}} = {s} + 0.5 * ({{v}}_j - {{v}}_i)"))
+        if rng.random() < 0.7:
+            s = self.emit(self.fam_mask())
+            self.prefer = []
+        p = self.emit((rng.choice([f"{{v}} = torch.softmax({s}, dim=-1)", f"{{v}} = {s}.softmax(-1)",
+                                   f"{{v}} = torch.softmax({s}.float(), dim=-1).to({q}.dtype)",
+                                   f"{{v}} = torch.exp({s} - {s}.amax(-1, keepdim=True))"]),))
+        if rng.random() < 0.85:
+            v = self.new_input(batch + (sk, dv), dt)
+            self.emit((rng.choice([f"{{v}} = {p} @ {v}", f"{{v}} = torch.matmul({p}, {v})"]),))
+
+    # }}}
+
+    def generate(self) -> Program:
+        rng = self.rng
+        n_ops = rng.randint(2, 8)
+        start_attention = self.flavor != "int" and rng.random() < 0.3
+        if start_attention:
+            try:
+                self.attention()
+            except Exception:  # no shape fits, or eager refused: an ordinary program instead
+                start_attention = False
+        if not start_attention:
+            self.ops, self.pool, self.inputs, self.dims, self.ntemp, self.prefer = [], [], [], {}, 0, []
+            self.g.manual_seed(self.seed)
+            self.ns = {"torch": torch, "g": self.g}
+            for _ in range(50):
+                nd = rng.choices([0, 1, 2, 3, 4], [0.3, 1, 4, 3, 1])[0]
+                shape = self.random_shape(nd)
+                if math.prod(eval(s, {}, dict(self.dims)) for s in shape) <= MAX_NUMEL:
+                    break
+            self.new_input(shape)
+            if self.flavor == "int":
+                self.new_input(self.random_shape(rng.randint(1, 2)), rng.choice(["int32", "int64", "bool"]))
+        tries = 0
+        while len(self.ops) < n_ops and tries < 200:
+            tries += 1
+            self.attempt(self.step)
+        if not self.ops:
+            self.attempt(lambda: ("{v} = " + self.pool[-1] + " * 2",))
+        outputs = [self.ops[-1].var]
+        # values nothing reads are outputs too, some of them (the rest is dropped)
+        text = "\n".join(line for op in self.ops for line in op.lines)
+        leaves = [op.var for op in self.ops[:-1] if not _uses(text, op.var)]
+        rng.shuffle(leaves)
+        outputs += leaves[:rng.choice([0, 1, 1, 2])]
+        if len(outputs) == 1 and len(self.ops) > 1 and rng.random() < 0.15:
+            outputs.append(rng.choice([op.var for op in self.ops[:-1]]))
+        options: dict[str, Any] = {}
+        r = rng.random()
+        if r < 0.35:
+            options["block_m"] = rng.choice([16, 32])
+            options["block_n"] = rng.choice([16, 32])
+        elif r < 0.5:
+            options["block_limit"] = rng.choice([16, 32, 64])
+        if self.flavor in ("f16", "bf16") and rng.random() < 0.3:
+            options["exact_roundings"] = True
+        p = Program(self.seed, dict(self.dims), tuple(self.inputs), tuple(self.ops), tuple(outputs), options,
+                    tuple_out=len(outputs) == 1 and rng.random() < 0.1)
+        return prune(p)
+
+
+def generate(seed: int) -> Program:
+    """The program of this seed (deterministic)."""
+    with _quiet():
+        return Gen(seed).generate()
+
+# }}}
+
+
+# {{{ comparing
+
+class Mismatch(AssertionError):
+    pass
+
+
+def _flat(x: Any) -> list:
+    if isinstance(x, (tuple, list)):
+        return [y for e in x for y in _flat(e)]
+    return [x]
+
+
+def _structure(x: Any) -> Any:
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, tuple(_structure(e) for e in x))
+    return type(x).__name__
+
+
+def compare(out: Any, ref: Any, ref64: Any = None, narrowest: torch.dtype | None = None) -> None:
+    """Raise :class:`Mismatch` (an ``AssertionError``) unless ``out`` is what eager's ``ref`` is.
+
+    ``ref64`` (the same program on float64 inputs), if given, excuses values outside the
+    tolerance where eager's own error against it is as large (an ill-conditioned output).
+    ``narrowest``: the narrowest float dtype the program computes in; a float32 output of a
+    program that rounds to bfloat16 on the way gets bfloat16's tolerance (flashlight keeps fused
+    intermediates in float32, see ``passes/elide_roundings.py``)."""
+    if _structure(out) != _structure(ref):
+        raise Mismatch(f"output structure {_structure(out)}, eager gives {_structure(ref)}")
+    outs, refs = _flat(out), _flat(ref)
+    r64s = _flat(ref64) if ref64 is not None and _structure(ref64) == _structure(ref) else [None] * len(refs)
+    for k, (o, r, r64) in enumerate(zip(outs, refs, r64s)):
+        if not isinstance(r, torch.Tensor):
+            if o != r:
+                raise Mismatch(f"output {k}: {o!r}, eager gives {r!r}")
+            continue
+        if (o.shape, o.dtype) != (r.shape, r.dtype):
+            raise Mismatch(f"output {k}: {o.dtype}{list(o.shape)}, eager gives {r.dtype}{list(r.shape)}")
+        if o.device != r.device:
+            raise Mismatch(f"output {k} on {o.device}, eager's on {r.device}")
+        if not isinstance(r64, torch.Tensor) or r64.shape != r.shape:
+            r64 = None
+        _compare_tensor(k, o, r, r64, narrowest)
+
+
+def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
+                    narrowest: torch.dtype | None = None) -> None:
+    if not r.dtype.is_floating_point and not r.dtype.is_complex:
+        bad = o != r
+        if bad.any() and r64 is not None:
+            # positions where eager itself disagrees with float64 are decided by rounding
+            bad &= r64.to(r.dtype) == r
+        if bad.any():
+            idx = bad.nonzero()[0].tolist()
+            raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
+                           f"first at {idx}: {o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+        return
+    o32, r32 = o.double(), r.double()
+    nan_o, nan_r = torch.isnan(o32), torch.isnan(r32)
+    if not torch.equal(nan_o, nan_r):
+        idx = (nan_o != nan_r).nonzero()[0].tolist()
+        raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): NaN in other places than eager "
+                       f"({int(nan_o.sum())} vs {int(nan_r.sum())}); first at {idx}: "
+                       f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+    inf_r = torch.isinf(r32)
+    if not torch.equal(torch.isinf(o32), inf_r) or not torch.equal(o32[inf_r], r32[inf_r]):
+        idx = ((torch.isinf(o32) != inf_r) | (inf_r & (o32 != r32))).nonzero()[0].tolist()
+        raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): infinities differ; first at {idx}: "
+                       f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+    fin = torch.isfinite(r32)
+    if not fin.any():
+        return
+    rtol, atol_rel = TOLERANCES.get(r.dtype, (1e-4, 1e-4))
+    if narrowest in TOLERANCES:
+        rtol, atol_rel = max(rtol, TOLERANCES[narrowest][0]), max(atol_rel, TOLERANCES[narrowest][1])
+    scale = max(float(r32[fin].abs().max()), 1e-3)
+    atol = atol_rel * scale
+    try:
+        torch.testing.assert_close(o32, r32, rtol=rtol, atol=atol, equal_nan=True)
+        return
+    except AssertionError as exc:
+        first = str(exc).strip().splitlines()
+    err = (o32 - r32).abs()
+    err[~fin] = 0
+    bad = err > atol + rtol * r32.abs()
+    if r64 is not None:
+        r64d = r64.double()
+        eager_err = (r32 - r64d).abs()[fin & torch.isfinite(r64d)]
+        eager_err = float(eager_err.max()) if eager_err.numel() else 0.0
+        ours = (o32 - r64d).abs()
+        ours[~fin | ~torch.isfinite(r64d)] = 0
+        if float(ours[bad].max()) <= 4 * eager_err + atol:
+            return  # no worse than eager's own rounding
+    if not bad.any():
+        bad = err == err.max()
+    idx = tuple(bad.nonzero()[0].tolist())
+    raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements beyond "
+                   f"rtol {rtol:g}, atol {atol:.2g}; max abs error {float(err.max()):.3g} (scale {scale:.3g}); "
+                   f"first at {list(idx)}: {o32[idx].item()} vs eager {r32[idx].item()}\n" + "\n".join(first[:6]))
+
+
+def _ref64_inputs(inputs: tuple) -> tuple:
+    return tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+
+
+def eager_with_dtypes(prog: Callable, inputs: tuple) -> tuple[Any, torch.dtype | None]:
+    """``prog(*inputs)`` and the narrowest float dtype among its inputs and op results."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[torch.dtype] = {x.dtype for x in inputs if isinstance(x, torch.Tensor)}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in _flat(out):
+                if isinstance(t, torch.Tensor):
+                    seen.add(t.dtype)
+            return out
+
+    with Record():
+        out = prog(*inputs)
+    floats = [d for d in (torch.bfloat16, torch.float16) if d in seen]
+    return out, (floats[0] if floats else None)
+
+
+def fallbacks_of(f: Any) -> list[tuple[str, str]]:
+    return [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
+
+
+def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None) -> list:
+    """Eager against ``flashlight.compile(prog, **options)``: raises ``AssertionError`` if they
+    differ or if flashlight raises; returns the fallbacks. The reproducers call this."""
+    import flashlight
+
+    inputs = make_inputs()
+    with _quiet():
+        ref, narrowest = eager_with_dtypes(prog, inputs)
+        try:
+            ref64 = prog(*_ref64_inputs(inputs))
+        except Exception:
+            ref64 = None
+        saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        f = flashlight.compile(prog, **(options or {}))
+        try:
+            out = f(*inputs)
+        except Exception as exc:
+            raise AssertionError(f"flashlight raised {type(exc).__name__}: {exc}") from exc
+    compare(out, ref, ref64, narrowest)
+    for k, (x, y) in enumerate(zip(inputs, saved)):
+        if isinstance(x, torch.Tensor) and not torch.equal(x.nan_to_num(), y.nan_to_num()):
+            raise Mismatch(f"input {k} was modified by the compiled function")
+    return fallbacks_of(f)
+
+# }}}
+
+
+# {{{ running one program
+
+@dataclass
+class Outcome:
+    kind: str  # ok | mismatch | crash | timeout | eager_error
+    detail: str = ""
+    signature: str = ""
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _silence_log():
+            yield
+
+
+@contextlib.contextmanager
+def _silence_log():
+    lg = logging.getLogger("flashlight")
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+class ProgramTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    if not seconds or threading_main() is False or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise ProgramTimeout(f"took longer than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _crash_signature(exc: BaseException) -> str:
+    """Exception type and the innermost flashlight frame: what tells one crash from another."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    for fr in frames:
+        if "/flashlight/" in fr.filename.replace(os.sep, "/") and "fuzz.py" not in fr.filename:
+            where = f"{Path(fr.filename).parent.name}/{Path(fr.filename).name}:{fr.name}"
+    if not where and frames:
+        fr = frames[-1]
+        where = f"{Path(fr.filename).name}:{fr.name}"
+    return f"{type(exc).__name__}@{where}"
+
+
+def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
+    import flashlight
+
+    t0 = time.monotonic()
+    try:
+        ns = materialize(p)
+        prog, inputs = ns["prog"], ns["make_inputs"]()
+        with _quiet():
+            ref, narrowest = eager_with_dtypes(prog, inputs)
+    except Exception as exc:
+        return Outcome("eager_error", f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - t0)
+    with _quiet():
+        try:
+            ref64 = prog(*_ref64_inputs(inputs))
+        except Exception:
+            ref64 = None
+    saved = [x.clone() for x in inputs]
+    f = None
+    try:
+        with _quiet(), _time_limit(timeout):
+            f = flashlight.compile(prog, **p.options)
+            out = f(*inputs)
+    except ProgramTimeout as exc:
+        return Outcome("timeout", str(exc), "timeout", fallbacks_of(f), time.monotonic() - t0)
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+        return Outcome("crash", f"{type(exc).__name__}: {exc}\n{tb}", _crash_signature(exc), fallbacks_of(f),
+                       time.monotonic() - t0)
+    fb = fallbacks_of(f)
+    try:
+        compare(out, ref, ref64, narrowest)
+        for k, (x, y) in enumerate(zip(inputs, saved)):
+            if not torch.equal(x.nan_to_num(), y.nan_to_num()):
+                raise Mismatch(f"input {k} was modified by the compiled function")
+    except Mismatch as exc:
+        return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
+    return Outcome("ok", "", "", fb, time.monotonic() - t0)
+
+# }}}
+
+
+# {{{ minimizing
+
+_WORD = r"(?<![\w.]){}(?!\w)"
+
+
+def _uses(text: str, name: str) -> bool:
+    return re.search(_WORD.format(re.escape(name)), text) is not None
+
+
+def _subst(text: str, name: str, new: str) -> str:
+    return re.sub(_WORD.format(re.escape(name)), new, text)
+
+
+def prune(p: Program) -> Program:
+    """Drop ops no output needs, then inputs no op uses, then dimensions nothing mentions."""
+    need = set(p.outputs)
+    keep = []
+    for op in reversed(p.ops):
+        if op.var in need:
+            keep.append(op)
+            text = "\n".join(op.lines)
+            need |= {o.var for o in p.ops if _uses(text, o.var)} | {x.name for x in p.inputs if _uses(text, x.name)}
+    ops = tuple(reversed(keep))
+    text = "\n".join(line for op in ops for line in op.lines) + "\n" + " ".join(p.outputs)
+    inputs = tuple(x for x in p.inputs if _uses(text, x.name))
+    used = text + " " + " ".join(s for x in inputs for s in x.shape)
+    dims = {d: v for d, v in p.dims.items() if re.search(rf"\b{d}\b", used)}
+    return replace(p, dims=dims, inputs=inputs, ops=ops)
+
+
+def _rename_inputs(p: Program) -> Program:
+    """x0, x1, ... in order again (after inputs were dropped)."""
+    mapping = {x.name: f"x{k}" for k, x in enumerate(p.inputs)}
+    if all(a == b for a, b in mapping.items()):
+        return p
+    tmp = {a: f"__in{k}__" for k, a in enumerate(mapping)}
+    ops = []
+    for op in p.ops:
+        lines = list(op.lines)
+        for a, t in tmp.items():
+            lines = [_subst(line, a, t) for line in lines]
+        for a, t in tmp.items():
+            lines = [line.replace(t, mapping[a]) for line in lines]
+        ops.append(Op(op.var, tuple(lines)))
+    outs = tuple(mapping.get(o, o) for o in p.outputs)
+    return replace(p, inputs=tuple(replace(x, name=mapping[x.name]) for x in p.inputs), ops=tuple(ops), outputs=outs)
+
+
+def _dims_of(p: Program) -> dict[int, str]:
+    by_size: dict[int, str] = {}
+    for d, v in p.dims.items():
+        by_size.setdefault(v, d)
+    for a in p.dims:
+        for b in p.dims:
+            by_size.setdefault(p.dims[a] * p.dims[b], f"{a}*{b}")
+    by_size[1] = "1"
+    return by_size
+
+
+def _candidates(p: Program) -> list[Program]:
+    """Smaller programs, most ambitious first."""
+    out: list[Program] = []
+    # fewer outputs
+    if len(p.outputs) > 1:
+        out += [replace(p, outputs=(o,), tuple_out=False) for o in p.outputs]
+    elif p.tuple_out:
+        out.append(replace(p, tuple_out=False))
+    # an earlier value as the output
+    for k in range(len(p.ops) - 1):
+        out.append(replace(p, outputs=(p.ops[k].var,), tuple_out=False))
+    vals = eval_vars(p)
+    if vals is not None:
+        by_size = _dims_of(p)
+        for k, op in enumerate(p.ops):
+            later = p.ops[k + 1:]
+            if not later and op.var in p.outputs:
+                continue
+            t = vals[op.var]
+            # a fresh input in place of this value (drops everything it was computed from)
+            shape = tuple(by_size.get(int(s)) for s in t.shape)
+            if all(s is not None for s in shape):
+                dtype = str(t.dtype).removeprefix("torch.")
+                name = f"x{len(p.inputs)}"
+                kind = "bool" if dtype == "bool" else "randint" if not t.is_floating_point() else "randn"
+                if dtype not in ("float64", "int8", "int16", "uint8"):
+                    new_in = Input(name, shape, dtype, kind)  # type: ignore[arg-type]
+                    out.append(_replace_value(p, k, name, extra_input=new_in))
+            # an operand of the same shape and dtype in place of this value
+            text = "\n".join(op.lines)
+            names = [x.name for x in p.inputs] + [o.var for o in p.ops[:k]]
+            for n in sorted(names, key=lambda n: not _uses(text, n)):
+                u = vals[n]
+                if _uses(text, n) and u.shape == t.shape and u.dtype == t.dtype:
+                    out.append(_replace_value(p, k, n))
+                    break
+    # fewer options
+    for key in p.options:
+        out.append(replace(p, options={k: v for k, v in p.options.items() if k != key}))
+    return out
+
+
+def _replace_value(p: Program, k: int, new: str, extra_input: Input | None = None) -> Program:
+    var = p.ops[k].var
+    ops = list(p.ops[:k]) + [Op(o.var, tuple(_subst(line, var, new) for line in o.lines)) for o in p.ops[k + 1:]]
+    outputs = tuple(new if o == var else o for o in p.outputs)
+    inputs = p.inputs + ((extra_input,) if extra_input else ())
+    return replace(p, ops=tuple(ops), inputs=inputs, outputs=outputs)
+
+
+def _shrinks(p: Program) -> list[Program]:
+    out = []
+    for d, v in p.dims.items():
+        for s in [1, 2, 3, 5, 7, 13, 16, 31, 64]:
+            if s < v:
+                out.append(replace(p, dims={**p.dims, d: s}))
+    return out
+
+
+def minimize(p: Program, kind: str, signature: str, budget_s: float = 300.0, max_evals: int = 200,
+             timeout: float | None = 120.0, log: Callable[[str], None] | None = None) -> tuple[Program, Outcome]:
+    """Greedy: take the first smaller program that fails the same way, until none does."""
+    t0 = time.monotonic()
+    evals = 0
+    best = p
+    best_outcome = run_program(p, timeout)
+    seen = {render_core(p)}
+
+    def fails(q: Program) -> Outcome | None:
+        nonlocal evals
+        q = _rename_inputs(prune(q))
+        src = render_core(q)
+        if src in seen:
+            return None
+        seen.add(src)
+        evals += 1
+        o = run_program(q, timeout)
+        same = o.kind == kind and (kind != "crash" or o.signature == signature)
+        return o if same else None
+
+    progress = True
+    while progress and evals < max_evals and time.monotonic() - t0 < budget_s:
+        progress = False
+        for gen in (_candidates, _shrinks):
+            for q in gen(best):
+                if evals >= max_evals or time.monotonic() - t0 >= budget_s:
+                    break
+                o = fails(q)
+                if o is not None:
+                    best, best_outcome, progress = _rename_inputs(prune(q)), o, True
+                    if log:
+                        log(f"  minimized to {len(best.ops)} ops, dims {best.dims}")
+                    break
+            if progress:
+                break
+    return best, best_outcome
+
+
+def reproducer(p: Program, outcome: Outcome, found_seed: int) -> str:
+    detail = outcome.detail.strip().splitlines()
+    head = "\n".join(detail[:8]) if outcome.kind == "mismatch" else "\n".join(detail[:1] + detail[-4:])
+    head = head.replace('"""', "'''").replace("\\", "\\\\")
+    bug = (detail[0] if detail else outcome.kind).replace('"', "'").replace("\\", "\\\\")[:160]
+    return f'''"""flashlight fuzz reproducer: {outcome.kind} (seed {found_seed}).
+
+Found by ``python -m flashlight.fuzz --seeds {found_seed}:{found_seed + 1}``, then minimized.
+Run ``python {{this file}}``: ``check()`` raises AssertionError while flashlight differs from eager.
+
+{head}
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+_ROOT = Path(__file__).resolve().parents[2]
+if (_ROOT / "flashlight" / "__init__.py").exists():
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+
+from flashlight.fuzz import check_program  # noqa: E402
+
+# Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
+# then requires it to pass.
+BUG = "{outcome.kind}: {bug}"
+FIXED = False
+
+{render_core(p)}
+
+def check():
+    check_program(prog, make_inputs, OPTIONS)
+
+
+if __name__ == "__main__":
+    check()
+    print("ok: flashlight matches eager")
+'''
+
+# }}}
+
+
+# {{{ campaigns
+
+@dataclass
+class Summary:
+    counts: Counter = field(default_factory=Counter)
+    fallback_programs: int = 0
+    fallback_reasons: Counter = field(default_factory=Counter)
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    programs: int = 0
+
+    def text(self) -> str:
+        ran = self.programs - self.counts["eager_error"]
+        lines = [f"programs: {self.programs} in {self.seconds:.1f} s"]
+        lines.append("outcomes: " + ", ".join(f"{k} {self.counts[k]}" for k in
+                                                ("ok", "mismatch", "crash", "timeout", "eager_error")))
+        rate = self.fallback_programs / ran if ran else 0.0
+        lines.append(f"fallback to eager in {self.fallback_programs} of {ran} programs ({100 * rate:.1f}%)")
+        for reason, n in self.fallback_reasons.most_common(12):
+            lines.append(f"  {n:5d}  {reason}")
+        for f in self.failures:
+            lines.append(f"{f['kind']}: seed {f['seed']} [{f['signature']}] {f['detail'][:150]!r}"
+                         + (f" -> {f['reproducer']}" if f.get("reproducer") else ""))
+        return "\n".join(lines)
+
+
+def _fallback_reason(op: str, why: str) -> str:
+    op = re.sub(r"program \S+ \(\d+ ops\)", "program (N ops)", op)
+    why = re.sub(r"\d+", "N", why.splitlines()[0] if why else "")[:100]
+    return f"{op}: {why}"
+
+
+def parse_seeds(text: str) -> range:
+    if ":" in text:
+        a, b = text.split(":")
+        return range(int(a), int(b))
+    return range(int(text), int(text) + 1)
+
+
+def campaign(seeds: range, time_budget: float | None = None, out: Path | None = None, minimize_failures: bool = True,
+             timeout: float | None = 120.0, max_minimize: int = 8, jsonl: Path | None = None,
+             verbose: bool = False, reset_every: int = 25) -> Summary:
+    t0 = time.monotonic()
+    s = Summary()
+    minimized_sigs: set[str] = set()
+    n_minimized = 0
+    jf = open(jsonl, "a") if jsonl else None
+    try:
+        for n, seed in enumerate(seeds):
+            if time_budget is not None and time.monotonic() - t0 >= time_budget:
+                break
+            if reset_every and n and n % reset_every == 0:
+                torch._dynamo.reset()
+            try:
+                p = generate(seed)
+            except Exception as exc:  # a generator bug: say so, go on
+                print(f"seed {seed}: generator failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            o = run_program(p, timeout)
+            s.programs += 1
+            s.counts[o.kind] += 1
+            if o.fallbacks:
+                s.fallback_programs += 1
+                for op, why in o.fallbacks:
+                    s.fallback_reasons[_fallback_reason(op, why)] += 1
+            if verbose:
+                print(f"seed {seed}: {o.kind} ({o.seconds:.1f} s, {len(p.ops)} ops){' fallback' if o.fallbacks else ''}"
+                      + (f" {o.signature}: {o.detail.splitlines()[0][:120]}" if o.kind in ("mismatch", "crash") else ""),
+                      flush=True)
+            rec = {"seed": seed, "kind": o.kind, "seconds": round(o.seconds, 2), "ops": len(p.ops),
+                   "signature": o.signature, "fallbacks": [list(x) for x in o.fallbacks],
+                   "detail": o.detail.splitlines()[0][:300] if o.detail else ""}
+            if o.kind in ("mismatch", "crash"):
+                fail = {"seed": seed, "kind": o.kind, "signature": o.signature, "detail": rec["detail"]}
+                if out is not None and minimize_failures and n_minimized < max_minimize and \
+                        (o.kind == "mismatch" or o.signature not in minimized_sigs):
+                    n_minimized += 1
+                    minimized_sigs.add(o.signature)
+                    small, so = minimize(p, o.kind, o.signature, timeout=timeout,
+                                         log=(lambda m: print(m, flush=True)) if verbose else None)
+                    out.mkdir(parents=True, exist_ok=True)
+                    path = out / f"{o.kind}_{seed}.py"
+                    path.write_text(reproducer(small, so, seed))
+                    fail["reproducer"] = str(path)
+                    rec["reproducer"] = str(path)
+                s.failures.append(fail)
+            if jf:
+                jf.write(json.dumps(rec) + "\n")
+                jf.flush()
+    finally:
+        if jf:
+            jf.close()
+    s.seconds = time.monotonic() - t0
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flashlight.fuzz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0:200", help="a range START:STOP, or one seed")
+    ap.add_argument("--time-budget", type=float, default=None, help="stop starting programs after this many seconds")
+    ap.add_argument("--out", default="fuzz/corpus", help="where minimized reproducers are written")
+    ap.add_argument("--no-minimize", action="store_true", help="record failures, do not minimize them")
+    ap.add_argument("--max-minimize", type=int, default=8, help="minimize at most this many failures")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program before it counts as a timeout")
+    ap.add_argument("--jsonl", default=None, help="append one JSON record per program to this file")
+    ap.add_argument("--show", action="store_true", help="print the programs of the seeds, run nothing")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per program")
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if args.show:
+        for seed in seeds:
+            print(f"# seed {seed}\n{render_core(generate(seed))}")
+        return 0
+    s = campaign(seeds, args.time_budget, Path(args.out), not args.no_minimize, args.timeout, args.max_minimize,
+                 Path(args.jsonl) if args.jsonl else None, args.verbose)
+    print(s.text())
+    return 1 if s.counts["mismatch"] or s.counts["crash"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+# }}}

@@ -1,0 +1,170 @@
+"""The differential fuzzer (``flashlight/fuzz.py``) in CI, and its reproducers as regression tests.
+
+* A short campaign over fixed seeds must find no mismatch and no crash (about 40 programs, well
+  under a minute on two cores; the time budget stops it early on a slow machine).
+* Every reproducer in ``fuzz/corpus`` is a test: an open bug (``FIXED = False``) is a strict xfail
+  whose reason is the bug, so fixing the compiler turns it into an unexpected pass, and the
+  reproducer is then marked ``FIXED = True`` and must keep passing.
+* The fuzzer's own parts (generator, comparison, minimizer, reproducer files) are checked without
+  compiling anything, except one round trip through a written reproducer.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashlight import fuzz
+
+CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
+
+# Seeds that CI runs. These programs pass today; a change that breaks one of them is a regression.
+CI_SEEDS = range(1000, 1040)
+CI_TIME_BUDGET = 60.0
+
+
+# {{{ the campaign
+
+def test_fuzz_campaign_finds_no_mismatch_or_crash():
+    s = fuzz.campaign(CI_SEEDS, time_budget=CI_TIME_BUDGET, out=None, minimize_failures=False, timeout=60.0)
+    assert s.programs >= 10, f"only {s.programs} programs ran in {CI_TIME_BUDGET} s"
+    assert not s.counts["mismatch"] and not s.counts["crash"], s.text()
+
+# }}}
+
+
+# {{{ the reproducers
+
+def _literal(path: Path, name: str, default: object) -> object:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    return default
+
+
+def _reproducers() -> list:
+    params = []
+    for path in sorted(CORPUS.glob("*.py")):
+        marks = []
+        if not _literal(path, "FIXED", False):
+            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=str(_literal(path, "BUG", "open"))))
+        params.append(pytest.param(path, id=path.stem, marks=marks))
+    return params or [pytest.param(None, id="empty", marks=pytest.mark.skip(reason="no reproducers"))]
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"fuzz_corpus_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", _reproducers())
+def test_reproducer(path):
+    _load(path).check()
+
+# }}}
+
+
+# {{{ the fuzzer's parts
+
+def test_generator_is_deterministic_and_varied():
+    texts = [fuzz.render_core(fuzz.generate(seed)) for seed in range(20)]
+    assert texts == [fuzz.render_core(fuzz.generate(seed)) for seed in range(20)]
+    assert len(set(texts)) == 20
+
+
+def test_generated_programs_are_small_and_run_eagerly():
+    for seed in range(60):
+        p = fuzz.generate(seed)
+        assert 1 <= len(p.ops) <= 8, seed
+        vals = fuzz.eval_vars(p)
+        assert vals is not None, f"seed {seed} does not run eagerly:\n{fuzz.render_core(p)}"
+        assert all(v.numel() <= fuzz.MAX_NUMEL for v in vals.values()), seed
+
+
+def test_generator_covers_the_op_families():
+    text = "\n".join(fuzz.render_core(fuzz.generate(seed)) for seed in range(300))
+    for needle in ["softmax", "log_softmax", "logsumexp", ".var(", ".amax(", ".amin(", ".mean(", ".sum(", " @ ",
+                   "masked_fill", "torch.where", "% ", "torch.arange", "transpose", "permute", "float16", "bfloat16",
+                   "int32", "< 0.5", "keepdim=True", "torch.exp", "torch.tanh", "torch.sigmoid", "clamp", "maximum",
+                   'float("-inf")', "block_m", "flatten", "unsqueeze"]:
+        assert needle in text, needle
+
+
+def test_compare_accepts_rounding_and_catches_differences():
+    r = torch.tensor([1.0, float("nan"), float("-inf"), 3.0])
+    fuzz.compare(r * (1 + 1e-6), r)
+    fuzz.compare((r, r.bool()), (r, r.bool()))
+    bad = [
+        (torch.tensor([1.0, 0.0, float("-inf"), 3.0]), "NaN"),
+        (torch.tensor([1.0, float("nan"), float("inf"), 3.0]), "infinities"),
+        (torch.tensor([1.0, float("nan"), float("-inf"), 3.1]), "beyond"),
+        (r.double(), "float64"),
+        (r[None], "[1, 4]"),
+        ((r,), "structure"),
+    ]
+    for out, why in bad:
+        with pytest.raises(AssertionError, match=why.replace("[", r"\[")):
+            fuzz.compare(out, r)
+    with pytest.raises(AssertionError, match="differ"):
+        fuzz.compare(torch.tensor([1, 2]), torch.tensor([1, 3]))
+
+
+def test_compare_excuses_what_eager_gets_as_wrong():
+    # an ill-conditioned output: eager's float32 is as far from the float64 value as ours
+    ref64 = torch.tensor([1.0, 1e-3], dtype=torch.float64)
+    ref = torch.tensor([1.0, 1.3e-3])
+    fuzz.compare(torch.tensor([1.0, 0.8e-3]), ref, ref64)
+    with pytest.raises(AssertionError):
+        fuzz.compare(torch.tensor([1.0, 0.8e-3]), ref)
+
+
+def test_minimize_deletes_ops_and_shrinks_dims(monkeypatch):
+    # a stand-in failure: any program with a log_softmax over a dimension of at least 3 "crashes"
+    def fake_run(p, timeout=None):
+        vals = fuzz.eval_vars(p)
+        hit = vals is not None and any("log_softmax" in line for op in p.ops for line in op.lines) and \
+            max(p.dims.values(), default=0) >= 3
+        return fuzz.Outcome("crash", "boom", "X@y") if hit else fuzz.Outcome("ok")
+
+    monkeypatch.setattr(fuzz, "run_program", fake_run)
+    p = fuzz.Program(7, {"A": 13, "B": 7}, (fuzz.Input("x0", ("A", "B"), "float32", "randn"),
+                                            fuzz.Input("x1", ("B",), "float32", "randn")),
+                     (fuzz.Op("t0", ("t0 = x0 * x1",)), fuzz.Op("t1", ("t1 = torch.tanh(t0)",)),
+                      fuzz.Op("t2", ("t2 = torch.log_softmax(t1, dim=-1)",)), fuzz.Op("t3", ("t3 = t2.sum(0)",))),
+                     ("t3", "t1"), {"block_m": 16})
+    small, outcome = fuzz.minimize(p, "crash", "X@y")
+    assert outcome.kind == "crash"
+    assert len(small.ops) == 1 and "log_softmax" in small.ops[0].lines[0], fuzz.render_core(small)
+    assert small.options == {} and len(small.inputs) == 1
+    assert sorted(small.dims.values()) in ([3], [1, 3]), small.dims
+
+
+def test_reproducer_file_runs(tmp_path):
+    p = fuzz.Program(3, {"A": 5}, (fuzz.Input("x0", ("A", "A"), "float32", "randn"),),
+                     (fuzz.Op("t0", ("t0 = torch.softmax(x0 * 0.5, dim=-1)",)),), ("t0",))
+    path = tmp_path / "mismatch_3.py"
+    path.write_text(fuzz.reproducer(p, fuzz.Outcome("mismatch", "output 0: made up"), 3))
+    module = _load(path)
+    assert module.BUG.startswith("mismatch: output 0") and module.FIXED is False
+    module.check()  # this program is right: the check passes
+    assert fuzz.render_core(replace(p)) in path.read_text()
+
+
+def test_program_source_is_plain_python():
+    p = fuzz.generate(11)
+    ns = fuzz.materialize(p)
+    inputs = ns["make_inputs"]()
+    assert len(inputs) == len(p.inputs)
+    out = ns["prog"](*inputs)
+    assert isinstance(out, (torch.Tensor, tuple))
+    assert math.prod(inputs[0].shape) <= fuzz.MAX_NUMEL
+
+# }}}
