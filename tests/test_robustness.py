@@ -158,3 +158,21 @@ def test_processes_compiling_the_same_function_at_once(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+
+
+def test_rows_of_minus_infinity_give_nan_like_eager():
+    def unnormalised(q, k, v, bias):  # exp(s - max) @ v without the division: NaN rows survive
+        s = q @ k.transpose(-2, -1) + bias
+        return torch.exp(s - s.amax(-1, keepdim=True)) @ v
+
+    def attention(q, k, v, bias):
+        return torch.softmax(q @ k.transpose(-2, -1) + bias, -1) @ v
+
+    q, k, v = _r(2, 70, 16), _r(2, 300, 16, seed=1), _r(2, 300, 16, seed=2)
+    bias = torch.zeros(70, 300)
+    bias[5] = -INF  # a row with no finite score: eager's softmax of all -inf is NaN
+    for fn in (unnormalised, attention):
+        f = flashlight.compile(fn)
+        out, ref = f(q, k, v, bias), fn(q, k, v, bias)
+        assert torch.isnan(ref[:, 5]).all() and torch.isnan(out[:, 5]).all()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -20,6 +20,7 @@ arithmetic. ``sum(tanh(x - max(x)))`` fails (b), so it is not fused.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import sympy as sp
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Const, Expr, Load
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 
 PARTNER = {"+=": "*", "max=": "+"}
 
@@ -205,3 +206,87 @@ def to_ir(c: sp.Expr, y_old: list[Expr], y_new: list[Expr], dtype: str) -> Expr:
 
 def _negative(t: sp.Expr) -> bool:
     return t.could_extract_minus_sign()
+
+
+# {{{ abstract evaluation: literals known, every load an unknown finite real
+
+UNKNOWN = object()  # a finite real we know nothing else about
+
+
+def abstract_eval(e: Expr) -> object:
+    """Evaluate with loads and iterators as unknown finite reals; UNKNOWN where undetermined."""
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, (Load, Iter)):
+        return UNKNOWN
+    assert isinstance(e, Call)
+    args = [abstract_eval(a) for a in e.args]
+    op = e.op
+    if op in E.CASTS:
+        x = args[0]
+        return x if (x is UNKNOWN or dtypes.is_float(op)) else UNKNOWN
+    if op == "where":
+        c, a, b = args
+        if c is not UNKNOWN:
+            return a if c else b
+        return a if (a is not UNKNOWN and b is not UNKNOWN and same_value(a, b)) else UNKNOWN
+    if all(a is not UNKNOWN for a in args):
+        return _concrete(op, args)
+    if op in ("add", "sub", "mul", "div", "neg", "exp", "exp2") and any(
+            isinstance(a, float) and math.isnan(a) for a in args):
+        return math.nan  # NaN absorbs every finite operand
+    # one side unknown but finite: infinities and zeros still decide some results
+    if op in ("add", "sub"):  # a finite unknown does not change an infinity
+        x, y = args
+        if x is not UNKNOWN and isinstance(x, float) and math.isinf(x):
+            return x
+        if y is not UNKNOWN and isinstance(y, float) and math.isinf(y):
+            return y if op == "add" else -y
+        return UNKNOWN
+    if op == "mul":
+        if any(a is not UNKNOWN and a == 0 and not isinstance(a, bool) for a in args):
+            return 0.0
+        return UNKNOWN
+    if op in ("max", "min"):
+        known = [a for a in args if a is not UNKNOWN]
+        if known and op == "max" and known[0] == -math.inf:
+            return UNKNOWN
+        if known and op == "max" and known[0] == math.inf:
+            return math.inf
+        if known and op == "min" and known[0] == -math.inf:
+            return -math.inf
+        return UNKNOWN
+    return UNKNOWN
+
+
+def same_value(a: object, b: object) -> bool:
+    return repr(a) == repr(b)
+
+
+def _concrete(op: str, args: list) -> object:
+    a = args[0]
+    try:
+        if op == "add":
+            return a + args[1]
+        if op == "sub":
+            return a - args[1]
+        if op == "mul":
+            return a * args[1]
+        if op == "div":
+            return a / args[1]
+        if op == "neg":
+            return -a
+        if op in ("exp", "exp2"):
+            base = math.e if op == "exp" else 2.0
+            return 0.0 if a == -math.inf else (math.inf if a == math.inf else base ** a)
+        if op == "max":
+            return max(a, args[1])
+        if op == "min":
+            return min(a, args[1])
+        if op == "not":
+            return not a
+    except (OverflowError, ZeroDivisionError):
+        return UNKNOWN
+    return UNKNOWN
+
+# }}}

@@ -30,6 +30,7 @@ any finite reference keeps the invariant ``z = ⊕ G(x_j) ⊗ H(ref)``, and whil
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import islpy as isl
@@ -560,6 +561,9 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
                 l = r.loop(it)
                 node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="block")
             members.append(node)
+        fixups = [_empty_fixup(by_name[s], rewrites[s], group, running)
+                   for s in phase.members if s in rewrites and rewrites[s].scale is not None]
+        fixups = [f for f in fixups if f is not None]
         if phase.loops:
             recs = [by_name[s] for s in phase.members]
             node = None
@@ -571,11 +575,45 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
             phase_nodes.append(node)  # type: ignore[arg-type]
         else:
             phase_nodes.extend(members)
+        phase_nodes.extend(fixups)
     body: tuple[Node, ...] = tuple(phase_nodes)
     for it in reversed(group.grid):
         body = (Loop(it, E.index(0), E.index(first.extent(it)), "parallel", body, mapping="grid"),)
     assert len(body) == 1
     return body[0]
+
+
+def _empty_fixup(r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) -> Node | None:
+    """``z = where(y == -inf, nan, z)`` after the loop, where eager gives NaN and the online form 0.
+
+    While a running max ``y`` stays ``-inf`` the online form folds with a finite reference, so a
+    row whose every term is ``-inf`` ends at the identity. Eager folds ``F(-inf, y = -inf)``
+    there: the lemma's side condition (finite ``y``) fails. Evaluating ``F`` with ``y`` and the
+    max's own argument at ``-inf`` says what eager gets; if that is NaN, this restores it.
+    """
+    recs = {x.name: x for x in group.recs}
+    if f"{r.name}_empty" in recs:  # masks-to-domains already restores such rows
+        return None
+    for y, info in running.items():
+        if r.name not in info.readers or info.stmt not in recs or recs[info.stmt].stmt.op != "max=":
+            continue
+        g = recs[info.stmt].stmt.expr
+        minus_inf = E.const(-float("inf"), "f32")
+        probe = E.rewrite(r.stmt.expr, lambda x: minus_inf if (x == g or (isinstance(x, Load) and x.tensor == y))
+                          else None)
+        value = algebra.abstract_eval(probe)
+        if not (isinstance(value, float) and math.isnan(value)):
+            continue
+        y_load = next(ld for ld in E.loads(r.stmt.expr) if ld.tensor == y)
+        cond = E.call("eq", y_load, E.const(-float("inf"), "f32"))
+        node: Node = Stmt(f"{stmt.name}_empty", stmt.target, "=",
+                          E.call("where", cond, E.const(float("nan"), "f32"), stmt.target))
+        for it in reversed(group.block[r.name]):
+            if any(isinstance(i, Iter) and i.name == it for i in stmt.target.indices):
+                l = r.loop(it)
+                node = Loop(it, l.lower, l.upper, "parallel", (node,), mapping="block")
+        return node
+    return None
 
 
 def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:

@@ -24,88 +24,12 @@ from dataclasses import replace
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Program, Proof, Stmt
+from flashlight.ir.expr import Call, Expr, Iter
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
+from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
 from flashlight.passes.tree import map_stmts
 
 name = "masks-to-domains"
-
-UNKNOWN = object()  # a finite real we know nothing else about
-
-
-def abstract_eval(e: Expr) -> object:
-    """Evaluate with loads and iterators as unknown finite reals; UNKNOWN where undetermined."""
-    if isinstance(e, Const):
-        return e.value
-    if isinstance(e, (Load, Iter)):
-        return UNKNOWN
-    assert isinstance(e, Call)
-    args = [abstract_eval(a) for a in e.args]
-    op = e.op
-    if op in E.CASTS:
-        x = args[0]
-        return x if (x is UNKNOWN or dtypes.is_float(op)) else UNKNOWN
-    if op == "where":
-        c, a, b = args
-        if c is not UNKNOWN:
-            return a if c else b
-        return a if (a is not UNKNOWN and b is not UNKNOWN and _same(a, b)) else UNKNOWN
-    if all(a is not UNKNOWN for a in args):
-        return _concrete(op, args)
-    # one side unknown but finite: infinities and zeros still decide some results
-    if op in ("add", "sub"):  # a finite unknown does not change an infinity
-        x, y = args
-        if x is not UNKNOWN and isinstance(x, float) and math.isinf(x):
-            return x
-        if y is not UNKNOWN and isinstance(y, float) and math.isinf(y):
-            return y if op == "add" else -y
-        return UNKNOWN
-    if op == "mul":
-        if any(a is not UNKNOWN and a == 0 and not isinstance(a, bool) for a in args):
-            return 0.0
-        return UNKNOWN
-    if op in ("max", "min"):
-        known = [a for a in args if a is not UNKNOWN]
-        if known and op == "max" and known[0] == -math.inf:
-            return UNKNOWN
-        if known and op == "max" and known[0] == math.inf:
-            return math.inf
-        if known and op == "min" and known[0] == -math.inf:
-            return -math.inf
-        return UNKNOWN
-    return UNKNOWN
-
-
-def _same(a: object, b: object) -> bool:
-    return repr(a) == repr(b)
-
-
-def _concrete(op: str, args: list) -> object:
-    a = args[0]
-    try:
-        if op == "add":
-            return a + args[1]
-        if op == "sub":
-            return a - args[1]
-        if op == "mul":
-            return a * args[1]
-        if op == "div":
-            return a / args[1]
-        if op == "neg":
-            return -a
-        if op in ("exp", "exp2"):
-            base = math.e if op == "exp" else 2.0
-            return 0.0 if a == -math.inf else (math.inf if a == math.inf else base ** a)
-        if op == "max":
-            return max(a, args[1])
-        if op == "min":
-            return min(a, args[1])
-        if op == "not":
-            return not a
-    except (OverflowError, ZeroDivisionError):
-        return UNKNOWN
-    return UNKNOWN
-
 
 def _negate(c: Expr) -> Expr:
     flip = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
@@ -154,20 +78,66 @@ def restrict_statement(stmt: Stmt, dtype: str = "f32") -> tuple[Stmt, list[Expr]
 
 
 def masks_to_domains(program: Program) -> Program:
-    """Guard reductions by their affine masks where masked points contribute the identity."""
+    """Guard reductions by their masks where masked points contribute the identity."""
     notes: list[str] = []
-
-    def rewrite(stmt: Stmt) -> Stmt | Guard:
+    maxima = {s.target.tensor for s, _, _ in walk_stmts(program.body) if s.op == "max="}
+    body: list[Node] = []
+    pending: list[tuple[str, Node]] = []
+    for nest in program.body:
+        found = list(walk_stmts((nest,)))
+        if len(found) != 1:
+            body.append(nest)
+            continue
+        stmt, loops, _ = found[0]
         new, conds, why = restrict_statement(stmt, program.tensor(stmt.target.tensor).dtype)
+        if not conds:
+            body.append(nest)
+            continue
         notes.extend(why)
-        node: Stmt | Guard = new
-        for c in reversed(conds):
-            node = Guard(c, (node,))
-        return node
 
-    body = map_stmts(program.body, rewrite)
+        def rewrite(s: Stmt, new: Stmt = new, conds: list[Expr] = conds) -> Stmt | Guard:
+            node: Stmt | Guard = new
+            for c in reversed(conds):
+                node = Guard(c, (node,))
+            return node
+        body.extend(map_stmts((nest,), rewrite))
+        fix = _empty_rows(stmt, loops, maxima)
+        if fix is not None:
+            pending.append((stmt.target.tensor, fix))
+            notes.append(f"{stmt.name}: a row whose maximum stays -inf folds NaN in eager; "
+                         f"{stmt.name}_empty restores it")
     if not notes:
         return program
-    proof = Proof("masks to domains", True, "masked points fold the identity, so removing them from "
+    for tensor, fix in pending:  # just before the first statement that reads the result
+        at = next((k for k, n in enumerate(body) if any(
+            ld.tensor == tensor for s, _, _ in walk_stmts((n,)) for ld in E.loads(s.expr))), len(body))
+        body.insert(at, fix)
+    proof = Proof("masks to domains", True, "masked points fold the identity (for finite values of the "
+                  "other operands; rows whose maximum is -inf are restored), so removing them from "
                   "the domain leaves every reduction unchanged", lemma="; ".join(notes))
-    return program.replace(body=body).with_proofs(proof)
+    return program.replace(body=tuple(body)).with_proofs(proof)
+
+
+def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str]) -> Node | None:
+    """``z = where(y == -inf, nan, z)`` if ``F(fill)`` is NaN when a maximum ``y`` it reads is -inf.
+
+    The lemma of this pass assumes the other operands finite. A maximum over a row with no
+    unmasked point is -inf; eager then folds ``F(fill, -inf)`` at every point, NaN for
+    ``exp(x - y)``, where the guarded statement folds nothing.
+    """
+    masks = _masks(stmt.expr)
+    for ld in dict.fromkeys(ld for ld in E.loads(stmt.expr) if ld.tensor in maxima):
+        for w in masks:
+            for fill in w.args[1:]:
+                probe = _replace(_replace(stmt.expr, w, fill), ld, E.const(-math.inf, "f32"))
+                value = abstract_eval(probe)
+                if isinstance(value, float) and math.isnan(value):
+                    target = stmt.target
+                    cond = E.call("eq", ld, E.const(-math.inf, "f32"))
+                    node: Node = Stmt(f"{stmt.name}_empty", target, "=",
+                                      E.call("where", cond, E.const(math.nan, "f32"), target))
+                    keep = {i.name for i in target.indices if isinstance(i, Iter)}
+                    for l in reversed([l for l in loops if l.iterator in keep]):
+                        node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
+                    return node
+    return None

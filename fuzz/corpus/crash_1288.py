@@ -24,7 +24,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "codegen: a bool -> bfloat16 cast is emitted as v.to(tl.bfloat16), which Triton's interpreter cannot convert (_convert_float); cast through float32 instead"
-FIXED = False
+FIXED = True
 
 A = 1
 

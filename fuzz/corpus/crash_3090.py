@@ -24,7 +24,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "ir/expr.py simplify_index (frontend lift of an arange mask): fold reads inner.args[1] of a one-argument Call (neg(j) % 3, when the i axis has size 1): IndexError"
-FIXED = False
+FIXED = True
 
 A, B = 1, 2
 

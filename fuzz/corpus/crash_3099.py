@@ -24,7 +24,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "codegen: a reduction over size-1 axes of a constant (sum of 10.0 after defer-normalization) is emitted as tl.broadcast_to(10.0, [16]) with a Python float: the interpreter raises AttributeError"
-FIXED = False
+FIXED = True
 
 B = 2
 

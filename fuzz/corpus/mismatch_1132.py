@@ -25,7 +25,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "passes/restrict_to_demand: the consumer's data-dependent guard (bmm_1[..] >= x3[..], from where(t >= x, t - x, 0) @ w) is pushed onto S1, the statement that computes bmm_1, so bmm_1 is computed under a condition on itself: wrong values"
-FIXED = False
+FIXED = True
 
 A, B, C = 2, 2, 1
 

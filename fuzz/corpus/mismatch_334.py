@@ -20,7 +20,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "codegen: amax/amin reductions drop NaN (tl.max/tl.min without NaN propagation); eager's amax/amin return NaN for a slice containing NaN"
-FIXED = False
+FIXED = True
 
 A = 2
 

@@ -20,7 +20,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
 BUG = "passes/fuse_reductions (online rewrite): exp(s - s.amax(-1, keepdim=True)) @ v gives 0 where a row of s is all -inf; eager gives NaN (the rescale reference where(m == -inf, 0, m) hides exp(-inf - -inf))"
-FIXED = False
+FIXED = True
 
 A, B = 2, 1
 
