@@ -645,8 +645,10 @@ class _Kernel:
                 # max_j(x_j * c) == max_j(x_j) * c exactly for c > 0 (rounding is monotonic)
                 expr, post = expr.args[0], expr.args[1]
             v = self.value(expr, scope)
-            v = _Value(self.bcast(v, self.order(set(v.axes) | set(red))), self.order(set(v.axes) | set(red)),
-                       v.dtype)
+            # the folded tile spans the value's axes, the reduced ones and those its guards read
+            guard_axes = {a for g in guards for a in E.free_iters(g) if a in self.axes}
+            full = self.order(set(v.axes) | set(red) | guard_axes)
+            v = _Value(self.bcast(v, full), full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
             ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
@@ -716,7 +718,7 @@ class _Kernel:
             parts.append(self.bcast(m, axes))
         for g in guards:
             gv = self.value(g, scope)
-            parts.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
+            parts.append(self.bcast(gv, axes))
         if not parts:
             return None
         return " & ".join(f"({p})" for p in parts)

@@ -249,10 +249,14 @@ def loads(e: Expr) -> list[Load]:
 
 
 def substitute(e: Expr, mapping: Mapping[str, Expr]) -> Expr:
-    """Replace iterators by expressions."""
+    """Replace iterators by expressions, simultaneously: only the iterators of ``e`` are replaced,
+    never one that a rebuilt parent simplifies to (``1 - (1 - p)`` is ``p``, not substituted again)."""
     if not mapping:
         return e
-    return rewrite(e, lambda x: mapping.get(x.name) if isinstance(x, Iter) else None)
+    if isinstance(e, Iter):
+        return mapping.get(e.name, e)
+    kids = children(e)
+    return rebuild(e, tuple(substitute(c, mapping) for c in kids)) if kids else e
 
 
 def dtype_of(e: Expr, tensor_dtypes: Mapping[str, str]) -> str:
