@@ -913,9 +913,11 @@ def fallbacks_of(f: Any) -> list[tuple[str, str]]:
     return [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
 
 
-def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None) -> list:
+def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None,
+                  strict_fallbacks: bool = False) -> list:
     """Eager against ``flashlight.compile(prog, **options)``: raises ``AssertionError`` if they
-    differ or if flashlight raises; returns the fallbacks. The reproducers call this."""
+    differ or if flashlight raises (with ``strict_fallbacks``, also if compiling a segment
+    raised and it ran eagerly instead); returns the fallbacks. The reproducers call this."""
     import flashlight
 
     inputs = make_inputs()
@@ -935,6 +937,9 @@ def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dic
     for k, (x, y) in enumerate(zip(inputs, saved)):
         if isinstance(x, torch.Tensor) and not torch.equal(x.nan_to_num(), y.nan_to_num()):
             raise Mismatch(f"input {k} was modified by the compiled function")
+    raised = [(op, why) for op, why in fallbacks_of(f) if op.startswith("program ")]
+    if strict_fallbacks and raised:
+        raise AssertionError(f"compiling {raised[0][0]} raised, it ran eagerly: {raised[0][1]}")
     return fallbacks_of(f)
 
 # }}}
@@ -1012,6 +1017,11 @@ def _crash_signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}@{where}"
 
 
+# Set by ``--fail-on-compile-error``: a segment whose compilation raised (and that flashlight then
+# ran eagerly, correctly) counts as a crash, so that it is minimized like one.
+STRICT_FALLBACKS = False
+
+
 def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
     import flashlight
 
@@ -1048,6 +1058,12 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
                 raise Mismatch(f"input {k} was modified by the compiled function")
     except Mismatch as exc:
         return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
+    raised = [(op, why) for op, why in fb if op.startswith("program ")]
+    if STRICT_FALLBACKS and raised:
+        why = raised[0][1]
+        return Outcome("crash", f"compilation raised, the segment ran eagerly: {why}",
+                       "fallback:" + re.sub(r"\d+", "N", why.split(":")[0] + ":" + " ".join(why.split()[1:4])),
+                       fb, time.monotonic() - t0)
     return Outcome("ok", "", "", fb, time.monotonic() - t0)
 
 # }}}
@@ -1243,7 +1259,7 @@ FIXED = False
 {render_core(p)}
 
 def check():
-    check_program(prog, make_inputs, OPTIONS)
+    check_program(prog, make_inputs, OPTIONS{', strict_fallbacks=True' if outcome.signature.startswith('fallback:') else ''})
 
 
 if __name__ == "__main__":
@@ -1360,9 +1376,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program before it counts as a timeout")
     ap.add_argument("--jsonl", default=None, help="append one JSON record per program to this file")
     ap.add_argument("--show", action="store_true", help="print the programs of the seeds, run nothing")
+    ap.add_argument("--fail-on-compile-error", action="store_true",
+                    help="count a segment whose compilation raised (it runs eagerly) as a crash, and minimize it")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per program")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    global STRICT_FALLBACKS
+    STRICT_FALLBACKS = args.fail_on_compile_error
     if args.show:
         for seed in seeds:
             print(f"# seed {seed}\n{render_core(generate(seed))}")
