@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+# Bumped whenever the programs a seed makes change: a seed names a program only together with it.
+GENERATOR_VERSION = 3
 MAX_NUMEL = 4096
 SIZES = [1, 2, 3, 5, 7, 13, 17, 31]
 SIZE_WEIGHTS = [1, 2, 3, 3, 3, 3, 2, 2]
@@ -75,7 +77,7 @@ class Input:
     name: str
     shape: tuple[str, ...]  # dimension expressions: "1", "A", "A*B"
     dtype: str              # torch dtype name: float32, float16, bfloat16, int32, int64, bool
-    kind: str               # randn | pos | randint | bool
+    kind: str               # randn | pos | randint | bool | index:N | negindex:N | doc:K (N, K: dim expressions)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,15 @@ def input_line(x: Input) -> str:
     shape = _shape_src(x.shape)
     if x.kind == "randint":
         return f"{x.name} = torch.randint(-9, 10, {shape}, generator=g, dtype=torch.{x.dtype})"
+    if x.kind.startswith("index:"):  # indices into a dimension of size N
+        n = x.kind.split(":")[1]
+        return f"{x.name} = torch.randint(0, {n}, {shape}, generator=g, dtype=torch.{x.dtype})"
+    if x.kind.startswith("negindex:"):  # negative indices too
+        n = x.kind.split(":")[1]
+        return f"{x.name} = torch.randint(-{n}, {n}, {shape}, generator=g, dtype=torch.{x.dtype})"
+    if x.kind.startswith("doc:"):  # sorted document ids
+        k = x.kind.split(":")[1]
+        return f"{x.name} = torch.sort(torch.randint(0, {k}, {shape}, generator=g)).values.to(torch.{x.dtype})"
     if x.kind == "bool":
         return f"{x.name} = torch.rand({shape}, generator=g) < 0.5"
     base = f"torch.randn({shape}, generator=g)" if x.kind == "randn" else f"(torch.rand({shape}, generator=g) + 0.5)"
@@ -196,7 +207,7 @@ class Gen:
     def any_dim(self) -> str:
         if self.dims and self.rng.random() < 0.5:
             return self.rng.choice(list(self.dims))
-        return self.new_dim()
+        return self.new_dim(big=self.rng.random() < 0.06)  # sometimes more than one tile
 
     def sym(self, size: int) -> str:
         """A dimension expression of this size (new dimensions are named sizes)."""
@@ -222,6 +233,8 @@ class Gen:
                     else "pos" if self.rng.random() < 0.1 else "randn")
         x = Input(f"x{len(self.inputs)}", shape, dtype, kind)
         numel = math.prod(eval(s, {}, dict(self.dims)) for s in shape)
+        if ":" in kind and eval(kind.split(":")[1], {}, dict(self.dims)) < 1:
+            raise Reject("no index fits")
         if numel > MAX_NUMEL:
             raise Reject("input too large")
         exec(input_line(x), self.ns)
@@ -559,7 +572,44 @@ class Gen:
             forms.append(f"torch.where({a}, {self.rng.choice(floats)}, {self.const()})")
         return self.rng.choice(forms)
 
-    FAMILIES = {"unary": 3.0, "binary": 4.0, "where": 1.2, "compare": 0.5, "reduce": 2.5, "softmax": 2.0,
+    def fam_composite(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point() and t.dim() > 0)
+        t = self.val(a)
+        d = self.axis(t)
+        forms = [f"torch.nn.functional.layer_norm({a}, ({a}.shape[-1],))",
+                 f"{a} * torch.rsqrt({a}.pow(2).mean(-1, keepdim=True) + 1e-6)",
+                 f"{a} - {a}.mean({d}, keepdim=True)", f"{a} / {a}.sum({d}, keepdim=True).abs().clamp(min=1e-3)",
+                 f"{a}.std({d})", f"torch.nn.functional.normalize({a}, dim={d})",
+                 f"({a} - {a}.amax({d}, keepdim=True)).exp().sum({d}).log()"]
+        return self.rng.choice(forms)
+
+    def fam_index(self) -> str:
+        a = self.pick(lambda t: t.is_floating_point() and t.dim() > 0)
+        t = self.val(a)
+        d = self.rng.randrange(t.dim())
+        bound = self.sym(int(t.shape[d]))
+        kind = ("negindex:" if self.rng.random() < 0.3 else "index:") + bound
+        dtype = "int64" if self.rng.random() < 0.8 else "int32"
+        r = self.rng.random()
+        if r < 0.3:
+            idx = self.new_input((self.any_dim(),), dtype, kind)
+            if d == 0:
+                return self.rng.choice([f"{a}[{idx}]", f"{a}[{idx}] * 2"])
+            return f"{a}[{', '.join([':'] * d)}, {idx}]"
+        if r < 0.5:
+            idx = self.new_input((self.any_dim(),), dtype, "index:" + bound)
+            return f"{a}.index_select({d}, {idx})"
+        if r < 0.8:
+            shape = list(self.sym_shape(t.shape))
+            shape[d] = self.any_dim()
+            idx = self.new_input(tuple(shape), "int64", "index:" + bound)
+            return self.rng.choice([f"torch.gather({a}, {d}, {idx})", f"torch.take_along_dim({a}, {idx}, dim={d})"])
+        if t.dim() != 2:
+            raise Reject("embedding wants a table")
+        idx = self.new_input(self.random_shape(self.rng.choice([1, 2])), "int64", "index:" + self.sym(int(t.shape[0])))
+        return f"torch.nn.functional.embedding({idx}, {a})"
+
+    FAMILIES = {"index": 0.8, "composite": 0.8, "unary": 3.0, "binary": 4.0, "where": 1.2, "compare": 0.5, "reduce": 2.5, "softmax": 2.0,
                 "matmul": 1.8, "layout": 1.5, "mask": 1.5, "fill": 0.6, "cast": 0.5, "int": 0.0, "bool": 0.0}
 
     def step(self) -> tuple[str, ...]:
@@ -646,7 +696,12 @@ class Gen:
             s = self.emit((f"{{v}}_i = torch.arange({s}.shape[-2])[:, None]",
                            f"{{v}}_j = torch.arange({s}.shape[-1])[None, :]",
                            f"{{v}} = {s} + 0.5 * ({{v}}_j - {{v}}_i)"))
-        if rng.random() < 0.7:
+        r = rng.random()
+        if r < 0.15:  # a document mask: data-dependent
+            dq = self.new_input((sq,), "int64", "doc:3")
+            dk = dq if sk == sq else self.new_input((sk,), "int64", "doc:3")
+            s = self.emit((f"{{v}} = {s}.masked_fill({dq}[:, None] != {dk}[None, :], float(\"-inf\"))",))
+        elif r < 0.75:
             s = self.emit(self.fam_mask())
             self.prefer = []
         p = self.emit((rng.choice([f"{{v}} = torch.softmax({s}, dim=-1)", f"{{v}} = {s}.softmax(-1)",
@@ -766,7 +821,7 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
         if bad.any() and r64 is not None:
             # positions where eager itself disagrees with float64 are decided by rounding
             bad &= r64.to(r.dtype) == r
-        if bad.any():
+        if bad.any() and not _rounding_flips(bad, narrowest):
             idx = bad.nonzero()[0].tolist()
             raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
                            f"first at {idx}: {o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
@@ -789,7 +844,10 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
     rtol, atol_rel = TOLERANCES.get(r.dtype, (1e-4, 1e-4))
     if narrowest in TOLERANCES:
         rtol, atol_rel = max(rtol, TOLERANCES[narrowest][0]), max(atol_rel, TOLERANCES[narrowest][1])
-    scale = max(float(r32[fin].abs().max()), 1e-3)
+    # a 16-bit program's rounding noise is relative to its values (about 1 for these inputs), not
+    # to an output that cancels to nearly zero
+    floor = 1.0 if narrowest in (torch.float16, torch.bfloat16) or r.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    scale = max(float(r32[fin].abs().max()), floor)
     atol = atol_rel * scale
     try:
         torch.testing.assert_close(o32, r32, rtol=rtol, atol=atol, equal_nan=True)
@@ -807,12 +865,24 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
         ours[~fin | ~torch.isfinite(r64d)] = 0
         if float(ours[bad].max()) <= 4 * eager_err + atol:
             return  # no worse than eager's own rounding
+    if bad.any() and _rounding_flips(bad, narrowest):
+        return
     if not bad.any():
         bad = err == err.max()
     idx = tuple(bad.nonzero()[0].tolist())
     raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements beyond "
                    f"rtol {rtol:g}, atol {atol:.2g}; max abs error {float(err.max()):.3g} (scale {scale:.3g}); "
                    f"first at {list(idx)}: {o32[idx].item()} vs eager {r32[idx].item()}\n" + "\n".join(first[:6]))
+
+
+def _rounding_flips(bad: torch.Tensor, narrowest: torch.dtype | None) -> bool:
+    """A few isolated differences in a program that rounds to a 16-bit float: a comparison whose
+    operand is one ulp off (flashlight decomposes softmax and keeps fused values in float32, eager
+    rounds once per op) decides differently. At most 1% of the elements, and at most 3."""
+    if narrowest not in (torch.float16, torch.bfloat16):
+        return False
+    n = int(bad.sum())
+    return n <= min(3, max(1, bad.numel() // 100))
 
 
 def _ref64_inputs(inputs: tuple) -> tuple:
@@ -843,9 +913,11 @@ def fallbacks_of(f: Any) -> list[tuple[str, str]]:
     return [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
 
 
-def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None) -> list:
+def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None,
+                  strict_fallbacks: bool = False) -> list:
     """Eager against ``flashlight.compile(prog, **options)``: raises ``AssertionError`` if they
-    differ or if flashlight raises; returns the fallbacks. The reproducers call this."""
+    differ or if flashlight raises (with ``strict_fallbacks``, also if compiling a segment
+    raised and it ran eagerly instead); returns the fallbacks. The reproducers call this."""
     import flashlight
 
     inputs = make_inputs()
@@ -865,6 +937,9 @@ def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dic
     for k, (x, y) in enumerate(zip(inputs, saved)):
         if isinstance(x, torch.Tensor) and not torch.equal(x.nan_to_num(), y.nan_to_num()):
             raise Mismatch(f"input {k} was modified by the compiled function")
+    raised = [(op, why) for op, why in fallbacks_of(f) if op.startswith("program ")]
+    if strict_fallbacks and raised:
+        raise AssertionError(f"compiling {raised[0][0]} raised, it ran eagerly: {raised[0][1]}")
     return fallbacks_of(f)
 
 # }}}
@@ -942,6 +1017,11 @@ def _crash_signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}@{where}"
 
 
+# Set by ``--fail-on-compile-error``: a segment whose compilation raised (and that flashlight then
+# ran eagerly, correctly) counts as a crash, so that it is minimized like one.
+STRICT_FALLBACKS = False
+
+
 def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
     import flashlight
 
@@ -978,6 +1058,12 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
                 raise Mismatch(f"input {k} was modified by the compiled function")
     except Mismatch as exc:
         return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
+    raised = [(op, why) for op, why in fb if op.startswith("program ")]
+    if STRICT_FALLBACKS and raised:
+        why = raised[0][1]
+        return Outcome("crash", f"compilation raised, the segment ran eagerly: {why}",
+                       "fallback:" + re.sub(r"\d+", "N", why.split(":")[0] + ":" + " ".join(why.split()[1:4])),
+                       fb, time.monotonic() - t0)
     return Outcome("ok", "", "", fb, time.monotonic() - t0)
 
 # }}}
@@ -1008,7 +1094,7 @@ def prune(p: Program) -> Program:
     ops = tuple(reversed(keep))
     text = "\n".join(line for op in ops for line in op.lines) + "\n" + " ".join(p.outputs)
     inputs = tuple(x for x in p.inputs if _uses(text, x.name))
-    used = text + " " + " ".join(s for x in inputs for s in x.shape)
+    used = text + " " + " ".join(s for x in inputs for s in x.shape) + " " + " ".join(x.kind for x in inputs)
     dims = {d: v for d, v in p.dims.items() if re.search(rf"\b{d}\b", used)}
     return replace(p, dims=dims, inputs=inputs, ops=ops)
 
@@ -1147,7 +1233,8 @@ def reproducer(p: Program, outcome: Outcome, found_seed: int) -> str:
     bug = (detail[0] if detail else outcome.kind).replace('"', "'").replace("\\", "\\\\")[:160]
     return f'''"""flashlight fuzz reproducer: {outcome.kind} (seed {found_seed}).
 
-Found by ``python -m flashlight.fuzz --seeds {found_seed}:{found_seed + 1}``, then minimized.
+Found by ``python -m flashlight.fuzz --seeds {found_seed}:{found_seed + 1}`` (generator version
+{GENERATOR_VERSION}), then minimized.
 Run ``python {{this file}}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
 {head}
@@ -1172,7 +1259,7 @@ FIXED = False
 {render_core(p)}
 
 def check():
-    check_program(prog, make_inputs, OPTIONS)
+    check_program(prog, make_inputs, OPTIONS{', strict_fallbacks=True' if outcome.signature.startswith('fallback:') else ''})
 
 
 if __name__ == "__main__":
@@ -1196,7 +1283,7 @@ class Summary:
 
     def text(self) -> str:
         ran = self.programs - self.counts["eager_error"]
-        lines = [f"programs: {self.programs} in {self.seconds:.1f} s"]
+        lines = [f"programs: {self.programs} in {self.seconds:.1f} s (generator version {GENERATOR_VERSION})"]
         lines.append("outcomes: " + ", ".join(f"{k} {self.counts[k]}" for k in
                                                 ("ok", "mismatch", "crash", "timeout", "eager_error")))
         rate = self.fallback_programs / ran if ran else 0.0
@@ -1252,7 +1339,7 @@ def campaign(seeds: range, time_budget: float | None = None, out: Path | None = 
                 print(f"seed {seed}: {o.kind} ({o.seconds:.1f} s, {len(p.ops)} ops){' fallback' if o.fallbacks else ''}"
                       + (f" {o.signature}: {o.detail.splitlines()[0][:120]}" if o.kind in ("mismatch", "crash") else ""),
                       flush=True)
-            rec = {"seed": seed, "kind": o.kind, "seconds": round(o.seconds, 2), "ops": len(p.ops),
+            rec = {"seed": seed, "generator": GENERATOR_VERSION, "kind": o.kind, "seconds": round(o.seconds, 2), "ops": len(p.ops),
                    "signature": o.signature, "fallbacks": [list(x) for x in o.fallbacks],
                    "detail": o.detail.splitlines()[0][:300] if o.detail else ""}
             if o.kind in ("mismatch", "crash"):
@@ -1289,9 +1376,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program before it counts as a timeout")
     ap.add_argument("--jsonl", default=None, help="append one JSON record per program to this file")
     ap.add_argument("--show", action="store_true", help="print the programs of the seeds, run nothing")
+    ap.add_argument("--fail-on-compile-error", action="store_true",
+                    help="count a segment whose compilation raised (it runs eagerly) as a crash, and minimize it")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per program")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    global STRICT_FALLBACKS
+    STRICT_FALLBACKS = args.fail_on_compile_error
     if args.show:
         for seed in seeds:
             print(f"# seed {seed}\n{render_core(generate(seed))}")
