@@ -176,3 +176,38 @@ def test_rows_of_minus_infinity_give_nan_like_eager():
         out, ref = f(q, k, v, bias), fn(q, k, v, bias)
         assert torch.isnan(ref[:, 5]).all() and torch.isnan(out[:, 5]).all()
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_offsets_into_tensors_past_two_to_the_31_elements_are_64_bit():
+    # No CPU test can allocate such tensors; the GPU run is in benchmarks/RESULTS.md. Here: the
+    # kernel forms offsets into S (3.2e9 elements) in 64 bits, and those into V (4e8) in 32.
+    from flashlight import ir, passes
+    from flashlight.codegen.triton import generate
+    from flashlight.runtime import contiguous_strides
+
+    n = 200_000_000
+    text = f"""\
+program softmax_pv(S: f32[16,{n}], V: f32[{n},2]) -> (o: f32[16,2])
+  buffer m: f32[16]
+  buffer l: f32[16]
+  buffer acc: f32[16,2]
+  for i in 0:16 parallel
+    for j in 0:{n} reduce
+      M1: m[i] max= S[i,j]
+  for i in 0:16 parallel
+    for j in 0:{n} reduce
+      L1: l[i] += exp(S[i,j] - m[i])
+  for i in 0:16 parallel, d in 0:2 parallel
+    for j in 0:{n} reduce
+      O1: acc[i,d] += exp(S[i,j] - m[i]) * V[j,d]
+  for i in 0:16 parallel, d in 0:2 parallel
+    N1: o[i,d] = acc[i,d] / l[i]"""
+    prog = passes.run_pipeline(ir.parse(text), passes.DEFAULT_PIPELINE)
+    (kernel,) = generate(prog, {t.name: contiguous_strides(t.shape) for t in prog.tensors})
+    src = kernel.source
+    s_load = next(line for line in src.splitlines() if "tl.load(S_ptr" in line)
+    v_load = next(line for line in src.splitlines() if "tl.load(V_ptr" in line)
+    assert s_load.count(".to(tl.int64)") == 2, s_load  # both the row and the column offset
+    assert "int64" not in v_load, v_load
+    assert "tl.program_id(0).to(tl.int64)" in src
+    compile(src, kernel.name, "exec")  # valid Python

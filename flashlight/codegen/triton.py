@@ -35,6 +35,11 @@ TL_DTYPE = {
 }
 LOG2E = 1.4426950408889634
 INT32_LIMIT = 2**31 - 1
+SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
+
+
+class _NotChunkable(Exception):
+    """A guard's data vary along more than the scanned loop: scan its tiles one at a time."""
 
 
 class CodegenError(Exception):
@@ -117,6 +122,7 @@ class _Kernel:
         self.open_accumulators: set[str] = set()
         self.full_tiles = False
         self.drop_data_guards = False
+        self.chunked: str | None = None  # the serial iterator a guard-bounds scan takes in chunks
 
     def _axis(self, l: Loop, role: str) -> None:
         it = l.iterator
@@ -231,6 +237,22 @@ class _Kernel:
             terms.append(str(c))
         return _Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
 
+    def pointer(self, tensor: str, idx: list[_Value], axes: tuple[str, ...]) -> str:
+        """``tensor_ptr + i0 * s0 + ...``. Offsets of a tensor with more than 2**31 - 1 elements are
+        formed in 64 bits: an int32 block offset times a stride would wrap around."""
+        wide = self.program.tensor(tensor).numel > INT32_LIMIT
+        parts = []
+        for v, st in zip(idx, self.strides[tensor]):
+            if st == 0 or v.code == "0":
+                continue
+            code = self.bcast(v, axes) if v.axes else v.code
+            if wide and v.axes:
+                code = f"({code}).to(tl.int64)"
+            elif wide and not code.lstrip("-").isdigit():  # a loop counter: an int in the interpreter
+                code = f"tl.full([], 0, tl.int64) + ({code})"
+            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
+        return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
+
     def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
         decl = self.program.tensor(e.tensor)
         if e.tensor in self.produced:  # computed in this kernel: its value is in registers
@@ -240,16 +262,9 @@ class _Kernel:
             return reg
         if e.tensor not in self.params:
             self.params.append(e.tensor)
-        strides = self.strides[e.tensor]
         idx = [self.index(i, scope) for i in e.indices]
         axes = order or self.order({a for v in idx for a in v.axes})
-        parts = []
-        for v, st in zip(idx, strides):
-            if st == 0 or v.code == "0":
-                continue
-            code = self.bcast(v, axes) if v.axes else v.code
-            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
-        ptr = f"{e.tensor}_ptr" + "".join(f" + {p}" for p in parts)
+        ptr = self.pointer(e.tensor, idx, axes)
         if not axes:
             return _Value(f"tl.load({ptr})", (), decl.dtype)
         m = self.mask_of(axes)
@@ -458,21 +473,57 @@ class _Kernel:
 
     def narrow(self, loop: Loop, scope: _Scope, lo: str, hi: str) -> tuple[str, str]:
         """A scan over the tiles' guard bounds only (no tile data): the first and last tile where a
-        data-dependent guard may hold bound the loop, so tiles outside are not even visited."""
+        data-dependent guard may hold bound the loop, so tiles outside are not even visited. The
+        scan takes a chunk of tiles at a time (one load, bounds per tile by a row reduction) where
+        the guard's data vary only along the loop; otherwise one tile at a time."""
+        first, last = self.fresh("first"), self.fresh("last")
+        scope.lines.append(f"{first} = tl.full([], 0, tl.int32) + ({hi})")
+        scope.lines.append(f"{last} = tl.full([], 0, tl.int32) + ({lo}) - 1")
+        try:
+            scope.lines.extend(self.scan_chunks(loop, scope, lo, hi, first, last))
+        except _NotChunkable:
+            scope.lines.extend(self.scan_tiles(loop, scope, lo, hi, first, last))
+        return first, f"{last} + 1"
+
+    def scan_tiles(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str) -> list[str]:
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
         pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
         pre.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
         if self.needs_mask(it):
             pre.lines.append(f"m_{it} = o_{it} < {n}")
         _, possible = self.tile_predicate(loop, pre)
-        first, last = self.fresh("first"), self.fresh("last")
-        scope.lines.append(f"{first} = tl.full([], 0, tl.int32) + ({hi})")
-        scope.lines.append(f"{last} = tl.full([], 0, tl.int32) + ({lo}) - 1")
-        scope.lines.append(f"for t_{it} in range({lo}, {hi}):  # bounds of the guard over each tile")
-        scope.lines.extend("    " + x for x in pre.lines)
-        scope.lines.append(f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})")
-        scope.lines.append(f"    {last} = tl.where({possible}, t_{it}, {last})")
-        return first, f"{last} + 1"
+        return [f"for t_{it} in range({lo}, {hi}):  # bounds of the guard over each tile",
+                *("    " + x for x in pre.lines),
+                f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
+                f"    {last} = tl.where({possible}, t_{it}, {last})"]
+
+    def scan_chunks(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str) -> list[str]:
+        """Tiles ``c_it`` of a chunk are rows of a ``[chunk, tile]`` block of offsets; tile
+        indices past the last tile are clamped to it, which repeats a real tile's bounds."""
+        it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
+        tiles = math.ceil(n / t)
+        chunk = min(max(1, SCAN_ELEMENTS // t), 1 << (tiles - 1).bit_length())
+        if chunk == 1:
+            raise _NotChunkable
+        pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+        c, ok = f"c_{it}", self.fresh("ok")
+        pre.lines.append(f"{c} = t_{it} * {chunk} + tl.arange(0, {chunk})")
+        pre.lines.append(f"{ok} = ({c} >= ({lo})) & ({c} < ({hi}))")
+        pre.lines.append(f"{c} = tl.minimum({c}, {tiles - 1})")
+        pre.lines.append(f"o_{it} = {c}[:, None] * {t} + tl.arange(0, {t})[None, :]")
+        if self.needs_mask(it):
+            pre.lines.append(f"m_{it} = o_{it} < {n}")
+        self.chunked = it
+        try:
+            _, possible = self.tile_predicate(loop, pre)
+        finally:
+            self.chunked = None
+        pre.lines.append(f"{ok} = {ok} & ({possible})")
+        return [f"for t_{it} in range(({lo}) // {chunk}, (({hi}) + {chunk - 1}) // {chunk}):"
+                f"  # bounds of the guard over {chunk} tiles at a time",
+                *("    " + x for x in pre.lines),
+                f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",
+                f"    {last} = tl.maximum({last}, tl.max(tl.where({ok}, {c}, -1), axis=0))"]
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
@@ -536,6 +587,8 @@ class _Kernel:
             if x not in self.axes:
                 return x, x
             t = self.tile[x]
+            if x == self.chunked:  # a vector: the bounds of each tile of the chunk
+                return f"(c_{x} * {t})", f"(c_{x} * {t} + {t - 1})"
             base = {"grid": f"pid_{x}", "serial": f"t_{x}"}.get(self.role[x])
             if base is None:
                 return "0", str(self.extent[x] - 1)
@@ -554,7 +607,11 @@ class _Kernel:
             lo_in = v.code if m is None else f"tl.where({m.code}, {v.code}, {big})"
             hi_in = v.code if m is None else f"tl.where({m.code}, {v.code}, -{big})"
             lo, hi = lo_in, hi_in
-            for k in reversed(range(len(v.axes))):
+            if self.chunked in v.axes:  # rows are the tiles of the chunk: reduce each row
+                if v.axes != (self.chunked,):
+                    raise _NotChunkable
+                lo, hi = f"tl.min({lo}, axis=1)", f"tl.max({hi}, axis=1)"
+            for k in reversed(range(len(v.axes) if self.chunked not in v.axes else 0)):
                 lo, hi = f"tl.min({lo}, axis={k})", f"tl.max({hi}, axis={k})"
             home = self.home(e, scope, set())
             lv, hv = self.fresh("lo"), self.fresh("hi")
@@ -820,16 +877,9 @@ class _Kernel:
         decl = self.program.tensor(s.target.tensor)
         if s.target.tensor not in self.params:
             self.params.append(s.target.tensor)
-        strides = self.strides[s.target.tensor]
         idx = [self.index(i, scope) for i in s.target.indices]
         axes = self.order({a for x in idx for a in x.axes} | set(v.axes))
-        parts = []
-        for x, st in zip(idx, strides):
-            if x.code == "0" or st == 0:
-                continue
-            code = self.bcast(x, axes) if x.axes else x.code
-            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
-        ptr = f"{s.target.tensor}_ptr" + "".join(f" + {p}" for p in parts)
+        ptr = self.pointer(s.target.tensor, idx, axes)
         val = self.bcast(v, axes) if v.axes else v.code
         if v.dtype != decl.dtype:
             val = f"({val}).to({TL_DTYPE[decl.dtype]})"
