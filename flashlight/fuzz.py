@@ -1366,6 +1366,48 @@ def campaign(seeds: range, time_budget: float | None = None, out: Path | None = 
     return s
 
 
+def summarize(records: list[dict], seconds: float) -> Summary:
+    """A campaign's summary from its ``--jsonl`` records."""
+    s = Summary(seconds=seconds, programs=len(records))
+    for r in records:
+        s.counts[r["kind"]] += 1
+        if r["fallbacks"]:
+            s.fallback_programs += 1
+            for op, why in r["fallbacks"]:
+                s.fallback_reasons[_fallback_reason(op, why)] += 1
+        if r["kind"] in ("mismatch", "crash"):
+            s.failures.append({k: r[k] for k in ("seed", "kind", "signature", "detail", "reproducer") if k in r})
+    return s
+
+
+def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path | None) -> Summary:
+    """``--jobs N``: N child processes on contiguous shares of ``seeds`` (each with the same
+    options and time budget), then one summary of all their records."""
+    import subprocess
+    import tempfile
+
+    t0 = time.monotonic()
+    own = [a for k, a in enumerate(argv) if not (a.startswith(("--jobs", "--seeds", "--jsonl")) or
+                                                 (k and argv[k - 1] in ("--jobs", "--seeds", "--jsonl")))]
+    share = -(-len(seeds) // jobs)
+    with tempfile.TemporaryDirectory(prefix="flashlight-fuzz-") as tmp:
+        parts = [Path(tmp) / f"part{k}.jsonl" for k in range(jobs)]
+        children = []
+        for k, part in enumerate(parts):
+            sub = seeds[k * share:(k + 1) * share]
+            if len(sub):
+                cmd = [sys.executable, "-m", "flashlight.fuzz", "--seeds", f"{sub.start}:{sub.stop}",
+                       "--jsonl", str(part), *own]
+                children.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+        for c in children:
+            c.wait()
+        lines = [line for part in parts if part.exists() for line in part.read_text().splitlines()]
+    if jsonl is not None:
+        with open(jsonl, "a") as f:
+            f.writelines(line + "\n" for line in lines)
+    return summarize([json.loads(line) for line in lines], time.monotonic() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flashlight.fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0:200", help="a range START:STOP, or one seed")
@@ -1379,6 +1421,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fail-on-compile-error", action="store_true",
                     help="count a segment whose compilation raised (it runs eagerly) as a crash, and minimize it")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per program")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="run this many processes, each on a contiguous share of the seeds, and merge their results")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     global STRICT_FALLBACKS
@@ -1387,8 +1431,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             print(f"# seed {seed}\n{render_core(generate(seed))}")
         return 0
-    s = campaign(seeds, args.time_budget, Path(args.out), not args.no_minimize, args.timeout, args.max_minimize,
-                 Path(args.jsonl) if args.jsonl else None, args.verbose)
+    if args.jobs > 1:
+        s = campaign_in_processes(seeds, args.jobs, argv if argv is not None else sys.argv[1:],
+                                  Path(args.jsonl) if args.jsonl else None)
+    else:
+        s = campaign(seeds, args.time_budget, Path(args.out), not args.no_minimize, args.timeout, args.max_minimize,
+                     Path(args.jsonl) if args.jsonl else None, args.verbose)
     print(s.text())
     return 1 if s.counts["mismatch"] or s.counts["crash"] else 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,14 @@ def test_fuzz_campaign_finds_no_mismatch_or_crash():
     s = fuzz.campaign(CI_SEEDS, time_budget=CI_TIME_BUDGET, out=None, minimize_failures=False, timeout=60.0)
     assert s.programs >= 10, f"only {s.programs} programs ran in {CI_TIME_BUDGET} s"
     assert not s.counts["mismatch"] and not s.counts["crash"], s.text()
+
+
+def test_jobs_split_the_seeds_and_merge_the_records(tmp_path, capsys):
+    out = tmp_path / "runs.jsonl"
+    assert fuzz.main(["--seeds", "0:3", "--jobs", "2", "--no-minimize", "--jsonl", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["seed"] for r in records) == [0, 1, 2]
+    assert "programs: 3 in" in capsys.readouterr().out
 
 # }}}
 
