@@ -1391,7 +1391,9 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
                                                  (k and argv[k - 1] in ("--jobs", "--seeds", "--jsonl")))]
     share = -(-len(seeds) // jobs)
     with tempfile.TemporaryDirectory(prefix="flashlight-fuzz-") as tmp:
-        parts = [Path(tmp) / f"part{k}.jsonl" for k in range(jobs)]
+        # beside the merged file if there is one: a killed campaign leaves its records behind
+        base = Path(f"{jsonl}.part") if jsonl is not None else Path(tmp) / "part"
+        parts = [Path(f"{base}{k}") for k in range(jobs)]
         children = []
         for k, part in enumerate(parts):
             sub = seeds[k * share:(k + 1) * share]
@@ -1402,9 +1404,11 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
         for c in children:
             c.wait()
         lines = [line for part in parts if part.exists() for line in part.read_text().splitlines()]
-    if jsonl is not None:
-        with open(jsonl, "a") as f:
-            f.writelines(line + "\n" for line in lines)
+        if jsonl is not None:
+            with open(jsonl, "a") as f:
+                f.writelines(line + "\n" for line in lines)
+            for part in parts:
+                part.unlink(missing_ok=True)
     return summarize([json.loads(line) for line in lines], time.monotonic() - t0)
 
 
