@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch._dynamo.exc import InternalTorchDynamoError
 
 from flashlight import autotune, passes
 from flashlight.codegen import launcher
@@ -272,6 +273,7 @@ class CompiledFunction:
         self.fn = fn
         self.options = options
         self.graphs: list[CompiledGraph] = []
+        self.eager_reason: str | None = None  # set if capture failed: every call runs fn eagerly
         self._name = _program_name(fn)
         self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph), dynamic=False)
         functools.update_wrapper(self, fn)
@@ -288,7 +290,15 @@ class CompiledFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         target_of([a for a in args if isinstance(a, torch.Tensor)])
-        return self._compiled(*args, **kwargs)
+        if self.eager_reason is not None:
+            return self.fn(*args, **kwargs)
+        try:
+            return self._compiled(*args, **kwargs)
+        except InternalTorchDynamoError as exc:
+            # Dynamo itself failed to capture fn (not fn's own error): run fn as written, from now on
+            self.eager_reason = f"capture failed inside Dynamo: {type(exc).__name__}: {exc}".splitlines()[0]
+            log.warning("flashlight: %s runs eagerly: %s", self._name, self.eager_reason)
+            return self.fn(*args, **kwargs)
 
 
 def compile(fn: Callable | None = None, **options: Any) -> Any:

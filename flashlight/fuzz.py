@@ -44,6 +44,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -144,9 +145,12 @@ def render_core(p: Program) -> str:
 
 
 def materialize(p: Program) -> dict[str, Any]:
-    ns: dict[str, Any] = {"torch": torch, "__name__": "flashlight_fuzz_prog"}
-    exec(compile(render_core(p), f"<fuzz seed {p.seed}>", "exec"), ns)
-    return ns
+    # a registered module: some versions of Dynamo import the module a traced function's globals name
+    module = types.ModuleType("flashlight_fuzz_prog")
+    module.torch = torch  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    exec(compile(render_core(p), f"<fuzz seed {p.seed}>", "exec"), module.__dict__)
+    return module.__dict__
 
 
 def eval_vars(p: Program) -> dict[str, torch.Tensor] | None:
@@ -910,7 +914,8 @@ def eager_with_dtypes(prog: Callable, inputs: tuple) -> tuple[Any, torch.dtype |
 
 
 def fallbacks_of(f: Any) -> list[tuple[str, str]]:
-    return [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
+    whole = [("function", f.eager_reason)] if getattr(f, "eager_reason", None) else []
+    return whole + [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
 
 
 def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None,
@@ -1058,6 +1063,9 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
                 raise Mismatch(f"input {k} was modified by the compiled function")
     except Mismatch as exc:
         return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
+    if f.eager_reason is not None:  # correct, but nothing was compiled: the campaign must not count it ok
+        return Outcome("crash", f.eager_reason, "capture:" + f.eager_reason.split(":")[1].strip(), fb,
+                       time.monotonic() - t0)
     raised = [(op, why) for op, why in fb if op.startswith("program ")]
     if STRICT_FALLBACKS and raised:
         why = raised[0][1]

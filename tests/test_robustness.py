@@ -211,3 +211,20 @@ program softmax_pv(S: f32[16,{n}], V: f32[{n},2]) -> (o: f32[16,2])
     assert "int64" not in v_load, v_load
     assert "tl.program_id(0).to(tl.int64)" in src
     compile(src, kernel.name, "exec")  # valid Python
+
+
+def test_a_capture_failure_inside_dynamo_runs_eagerly_with_a_warning():
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    def fn(x):
+        return torch.softmax(x, -1)
+
+    def broken(*args, **kwargs):  # as torch 2.11 does for a function whose module cannot be imported
+        raise InternalTorchDynamoError("ModuleNotFoundError: No module named 'generated'")
+
+    f = flashlight.compile(fn)
+    f._compiled = broken
+    x = _r(3, 5)
+    text = _warnings_of(lambda: torch.testing.assert_close(f(x), fn(x)))
+    assert "runs eagerly" in text and "No module named" in f.eager_reason
+    torch.testing.assert_close(f(2 * x), fn(2 * x))  # later calls too, without trying Dynamo again
