@@ -21,7 +21,7 @@ from torch._dynamo.exc import InternalTorchDynamoError
 
 from flashlight import autotune, passes
 from flashlight.codegen import launcher
-from flashlight.codegen.triton import KernelSource, generate
+from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.passes.fuse_reductions import BLOCK_LIMIT
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
 from flashlight.frontend.lift import ProgramSegment, lift_graph
@@ -94,6 +94,11 @@ class SegmentReport:
 def compile_segment(seg: ProgramSegment, options: Options, target: str,
                     report: SegmentReport | None = None) -> tuple[Program, list[KernelSource]]:
     """Passes and code generation for one lifted program."""
+    if target == "interpreter" and any(t.dtype == "bf16" for t in seg.program.tensors) and \
+            not launcher.interpreter_runs_bf16():
+        import triton
+        raise CodegenError(f"Triton {triton.__version__}'s interpreter cannot compute in bfloat16 "
+                           "(the segment runs eagerly on the CPU; on the GPU it compiles)")
     def record(name: str, prog: Program) -> None:
         if report is not None:
             report.stages.append((name, str(prog)))

@@ -146,7 +146,7 @@ def render_core(p: Program) -> str:
 
 def materialize(p: Program) -> dict[str, Any]:
     # a registered module: some versions of Dynamo import the module a traced function's globals name
-    module = types.ModuleType("flashlight_fuzz_prog")
+    module = types.ModuleType(f"flashlight_fuzz_seed_{p.seed}")  # one per seed: guards look names up in it
     module.torch = torch  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     exec(compile(render_core(p), f"<fuzz seed {p.seed}>", "exec"), module.__dict__)
@@ -1063,6 +1063,8 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
                 raise Mismatch(f"input {k} was modified by the compiled function")
     except Mismatch as exc:
         return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
+    if f.eager_reason is None and not f.graphs:  # Dynamo ran it without calling flashlight
+        f.eager_reason = "nothing was captured: Dynamo ran the function eagerly (recompile limit?)"
     if f.eager_reason is not None:  # correct, but nothing was compiled: the campaign must not count it ok
         return Outcome("crash", f.eager_reason, "capture:" + f.eager_reason.split(":")[1].strip(), fb,
                        time.monotonic() - t0)

@@ -50,6 +50,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def interpreter_runs_bf16() -> bool:
+    """Whether this Triton's interpreter can make bfloat16 constants (Triton 3.6's cannot: a kernel
+    with ``where(c, 2.0, x)`` or ``x * 2`` for a bfloat16 ``x`` raises)."""
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    return hasattr(InterpreterBuilder, "get_bf16")
+
+
 def load(kernel: KernelSource, interpret: bool) -> Any:
     """The launchable kernel: a ``JITFunction``, or an ``InterpretedFunction`` for CPU tensors."""
     digest = hashlib.sha256(kernel.source.encode()).hexdigest()[:20]

@@ -119,6 +119,7 @@ class _Kernel:
         self.cache: dict[tuple, tuple[_Value, _Scope, frozenset[str]]] = {}
         self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
         self.uses_libdevice = False
+        self.uses_index = False
         self.open_accumulators: set[str] = set()
         self.full_tiles = False
         self.drop_data_guards = False
@@ -136,6 +137,14 @@ class _Kernel:
             self.axes.append(it)
 
     # {{{ helpers
+
+    def index_of(self, code: str) -> str:
+        """A loop bound. Triton 3.6's interpreter converts a run-time bound with ``int`` of a
+        one-element array, which numpy 2.4 refuses: interpreted kernels convert it themselves."""
+        if self.target != "interpreter" or code.lstrip("-").isdigit():
+            return code
+        self.uses_index = True
+        return f"_index({code})"
 
     def fresh(self, base: str = "v") -> str:
         self.counter += 1
@@ -366,6 +375,10 @@ class _Kernel:
             if any(f"{name}(" in line for line in lines):
                 helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
                             "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
+        if self.uses_index:
+            helpers += ["", "", "def _index(x):  # not jitted: the interpreter runs it as Python",
+                        "    data = getattr(getattr(x, 'handle', None), 'data', x)",
+                        "    return int(data.reshape(-1)[0]) if hasattr(data, 'reshape') else int(data)"]
         src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
         registers = 0  # elements held in registers: every register tile the kernel keeps
@@ -461,7 +474,7 @@ class _Kernel:
             if possible is not None:  # narrow the range to the first and last tile that may hold work
                 lo, hi = self.narrow(loop, scope, lo, hi)
             note = "" if masked else "  # tiles where every affine guard holds: no affine mask code"
-            scope.lines.append(f"for t_{it} in range({lo}, {hi}):{note}")
+            scope.lines.append(f"for t_{it} in range({self.index_of(lo)}, {self.index_of(hi)}):{note}")
             scope.lines.extend("    " + line for line in inner.lines)
             self.invalidate(written)
         for acc in carried:  # a global accumulator is stored once it is complete
@@ -492,7 +505,7 @@ class _Kernel:
         if self.needs_mask(it):
             pre.lines.append(f"m_{it} = o_{it} < {n}")
         _, possible = self.tile_predicate(loop, pre)
-        return [f"for t_{it} in range({lo}, {hi}):  # bounds of the guard over each tile",
+        return [f"for t_{it} in range({self.index_of(lo)}, {self.index_of(hi)}):  # bounds of the guard over each tile",
                 *("    " + x for x in pre.lines),
                 f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
                 f"    {last} = tl.where({possible}, t_{it}, {last})"]
@@ -519,7 +532,7 @@ class _Kernel:
         finally:
             self.chunked = None
         pre.lines.append(f"{ok} = {ok} & ({possible})")
-        return [f"for t_{it} in range(({lo}) // {chunk}, (({hi}) + {chunk - 1}) // {chunk}):"
+        return [f"for t_{it} in range({self.index_of(lo)} // {chunk}, ({self.index_of(hi)} + {chunk - 1}) // {chunk}):"
                 f"  # bounds of the guard over {chunk} tiles at a time",
                 *("    " + x for x in pre.lines),
                 f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",

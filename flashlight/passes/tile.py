@@ -5,7 +5,8 @@ Which grid iterators get a tile larger than one: in a kernel with a contraction
 factor uses are the M and N of a matrix product and are tiled; the others are batch dimensions
 (one program each). A kernel without one tiles its innermost grid iterator, and also the one
 before it when it is purely parallel. Block loops are rounded up to a power of two (masked at the
-tail), at least 16 so that ``tl.dot`` applies.
+tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one another only the
+innermost is tiled (the others walk one point at a time): their tiles would multiply in registers.
 
 Legality, checked with isl per kernel on the tiled schedule ``[kernel, phase, tile of each serial
 loop, statement]`` (points of one tile and of different programs run at once): every dependence
@@ -120,6 +121,8 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         n = int(node.upper.value)  # type: ignore[union-attr]
         if node.mapping == "grid":
             t = sizes.get(node.iterator, 1)
+        elif node.mapping == "serial" and any(l.mapping == "serial" for c in node.body for l in _loops(c)):
+            t = 1  # the tiles of nested serial loops multiply in registers: only the innermost is tiled
         elif node.mapping == "serial":
             t = _fit(n, bn)
         else:
