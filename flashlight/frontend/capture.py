@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import linecache
-import math
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,9 +45,6 @@ def decompositions() -> dict:
     ]))
     # torch's own makes the mutating _native_batch_norm_legit, which AOT refuses
     table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_inference
-    # variance by the shifted two-pass (torch's own: plain two-pass), as exact as eager's Welford
-    table[aten.var.correction] = _var
-    table[aten.var_mean.correction] = _var_mean
     # split/chunk into slices (torch's own decomposition makes as_strided views of the storage)
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
@@ -69,33 +65,6 @@ def _batch_norm_inference(x: torch.Tensor, weight: torch.Tensor | None, bias: to
     if bias is not None:
         out = out + bias.reshape(shape)
     return out.to(x.dtype), x.new_zeros((0,)), x.new_zeros((0,))
-
-
-def _var_mean(x: torch.Tensor, dim: Sequence[int] | int | None = None, *, correction: float | None = None,
-              keepdim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``var(x) = var(x - x0)`` for any ``x0`` constant along the reduced dims; with ``x0`` the
-    first value, data that are all equal give exactly 0, as eager's Welford does, where the
-    plain two-pass gives the rounding error of the sum (4096 for thirteen values of -1e9)."""
-    if x.is_complex():
-        return torch._refs.var_mean(x, dim, correction=correction, keepdim=keepdim)
-    dims = [d % max(x.dim(), 1) for d in ([dim] if isinstance(dim, int) else dim or range(x.dim()))]
-    n = math.prod(x.shape[d] for d in dims) if x.dim() else 1
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    x0 = xf
-    for d in dims:
-        x0 = x0.narrow(d, 0, 1) if x.shape[d] else x0
-    diff = xf - x0
-    mean = diff.sum(dims, keepdim=True) / n
-    var = ((diff - mean) ** 2).sum(dims, keepdim=keepdim) / max(0, n - (1 if correction is None else correction))
-    mean = mean + x0
-    if not keepdim:
-        mean = mean.squeeze(dims) if dims else mean
-    return var.to(x.dtype), mean.to(x.dtype)
-
-
-def _var(x: torch.Tensor, dim: Sequence[int] | int | None = None, *, correction: float | None = None,
-         keepdim: bool = False) -> torch.Tensor:
-    return _var_mean(x, dim, correction=correction, keepdim=keepdim)[0]
 
 
 def _split_with_sizes(x: torch.Tensor, sizes: Sequence[int], dim: int = 0) -> list[torch.Tensor]:

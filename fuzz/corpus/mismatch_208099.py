@@ -25,7 +25,7 @@ from flashlight.fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
-BUG = "frontend var decomposition: torch's two-pass var rounds sum(x) (thirteen values of -1e9 sum inexactly in fp32), so the variance of equal values came out 4096 where eager's Welford gives 0. Lifted now as the shifted two-pass, var(x - x0) with x0 the first value (capture._var_mean)"
+BUG = "frontend/lift.py prims.var: the plain two-pass rounds sum(x) (thirteen values of -1e9 sum inexactly in fp32), so the variance of equal values came out 4096 where eager's Welford gives 0. prims.var now lifts as the shifted two-pass, var(x - x0) with x0 the first value (lift._prims_var); var, std, var_mean and the norms all go through it"
 FIXED = True
 
 A, B, C = 13, 2, 1
