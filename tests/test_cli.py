@@ -19,20 +19,9 @@ import pytest
 from flashlight import ir, log, passes
 from flashlight.cli import main, pass_summary
 
-from test_passes import SOFTMAX_PV
+from test_passes import EXP_SUM, SOFTMAX_PV
 
-SMALL = """\
-program p(x: f32[4,5]) -> (out0: f32[4])
-  buffer e: f32[4,5]
-  buffer s: f32[4]
-  for i in 0:4 parallel, j in 0:5 parallel
-    A: e[i,j] = exp(x[i,j] * 0.5)
-  for i in 0:4 parallel
-    for j in 0:5 reduce
-      B: s[i] += e[i,j]
-  for i in 0:4 parallel
-    C: out0[i] = s[i] + 1.0
-"""
+SMALL = EXP_SUM + "\n"
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

@@ -90,8 +90,7 @@ def test_lemma_failure_keeps_two_passes():
     np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(TANH))["out0"], rtol=1e-5)
 
 
-def test_inline_pointwise_golden():
-    text = """\
+EXP_SUM = """\
 program p(x: f32[4,5]) -> (out0: f32[4])
   buffer e: f32[4,5]
   buffer s: f32[4]
@@ -102,6 +101,10 @@ program p(x: f32[4,5]) -> (out0: f32[4])
       B: s[i] += e[i,j]
   for i in 0:4 parallel
     C: out0[i] = s[i] + 1.0"""
+
+
+def test_inline_pointwise_golden():
+    text = EXP_SUM
     prog = passes.inline_pointwise(ir.parse(text))
     check_golden("inline", str(prog))
     assert "e[" not in str(prog) and len(prog.body) == 2
