@@ -138,7 +138,7 @@ class _Kernel:
 
     # {{{ helpers
 
-    def index_of(self, code: str) -> str:
+    def loop_bound(self, code: str) -> str:
         """A loop bound. Triton 3.6's interpreter converts a run-time bound with ``int`` of a
         one-element array, which numpy 2.4 refuses: interpreted kernels convert it themselves."""
         if self.target != "interpreter" or code.lstrip("-").isdigit():
@@ -474,7 +474,7 @@ class _Kernel:
             if possible is not None:  # narrow the range to the first and last tile that may hold work
                 lo, hi = self.narrow(loop, scope, lo, hi)
             note = "" if masked else "  # tiles where every affine guard holds: no affine mask code"
-            scope.lines.append(f"for t_{it} in range({self.index_of(lo)}, {self.index_of(hi)}):{note}")
+            scope.lines.append(f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):{note}")
             scope.lines.extend("    " + line for line in inner.lines)
             self.invalidate(written)
         for acc in carried:  # a global accumulator is stored once it is complete
@@ -505,7 +505,7 @@ class _Kernel:
         if self.needs_mask(it):
             pre.lines.append(f"m_{it} = o_{it} < {n}")
         _, possible = self.tile_predicate(loop, pre)
-        return [f"for t_{it} in range({self.index_of(lo)}, {self.index_of(hi)}):  # bounds of the guard over each tile",
+        return [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
                 *("    " + x for x in pre.lines),
                 f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
                 f"    {last} = tl.where({possible}, t_{it}, {last})"]
@@ -532,7 +532,7 @@ class _Kernel:
         finally:
             self.chunked = None
         pre.lines.append(f"{ok} = {ok} & ({possible})")
-        return [f"for t_{it} in range({self.index_of(lo)} // {chunk}, ({self.index_of(hi)} + {chunk - 1}) // {chunk}):"
+        return [f"for t_{it} in range({self.loop_bound(lo)} // {chunk}, ({self.loop_bound(hi)} + {chunk - 1}) // {chunk}):"
                 f"  # bounds of the guard over {chunk} tiles at a time",
                 *("    " + x for x in pre.lines),
                 f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",
