@@ -441,78 +441,120 @@ class _Kernel:
         for acc in carried:  # loop-carried accumulators start at the identity
             self.init_accumulator(acc, scope)
             self.open_accumulators.add(acc.target.tensor)
-        written = {s.target.tensor for s in _stmts(loop)}
         ranges = [(self.scalar(r.lower), self.scalar(r.upper), r.masked) for r in loop.ranges] or \
             [("0", str(math.ceil(n / t)), True)]
         for lo, hi, masked in ranges:
-            inner = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
-            inner.written = written
-            inner.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
-            if self.needs_mask(it):
-                inner.lines.append(f"m_{it} = o_{it} < {n}")
             self.full_tiles = not masked
-            certain, possible = self.tile_predicate(loop, inner)
-            if possible is None:
-                for c in loop.body:
-                    self.emit_node(c, inner, guards)
-            else:
-                # data-dependent guards, bounded over the tile at run time: tiles where they hold
-                # everywhere run without them, tiles where they cannot hold are skipped
-                for branch, cond, drop in (("if", certain, True), ("elif" if certain else "if", possible, False)):
-                    if cond is None:
-                        continue
-                    self.drop_data_guards = drop
-                    body = _Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
-                    body.written = written
-                    for c in loop.body:
-                        self.emit_node(c, body, guards)
-                    self.invalidate(written)
-                    inner.lines.append(f"{branch} {cond}:")
-                    inner.lines.extend("    " + x for x in body.lines or ["pass"])
-                self.drop_data_guards = False
+            probe = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+            certain, possible = self.tile_predicate(loop, self.open_tile(loop, probe))
             self.full_tiles = False
-            if possible is not None:  # narrow the range to the first and last tile that may hold work
-                lo, hi = self.narrow(loop, scope, lo, hi)
-            note = "" if masked else "  # tiles where every affine guard holds: no affine mask code"
-            scope.lines.append(f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):{note}")
-            scope.lines.extend("    " + line for line in inner.lines)
-            self.invalidate(written)
+            if possible is None:
+                self.emit_tiles(loop, scope, guards, lo, hi, masked, False)
+                continue
+            # data-dependent guards, bounded over each tile at run time: a scan over the guard data
+            # finds the first and last tile where they may hold (tiles outside are never visited)
+            # and the run of tiles where they hold everywhere, which needs no guard code.
+            first, last, run_lo, run_hi = self.narrow(loop, scope, lo, hi, certain is not None)
+            if certain is None:  # no tile is ever free of guard code: test each tile, skip where they cannot hold
+                self.emit_tiles(loop, scope, guards, first, f"{last} + 1", masked, True)
+                continue
+            # The tiles around the run apply the guards without a per-tile test: a test inside the
+            # loop stops Triton from pipelining its loads (document masks on the H100: 0.29 ms
+            # without, 0.34 ms with), and a tile where the guards hold nowhere is still correct
+            # under them (it adds nothing), only wasted.
+            self.emit_tiles(loop, scope, guards, first, run_lo, masked, False)
+            self.drop_data_guards = True
+            self.emit_tiles(loop, scope, guards, run_lo, run_hi, masked, False, "every data-dependent guard holds")
+            self.drop_data_guards = False
+            self.emit_tiles(loop, scope, guards, run_hi, f"{last} + 1", masked, False)
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
             if self.program.tensor(acc.target.tensor).storage != "local":
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
+    def open_tile(self, loop: Loop, scope: _Scope) -> _Scope:
+        it = loop.iterator
+        scope.lines.append(f"o_{it} = t_{it} * {self.tile[it]} + tl.arange(0, {self.tile[it]})")
+        if self.needs_mask(it):
+            scope.lines.append(f"m_{it} = o_{it} < {self.extent[it]}")
+        return scope
+
+    def emit_tiles(self, loop: Loop, scope: _Scope, guards: tuple[Expr, ...], lo: str, hi: str,
+                   masked: bool, test: bool, why: str = "") -> None:
+        """One ``for`` over the tiles ``[lo, hi)`` of ``loop``; with ``test``, a tile runs the body
+        only if its bounds say the data-dependent guards may hold somewhere in it."""
+        it = loop.iterator
+        written = {s.target.tensor for s in _stmts(loop)}
+        inner = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
+        inner.written = written
+        self.full_tiles = not masked
+        possible = self.tile_predicate(loop, inner)[1] if test else None
+        body = inner if possible is None else _Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
+        body.written = written
+        for c in loop.body:
+            self.emit_node(c, body, guards)
+        if possible is not None:
+            inner.lines.append(f"if {possible}:")
+            inner.lines.extend("    " + x for x in body.lines or ["pass"])
+        self.full_tiles = False
+        notes = ([] if masked else ["every affine guard holds: no affine mask code"]) + ([why] if why else [])
+        note = f"  # {'; '.join(notes)}" if notes else ""
+        scope.lines.append(f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):{note}")
+        scope.lines.extend("    " + line for line in inner.lines)
+        self.invalidate(written)
+
     # {{{ run-time tile skipping
 
-    def narrow(self, loop: Loop, scope: _Scope, lo: str, hi: str) -> tuple[str, str]:
-        """A scan over the tiles' guard bounds only (no tile data): the first and last tile where a
-        data-dependent guard may hold bound the loop, so tiles outside are not even visited. The
-        scan takes a chunk of tiles at a time (one load, bounds per tile by a row reduction) where
-        the guard's data vary only along the loop; otherwise one tile at a time."""
+    def narrow(self, loop: Loop, scope: _Scope, lo: str, hi: str, runs: bool) -> tuple[str, str, str, str]:
+        """A scan over the tiles' guard bounds only (no tile data) gives ``(first, last, run_lo,
+        run_hi)``: the first and last tile where a data-dependent guard may hold bound the loop, so
+        tiles outside are not even visited; with ``runs``, ``[run_lo, run_hi)`` are the tiles where
+        the guards hold everywhere if those tiles are contiguous (as documents laid out one after
+        another make them), else empty. The scan takes a chunk of tiles at a time (one load, bounds
+        per tile by a row reduction) where the guard's data vary only along the loop; otherwise
+        one tile at a time."""
         first, last = self.fresh("first"), self.fresh("last")
+        sure = (self.fresh("sure_first"), self.fresh("sure_last"), self.fresh("sure_count")) if runs else None
         scope.lines.append(f"{first} = tl.full([], 0, tl.int32) + ({hi})")
         scope.lines.append(f"{last} = tl.full([], 0, tl.int32) + ({lo}) - 1")
+        if sure:
+            scope.lines.append(f"{sure[0]} = tl.full([], 0, tl.int32) + ({hi})")
+            scope.lines.append(f"{sure[1]} = tl.full([], 0, tl.int32) + ({lo}) - 1")
+            scope.lines.append(f"{sure[2]} = tl.full([], 0, tl.int32)")
         try:
-            scope.lines.extend(self.scan_chunks(loop, scope, lo, hi, first, last))
+            scope.lines.extend(self.scan_chunks(loop, scope, lo, hi, first, last, sure))
         except _NotChunkable:
-            scope.lines.extend(self.scan_tiles(loop, scope, lo, hi, first, last))
-        return first, f"{last} + 1"
+            scope.lines.extend(self.scan_tiles(loop, scope, lo, hi, first, last, sure))
+        if not sure:
+            return first, last, first, first
+        run, run_lo, run_hi = self.fresh("run"), self.fresh("run_lo"), self.fresh("run_hi")
+        scope.lines += [f"{run} = ({sure[2]} > 0) & ({sure[1]} - {sure[0]} + 1 == {sure[2]})",
+                        f"{run_lo} = tl.where({run}, {sure[0]}, {first})",
+                        f"{run_hi} = tl.where({run}, {sure[1]} + 1, {first})"]
+        return first, last, run_lo, run_hi
 
-    def scan_tiles(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str) -> list[str]:
-        it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
-        pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
-        pre.lines.append(f"o_{it} = t_{it} * {t} + tl.arange(0, {t})")
-        if self.needs_mask(it):
-            pre.lines.append(f"m_{it} = o_{it} < {n}")
-        _, possible = self.tile_predicate(loop, pre)
-        return [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
-                *("    " + x for x in pre.lines),
-                f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
-                f"    {last} = tl.where({possible}, t_{it}, {last})"]
+    def scan_tiles(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
+                   sure: tuple[str, str, str] | None) -> list[str]:
+        it = loop.iterator
+        pre = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
+        certain, possible = self.tile_predicate(loop, pre)
+        lines = [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
+                 *("    " + x for x in pre.lines),
+                 f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
+                 f"    {last} = tl.where({possible}, t_{it}, {last})"]
+        if sure:
+            ok = self.fresh("sure")
+            lines += [f"    {ok} = ({possible}) & ({certain})",
+                      f"    {sure[0]} = tl.where({ok} & (t_{it} < {sure[0]}), t_{it}, {sure[0]})",
+                      f"    {sure[1]} = tl.where({ok}, t_{it}, {sure[1]})",
+                      f"    {sure[2]} = {sure[2]} + tl.where({ok}, 1, 0)"]
+        return lines
 
-    def scan_chunks(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str) -> list[str]:
+    def scan_chunks(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
+                    sure: tuple[str, str, str] | None) -> list[str]:
         """Tiles ``c_it`` of a chunk are rows of a ``[chunk, tile]`` block of offsets; tile
-        indices past the last tile are clamped to it, which repeats a real tile's bounds."""
+        indices past the last tile are clamped to it, which repeats a real tile's bounds (they
+        are not counted: ``ok`` is false past ``hi``)."""
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
         tiles = math.ceil(n / t)
         chunk = min(max(1, SCAN_ELEMENTS // t), 1 << (tiles - 1).bit_length())
@@ -528,15 +570,22 @@ class _Kernel:
             pre.lines.append(f"m_{it} = o_{it} < {n}")
         self.chunked = it
         try:
-            _, possible = self.tile_predicate(loop, pre)
+            certain, possible = self.tile_predicate(loop, pre)
         finally:
             self.chunked = None
         pre.lines.append(f"{ok} = {ok} & ({possible})")
-        return [f"for t_{it} in range({self.loop_bound(lo)} // {chunk}, ({self.loop_bound(hi)} + {chunk - 1}) // {chunk}):"
-                f"  # bounds of the guard over {chunk} tiles at a time",
-                *("    " + x for x in pre.lines),
-                f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",
-                f"    {last} = tl.maximum({last}, tl.max(tl.where({ok}, {c}, -1), axis=0))"]
+        lines = [f"for t_{it} in range({self.loop_bound(lo)} // {chunk}, ({self.loop_bound(hi)} + {chunk - 1}) // {chunk}):"
+                 f"  # bounds of the guard over {chunk} tiles at a time",
+                 *("    " + x for x in pre.lines),
+                 f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",
+                 f"    {last} = tl.maximum({last}, tl.max(tl.where({ok}, {c}, -1), axis=0))"]
+        if sure:
+            s = self.fresh("sure")
+            lines += [f"    {s} = {ok} & ({certain})",
+                      f"    {sure[0]} = tl.minimum({sure[0]}, tl.min(tl.where({s}, {c}, {tiles}), axis=0))",
+                      f"    {sure[1]} = tl.maximum({sure[1]}, tl.max(tl.where({s}, {c}, -1), axis=0))",
+                      f"    {sure[2]} = {sure[2]} + tl.sum(tl.where({s}, 1, 0), axis=0)"]
+        return lines
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
