@@ -27,7 +27,7 @@ from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
 from flashlight.frontend.lift import ProgramSegment, lift_graph
 from flashlight.ir.nodes import Program, Proof
 from flashlight.log import progress
-from flashlight.runtime import CompiledGraph, CompiledProgram, contiguous_strides
+from flashlight.runtime import CompiledGraph, CompiledProgram, TunedOnFirstCall, contiguous_strides
 
 log = logging.getLogger("flashlight")
 
@@ -123,7 +123,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     target = target_of(example_inputs)
     opts = options.for_target(target)
     lifted = lift_graph(gm, names, name, arg_order)
-    compiled: dict[int, CompiledProgram | None] = {}
+    compiled: dict[int, CompiledProgram | TunedOnFirstCall | None] = {}
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device.type)
@@ -154,14 +154,26 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                 reports.append(report)
             continue
         try:
-            seg_opts = opts
-            if reports is None and options.tunes(target):
-                choice = autotune.tune(seg.program, device,
-                                       lambda bm, bn, st: build(replace(opts, block_m=bm, block_n=bn, num_stages=st)))
-                seg_opts = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
-                                   num_stages=choice["num_stages"])
             keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
-            compiled[k] = build(seg_opts, report if keep else None)
+            if reports is None and options.tunes(target):
+                def tuned(inputs: list[torch.Tensor] | None = None, seg: ProgramSegment = seg,
+                          build: Callable[..., CompiledProgram] = build,
+                          rep: SegmentReport | None = report if keep else None) -> CompiledProgram:
+                    choice = autotune.tune(seg.program, device, lambda bm, bn, st: build(
+                        replace(opts, block_m=bm, block_n=bn, num_stages=st)), inputs=inputs)
+                    chosen = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
+                                     num_stages=choice["num_stages"])
+                    return build(chosen, rep)
+
+                if autotune.data_steers(seg.program) and \
+                        autotune.lookup(seg.program, autotune.device_name(device)) is None:
+                    # its inputs' data decide the work: time the candidates on the first call's
+                    compiled[k] = TunedOnFirstCall(build(opts, report if keep else None),
+                                                   functools.partial(tuned, rep=None))
+                else:
+                    compiled[k] = tuned()
+            else:
+                compiled[k] = build(opts, report if keep else None)
             progress("compiled", program=seg.program.name, kernels=len(compiled[k].launches),
                      seconds=round(time.time() - started, 2))
         except Exception as exc:  # a segment we cannot compile runs eagerly, and says why

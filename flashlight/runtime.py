@@ -8,6 +8,9 @@ fallback), so a compiled function always computes what eager computes.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,8 @@ import torch.fx as fx
 from flashlight.codegen.launcher import Launch
 from flashlight.frontend.lift import IR_TO_TORCH, EagerSegment, LiftedGraph
 from flashlight.ir.nodes import Program
+
+log = logging.getLogger("flashlight")
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,9 +59,41 @@ class CompiledProgram:
 
 
 @dataclass
+class TunedOnFirstCall:
+    """A program whose configuration is chosen on its first call, by timing the candidates on that
+    call's inputs (see ``autotune.data_steers``); until then, and if choosing fails, it is the
+    program compiled with the default configuration."""
+
+    default: CompiledProgram
+    choose: Callable[[list[torch.Tensor]], CompiledProgram]
+    chosen: CompiledProgram | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def program(self) -> Program:
+        return (self.chosen or self.default).program
+
+    @property
+    def launches(self) -> list[Launch]:
+        return (self.chosen or self.default).launches
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.chosen is None:
+            with self.lock:  # one thread tunes; the others wait for its choice
+                if self.chosen is None:
+                    try:
+                        self.chosen = self.choose(inputs)
+                    except Exception as exc:  # noqa: BLE001  (the default configuration is correct too)
+                        log.warning("flashlight: tuning %s on its inputs failed, keeping the default "
+                                    "configuration: %s", self.default.program.name, exc)
+                        self.chosen = self.default
+        return self.chosen(inputs)
+
+
+@dataclass
 class CompiledGraph:
     lifted: LiftedGraph
-    compiled: dict[int, CompiledProgram | None]  # by segment index; None runs the segment eagerly
+    compiled: dict[int, CompiledProgram | TunedOnFirstCall | None]  # by segment; None runs it eagerly
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
 
     def __call__(self, args: list) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -47,3 +48,24 @@ def qkv(B=2, H=3, Sq=7, Sk=5, D=4, Dv=None, dtype=torch.float32, seed=0):
     k = torch.randn(B, H, Sk, D, generator=g).to(dtype)
     v = torch.randn(B, H, Sk, Dv or D, generator=g).to(dtype)
     return q, k, v
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+def warnings_of(run) -> str:
+    """The warnings flashlight logs while ``run()`` runs (pytest's log capture may be off)."""
+    handler = _Records()
+    logger = logging.getLogger("flashlight")
+    logger.addHandler(handler)
+    try:
+        run()
+    finally:
+        logger.removeHandler(handler)
+    return handler.text

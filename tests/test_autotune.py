@@ -39,3 +39,66 @@ def test_corrupt_cache_entry_is_ignored(tmp_path, monkeypatch):
     path = next((tmp_path / "tuning").glob("*.json"))
     path.write_text("{ truncated")
     assert autotune.lookup(PROGRAM, "cpu") is None
+
+
+INDEXED = ir.parse("""\
+program p(x: f32[4,8], ids: i64[8]) -> (out0: f32[4])
+  for i in 0:4 parallel
+    for j in 0:8 reduce
+      S: out0[i] += x[i,ids[j]]""")
+
+
+def test_only_programs_with_integer_or_boolean_inputs_are_steered_by_their_data():
+    assert autotune.data_steers(INDEXED) and not autotune.data_steers(PROGRAM)
+
+
+def test_tune_times_the_inputs_it_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    real = [torch.ones(4, 8), torch.arange(8)]
+    seen = []
+
+    def build(bm, bn, stages):
+        return lambda inputs: seen.append(inputs) or (bm, bn, stages)
+
+    autotune.tune(INDEXED, torch.device("cpu"), build, timer=lambda fn: float(fn()[0]), inputs=real)
+    assert seen and all(inputs is real for inputs in seen)
+
+
+class _Program:
+    """Stands in for a CompiledProgram: returns its name."""
+
+    def __init__(self, name):
+        self.name, self.program, self.launches = name, PROGRAM, []
+
+    def __call__(self, inputs):
+        return self.name
+
+
+def test_a_program_tuned_on_its_first_call_chooses_once():
+    import threading
+
+    from flashlight.runtime import TunedOnFirstCall
+
+    calls = []
+    tuned = TunedOnFirstCall(_Program("default"), lambda inputs: calls.append(inputs) or _Program("chosen"))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(tuned([1]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["chosen"] * 4 and calls == [[1]], "one thread tunes, on the call's inputs"
+
+
+def test_a_failed_tuning_keeps_the_default_configuration():
+    from conftest import warnings_of
+
+    from flashlight.runtime import TunedOnFirstCall
+
+    def fail(inputs):
+        raise RuntimeError("no configuration compiles")
+
+    tuned = TunedOnFirstCall(_Program("default"), fail)
+    results = []
+    text = warnings_of(lambda: results.extend([tuned([1]), tuned([1])]))
+    assert results == ["default", "default"] and "keeping the default configuration" in text

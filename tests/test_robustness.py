@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 import subprocess
@@ -15,6 +14,8 @@ import pytest
 import torch
 
 import flashlight
+
+from conftest import warnings_of
 
 INF, NAN = float("inf"), float("nan")
 
@@ -84,24 +85,6 @@ def test_corrupt_cache_entries_are_rebuilt(tmp_path, monkeypatch):
     assert all("@triton.jit" in f.read_text() for f in (tmp_path / "kernels").glob("*.py"))
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.text = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.text += record.getMessage() + "\n"
-
-
-def _warnings_of(run) -> str:
-    handler = _Records()
-    logger = logging.getLogger("flashlight")
-    logger.addHandler(handler)
-    try:
-        run()
-    finally:
-        logger.removeHandler(handler)
-    return handler.text
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
@@ -109,7 +92,7 @@ def test_read_only_cache_directory_warns_and_works(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        text = _warnings_of(lambda: _same(lambda x: torch.tanh(x) * 5 - 1, _r(6, 13)))
+        text = warnings_of(lambda: _same(lambda x: torch.tanh(x) * 5 - 1, _r(6, 13)))
     finally:
         tmp_path.chmod(stat.S_IRWXU)
     assert "not writable" in text or "cannot cache" in text
@@ -119,7 +102,7 @@ def test_unwritable_cache_path_warns_and_works(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(blocker / "cache"))  # cannot be created, even by root
-    text = _warnings_of(lambda: _same(lambda x: torch.tanh(x) * 7 - 1, _r(6, 13)))
+    text = warnings_of(lambda: _same(lambda x: torch.tanh(x) * 7 - 1, _r(6, 13)))
     assert "not writable" in text and "cannot cache" in text
 
 
@@ -225,6 +208,6 @@ def test_a_capture_failure_inside_dynamo_runs_eagerly_with_a_warning():
     f = flashlight.compile(fn)
     f._compiled = broken
     x = _r(3, 5)
-    text = _warnings_of(lambda: torch.testing.assert_close(f(x), fn(x)))
+    text = warnings_of(lambda: torch.testing.assert_close(f(x), fn(x)))
     assert "runs eagerly" in text and "No module named" in f.eager_reason
     torch.testing.assert_close(f(2 * x), fn(2 * x))  # later calls too, without trying Dynamo again
