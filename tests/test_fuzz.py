@@ -135,6 +135,26 @@ def test_compare_excuses_what_eager_gets_as_wrong():
         fuzz.compare(torch.tensor([1.0, 0.8e-3]), ref)
 
 
+def test_compare_excuses_truncations_that_rounding_decides():
+    # fuzz seed 406900: (t4 * 4).long() of a sum of -10000-masked log_softmax values (about -1.8e6)
+    def prog(x):
+        i, j = torch.arange(x.shape[-2])[:, None], torch.arange(x.shape[-1])[None, :]
+        t = torch.log_softmax(x.masked_fill(((i - j) % 3 != 0) | (j > i), -10000.0), -1)
+        return (t.sum((2, 3), keepdim=True) * 4).long()
+
+    inputs = (torch.randn((5, 2, 13, 5), generator=torch.Generator().manual_seed(406900)),)
+    casts = []
+    ref, _ = fuzz.eager_with_dtypes(prog, inputs, casts)
+    ref64, flipped = fuzz.reference64(prog, inputs, casts)
+    near = ref.clone()  # float64 gives -1800141.92, 0.08 from -1800142; eager is 0.14 off elsewhere
+    near[0, 1] -= 1
+    fuzz.compare(near, ref, ref64, None, flipped)
+    far = ref.clone()  # float64 gives -1800082.61 here: 0.39 from -1800083, beyond eager's error
+    far[1, 1] -= 1
+    with pytest.raises(AssertionError, match="differ"):
+        fuzz.compare(far, ref, ref64, None, flipped)
+
+
 def test_minimize_deletes_ops_and_shrinks_dims(monkeypatch):
     # a stand-in failure: any program with a log_softmax over a dimension of at least 3 "crashes"
     def fake_run(p, timeout=None):
