@@ -78,3 +78,27 @@ program causal(s: f32[256,256]) -> (m: f32[256])
     loop = prog.body[0].body[0]
     assert [r.masked for r in loop.ranges] == [False, True]
     assert str(ir.parse(str(prog))) == str(prog)
+
+
+@pytest.mark.parametrize("heads", [3, 20])
+def test_causal_programs_launch_heaviest_first_within_a_group_of_heads(heads):
+    """The grid mapping (pid -> query tile, head) is a bijection, and within each group of heads
+    the query tiles that see the most keys come first."""
+    q, k, v = qkv(1, heads, 256, 256, 16)
+    src = flashlight.explain(_mask("causal"), q, k, v,
+                             options=flashlight.Options(block_m=64, block_n=64)).kernels[0].source
+    body = src.split("pid = tl.program_id(0)\n", 1)[1].splitlines()
+    prologue = body[:next(k for k, line in enumerate(body) if "tl.full" in line)]
+    mapping = [line.strip() for line in prologue if re.match(r"\s+(pid\w*|i\d+) = ", line)]
+    tile = next(x.split(" = ")[0] for x in mapping if x.startswith("pid_"))
+    head = next(x.split(" = ")[0] for x in mapping if re.match(r"i\d+ = ", x) and "% " + str(heads) in x)
+    order = []
+    for pid in range(4 * heads):
+        env = {"pid": pid}
+        for line in mapping:
+            exec(line, {}, env)
+        order.append((env[tile], env[head]))
+    assert sorted(order) == [(t, h) for t in range(4) for h in range(heads)], "every program exactly once"
+    group = max(d for d in range(1, min(heads, 16) + 1) if heads % d == 0)
+    assert [t for t, _ in order[:group]] == [3] * group, "the heaviest tile of every head in the group first"
+    assert order[4 * group - 1][0] == 0
