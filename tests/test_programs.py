@@ -342,6 +342,9 @@ REDUCTIONS = cases(
     *[Case(f"softmax_log_softmax_dim{d}", softmax_on(d), lambda g: (randn(g, 3, 7, 13),)) for d in range(3)],
     Case("softmax_odd_rows", lambda x: torch.softmax(x * 0.5, -1), lambda g: (randn(g, 1, 97),)),
     Case("prod", lambda x: (x.prod(1), x.prod()), lambda g: (torch.rand(5, 7, generator=g) + 0.5,)),
+    # the reduced value is constant along the reduced axis: each point still counts once
+    Case("reduce_a_broadcast", lambda x: ((e := x[:, None].expand(5, 64) * 2).sum(1), e.amax(1), e.prod(0), e.sum()),
+         lambda g: (torch.rand(5, generator=g) + 0.5,)),
 )
 
 

@@ -170,6 +170,9 @@ class _Kernel:
         code = v.code if v.code.isidentifier() else f"({v.code})"
         return f"{code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
 
+    def shape(self, axes: tuple[str, ...]) -> str:
+        return "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
+
     def needs_mask(self, it: str) -> bool:
         return self.extent[it] % self.tile[it] != 0
 
@@ -738,8 +741,7 @@ class _Kernel:
         dt = self.program.tensor(s.target.tensor).dtype
         ident = _literal(E.const(dtypes.identity(s.op, dt), dt))
         var = f"r_{s.target.tensor}"
-        shape = "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
-        scope.lines.append(f"{var} = tl.full({shape}, {ident}, {TL_DTYPE[dt]})")
+        scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
         self.registers[s.target.tensor] = _Value(var, axes, dt)
 
     def emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
@@ -768,7 +770,10 @@ class _Kernel:
             # the folded tile spans the value's axes, the reduced ones and those its guards read
             guard_axes = {a for g in guards for a in E.free_iters(g) if a in self.axes}
             full = self.order(set(v.axes) | set(red) | guard_axes)
-            v = _Value(self.bcast(v, full), full, v.dtype)
+            code = self.bcast(v, full)
+            if v.axes != full:  # a value constant along a reduced axis still counts once per point
+                code = f"tl.broadcast_to({code}, {self.shape(full)})"
+            v = _Value(code, full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
             ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
@@ -925,9 +930,8 @@ class _Kernel:
         if v.dtype != dt:
             code = f"({code}).to({TL_DTYPE[dt]})"
         if v.axes != axes:
-            shape = "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
             # adding zeros broadcasts tensors and Python literals alike
-            code = f"tl.zeros({shape}, {TL_DTYPE[dt]}) + {self.bcast(_Value(code, v.axes, dt), axes)}"
+            code = f"tl.zeros({self.shape(axes)}, {TL_DTYPE[dt]}) + {self.bcast(_Value(code, v.axes, dt), axes)}"
         scope.lines.append(f"{var} = {code}")
         self.invalidate({tensor})
         self.registers[tensor] = _Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())
