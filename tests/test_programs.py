@@ -449,7 +449,13 @@ def sign_of_ints(i):
     return torch.sign(i), torch.trunc(i.float() / 3).long(), torch.sign(i > 0)
 
 
+def scalar_conditions(x):
+    s = x.sum()  # a scalar comparison combined with a block one (and broadcast as a bool)
+    return (x > 0) & (s > 0), (x > 0) | (s != s), x * ((s < 0) & (x < 0)), (s > 0).expand(x.shape).clone()
+
+
 LOGIC = cases(
+    Case("scalar_conditions", scalar_conditions, lambda g: (randn(g, 13),)),
     Case("masks", masks, lambda g: (randn(g, 7, 13), randn(g, 7, 13))),
     Case("where_and_fill", where_and_fill, lambda g: (randn(g, 13, 7), randn(g, 13, 7))),
     Case("casts", casts, lambda g: (3 * randn(g, 7, 13), randint(g, -9, 9, 7, 13))),

@@ -304,7 +304,7 @@ class _Kernel:
             if src.dtype == op:
                 return src
             if op == "b1":
-                return _Value(f"({xs[0]} != 0)", axes, op)
+                return self.boolean(f"({xs[0]} != 0)", axes)
             if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
                 one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
                 return _Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
@@ -312,7 +312,15 @@ class _Kernel:
         code = _pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
             self.uses_libdevice = True
-        return _Value(code, axes, dt)
+        return self.boolean(code, axes) if dt == "b1" else _Value(code, axes, dt)
+
+    def boolean(self, code: str, axes: tuple[str, ...]) -> _Value:
+        """A computed boolean. Triton's interpreter gives a comparison's result its operands' dtype
+        (holding numpy bools), so a scalar one splatted to a block becomes floats, and ``mask & it``
+        fails: a select re-makes such a scalar as int1."""
+        if self.target == "interpreter" and not axes:
+            code = f"tl.where({code}, True, False)"
+        return _Value(code, axes, "b1")
 
     def exp(self, x: Expr, scope: _Scope) -> _Value:
         """``exp(x)`` as ``exp2(x * log2e)``. The exponent ``x`` (typically ``s - max``) is evaluated
