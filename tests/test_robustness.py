@@ -161,6 +161,30 @@ def test_rows_of_minus_infinity_give_nan_like_eager():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+def test_rows_a_mask_after_exp_removes_give_zero_like_eager():
+    def banded(q, k, v, bias):  # rows i > Sk hold no unmasked key: eager sums nothing there
+        s = q @ k.transpose(-2, -1) + bias
+        i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+        return torch.exp(s - s.amax(-1, keepdim=True)).masked_fill((i - j >= 2) | (j > i), 0.0) @ v
+
+    q, k, v = _r(2, 70, 16), _r(2, 40, 16, seed=1), _r(2, 40, 16, seed=2)
+    bias = torch.zeros(70, 40)
+    bias[5] = bias[60] = -INF  # row 5 folds exp(-inf - -inf) = NaN; row 60 folds nothing
+    out, ref = flashlight.compile(banded)(q, k, v, bias), banded(q, k, v, bias)
+    assert torch.isnan(ref[:, 5]).all() and (ref[:, 41:] == 0).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+    def kept(s, keep, v):  # a data-dependent mask: isl cannot tell which rows fold nothing
+        return torch.exp(s - s.amax(-1, keepdim=True)).masked_fill(~keep, 0.0) @ v
+
+    s, v, keep = _r(8, 600), _r(600, 16, seed=1), _r(8, 600, seed=2) > 0
+    keep[3] = False
+    s[3] = s[4] = -INF  # row 3 folds nothing (0), row 4 folds NaN
+    out, ref = flashlight.compile(kept)(s, keep, v), kept(s, keep, v)
+    assert (ref[3] == 0).all() and torch.isnan(ref[4]).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_offsets_into_tensors_past_two_to_the_31_elements_are_64_bit():
     # No CPU test can allocate such tensors; the GPU run is in benchmarks/RESULTS.md. Here: the
     # kernel forms offsets into S (3.2e9 elements) in 64 bits, and those into V (4e8) in 32.

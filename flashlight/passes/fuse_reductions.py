@@ -39,7 +39,7 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
-from flashlight.ir.poly import PolyView, isl_name
+from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
 from flashlight.passes import algebra
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
@@ -447,6 +447,12 @@ class _Fuser:
             return None, None, [refusal, Proof(
                 f"online rewrite of {stmt.name}", False, "the rewritten program still violates a dependence",
                 relation=str(rel), witness=witness(rel), lemma=lemma.statement())]
+        try:
+            _empty_fixup(self.program, rec, new_stmt, group, new_running)
+        except _RowsUnknown as why:
+            return None, None, [refusal, Proof(
+                f"online rewrite of {stmt.name}", False, "a row where it folds no term (eager gives the identity) "
+                f"cannot be told from one whose running max stays -inf (eager gives NaN): {why}")]
         accepted = Proof(
             f"online rewrite of {stmt.name} into the {j} loop", True,
             "the running values expanded to single assignment, no dependence of the rewritten "
@@ -561,7 +567,7 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
                 l = r.loop(it)
                 node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="block")
             members.append(node)
-        fixups = [_empty_fixup(by_name[s], rewrites[s], group, running)
+        fixups = [_empty_fixup(program, by_name[s], rewrites[s], group, running)
                    for s in phase.members if s in rewrites and rewrites[s].scale is not None]
         fixups = [f for f in fixups if f is not None]
         if phase.loops:
@@ -583,13 +589,20 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
     return body[0]
 
 
-def _empty_fixup(r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) -> Node | None:
+class _RowsUnknown(Exception):
+    """isl cannot state exactly in which rows a statement has terms (a data-dependent guard)."""
+
+
+def _empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) -> Node | None:
     """``z = where(y == -inf, nan, z)`` after the loop, where eager gives NaN and the online form 0.
 
     While a running max ``y`` stays ``-inf`` the online form folds with a finite reference, so a
     row whose every term is ``-inf`` ends at the identity. Eager folds ``F(-inf, y = -inf)``
     there: the lemma's side condition (finite ``y``) fails. Evaluating ``F`` with ``y`` and the
-    max's own argument at ``-inf`` says what eager gets; if that is NaN, this restores it.
+    max's own argument at ``-inf`` says what eager gets; if that is NaN, this restores it, in the
+    rows where the statement has a term at all: a row it has none of folds nothing in eager
+    either, whatever ``y`` is there (-inf too where restrict-to-demand left it uncomputed).
+    Raises :class:`_RowsUnknown` if isl cannot say which rows those are.
     """
     recs = {x.name: x for x in group.recs}
     if f"{r.name}_empty" in recs:  # masks-to-domains already restores such rows
@@ -606,6 +619,9 @@ def _empty_fixup(r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) 
             continue
         y_load = next(ld for ld in E.loads(r.stmt.expr) if ld.tensor == y)
         cond = E.call("eq", y_load, E.const(-float("inf"), "f32"))
+        rows = _rows_with_terms(program, r, tuple(i.name for i in stmt.target.indices if isinstance(i, Iter)))
+        if rows is not None:
+            cond = E.call("and", rows, cond)
         node: Node = Stmt(f"{stmt.name}_empty", stmt.target, "=",
                           E.call("where", cond, E.const(float("nan"), "f32"), stmt.target))
         for it in reversed(group.block[r.name]):
@@ -614,6 +630,27 @@ def _empty_fixup(r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) 
                 node = Loop(it, l.lower, l.upper, "parallel", (node,), mapping="block")
         return node
     return None
+
+
+def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | None:
+    """The condition on ``rows`` (the iterators of ``r``'s target) under which ``r`` has an
+    instance: its guarded domain with the other iterators projected out; None if every row has."""
+    def projected(guards: tuple[Expr, ...]) -> isl.Set:
+        dom = PolyView.of(program.replace(body=(_nest(r.loops, guards, r.stmt),))).stmts[r.name].domain
+        for k in reversed(range(len(r.its))):
+            if r.its[k] not in rows:
+                dom = dom.project_out(isl.dim_type.set, k, 1)
+        return dom
+    if any(cond_str(g) is None for g in r.guards):
+        raise _RowsUnknown(f"{r.name} has a data-dependent guard")
+    domain, box = projected(r.guards), projected(())
+    if domain.is_equal(box):
+        return None
+    kept = tuple(it for it in r.its if it in rows)
+    cond = set_to_condition(domain.gist(box), kept)
+    if cond is None:
+        raise _RowsUnknown(f"the rows where {r.name} has terms need existential variables: {domain}")
+    return cond
 
 
 def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:
