@@ -604,9 +604,9 @@ def _empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: di
     either, whatever ``y`` is there (-inf too where restrict-to-demand left it uncomputed).
     Raises :class:`_RowsUnknown` if isl cannot say which rows those are.
     """
+    if any(s.name == f"{r.name}_empty" for s, _, _ in walk_stmts(program.body)):
+        return None  # masks-to-domains already restores such rows (in this kernel or a later one)
     recs = {x.name: x for x in group.recs}
-    if f"{r.name}_empty" in recs:  # masks-to-domains already restores such rows
-        return None
     for y, info in running.items():
         if r.name not in info.readers or info.stmt not in recs or recs[info.stmt].stmt.op != "max=":
             continue
