@@ -135,6 +135,17 @@ def test_compare_excuses_what_eager_gets_as_wrong():
         fuzz.compare(torch.tensor([1.0, 0.8e-3]), ref)
 
 
+def test_eager_noise_perturbs_roundings_only_and_is_deterministic():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    exact = fuzz.eager_noise(lambda x: (x * 2.0).transpose(0, 0).amax(), (x,))
+    assert all(torch.equal(n, (x * 2.0).amax()) for n in exact)  # exact ops are not rounded: no noise
+    runs = fuzz.eager_noise(torch.exp, (x,))
+    assert len(runs) == fuzz.NOISE_RUNS
+    assert all(torch.equal(a, b) for a, b in zip(runs, fuzz.eager_noise(torch.exp, (x,))))
+    moved = torch.stack([(n - x.exp()).abs() / x.exp() / torch.finfo(torch.float32).eps for n in runs])
+    assert 0 < float(moved.max()) <= 1.5  # eps relative, then rounded to a neighbouring float
+
+
 def test_compare_excuses_truncations_that_rounding_decides():
     # fuzz seed 406900: (t4 * 4).long() of a sum of -10000-masked log_softmax values (about -1.8e6)
     def prog(x):
