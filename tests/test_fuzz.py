@@ -135,6 +135,40 @@ def test_compare_excuses_what_eager_gets_as_wrong():
         fuzz.compare(torch.tensor([1.0, 0.8e-3]), ref)
 
 
+def _layer_norm_sum(x):  # fuzz seed 420676: exactly 0, and 4.5e-15 in float64
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],)).mean(0, keepdim=True).sum((1, 0), keepdim=True)
+
+
+def test_compare_excuses_rounding_noise_where_eager_is_lucky():
+    x = torch.rand((5, 64), generator=torch.Generator().manual_seed(420676)) + 0.5
+    ref, ref64 = _layer_norm_sum(x), _layer_norm_sum(x.double())
+    noise = fuzz.eager_noise(_layer_norm_sum, (x,))
+    spread = max(float((n - ref).abs().max()) for n in noise)
+    # eager's rows are 1e-5 off but happen to cancel; the spread needs layer_norm decomposed (its
+    # mean rounded on its own shifts a whole row): perturbing only its outputs gives 1e-6
+    assert abs(float(ref)) < 3e-7 and spread > 4e-6
+    ours = torch.full_like(ref, 7.152557373046875e-06)  # flashlight's mean is sum/64, one ulp off
+    with pytest.raises(AssertionError, match="beyond"):
+        fuzz.compare(ours, ref, ref64)  # against eager's error alone
+    fuzz.compare(ours, ref, ref64, noise=lambda: noise)
+    with pytest.raises(AssertionError, match="rounding noise there"):
+        fuzz.compare(torch.full_like(ref, 100 * spread), ref, ref64, noise=lambda: noise)
+
+
+def test_compare_with_noise_still_catches_small_errors_in_ordinary_programs():
+    def prog(x, w):
+        return torch.softmax(x @ w, -1) * 3.0
+
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(7, 13, generator=g), torch.randn(13, 5, generator=g))
+    ref, ref64 = prog(*inputs), prog(*(x.double() for x in inputs))
+    noise = lambda: fuzz.eager_noise(prog, inputs)
+    for out in (ref * (1 + 1e-3), ref.index_put((torch.tensor(3), torch.tensor(2)), ref[3, 2] + 3e-4 * ref.max())):
+        with pytest.raises(AssertionError, match="beyond"):
+            fuzz.compare(out, ref, ref64, noise=noise)
+    fuzz.compare(ref * (1 + 1e-6), ref, ref64, noise=lambda: pytest.fail("noise computed for a passing output"))
+
+
 def test_eager_noise_perturbs_roundings_only_and_is_deterministic():
     x = torch.randn(64, generator=torch.Generator().manual_seed(1))
     exact = fuzz.eager_noise(lambda x: (x * 2.0).transpose(0, 0).amax(), (x,))
