@@ -385,9 +385,17 @@ class _Kernel:
         for name, combine in (("_product", "a * b"),
                               ("_nanmax", "tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
                               ("_nanmin", "tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)")):
-            if any(f"{name}(" in line for line in lines):
-                helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
-                            "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
+            if not any(f"{name}(" in line for line in lines):
+                continue
+            if self.target == "interpreter" and name != "_product":
+                # the interpreter calls a tl.reduce combine in Python once per element (minutes for
+                # a 16x16x16 tile); numpy's max and a NaN count are the same fold
+                fold = "tl.max" if name == "_nanmax" else "tl.min"
+                helpers += ["", "", "@triton.jit", f"def {name}(x, axis: tl.constexpr):",
+                            f"    return tl.where(tl.max((x != x).to(tl.int32), axis) > 0, float('nan'), {fold}(x, axis))"]
+                continue
+            helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
+                        "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
         if self.uses_index:
             helpers += ["", "", "def _index(x):  # not jitted: the interpreter runs it as Python",
                         "    data = getattr(getattr(x, 'handle', None), 'data', x)",
@@ -786,9 +794,10 @@ class _Kernel:
             ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
             axes = v.axes
+            fold = _REDUCE[s.op] if dtypes.is_float(v.dtype) else _REDUCE_EXACT.get(s.op, _REDUCE[s.op])
             for a in reversed(red):
                 k = axes.index(a)
-                code = f"{_REDUCE[s.op]}({code}, axis={k})"
+                code = f"{fold}({code}, axis={k})"
                 axes = axes[:k] + axes[k + 1:]
             if post is not None:
                 code = f"{code} * {_literal(post)}"
@@ -972,6 +981,7 @@ class _Kernel:
 
 
 _REDUCE = {"+=": "tl.sum", "max=": "_nanmax", "min=": "_nanmin", "*=": "_product"}
+_REDUCE_EXACT = {"max=": "tl.max", "min=": "tl.min"}  # integers and booleans have no NaN to propagate
 
 
 def _combine(op: str, a: str, b: str) -> str:
