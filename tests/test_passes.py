@@ -195,3 +195,17 @@ def test_max_plus_lemma():
     lemma = algebra.online_lemma(parse_expr("s[i,j] + m[i]"), (parse_expr("m[i]"),), "max=")
     assert lemma is not None and lemma.partner == "+"
     assert str(lemma.c) in ("-y_old_0 + y_new_0", "y_new_0 - y_old_0")
+
+
+def test_a_repeated_pass_application_is_looked_up(monkeypatch):
+    """The autotuner runs the pipeline once per tile size: the passes before ``tile`` run once."""
+    calls = []
+    for name in ("fuse-reductions", "tile"):
+        real = passes.PASSES[name]
+        monkeypatch.setitem(passes.PASSES, name, lambda p, real=real, name=name, **kw: calls.append(name) or real(p, **kw))
+    prog = ir.parse(SOFTMAX_PV)
+    for bm in (2, 4):
+        passes.run_pipeline(prog, f"inline,fuse-reductions,tile{{block_m={bm}}}")
+    assert calls == ["fuse-reductions", "tile", "tile"]
+    passes.run_pipeline(prog, "inline,fuse-reductions{block_limit=1024}")
+    assert calls[-1] == "fuse-reductions", "other options are another application"

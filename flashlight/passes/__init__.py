@@ -7,6 +7,7 @@ Each pass records its legality decisions in ``program.proofs``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -79,10 +80,18 @@ def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
     for name, args in steps:
         kwargs = dict((overrides or {}).get(name, {}))
         kwargs.update(args)  # options written in the pipeline win
-        program = verify(PASSES[name](program, **kwargs))
+        program = _apply(PASSES[name], program, tuple(sorted(kwargs.items())))
         if on_stage is not None:
             on_stage(name, program)
     return program
+
+
+@functools.lru_cache(maxsize=64)
+def _apply(pass_fn: Callable[..., Program], program: Program, kwargs: tuple) -> Program:
+    """A pass is a function of the (immutable) program and its options, so a repeated application
+    is looked up: the autotuner compiles one program for several tile sizes, and every pass before
+    ``tile`` (fuse-reductions' isl proofs: seconds for a prefix-LM mask) would rerun unchanged."""
+    return verify(pass_fn(program, **dict(kwargs)))
 
 
 __all__ = [
