@@ -208,3 +208,18 @@ def test_fully_masked_rows_match_eager():
     out, ref = flashlight.compile(key_lengths)(q, k, v, lens), key_lengths(q, k, v, lens)
     assert torch.isnan(out[0]).all() and torch.isnan(ref[0]).all()
     assert relerr(out[1], ref[1]) < 1e-5
+
+
+def test_document_mask_scanned_one_tile_at_a_time(monkeypatch, tmp_path):
+    """Where a chunk of tiles cannot be scanned at once, the guard bounds are scanned per tile:
+    the same first, last and run of tiles, the same result."""
+    from flashlight.codegen import triton as codegen
+
+    monkeypatch.setattr(codegen, "SCAN_ELEMENTS", 16)  # a chunk of one 16-tile: per-tile scan
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # no segment compiled with chunks
+    q, k, v = rnd(B, H, S, D), rnd(B, H, S, D), rnd(B, H, S, D)
+    for doc in (_docs(), ((torch.arange(S) // 16) % 2).expand(B, S).contiguous()):
+        src = flashlight.explain(document, q, k, v, doc, options=flashlight.Options(block_m=16, block_n=16)).kernels[0].source
+        assert "bounds of the guard over each tile" in src and "every data-dependent guard holds" in src
+        got = flashlight.compile(document, block_m=16, block_n=16)(q, k, v, doc)
+        assert relerr(got, document(q.double(), k.double(), v.double(), doc)) < 1e-5

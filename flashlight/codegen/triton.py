@@ -555,19 +555,15 @@ class _Kernel:
 
     def scan_tiles(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
                    sure: tuple[str, str, str] | None) -> list[str]:
-        it = loop.iterator
+        it, tiles = loop.iterator, math.ceil(self.extent[loop.iterator] / self.tile[loop.iterator])
         pre = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         certain, possible = self.tile_predicate(loop, pre)
         lines = [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
-                 *("    " + x for x in pre.lines),
-                 f"    {first} = tl.where(({possible}) & (t_{it} < {first}), t_{it}, {first})",
-                 f"    {last} = tl.where({possible}, t_{it}, {last})"]
+                 *("    " + x for x in pre.lines)]
+        lines += _track_tiles((first, last), possible, f"t_{it}", tiles, chunked=False)
         if sure:
-            ok = self.fresh("sure")
-            lines += [f"    {ok} = ({possible}) & ({certain})",
-                      f"    {sure[0]} = tl.where({ok} & (t_{it} < {sure[0]}), t_{it}, {sure[0]})",
-                      f"    {sure[1]} = tl.where({ok}, t_{it}, {sure[1]})",
-                      f"    {sure[2]} = {sure[2]} + tl.where({ok}, 1, 0)"]
+            held = self.fresh("held")
+            lines += [f"    {held} = ({possible}) & ({certain})"] + _track_tiles(sure, held, f"t_{it}", tiles, chunked=False)
         return lines
 
     def scan_chunks(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
@@ -596,15 +592,11 @@ class _Kernel:
         pre.lines.append(f"{ok} = {ok} & ({possible})")
         lines = [f"for t_{it} in range({self.loop_bound(lo)} // {chunk}, ({self.loop_bound(hi)} + {chunk - 1}) // {chunk}):"
                  f"  # bounds of the guard over {chunk} tiles at a time",
-                 *("    " + x for x in pre.lines),
-                 f"    {first} = tl.minimum({first}, tl.min(tl.where({ok}, {c}, {tiles}), axis=0))",
-                 f"    {last} = tl.maximum({last}, tl.max(tl.where({ok}, {c}, -1), axis=0))"]
+                 *("    " + x for x in pre.lines)]
+        lines += _track_tiles((first, last), ok, c, tiles, chunked=True)
         if sure:
-            s = self.fresh("sure")
-            lines += [f"    {s} = {ok} & ({certain})",
-                      f"    {sure[0]} = tl.minimum({sure[0]}, tl.min(tl.where({s}, {c}, {tiles}), axis=0))",
-                      f"    {sure[1]} = tl.maximum({sure[1]}, tl.max(tl.where({s}, {c}, -1), axis=0))",
-                      f"    {sure[2]} = {sure[2]} + tl.sum(tl.where({s}, 1, 0), axis=0)"]
+            held = self.fresh("held")
+            lines += [f"    {held} = {ok} & ({certain})"] + _track_tiles(sure, held, c, tiles, chunked=True)
         return lines
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
@@ -982,6 +974,19 @@ class _Kernel:
 
 _REDUCE = {"+=": "tl.sum", "max=": "_nanmax", "min=": "_nanmin", "*=": "_product"}
 _REDUCE_EXACT = {"max=": "tl.max", "min=": "tl.min"}  # integers and booleans have no NaN to propagate
+
+
+def _track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: int, chunked: bool) -> list[str]:
+    """Lines (in a scan's loop body) that lower ``names[0]`` to the first and raise ``names[1]`` to
+    the last tile index where ``cond`` holds, and add the number of such tiles to ``names[2]`` if
+    given; a chunked scan folds a vector of tiles per step."""
+    def fold(op: str, x: str) -> str:
+        return f"tl.{op}({x}, axis=0)" if chunked else x
+    lines = [f"    {names[0]} = tl.minimum({names[0]}, {fold('min', f'tl.where({cond}, {index}, {tiles})')})",
+             f"    {names[1]} = tl.maximum({names[1]}, {fold('max', f'tl.where({cond}, {index}, -1)')})"]
+    if len(names) > 2:
+        lines.append(f"    {names[2]} = {names[2]} + {fold('sum', f'tl.where({cond}, 1, 0)')}")
+    return lines
 
 
 def _combine(op: str, a: str, b: str) -> str:
