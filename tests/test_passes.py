@@ -170,6 +170,37 @@ program scan(a: f32[8]) -> (x: f32[8])
         passes.run_pipeline(prog, "fuse-reductions,tile{block_n=4}")
 
 
+@pytest.mark.parametrize("grid,dims", [
+    (1, (17, 2, 2, 2, 2)),  # fuzz seed 667886: five block loops, each padded to 16
+    (4096, (3, 3, 2, 2, 2, 2, 2)),  # a tiled grid dimension and seven block loops
+])
+def test_register_tiles_respect_tritons_element_limit(grid, dims):
+    from flashlight.ir.nodes import walk_stmts
+    from flashlight.passes.tile import MAX_TILE_ELEMENTS
+
+    its = [f"r{n}" for n in range(len(dims))]
+    text = f"""\
+program total(x: f32[{grid},{','.join(map(str, dims))}]) -> (out0: f32[{grid}])
+  for z in 0:{grid} parallel
+    for {', '.join(f'{it} in 0:{n} reduce' for it, n in zip(its, dims))}
+      S: out0[z] += x[z,{','.join(its)}]"""
+    prog = passes.run_pipeline(ir.parse(text), "fuse-reductions,tile{block_m=64}")
+    for _, loops, _ in walk_stmts(prog.body):
+        assert np.prod([l.tile for l in loops]) <= MAX_TILE_ELEMENTS, str(prog)
+
+
+def test_whole_block_loops_over_tritons_element_limit_are_refused():
+    from flashlight.passes.tile import TilingError
+
+    text = """\
+program total(x: f32[200,200,200]) -> (out0: f32[1])
+  for z in 0:1 parallel
+    for a in 0:200 reduce, b in 0:200 reduce, c in 0:200 reduce
+      S: out0[z] += x[a,b,c]"""
+    with pytest.raises(TilingError, match="Triton's"):
+        passes.run_pipeline(ir.parse(text), "fuse-reductions,tile")
+
+
 @pytest.mark.parametrize("F,separable,c", [
     ("exp(s[i,j] - m[i])", True, "exp(-y_new_0 + y_old_0)"),
     ("f32(bf16(exp(s[i,j] - m[i]))) * v[j,e]", True, "exp(-y_new_0 + y_old_0)"),

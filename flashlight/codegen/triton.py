@@ -872,6 +872,8 @@ class _Kernel:
         n_ax = next(x for x in b_ax if x != r)
         if {m_ax, n_ax} != set(taxes):
             return None
+        if min(self.tile[x] for x in (m_ax, n_ax, r)) < 16:  # tl.dot's smallest operand sides
+            return None
         g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
         on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
         on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]

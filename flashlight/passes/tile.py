@@ -7,6 +7,9 @@ factor uses are the M and N of a matrix product and are tiled; the others are ba
 before it when it is purely parallel. Block loops are rounded up to a power of two (masked at the
 tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one another only the
 innermost is tiled (the others walk one point at a time): their tiles would multiply in registers.
+A statement's register tile is the product of the tiles of all its enclosing loops; where that
+exceeds Triton's limit on a tensor's elements (2^20), tiles are halved, padding above an extent's
+power of two first, then the largest grid or serial tile (block loops stay whole).
 
 Legality, checked with isl per kernel on the tiled schedule ``[kernel, phase, tile of each serial
 loop, statement]`` (points of one tile and of different programs run at once): every dependence
@@ -32,6 +35,8 @@ from flashlight.ir.poly import PolyView, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
 
 name = "tile"
+
+MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
 
 
 class TilingError(ValueError):
@@ -129,9 +134,51 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             t = _fit(n, n)
         return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
 
-    new = retile(nest)
+    new = _within_budget(retile(nest), k)
     proof = _prove(new, k, view, deps)
     return new, proof
+
+
+def _within_budget(nest: Node, k: int) -> Node:
+    """Halve tiles until every statement's register tile, the product of the tiles of its enclosing
+    loops, holds at most ``MAX_TILE_ELEMENTS``: whatever the number of tiled dimensions."""
+    tile = {l.iterator: l.tile or 1 for l in _loops(nest)}  # one tile per iterator in a kernel
+    whole = {l.iterator: next_pow2(int(l.upper.value)) for l in _loops(nest)}  # type: ignore[union-attr]
+    floor = {it: 1 for it in tile}
+    for l in _loops(nest):
+        if l.mapping == "block":  # a block loop is kept whole inside a program
+            floor[l.iterator] = whole[l.iterator]
+    chains = {tuple(dict.fromkeys(l.iterator for l in loops)) for _, loops, _ in walk_stmts((nest,))}
+
+    def elements(chain: tuple[str, ...]) -> int:
+        n = 1
+        for it in chain:
+            n *= tile[it]
+        return n
+
+    shrunk = False
+    for chain in sorted(chains, key=elements, reverse=True):
+        while elements(chain) > MAX_TILE_ELEMENTS:
+            free = [it for it in chain if tile[it] > floor[it]]
+            if not free:
+                raise TilingError(f"kernel {k}: the whole block loops {', '.join(chain)} alone hold "
+                                  f"{elements(chain)} elements, over Triton's {MAX_TILE_ELEMENTS}")
+            # padding beyond the extent is pure waste; then the largest tile
+            it = max(free, key=lambda i: (tile[i] > whole[i], tile[i]))
+            tile[it] //= 2
+            shrunk = True
+    if not shrunk:
+        return nest
+
+    def apply(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return node
+        body = tuple(apply(c) for c in node.body)
+        if isinstance(node, Loop):
+            return replace(node, tile=min(node.tile or 1, tile[node.iterator]), body=body)
+        return replace(node, body=body)
+
+    return apply(nest)
 
 
 def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:
