@@ -167,7 +167,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
 
                 if autotune.data_steers(seg.program) and \
                         autotune.lookup(seg.program, autotune.device_name(device)) is None:
-                    # its inputs' data decide the work: time the candidates on the first call's
+                    # its inputs' data decide the work: the candidates are timed on the first call's inputs
                     compiled[k] = TunedOnFirstCall(build(opts, report if keep else None),
                                                    functools.partial(tuned, rep=None))
                 else:
