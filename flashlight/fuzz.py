@@ -928,7 +928,7 @@ def _rounding_flips(bad: torch.Tensor, narrowest: torch.dtype | None) -> bool:
 
 
 def _ref64_inputs(inputs: tuple) -> tuple:
-    return tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    return tuple(_widen(x) for x in inputs)
 
 
 def _truncates(func: Any, args: tuple, out: Any) -> bool:

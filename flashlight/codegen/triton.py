@@ -465,6 +465,8 @@ class _Kernel:
             [("0", str(math.ceil(n / t)), True)]
         for lo, hi, masked in ranges:
             self.full_tiles = not masked
+            # which data-dependent guards can be bounded over a tile; the probe's lines are dropped
+            # (each loop below bounds its own tiles), invariant loads it hoists stay where they went
             probe = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
             certain, possible = self.tile_predicate(loop, self.open_tile(loop, probe))
             self.full_tiles = False
