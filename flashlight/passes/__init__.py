@@ -35,7 +35,7 @@ PASSES: dict[str, Callable[..., Program]] = {
     "tile-ranges": tile_ranges,
 }
 
-DEFAULT_PIPELINE = ("inline,defer-normalization,inline,elide-roundings,masks-to-domains,restrict-to-demand,"
+DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
                     "fuse-reductions,contract-buffers,tile,tile-ranges")
 
 
