@@ -40,6 +40,20 @@ def bench(fn, args) -> float:
     return triton.testing.do_bench(lambda: fn(*args), warmup=25, rep=100, return_mode="median")
 
 
+def configs(f, dev: torch.device) -> list[str]:
+    """The tuned configuration of each compiled program, ``block_m/block_n/w<warps>/s<stages>``."""
+    from flashlight import autotune
+
+    out = []
+    for g in f.graphs:
+        for k, p in g.compiled.items():
+            choice = p and autotune.lookup(g.lifted.segments[k].program, autotune.device_name(dev))
+            if choice:
+                warps = "/".join(f"w{ln.kernel.num_warps}" for ln in p.launches)
+                out.append(f"{choice['block_m']}/{choice['block_n']}/{warps}/s{choice['num_stages']}")
+    return out
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     group = 1
     if "g" in text:
@@ -98,7 +112,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 warm = time.time() - t0
                 calls["flashlight"] = (f, out, {"compile_s": round(cold, 2), "warm_s": round(warm, 2),
-                                                "kernels": nk, "fallbacks": fb})
+                                                "kernels": nk, "fallbacks": fb, "configs": configs(f, dev)})
             if "eager" in impls:
                 calls["eager"] = (var.fn, var.fn(*inputs), {})
             if "torch.compile" in impls:
