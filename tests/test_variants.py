@@ -223,3 +223,26 @@ def test_document_mask_scanned_one_tile_at_a_time(monkeypatch, tmp_path):
         assert "bounds of the guard over each tile" in src and "every data-dependent guard holds" in src
         got = flashlight.compile(document, block_m=16, block_n=16)(q, k, v, doc)
         assert relerr(got, document(q.double(), k.double(), v.double(), doc)) < 1e-5
+
+
+def test_alibi_converts_positions_once_per_row_and_column():
+    """``f32(j - i)`` over a score tile is spread into ``f32(j) - f32(i)`` (exact below 2**24): no
+    int-to-float conversion per score, and the same values as eager."""
+    args = CASES["alibi"][1]()
+    src = flashlight.explain(alibi, *args, options=flashlight.Options(block_m=16, block_n=16)).kernels[0].source
+    converted = [line.split("=", 1)[1].strip() for line in src.splitlines() if ".to(tl.float32)" in line]
+    assert "o_i2.to(tl.float32)" in converted and "o_i3.to(tl.float32)" in converted, converted
+    assert not [c for c in converted if "[" in c], "a broadcast tile converted per element"
+    assert relerr(flashlight.compile(alibi)(*args), alibi(*args)) < 1e-5
+
+
+def test_a_conversion_past_two_to_the_24_stays_per_element():
+    def far(q, k, v):  # positions 2**20 apart: partial sums would not be exact in fp32
+        i, j = torch.arange(q.shape[-2])[:, None], torch.arange(k.shape[-2])[None, :]
+        return torch.softmax(q @ k.transpose(-2, -1) + 1e-6 * (j * 2 ** 20 - i), -1) @ v
+
+    q, k, v = rnd(1, 1, 32, 16), rnd(1, 1, 32, 16), rnd(1, 1, 32, 16)
+    src = flashlight.explain(far, q, k, v, options=flashlight.Options(block_m=16, block_n=16)).kernels[0].source
+    assert ".to(tl.float32)" in src and not [ln for ln in src.splitlines() if "o_" in ln and ".to(tl.float32)" in ln], \
+        "the tile is converted as a whole"
+    assert relerr(flashlight.compile(far)(q, k, v), far(q, k, v)) < 1e-5
