@@ -159,10 +159,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                 def tuned(inputs: list[torch.Tensor] | None = None, seg: ProgramSegment = seg,
                           build: Callable[..., CompiledProgram] = build,
                           rep: SegmentReport | None = report if keep else None) -> CompiledProgram:
-                    choice = autotune.tune(seg.program, device, lambda bm, bn, st: build(
-                        replace(opts, block_m=bm, block_n=bn, num_stages=st)), inputs=inputs)
-                    chosen = replace(opts, block_m=choice["block_m"], block_n=choice["block_n"],
-                                     num_stages=choice["num_stages"])
+                    def config(bm: int, bn: int, st: int, w: int | None) -> Options:
+                        return replace(opts, block_m=bm, block_n=bn, num_stages=st,
+                                       num_warps=opts.num_warps or w)  # warps the user set stay
+
+                    choice = autotune.tune(seg.program, device, lambda *c: build(config(*c)), inputs=inputs)
+                    chosen = config(choice["block_m"], choice["block_n"], choice["num_stages"],
+                                    choice.get("num_warps"))
                     return build(chosen, rep)
 
                 if autotune.data_steers(seg.program) and \

@@ -17,8 +17,8 @@ def test_tune_picks_the_fastest_and_caches_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     built = []
 
-    def build(bm, bn, stages):
-        built.append((bm, bn, stages))
+    def build(bm, bn, stages, warps):
+        built.append((bm, bn, stages, warps))
         if bm == 128 and bn == 128:
             raise RuntimeError("does not compile")  # skipped, not fatal
         return lambda inputs: (bm, bn, stages)
@@ -57,7 +57,7 @@ def test_tune_times_the_inputs_it_is_given(tmp_path, monkeypatch):
     real = [torch.ones(4, 8), torch.arange(8)]
     seen = []
 
-    def build(bm, bn, stages):
+    def build(bm, bn, stages, warps):
         return lambda inputs: seen.append(inputs) or (bm, bn, stages)
 
     autotune.tune(INDEXED, torch.device("cpu"), build, timer=lambda fn: float(fn()[0]), inputs=real)
@@ -111,8 +111,8 @@ def test_one_noisy_timing_does_not_decide(tmp_path, monkeypatch):
     def clock(fn):  # the fastest configuration is slow the first time it is timed
         config = fn()
         seen[config] = seen.get(config, 0) + 1
-        return (9.0 if seen[config] == 1 else 1.0) if config == (64, 32, 3) else 5.0
+        return (9.0 if seen[config] == 1 else 1.0) if config == (64, 32, 3, None) else 5.0
 
-    choice = autotune.tune(PROGRAM, torch.device("cpu"), lambda bm, bn, st: lambda inputs: (bm, bn, st), timer=clock)
+    choice = autotune.tune(PROGRAM, torch.device("cpu"), lambda *c: lambda inputs: c, timer=clock)
     assert (choice["block_m"], choice["block_n"], choice["num_stages"]) == (64, 32, 3)
     assert set(seen.values()) == {autotune.ROUNDS}
