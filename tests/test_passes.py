@@ -240,3 +240,56 @@ def test_a_repeated_pass_application_is_looked_up(monkeypatch):
     assert calls == ["fuse-reductions", "tile", "tile"]
     passes.run_pipeline(prog, "inline,fuse-reductions{block_limit=1024}")
     assert calls[-1] == "fuse-reductions", "other options are another application"
+
+
+def test_rebase_exponentials_golden_and_values():
+    fused = fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4)
+    prog = passes.rebase_exponentials(fused)
+    accepted = _proof(prog, "rebase exponentials of L1, O1")
+    assert accepted.legal and "ratios of one row" in accepted.reason
+    check_golden("rebase_exponentials", str(prog))
+    assert str(prog).count("exp2(fma(S[i,j], 1.4426950408889634, -(") == 2
+    tiled = passes.run_pipeline(prog, "contract-buffers,tile{block_m=2,block_n=4}")
+    np.testing.assert_allclose(_run(tiled)["o"], _run(ir.parse(SOFTMAX_PV))["o"], rtol=1e-6, atol=1e-7)
+
+
+def test_rebase_exponentials_is_exact_at_large_logits():
+    """The rounded reference shifts every term of a row by one factor: a row of logits near
+    -10000 (an additive mask) keeps the weights of eager's softmax to a few ulps (fuzz bug P)."""
+    prog = passes.run_pipeline(fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4),
+                               "rebase-exponentials,contract-buffers,tile{block_m=2,block_n=4}")
+    rng = np.random.default_rng(3)
+    s = (rng.standard_normal((4, 6)) * 3 - 10000.0 * np.arange(4)[:, None]).astype(np.float32)
+    v = rng.standard_normal((6, 2)).astype(np.float32)
+    p = np.exp(s.astype(np.float64) - s.max(1, keepdims=True))
+    ref = (p / p.sum(1, keepdims=True)) @ v
+    np.testing.assert_allclose(interpret(prog, {"S": s, "V": v})["o"], ref, rtol=2e-6, atol=2e-6)
+
+
+LOGSUMEXP = """\
+program lse(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2], z: f32[4])
+  buffer m: f32[4]
+  buffer l: f32[4]
+  buffer acc: f32[4,2]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      M1: m[i] max= S[i,j]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      L1: l[i] += exp(S[i,j] - m[i])
+  for i in 0:4 parallel, d in 0:2 parallel
+    for j in 0:6 reduce
+      O1: acc[i,d] += exp(S[i,j] - m[i]) * V[j,d]
+  for i in 0:4 parallel, d in 0:2 parallel
+    N1: o[i,d] = acc[i,d] / l[i]
+  for i in 0:4 parallel
+    Z1: z[i] = m[i] + log(l[i])"""
+
+
+def test_rebase_exponentials_refuses_a_sum_read_alone():
+    fused = fuse_reductions(ir.parse(LOGSUMEXP), block_limit=4)
+    assert "rescale exp(" in str(fused), "the online rewrite happened"
+    prog = passes.rebase_exponentials(fused)
+    refused = _proof(prog, "rebase exponentials")
+    assert not refused.legal and "Z1 reads" in refused.reason and "other than as a ratio" in refused.reason
+    assert "exp2(" not in str(prog)

@@ -1091,6 +1091,8 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
         return f"{fn}({a}, {b})"
     if op == "where":
         return f"tl.where({a}, {b}, {xs[2]})"
+    if op == "fma":
+        return f"tl.fma({a}, {b}, {xs[2]})"
     if op == "isnan":
         return f"({a} != {a})"
     if op == "isinf":

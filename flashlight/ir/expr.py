@@ -37,7 +37,7 @@ UNARY_FUNCS = (
     "abs", "sin", "cos", "floor", "ceil", "round", "isnan", "isinf", "reciprocal",
 )
 BINARY_FUNCS = ("max", "min", "pow", "atan2")
-TERNARY_FUNCS = ("where",)
+TERNARY_FUNCS = ("where", "fma")  # fma(a, b, c) = a * b + c rounded once
 CASTS = dtypes.ALL
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 LOGICAL = ("and", "or", "not")

@@ -142,6 +142,13 @@ def _erf(x: Value) -> Value:
     return type(x)(math.erf(float(x)))
 
 
+def _fma(a: Value, b: Value, c: Value) -> Value:
+    """``a * b + c`` with one rounding to the operands' type (a product of two floats is exact in
+    float64, so only the sum rounds, then the narrowing: exact for all but ties)."""
+    t = type(a) if isinstance(a, np.floating) else np.float64
+    return t(np.float64(a) * np.float64(b) + np.float64(c))
+
+
 def _identity(x: Value) -> Value:
     return x
 
@@ -158,7 +165,7 @@ _FLOAT_OPS: dict[str, Callable[..., Value]] = {
     "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1, "log": np.log, "log2": np.log2,
     "log1p": np.log1p, "sqrt": np.sqrt, "rsqrt": _rsqrt, "tanh": np.tanh, "sigmoid": _sigmoid,
     "erf": _erf, "abs": np.abs, "sin": np.sin, "cos": np.cos, "floor": np.floor, "ceil": np.ceil,
-    "round": np.rint, "reciprocal": np.reciprocal,
+    "round": np.rint, "reciprocal": np.reciprocal, "fma": _fma,
 }
 
 #: arithmetic on integers; operators missing here are only defined on floats
@@ -327,6 +334,9 @@ class _Machine:
         if len(args) == 1:
             (a,) = args
             return lambda env: fn(a(env))
+        if len(args) == 3:
+            a, b, c = args
+            return lambda env: fn(a(env), b(env), c(env))
         a, b = args
         return lambda env: fn(a(env), b(env))
 

@@ -19,6 +19,7 @@ from flashlight.passes.elide_roundings import elide_roundings
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
+from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.tile import tile
 from flashlight.passes.tile_ranges import tile_ranges
@@ -30,13 +31,14 @@ PASSES: dict[str, Callable[..., Program]] = {
     "masks-to-domains": masks_to_domains,
     "restrict-to-demand": restrict_to_demand,
     "fuse-reductions": fuse_reductions,
+    "rebase-exponentials": rebase_exponentials,
     "contract-buffers": contract_buffers,
     "tile": tile,
     "tile-ranges": tile_ranges,
 }
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,contract-buffers,tile,tile-ranges")
+                    "fuse-reductions,rebase-exponentials,contract-buffers,tile,tile-ranges")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
@@ -96,5 +98,5 @@ def _apply(pass_fn: Callable[..., Program], program: Program, kwargs: tuple) -> 
 
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "elide_roundings", "fuse_reductions",
-    "inline_pointwise", "masks_to_domains", "parse_pipeline", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
+    "inline_pointwise", "masks_to_domains", "parse_pipeline", "rebase_exponentials", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
 ]
