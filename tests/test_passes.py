@@ -149,6 +149,25 @@ program p(x: f32[3,5], v: f32[5,2]) -> (out0: f32[3,2])
     np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(text))["out0"], rtol=1e-5)
 
 
+def test_defer_normalization_leaves_a_one_term_sum():
+    # layer_norm over an axis of extent 1 (fuzz seed 1004037): the mean is one term, which
+    # eager rounds like the x it is subtracted from; hoisting s out of it through the f16
+    # rounding made x - mean nonzero. No reduced iterator: nothing to defer past.
+    text = """\
+program p(x: f16[3,5], y: f16[3]) -> (out0: f32[3])
+  buffer s: f32[3]
+  buffer m: f32[3]
+  for i in 0:3 parallel
+    for j in 0:5 reduce
+      S: s[i] += f32(x[i,j])
+  for i in 0:3 parallel
+    M: m[i] += f32(f16(f32(f16(s[i])) * f32(y[i])))
+  for i in 0:3 parallel
+    O: out0[i] = m[i]"""
+    prog = ir.parse(text)
+    assert passes.defer_normalization(prog) is prog
+
+
 def test_tiled_program_golden_and_proof():
     prog = passes.run_pipeline(ir.parse(SOFTMAX_PV), "fuse-reductions{block_limit=4},contract-buffers,tile{block_m=16,block_n=16}")
     check_golden("tile_softmax_pv", str(prog))

@@ -13,6 +13,14 @@ FlashAttention-2's deferred division by the softmax denominator; afterwards the 
 the other reduction only through the factor the online rewrite can repair.
 
 Only factors that load a reduction's target are hoisted: others change nothing about fusion.
+
+Only a sum of more than one term is rewritten. With no reduced iterator that can take two
+values (layer_norm over a last axis of extent 1: ``mean[p] += x[p]``) the statement is one
+term, which eager adds to zero exactly, so its result is bit-identical to the term as other
+statements recompute it, and ``x - mean`` is exactly 0. The "only moves where rounding
+happens" argument does not hold there: the rewritten sum rounds differently from the term it
+is later subtracted from, and the difference, divided by ``sqrt(0 + eps)``, is O(1). Nor is
+anything gained: a one-term sum has nothing to defer the factor past.
 """
 
 from __future__ import annotations
@@ -54,6 +62,14 @@ def _split(e: Expr, invariant: set[str], reduced: set[str], dt: dict[str, str]) 
     return e, []
 
 
+def _may_repeat(loop: Loop) -> bool:
+    """Whether the loop can run more than one iteration (unknown bounds: assume it can)."""
+    lo, hi = loop.lower, loop.upper
+    if isinstance(lo, E.Const) and isinstance(hi, E.Const):
+        return hi.value - lo.value > 1
+    return True
+
+
 def _hoistable(e: Expr, invariant: set[str], reduced: set[str]) -> bool:
     return not (E.free_iters(e) & reduced) and any(ld.tensor in invariant for ld in E.loads(e))
 
@@ -73,6 +89,9 @@ def defer_normalization(program: Program) -> Program:
         stmt, loops, guards = stmts[0]
         target_its = {x.name for x in stmt.target.indices if isinstance(x, Iter)}
         reduced = {l.iterator for l in loops if l.iterator not in target_its}
+        if not any(_may_repeat(l) for l in loops if l.iterator in reduced):
+            new_body.append(nest)  # one term: no sum to defer past (see the module docstring)
+            continue
         others = reduction_targets - {stmt.target.tensor}
         variant, factors = _split(stmt.expr, others, reduced, dt)
         if not factors or variant is None:
