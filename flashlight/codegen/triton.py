@@ -137,6 +137,8 @@ class _Kernel:
             raise CodegenError(f"loop {it} is not tiled; run the tile pass first")
         if it in self.role and (self.role[it] != role or self.extent[it] != n):
             raise CodegenError(f"iterator {it} has two roles in one kernel")
+        if it in self.tile and self.tile[it] != l.tile:
+            raise CodegenError(f"iterator {it} has two tiles in one kernel ({self.tile[it]} and {l.tile})")
         self.extent[it], self.tile[it], self.role[it] = n, l.tile, role
         if it not in self.axes and (role != "grid" or l.tile > 1):
             self.axes.append(it)

@@ -12,8 +12,9 @@ folds into starts at the combiner's identity. A reduction with a ``scale`` is an
 reduction: each step first rescales the accumulator, ``t = t*scale + expr`` for ``+=`` and
 ``t = max(t + scale, expr)`` for ``max=`` (the partner operation of the combiner).
 
-After tiling, a loop carries its tile size, and after mapping it says where it runs:
-``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
+After tiling, a loop carries its tile size (one per iterator within a top-level nest, which
+becomes one kernel: sibling loops over one iterator share their tile), and after mapping it
+says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
 (all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
 and which of them need no masks: a proved fact about the domain, not a change of meaning. A ``local`` tensor lives in registers of one program;
 every other temporary is a global ``buffer``.

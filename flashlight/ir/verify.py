@@ -39,12 +39,28 @@ def verify(program: Program) -> Program:
     stmt_names: set[str] = set()
     written: set[str] = set()
     _verify_body(program, program.body, (), errors, stmt_names, written)
+    for nest in program.body:
+        _verify_one_tile_per_iterator(nest, errors)
     for t in program.outputs:
         if t.name not in written:
             errors.append(f"output {t.name!r} is never written")
     if errors:
         raise VerificationError(f"program {program.name} is malformed:\n  " + "\n  ".join(errors))
     return program
+
+
+def _verify_one_tile_per_iterator(nest: Node, errors: list[str]) -> None:
+    """A top-level nest (one kernel) tiles each iterator one way, however many loops walk it."""
+    tiles: dict[str, int] = {}
+    stack = [nest]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Stmt):
+            continue
+        if isinstance(node, Loop) and node.tile is not None:
+            if tiles.setdefault(node.iterator, node.tile) != node.tile:
+                errors.append(f"loop {node.iterator}: tiled {node.tile} and {tiles[node.iterator]} in one nest")
+        stack.extend(node.body)
 
 
 def _verify_expr(program: Program, e: Expr, bound: tuple[str, ...], where: str, errors: list[str]) -> None:

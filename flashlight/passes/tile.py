@@ -9,7 +9,9 @@ tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one ano
 innermost is tiled (the others walk one point at a time): their tiles would multiply in registers.
 A statement's register tile is the product of the tiles of all its enclosing loops; where that
 exceeds Triton's limit on a tensor's elements (2^20), tiles are halved, padding above an extent's
-power of two first, then the largest grid or serial tile (block loops stay whole).
+power of two first, then the largest grid or serial tile (block loops stay whole). A kernel has
+one tile per iterator: where sibling loops over one iterator would be tiled differently, all of
+them take the smallest.
 
 Legality, checked with isl per kernel on the tiled schedule ``[kernel, phase, tile of each serial
 loop, statement]`` (points of one tile and of different programs run at once): every dependence
@@ -134,9 +136,30 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             t = _fit(n, n)
         return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
 
-    new = _within_budget(retile(nest), k)
+    new = _within_budget(_one_tile_per_iterator(retile(nest)), k)
     proof = _prove(new, k, view, deps)
     return new, proof
+
+
+def _one_tile_per_iterator(nest: Node) -> Node:
+    """Give every loop over one iterator the smallest tile any of them chose. An iterator may be
+    walked by several sibling serial loops of a kernel (phases fused over the same grid), and the
+    rule above can tile them differently (one encloses another serial loop, one does not); but a
+    kernel has one tile size per axis (the offsets ``o_i`` and tile counts of the codegen, the
+    register budget below). The smallest keeps both the nested-serial rule and the budget."""
+    tile: dict[str, int] = {}
+    for l in _loops(nest):
+        tile[l.iterator] = min(tile.get(l.iterator, l.tile or 1), l.tile or 1)
+
+    def apply(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return node
+        body = tuple(apply(c) for c in node.body)
+        if isinstance(node, Loop):
+            return replace(node, tile=tile[node.iterator], body=body)
+        return replace(node, body=body)
+
+    return apply(nest)
 
 
 def _within_budget(nest: Node, k: int) -> Node:
