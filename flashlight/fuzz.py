@@ -865,8 +865,17 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
                        f"({int(nan_o.sum())} vs {int(nan_r.sum())}); first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
     inf_r = torch.isinf(r32)
-    if not torch.equal(torch.isinf(o32), inf_r) or not torch.equal(o32[inf_r], r32[inf_r]):
-        idx = ((torch.isinf(o32) != inf_r) | (inf_r & (o32 != r32))).nonzero()[0].tolist()
+    differ = (torch.isinf(o32) != inf_r) | (inf_r & (o32 != r32))
+    if differ.any() and r64 is not None and noise is not None:
+        # an overflow that eager's own rounding noise decides (a difference of two values 1e17 apart
+        # from 1e8 of each other, cast to float16): excused where a perturbed eager run agrees with us
+        same = [(torch.isinf(n.double()) == torch.isinf(o32)) & (~torch.isinf(o32) | (n.double() == o32))
+                for n in noise()]
+        if same:
+            excused = differ & torch.stack(same).any(0)
+            o32, differ = torch.where(excused, r32, o32), differ & ~excused
+    if differ.any():
+        idx = differ.nonzero()[0].tolist()
         raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): infinities differ; first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
     fin = torch.isfinite(r32)

@@ -242,3 +242,24 @@ def test_program_source_is_plain_python():
     assert math.prod(inputs[0].shape) <= fuzz.MAX_NUMEL
 
 # }}}
+
+
+def _variance_gap(x):  # fuzz seed 1120149: variances near 3e17 whose differences float32 cannot resolve
+    v = torch.cat([x, torch.full((x.shape[0], 2), -1e9, dtype=x.dtype)], 1).var(1, keepdim=True)
+    return (v - v.mean(0, keepdim=True)).to(torch.float16)
+
+
+def test_compare_excuses_an_overflow_that_eager_noise_decides():
+    x = torch.rand((17, 1), generator=torch.Generator().manual_seed(3))
+    ref, ref64 = _variance_gap(x), _variance_gap(x.double())
+    noise = fuzz.eager_noise(_variance_gap, (x,))
+    # eager's variances come out equal (0 after the subtraction); float64's and a perturbed run's
+    # differ by one float32 ulp of 3e17, which overflows float16
+    ours = noise[0]
+    assert not torch.isinf(ref).any() and torch.isinf(ref64).any() and torch.isinf(ours).any()
+    fuzz.compare(ours, ref, ref64, noise=lambda: noise)
+    with pytest.raises(AssertionError, match="infinities"):  # without eager's noise: a mismatch
+        fuzz.compare(ours, ref, ref64)
+    with pytest.raises(AssertionError, match="infinities"):  # an overflow no eager run shows
+        fuzz.compare(torch.tensor([float("inf")]), torch.tensor([1.0]), torch.tensor([1.0]).double(),
+                     noise=lambda: [torch.tensor([1.0])])
