@@ -43,7 +43,7 @@ from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
 from flashlight.passes import algebra
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
-from flashlight.passes.tree import fresh_tensor_name
+from flashlight.passes.tree import fresh_tensor_name, is_nan_fixup
 
 name = "fuse-reductions"
 
@@ -604,7 +604,7 @@ def _empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: di
     either, whatever ``y`` is there (-inf too where restrict-to-demand left it uncomputed).
     Raises :class:`_RowsUnknown` if isl cannot say which rows those are.
     """
-    if any(s.name == f"{r.name}_empty" for s, _, _ in walk_stmts(program.body)):
+    if any(is_nan_fixup(s) and s.target.tensor == r.stmt.target.tensor for s, _, _ in walk_stmts(program.body)):
         return None  # masks-to-domains already restores such rows (in this kernel or a later one)
     recs = {x.name: x for x in group.recs}
     for y, info in running.items():

@@ -32,12 +32,11 @@ from flashlight.passes.tree import map_stmts
 
 name = "masks-to-domains"
 
-def _negate(c: Expr, dt: Mapping[str, str] | None) -> Expr:
+def _negate(c: Expr, dt: Mapping[str, str]) -> Expr:
     """``not c``. A comparison of integers flips (``i < j`` fails exactly where ``i >= j`` holds); one
     of floats does not: ``nan < c`` and ``nan >= c`` are both false."""
     flip = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
-    if isinstance(c, Call) and c.op in flip and dt is not None and \
-            not any(dtypes.is_float(E.dtype_of(a, dt)) for a in c.args):
+    if isinstance(c, Call) and c.op in flip and not any(dtypes.is_float(E.dtype_of(a, dt)) for a in c.args):
         return E.call(flip[c.op], *c.args)
     if isinstance(c, Call) and c.op == "not":
         return c.args[0]
@@ -55,9 +54,9 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
     return E.rewrite(e, lambda x: new if x == old else None)
 
 
-def restrict_statement(stmt: Stmt, dtype: str = "f32", dt: Mapping[str, str] | None = None
-                       ) -> tuple[Stmt, list[Expr], list[str]]:
-    """The statement with identity-contributing mask branches removed, the kept conditions, notes."""
+def restrict_statement(stmt: Stmt, dt: Mapping[str, str]) -> tuple[Stmt, list[Expr], list[str]]:
+    """The statement with identity-contributing mask branches removed, the kept conditions, notes
+    (``dt``: the program's tensor dtypes)."""
     if not stmt.is_reduction or stmt.scale is not None:
         return stmt, [], []
     conds: list[Expr] = []
@@ -69,7 +68,7 @@ def restrict_statement(stmt: Stmt, dtype: str = "f32", dt: Mapping[str, str] | N
             cond, a, b = w.args
             for fill, kept, keep_cond in ((a, b, _negate(cond, dt)), (b, a, cond)):
                 contribution = abstract_eval(_replace(stmt.expr, w, fill))
-                identity = dtypes.identity(stmt.op, dtype)
+                identity = dtypes.identity(stmt.op, dt[stmt.target.tensor])
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
                                  f"F({fill}) = {identity} = identity of {stmt.op}")
@@ -94,7 +93,7 @@ def masks_to_domains(program: Program) -> Program:
             body.append(nest)
             continue
         stmt, loops, _ = found[0]
-        new, conds, why = restrict_statement(stmt, program.tensor(stmt.target.tensor).dtype, program.dtypes)
+        new, conds, why = restrict_statement(stmt, program.dtypes)
         if not conds:
             body.append(nest)
             continue

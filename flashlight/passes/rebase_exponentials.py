@@ -41,7 +41,7 @@ from dataclasses import replace
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
-from flashlight.passes.tree import map_stmts
+from flashlight.passes.tree import is_nan_fixup, map_stmts
 
 name = "rebase-exponentials"
 
@@ -117,12 +117,6 @@ def _ratio_free(e: Expr, members: dict[str, Stmt], ref: Expr) -> Expr | None:
     return None if bad[0] else out
 
 
-def _is_empty_fixup(s: Stmt) -> bool:
-    e = s.expr
-    return (s.op == "=" and isinstance(e, Call) and e.op == "where" and isinstance(e.args[1], Const)
-            and math.isnan(e.args[1].value) and e.args[2] == s.target)
-
-
 def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
     members = {s.target.tensor: s for s in group}
     if len(members) != len(group):
@@ -139,12 +133,12 @@ def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
     for s, _, _ in walk_stmts(program.body):
         if s.name in names:
             continue
-        if s.target.tensor in members and not _is_empty_fixup(s):
+        if s.target.tensor in members and not is_nan_fixup(s):
             return f"{s.name} writes {s.target.tensor} outside the sum"
         for e in [s.expr] + ([s.scale] if s.scale is not None else []):
             if not any(ld.tensor in members for ld in E.loads(e)):
                 continue
-            if _is_empty_fixup(s) and e is s.expr:
+            if is_nan_fixup(s) and e is s.expr:
                 continue
             free = _ratio_free(e, members, ref)
             if free is None or any(ld.tensor in members for ld in E.loads(free)):

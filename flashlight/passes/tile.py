@@ -150,16 +150,15 @@ def _one_tile_per_iterator(nest: Node) -> Node:
     tile: dict[str, int] = {}
     for l in _loops(nest):
         tile[l.iterator] = min(tile.get(l.iterator, l.tile or 1), l.tile or 1)
+    return _with_tiles(nest, tile)
 
-    def apply(node: Node) -> Node:
-        if isinstance(node, Stmt):
-            return node
-        body = tuple(apply(c) for c in node.body)
-        if isinstance(node, Loop):
-            return replace(node, tile=tile[node.iterator], body=body)
-        return replace(node, body=body)
 
-    return apply(nest)
+def _with_tiles(node: Node, tile: dict[str, int]) -> Node:
+    """``node`` with every loop over ``it`` tiled ``tile[it]``."""
+    if isinstance(node, Stmt):
+        return node
+    body = tuple(_with_tiles(c, tile) for c in node.body)
+    return replace(node, tile=tile[node.iterator], body=body) if isinstance(node, Loop) else replace(node, body=body)
 
 
 def _within_budget(nest: Node, k: int) -> Node:
@@ -190,18 +189,7 @@ def _within_budget(nest: Node, k: int) -> Node:
             it = max(free, key=lambda i: (tile[i] > whole[i], tile[i]))
             tile[it] //= 2
             shrunk = True
-    if not shrunk:
-        return nest
-
-    def apply(node: Node) -> Node:
-        if isinstance(node, Stmt):
-            return node
-        body = tuple(apply(c) for c in node.body)
-        if isinstance(node, Loop):
-            return replace(node, tile=min(node.tile or 1, tile[node.iterator]), body=body)
-        return replace(node, body=body)
-
-    return apply(nest)
+    return _with_tiles(nest, tile) if shrunk else nest
 
 
 def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:

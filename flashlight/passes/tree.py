@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -35,6 +36,14 @@ def map_exprs(stmt: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
     target = E.Load(stmt.target.tensor, tuple(fn(i) for i in stmt.target.indices))
     scale = None if stmt.scale is None else fn(stmt.scale)
     return replace(stmt, target=target, expr=fn(stmt.expr), scale=scale)
+
+
+def is_nan_fixup(stmt: Stmt) -> bool:
+    """``z = where(c, nan, z)``: a statement that gives rows eager's NaN and leaves the others
+    (masks-to-domains and fuse-reductions write one after a sum whose rows may fold nothing)."""
+    e = stmt.expr
+    return (stmt.op == "=" and isinstance(e, E.Call) and e.op == "where" and isinstance(e.args[1], E.Const)
+            and isinstance(e.args[1].value, float) and math.isnan(e.args[1].value) and e.args[2] == stmt.target)
 
 
 def writers(program: Program) -> dict[str, list[Stmt]]:
