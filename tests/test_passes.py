@@ -312,3 +312,41 @@ def test_rebase_exponentials_refuses_a_sum_read_alone():
     refused = _proof(prog, "rebase exponentials")
     assert not refused.legal and "Z1 reads" in refused.reason and "other than as a ratio" in refused.reason
     assert "exp2(" not in str(prog)
+
+
+SCALED_BIAS = """\
+program scaled_bias(S: f32[2,4,6], slope: f32[2], B: f32[2,4,6]) -> (m: f32[2,4], n: f32[2,4], z: f32[2,4])
+  for h in 0:2 parallel, i in 0:4 parallel
+    for j in 0:6 reduce
+      M1: m[h,i] max= S[h,i,j] * 0.125 + slope[h] * f32(j - i)
+    for j in 0:6 reduce
+      N1: n[h,i] max= S[h,i,j] * 0.5 - slope[h] * f32(j)
+    for j in 0:6 reduce
+      Z1: z[h,i] max= S[h,i,j] * 0.125 + B[h,i,j] + S[h,i,j] * 0.1 + slope[h] * f32(j)"""
+
+
+def test_factor_scales_golden_and_exact():
+    """ALiBi's bias absorbs the power-of-two score scale: one fma a score, rounded once, which is
+    the exactly rounded sum (checked bit for bit against float64)."""
+    prog = passes.factor_scales(ir.parse(SCALED_BIAS))
+    check_golden("factor_scales", str(prog))
+    assert "fma(slope[h] * 8.0, f32(j - i), S[h,i,j]) * 0.125" in str(prog)
+    assert "fma(slope[h] * -2.0, f32(j), S[h,i,j]) * 0.5" in str(prog)
+    assert "S[h,i,j] * 0.1 + slope[h] * f32(j)" in str(prog), "0.1 is not a power of two: kept"
+    assert "S[h,i,j] * 0.125 + B[h,i,j]" in str(prog), "a bias with no invariant factor: kept"
+    assert _proof(prog, "factor scales").legal
+    rng = np.random.default_rng(0)
+    s = (rng.standard_normal((2, 4, 6)) * 40).astype(np.float32)
+    slope = rng.uniform(0.01, 1, 2).astype(np.float32)
+    bias = rng.standard_normal((2, 4, 6)).astype(np.float32)
+    out = interpret(prog, {"S": s, "slope": slope, "B": bias})
+    j, i = np.arange(6.0), np.arange(4.0)[:, None]
+    exact = s.astype(np.float64) * 0.125 + slope.astype(np.float64)[:, None, None] * (j - i)
+    np.testing.assert_array_equal(out["m"], exact.astype(np.float32).max(-1))
+    exact = s.astype(np.float64) * 0.5 - slope.astype(np.float64)[:, None, None] * j
+    np.testing.assert_array_equal(out["n"], exact.astype(np.float32).max(-1))
+
+
+def test_factor_scales_leaves_programs_without_the_pattern_alone():
+    prog = ir.parse(SOFTMAX_PV)
+    assert passes.factor_scales(prog) is prog

@@ -16,6 +16,7 @@ from flashlight.ir.verify import verify
 from flashlight.passes.contract_buffers import contract_buffers
 from flashlight.passes.defer_normalization import defer_normalization
 from flashlight.passes.elide_roundings import elide_roundings
+from flashlight.passes.factor_scales import factor_scales
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
@@ -31,6 +32,7 @@ PASSES: dict[str, Callable[..., Program]] = {
     "masks-to-domains": masks_to_domains,
     "restrict-to-demand": restrict_to_demand,
     "fuse-reductions": fuse_reductions,
+    "factor-scales": factor_scales,
     "rebase-exponentials": rebase_exponentials,
     "contract-buffers": contract_buffers,
     "tile": tile,
@@ -38,7 +40,7 @@ PASSES: dict[str, Callable[..., Program]] = {
 }
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,rebase-exponentials,contract-buffers,tile,tile-ranges")
+                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,tile-ranges")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
