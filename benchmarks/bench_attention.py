@@ -47,7 +47,8 @@ def configs(f, dev: torch.device) -> list[str]:
     out = []
     for g in f.graphs:
         for k, p in g.compiled.items():
-            choice = p and autotune.lookup(g.lifted.segments[k].program, autotune.device_name(dev))
+            choice = p and autotune.lookup(g.lifted.segments[k].program, autotune.device_name(dev),
+                                                 f.options.for_target("cuda").pipeline)
             if choice:
                 warps = "/".join(f"w{ln.kernel.num_warps}" for ln in p.launches)
                 out.append(f"{choice['block_m']}/{choice['block_n']}/{warps}/s{choice['num_stages']}")

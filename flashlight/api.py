@@ -163,13 +163,14 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                         return replace(opts, block_m=bm, block_n=bn, num_stages=st,
                                        num_warps=opts.num_warps or w)  # warps the user set stay
 
-                    choice = autotune.tune(seg.program, device, lambda *c: build(config(*c)), inputs=inputs)
+                    choice = autotune.tune(seg.program, device, lambda *c: build(config(*c)), inputs=inputs,
+                                           pipeline=opts.pipeline)
                     chosen = config(choice["block_m"], choice["block_n"], choice["num_stages"],
                                     choice.get("num_warps"))
                     return build(chosen, rep)
 
                 if autotune.data_steers(seg.program) and \
-                        autotune.lookup(seg.program, autotune.device_name(device)) is None:
+                        autotune.lookup(seg.program, autotune.device_name(device), opts.pipeline) is None:
                     # its inputs' data decide the work: the candidates are timed on the first call's inputs
                     compiled[k] = TunedOnFirstCall(build(opts, report if keep else None),
                                                    functools.partial(tuned, rep=None))

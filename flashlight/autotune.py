@@ -30,6 +30,7 @@ from flashlight.codegen.launcher import cache_dir
 from flashlight.frontend.lift import IR_TO_TORCH
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
+from flashlight.passes import DEFAULT_PIPELINE
 
 log = logging.getLogger("flashlight")
 
@@ -42,12 +43,12 @@ CANDIDATES = [(128, 64, 3, None), (64, 64, 3, None), (128, 128, 3, None), (128, 
 ROUNDS = 2
 
 
-def _key(program: Program, device: str) -> str:
+def _key(program: Program, device: str, pipeline: str) -> str:
     import triton
 
     from flashlight.api import _code_version
 
-    text = "\n".join([str(program), device, torch.__version__, triton.__version__, _code_version()])
+    text = "\n".join([str(program), device, pipeline, torch.__version__, triton.__version__, _code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -55,8 +56,10 @@ def _path(key: str) -> Path:
     return cache_dir() / "tuning" / f"{key}.json"
 
 
-def lookup(program: Program, device: str) -> dict | None:
-    path = _path(_key(program, device))
+def lookup(program: Program, device: str, pipeline: str = DEFAULT_PIPELINE) -> dict | None:
+    """The stored choice for ``program`` compiled through ``pipeline`` (another pipeline makes other
+    kernels, which another choice may suit), or None."""
+    path = _path(_key(program, device, pipeline))
     try:
         data = json.loads(path.read_text())
         return data if {"block_m", "block_n", "num_stages"} <= set(data) else None
@@ -64,8 +67,8 @@ def lookup(program: Program, device: str) -> dict | None:
         return None
 
 
-def store(program: Program, device: str, choice: dict) -> None:
-    path = _path(_key(program, device))
+def store(program: Program, device: str, choice: dict, pipeline: str = DEFAULT_PIPELINE) -> None:
+    path = _path(_key(program, device, pipeline))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -104,16 +107,16 @@ def device_name(device: torch.device) -> str:
 
 def tune(program: Program, device: torch.device, build: Callable[[int, int, int, int | None], Any],
          timer: Callable[[Callable[[], Any]], float] = _do_bench,
-         inputs: list[torch.Tensor] | None = None) -> dict:
+         inputs: list[torch.Tensor] | None = None, pipeline: str = DEFAULT_PIPELINE) -> dict:
     """The fastest configuration; ``build(block_m, block_n, num_stages, num_warps)`` returns a callable
     taking the program's inputs (or raises if that configuration cannot be compiled). Timed on
     ``inputs`` if given, else on random inputs of the program's shapes."""
-    cached = lookup(program, device_name(device))
+    cached = lookup(program, device_name(device), pipeline)
     if cached is not None:
         return cached
     with _real_tensors():
         choice = _measure(program, device, build, timer, inputs)
-    store(program, device_name(device), choice)
+    store(program, device_name(device), choice, pipeline)
     return choice
 
 

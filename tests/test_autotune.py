@@ -116,3 +116,17 @@ def test_one_noisy_timing_does_not_decide(tmp_path, monkeypatch):
     choice = autotune.tune(PROGRAM, torch.device("cpu"), lambda *c: lambda inputs: c, timer=clock)
     assert (choice["block_m"], choice["block_n"], choice["num_stages"]) == (64, 32, 3)
     assert set(seen.values()) == {autotune.ROUNDS}
+
+
+def test_a_choice_is_kept_per_pipeline(tmp_path, monkeypatch):
+    """Another pipeline makes other kernels: a choice tuned for one is not reused for the other."""
+    from flashlight import passes
+
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    reduced = passes.DEFAULT_PIPELINE.replace("factor-scales,", "")
+    autotune.store(PROGRAM, "cpu", {"block_m": 64, "block_n": 32, "num_stages": 3})
+    assert autotune.lookup(PROGRAM, "cpu") is not None
+    assert autotune.lookup(PROGRAM, "cpu", reduced) is None
+    autotune.store(PROGRAM, "cpu", {"block_m": 128, "block_n": 64, "num_stages": 2}, reduced)
+    assert autotune.lookup(PROGRAM, "cpu", reduced)["block_m"] == 128
+    assert autotune.lookup(PROGRAM, "cpu")["block_m"] == 64
