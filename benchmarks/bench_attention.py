@@ -160,8 +160,14 @@ def main() -> None:
                         calls[label] = (sd, sd(*inputs), {})
                     except Exception as exc:  # noqa: BLE001
                         print(f"{label}: {type(exc).__name__}: {exc}", flush=True)
+            # two interleaved rounds, each implementation's best kept: a single median of a 0.1 ms
+            # kernel moved by 20% between two runs of one process (sliding window: 0.105 / 0.129)
+            best: dict[str, float] = {}
+            for _ in range(2):
+                for impl, (call, _, _) in calls.items():
+                    best[impl] = min(bench(call, inputs), best.get(impl, float("inf")))
             for impl, (call, out, extra) in calls.items():
-                ms = bench(call, inputs)
+                ms = best[impl]
                 row = {"variant": name, "shape": shape if name != "evoformer" else args.evoformer_shape,
                        "impl": impl, "ms": round(ms, 4),
                        "tflops": round(var.flops(inputs) / ms / 1e9, 1), "relerr": relerr(out, ref), **extra}
