@@ -157,4 +157,7 @@ class Launch:
             with _interpreter_lock, np.errstate(all="ignore"):  # masked-out lanes may overflow
                 launch(*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)
         else:
-            launch(*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages)
+            # contraction of a multiply and an add into an fma stays on, as every Triton before 3.10
+            # defaults to (3.10 turns it off): our kernels are measured and tuned with it
+            launch(*args, num_warps=self.kernel.num_warps, num_stages=self.kernel.num_stages,
+                   enable_fp_fusion=True)
