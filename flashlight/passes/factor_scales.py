@@ -98,6 +98,6 @@ def factor_scales(program: Program) -> Program:
     return program.replace(body=body).with_proofs(Proof(
         "factor scales", True,
         f"{count[0]} sum{'s' if count[0] != 1 else ''} x*c + a*b with c a power of two computed as "
-        "fma(a/c, b, x)*c: scaling by "
-        "2^e commutes with rounding, so each is the sum rounded once (eager rounds a*b first)",
+        "fma(a/c, b, x)*c: scaling by 2^e commutes with rounding, so each is the sum rounded once "
+        "(eager rounds a*b first)",
         lemma="fma(a*2^-e, b, x) * 2^e = fl(a*b + x*2^e) in the normal range"))
