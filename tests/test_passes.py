@@ -285,22 +285,9 @@ def test_rebase_exponentials_is_exact_at_large_logits():
     np.testing.assert_allclose(interpret(prog, {"S": s, "V": v})["o"], ref, rtol=2e-6, atol=2e-6)
 
 
-LOGSUMEXP = """\
-program lse(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2], z: f32[4])
-  buffer m: f32[4]
-  buffer l: f32[4]
-  buffer acc: f32[4,2]
-  for i in 0:4 parallel
-    for j in 0:6 reduce
-      M1: m[i] max= S[i,j]
-  for i in 0:4 parallel
-    for j in 0:6 reduce
-      L1: l[i] += exp(S[i,j] - m[i])
-  for i in 0:4 parallel, d in 0:2 parallel
-    for j in 0:6 reduce
-      O1: acc[i,d] += exp(S[i,j] - m[i]) * V[j,d]
-  for i in 0:4 parallel, d in 0:2 parallel
-    N1: o[i,d] = acc[i,d] / l[i]
+# SOFTMAX_PV that also returns the logsumexp, which reads the sum alone
+LOGSUMEXP = SOFTMAX_PV.replace("program softmax_pv(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2])",
+                               "program lse(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2], z: f32[4])") + """
   for i in 0:4 parallel
     Z1: z[i] = m[i] + log(l[i])"""
 
