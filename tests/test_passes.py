@@ -90,6 +90,54 @@ def test_lemma_failure_keeps_two_passes():
     np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(TANH))["out0"], rtol=1e-5)
 
 
+# Differential attention's shape: two softmax chains over one V, combined after both; eager's
+# order interleaves them.
+TWO_CHAINS = """\
+program two_chains(S: f32[4,6], T: f32[4,6], V: f32[6,2]) -> (o: f32[4,2])
+  buffer m: f32[4]
+  buffer l: f32[4]
+  buffer m2: f32[4]
+  buffer l2: f32[4]
+  buffer acc: f32[4,2]
+  buffer acc2: f32[4,2]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      M1: m[i] max= S[i,j]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      L1: l[i] += exp(S[i,j] - m[i])
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      M2: m2[i] max= T[i,j]
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      L2: l2[i] += exp(T[i,j] - m2[i])
+  for i in 0:4 parallel, d in 0:2 parallel
+    for j in 0:6 reduce
+      O1: acc[i,d] += exp(S[i,j] - m[i]) * V[j,d]
+  for i in 0:4 parallel, d in 0:2 parallel
+    for j in 0:6 reduce
+      O2: acc2[i,d] += exp(T[i,j] - m2[i]) * V[j,d]
+  for i in 0:4 parallel, d in 0:2 parallel
+    N1: o[i,d] = acc[i,d] / l[i] - acc2[i,d] / l2[i] * 0.5"""
+
+
+def test_wide_running_state_splits_into_two_kernels():
+    """Two accumulators of 2 columns a row over a limit of 3: the first chain (O1 with the max
+    and sum it reads) becomes a kernel of its own, run first; the rest reads its per-row results."""
+    prog = fuse_reductions(ir.parse(TWO_CHAINS), block_limit=4, state_limit=3)
+    split = _proof(prog, "split")
+    assert split.legal and "into [M1, L1, O1] and [M2, L2, O2, N1]" in split.transformation
+    assert "4 running values a row (O1: 2, O2: 2; limit 3)" in split.reason
+    assert "reads acc, l of the first from memory" in split.reason
+    assert len(prog.body) == 2 and str(prog).count("@serial") == 2
+    tiled = passes.run_pipeline(prog, "contract-buffers")
+    assert {t.name for t in tiled.tensors if t.role == "temp"} >= {"acc", "l"}, "crossing values stay buffers"
+    np.testing.assert_allclose(_run(prog)["o"], _run(ir.parse(TWO_CHAINS))["o"], rtol=1e-5, atol=1e-6)
+    whole = fuse_reductions(ir.parse(TWO_CHAINS), block_limit=4, state_limit=4)
+    assert len(whole.body) == 1 and not any(p.transformation.startswith("split") for p in whole.proofs)
+
+
 EXP_SUM = """\
 program p(x: f32[4,5]) -> (out0: f32[4])
   buffer e: f32[4,5]

@@ -145,6 +145,18 @@ CASES = {
 }
 
 
+def test_differential_with_wide_values_takes_one_kernel_per_softmax_chain():
+    """Two accumulators of 160 columns a row exceed what one program keeps in registers: the
+    first chain runs as a kernel of its own and leaves its per-row results in memory."""
+    args = rnd(1, 4, 40, 80), rnd(1, 4, 40, 80), rnd(1, 2, 40, 160)
+    ex = flashlight.explain(differential, *args)
+    assert len(ex.kernels) == 2 and not ex.fallbacks
+    assert any(p.legal and p.transformation.startswith("split") for p in ex.proofs)
+    assert sorted(b.shape for b in ex.buffers) == [(1, 2, 40), (2, 40, 160)], "a sum and an accumulator per row"
+    ref = differential(*[a.double() for a in args])
+    assert relerr(flashlight.compile(differential)(*args), ref) < 1e-5
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_variant(name):
     fn, make = CASES[name]
