@@ -520,7 +520,8 @@ class _Kernel:
             self.emit_tiles(loop, scope, guards, run_hi, f"{last} + 1", masked, False)
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
-            if self.program.tensor(acc.target.tensor).storage != "local":
+            if self.program.tensor(acc.target.tensor).storage != "local" \
+                    and not _assigned_again(self.phases, loop, acc.target):
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
     def open_tile(self, loop: Loop, scope: _Scope) -> _Scope:
@@ -1160,6 +1161,31 @@ def _stmts_with_guards(body: tuple[Node, ...], guards: tuple[Expr, ...]):
             yield from _stmts_with_guards(n.body, guards + (n.cond,))
         else:
             yield from _stmts_with_guards(n.body, guards)
+
+
+def _assigned_again(body: tuple[Node, ...], loop: Loop, target: Load) -> bool:
+    """Whether an unguarded assignment to all of ``target`` follows ``loop`` before anything reads
+    it (the NaN fixup after an online sum): its store supersedes the accumulator's, which would
+    write the whole tensor twice (a 64x256 fp32 tile per program for differential attention)."""
+    after = False
+
+    def walk(nodes: tuple[Node, ...], guarded: bool) -> bool | None:
+        nonlocal after
+        for n in nodes:
+            if n is loop:
+                after = True
+            elif isinstance(n, Stmt) and after:
+                if n.op == "=" and n.target == target and not guarded:
+                    return True
+                if any(ld.tensor == target.tensor for ld in E.loads(n.expr)) or n.target.tensor == target.tensor:
+                    return False
+            elif isinstance(n, (Loop, Guard)):
+                found = walk(n.body, guarded or isinstance(n, Guard))
+                if found is not None:
+                    return found
+        return None
+
+    return bool(walk(body, False))
 
 
 def _stmts_with_loops(body: tuple[Node, ...], loops: tuple[Loop, ...]):
