@@ -309,33 +309,58 @@ def test_a_repeated_pass_application_is_looked_up(monkeypatch):
     assert calls[-1] == "fuse-reductions", "other options are another application"
 
 
+# SOFTMAX_PV with the scores computed (Q K^T), as in attention: scores given as an input may
+# hold fills, for which rebase-exponentials is refused.
+SOFTMAX_QK_PV = """\
+program softmax_qk_pv(Q: f32[4,2], K: f32[6,2], V: f32[6,2]) -> (o: f32[4,2])
+  buffer S: f32[4,6]
+""" + SOFTMAX_PV.split("\n", 1)[1].replace("  for i in 0:4 parallel\n", """\
+  for i in 0:4 parallel, j in 0:6 parallel
+    for e in 0:2 reduce
+      D1: S[i,j] += Q[i,e] * K[j,e]
+  for i in 0:4 parallel
+""", 1)
+
+
 def test_rebase_exponentials_golden_and_values():
-    fused = fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4)
+    fused = fuse_reductions(ir.parse(SOFTMAX_QK_PV), block_limit=4)
     prog = passes.rebase_exponentials(fused)
     accepted = _proof(prog, "rebase exponentials of L1, O1")
     assert accepted.legal and "ratios of one row" in accepted.reason
     check_golden("rebase_exponentials", str(prog))
     assert str(prog).count("exp2(fma(S[i,j], 1.4426950408889634, -(") == 2
     tiled = passes.run_pipeline(prog, "contract-buffers,tile{block_m=2,block_n=4}")
-    np.testing.assert_allclose(_run(tiled)["o"], _run(ir.parse(SOFTMAX_PV))["o"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_run(tiled)["o"], _run(ir.parse(SOFTMAX_QK_PV))["o"], rtol=1e-6, atol=1e-7)
 
 
 def test_rebase_exponentials_is_exact_at_large_logits():
     """The rounded reference shifts every term of a row by one factor: a row of logits near
-    -10000 (an additive mask) keeps the weights of eager's softmax to a few ulps (fuzz bug P)."""
-    prog = passes.run_pipeline(fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4),
+    -10000 keeps the weights of eager's softmax to a few ulps (fuzz bug P)."""
+    prog = passes.run_pipeline(fuse_reductions(ir.parse(SOFTMAX_QK_PV), block_limit=4),
                                "rebase-exponentials,contract-buffers,tile{block_m=2,block_n=4}")
+    assert "exp2(fma(" in str(prog)
     rng = np.random.default_rng(3)
-    s = (rng.standard_normal((4, 6)) * 3 - 10000.0 * np.arange(4)[:, None]).astype(np.float32)
+    q = np.stack([np.ones(4), -10000.0 * np.arange(4)], 1).astype(np.float32)
+    k = np.stack([rng.standard_normal(6) * 3, np.ones(6)], 1).astype(np.float32)
     v = rng.standard_normal((6, 2)).astype(np.float32)
+    s = (q.astype(np.float64) @ k.T.astype(np.float64)).astype(np.float32)  # one rounded add
     p = np.exp(s.astype(np.float64) - s.max(1, keepdims=True))
     ref = (p / p.sum(1, keepdims=True)) @ v
-    np.testing.assert_allclose(interpret(prog, {"S": s, "V": v})["o"], ref, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(interpret(prog, {"Q": q, "K": k, "V": v})["o"], ref, rtol=2e-6, atol=2e-6)
 
 
-# SOFTMAX_PV that also returns the logsumexp, which reads the sum alone
-LOGSUMEXP = SOFTMAX_PV.replace("program softmax_pv(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2])",
-                               "program lse(S: f32[4,6], V: f32[6,2]) -> (o: f32[4,2], z: f32[4])") + """
+def test_rebase_exponentials_refuses_scores_given_as_data():
+    """Scores read from an input may hold a fill (-1e9, finfo.min) as a row's maximum, where the
+    factor 2^(R*log2e - round(R*log2e)) leaves the range of the terms (fuzz bug Y)."""
+    prog = passes.rebase_exponentials(fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4))
+    refused = _proof(prog, "rebase exponentials")
+    assert not refused.legal and "varies along the row (S)" in refused.reason
+    assert "exp2(" not in str(prog)
+
+
+# SOFTMAX_QK_PV that also returns the logsumexp, which reads the sum alone
+LOGSUMEXP = SOFTMAX_QK_PV.replace("program softmax_qk_pv(Q: f32[4,2], K: f32[6,2], V: f32[6,2]) -> (o: f32[4,2])",
+                                  "program lse(Q: f32[4,2], K: f32[6,2], V: f32[6,2]) -> (o: f32[4,2], z: f32[4])") + """
   for i in 0:4 parallel
     Z1: z[i] = m[i] + log(l[i])"""
 

@@ -30,7 +30,14 @@ the same ``R``):
   rounding), times or divided by factors that do not read ``R``;
 * the sums are not outputs, and every other statement reads them only as a ratio ``a / b`` of two
   members at the same row (the same element of ``R``'s operands), or as the empty-row fixup
-  ``z = where(c, nan, z)``; a logsumexp ``m + log(l)`` reads ``l`` alone and is refused.
+  ``z = where(c, nan, z)``; a logsumexp ``m + log(l)`` reads ``l`` alone and is refused;
+* the common factor stays in range: it is ``2^d`` with ``|d|`` at most half an ulp of
+  ``R*log2e``, so the pass is refused where a row's maximum can be a fill (a finite ``where``
+  branch such as -1e9 or ``finfo.min``, or an input added to the scores that varies along the
+  row, such as an additive mask) and where terms are rounded to f16 (2^16 overflows it). What
+  remains is a bound on the data: scores beyond about 1.5e9 in magnitude (``|d| > 64``) are not
+  eager's softmax here. A fill of -1e9 in a fully masked row made a weight of 2^64 that
+  overflowed f16 (fuzz bug Y); ``finfo(f32).min`` overflowed ``R*log2e`` to -inf.
 """
 
 from __future__ import annotations
@@ -117,6 +124,29 @@ def _ratio_free(e: Expr, members: dict[str, Stmt], ref: Expr) -> Expr | None:
     return None if bad[0] else out
 
 
+def _large_maximum(program: Program, s: Stmt, ref: Expr) -> str | None:
+    """Why a row's maximum ``R`` may be large (a fill), or a term's cast narrow in range, if so.
+
+    The common factor ``2^(R*log2e - round(R*log2e))`` is at most half an ulp of ``R*log2e``:
+    2^64 at ``R = -1e9``, and ``R*log2e`` overflows at ``finfo(f32).min``. It cancels in the ratio
+    only while every term stays finite and nonzero; a fully masked row, whose maximum is the
+    fill, breaks that (NaN where eager's softmax is uniform: fuzz bug Y)."""
+    rows = {i for x in s.target.indices for i in E.free_iters(x)}
+    for e in E.walk(s.expr):
+        if isinstance(e, Call) and e.op == "f16":
+            return f"{s.name} rounds its terms to f16, whose range the common factor can leave"
+        if not (isinstance(e, Call) and e.op == "exp" and isinstance(e.args[0], Call) and e.args[0].args[1] == ref):
+            continue
+        for x in E.walk(e.args[0].args[0]):
+            if isinstance(x, Call) and x.op == "where" and any(
+                    isinstance(a, Const) and isinstance(a.value, float) and math.isfinite(a.value) for a in x.args[1:]):
+                return f"{s.name}'s scores take a finite fill ({x}), which can be a row's maximum"
+            if isinstance(x, Load) and program.tensor(x.tensor).role == "input" and \
+                    {i for ix in x.indices for i in E.free_iters(ix)} - rows:
+                return f"{s.name}'s scores add data that varies along the row ({x.tensor}), which can be a fill"
+    return None
+
+
 def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
     members = {s.target.tensor: s for s in group}
     if len(members) != len(group):
@@ -125,6 +155,9 @@ def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
     for s in group:
         if dt[s.target.tensor] != "f32" or not _homogeneous(s.expr, ref, dt):
             return f"{s.name}'s term is not exp(x - R) times factors free of R"
+        large = _large_maximum(program, s, ref)
+        if large is not None:
+            return large
         if any(ld.tensor in members for ld in E.loads(s.expr)):
             return f"{s.name} reads a sum of its own group"
         if program.tensor(s.target.tensor).role == "output":
