@@ -37,11 +37,9 @@ log = logging.getLogger("flashlight")
 # (block_m, block_n, num_stages, num_warps); warps None: chosen by the kernel's register tiles
 # (8 past 32k elements). 128x64 with 4 warps and 2 stages was the best of a sweep at head dim 128
 # (1.10 ms against 1.13 for the next, vanilla B4 H16 S4096 on one H100), where the rule gives 8;
-# on other machines 64x64 came within noise of it and was chosen. 64x64, 4 warps, 2 stages: the best of
-# 24 for differential attention at head dim 128 (one 256-column accumulator per kernel, 3.44 ms
-# against 3.63 for 128x64; 3 stages of 48 KB tiles leave room for one program per SM, 2 for two).
+# on other machines 64x64 came within noise of it and was chosen.
 CANDIDATES = [(128, 64, 3, None), (64, 64, 3, None), (128, 128, 3, None), (128, 64, 2, None), (64, 32, 3, None),
-              (128, 64, 2, 4), (64, 64, 2, 4)]
+              (128, 64, 2, 4)]
 ROUNDS = 2
 
 
