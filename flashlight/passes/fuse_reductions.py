@@ -512,28 +512,28 @@ class _Fuser:
         if sum(wide.values()) <= self.state_limit:
             return None
         produced = {r.stmt.target.tensor: r for r in recs}
+        by_name = {r.name: r for r in recs}
 
-        def tiled(t: str) -> bool:  # a tile of the serial loop, not a value per row
-            r = produced[t]
+        def tiled(r: Rec) -> bool:  # its result is a tile of the serial loop, not a value per row
             return bool(set(group.serial[r.name]) & {i for x in r.stmt.target.indices for i in E.free_iters(x)})
+
         def reads(r: Rec) -> set[str]:  # the statements of the group whose results r reads
             return {produced[ld.tensor].name for ld in E.loads(r.stmt.expr) if ld.tensor in produced}
+
         for w in wide:
             # the slice: w, what it reads, whoever reads a tile of the slice (tiles never leave the
             # kernel), and whoever reads the slice's results and nothing of the rest, to a fixed point
             need: set[str] = set()
             todo = [w]
             while todo:
-                while todo:
-                    n = todo.pop()
-                    if n in need:
-                        continue
+                n = todo.pop()
+                if n not in need:
                     need.add(n)
-                    r = next(x for x in recs if x.name == n)
-                    todo += reads(r)
-                    todo += [x.name for x in recs if tiled(r.stmt.target.tensor)
-                             and any(ld.tensor == r.stmt.target.tensor for ld in E.loads(x.stmt.expr))]
-                todo = [x.name for x in recs if x.name not in need and reads(x) and reads(x) <= need]
+                    todo += reads(by_name[n])
+                    if tiled(by_name[n]):
+                        todo += [x.name for x in recs if n in reads(x)]
+                if not todo:
+                    todo = [x.name for x in recs if x.name not in need and reads(x) and reads(x) <= need]
             first = [r for r in recs if r.name in need]
             rest = [r for r in recs if r.name not in need]
             if not rest:
@@ -591,7 +591,7 @@ class _Fuser:
     def commit(self, recs: list[Rec]) -> None:
         split = self.split_state(recs)
         if split is not None:
-            for part in split:
+            for part in split:  # planned again: a plan carries the rewrites of the kernels before it
                 self.groups_pending = self.plan(part)
                 self.commit(part)
             return

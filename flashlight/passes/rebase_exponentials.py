@@ -135,7 +135,8 @@ def _large_maximum(program: Program, s: Stmt, ref: Expr) -> str | None:
     for e in E.walk(s.expr):
         if isinstance(e, Call) and e.op == "f16":
             return f"{s.name} rounds its terms to f16, whose range the common factor can leave"
-        if not (isinstance(e, Call) and e.op == "exp" and isinstance(e.args[0], Call) and e.args[0].args[1] == ref):
+        if not (isinstance(e, Call) and e.op == "exp" and isinstance(e.args[0], Call) and e.args[0].op == "sub"
+                and e.args[0].args[1] == ref):
             continue
         for x in E.walk(e.args[0].args[0]):
             if isinstance(x, Call) and x.op == "where" and any(
