@@ -384,3 +384,28 @@ def test_expression_errors(text: str, column: int, message: str) -> None:
     assert message in err.message
 
 # }}}
+
+
+def test_tile_bounds_parse_and_verify() -> None:
+    from flashlight.ir import VerificationError, verify
+
+    text = """\
+program p(x: f32[2,8], seg: i64[2,8]) -> (out: f32[2,8])
+  buffer lo: i64[2,2]
+  buffer hi: i64[2,2]
+  for b in 0:2 parallel tile 1 @grid, i in 0:8 parallel tile 4 @grid
+    for j in 0:8 reduce tile 4 @serial tiles [0:2 masked] bounds [seg[b,j] in lo[b,j // 4]:hi[b,j // 4]]
+      if seg[b,i] == seg[b,j]
+        S: out[b,i] += x[b,j]"""
+    prog = parse_program(text)
+    loop = prog.body[0].body[0].body[0]
+    (b,) = loop.bounds
+    assert b.operand == Load("seg", (Iter("b"), Iter("j"))) and b.lower.tensor == "lo" and b.upper.tensor == "hi"
+    assert str(prog) == text
+    verify(prog)
+    with pytest.raises(VerificationError, match="only tiled serial loops list tile bounds"):
+        verify(parse_program(text.replace("@serial tiles [0:2 masked]", "@block")))
+    with pytest.raises(VerificationError, match="another dtype"):
+        verify(parse_program(text.replace("buffer hi: i64[2,2]", "buffer hi: f32[2,2]")))
+    with pytest.raises(ParseError, match="after a tile bound's operand"):
+        parse_program(text.replace("seg[b,j] in lo", "seg[b,j] lo"))

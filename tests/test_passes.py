@@ -410,3 +410,69 @@ def test_factor_scales_golden_and_exact():
 def test_factor_scales_leaves_programs_without_the_pattern_alone():
     prog = ir.parse(SOFTMAX_PV)
     assert passes.factor_scales(prog) is prog
+
+
+# A segment-masked row sum after tiling: the guard reads data along the serial loop (seg[b,j]),
+# the same for every head and query tile of a batch.
+SEGMENT_SUM = """\
+program segment_sum(x: f32[2,3,40], seg: i64[2,40], w: f32[2,40]) -> (out: f32[2,3,40])
+  for b in 0:2 parallel tile 1 @grid, h in 0:3 parallel tile 1 @grid, i in 0:40 parallel tile 16 @grid
+    for j in 0:40 reduce tile 16 @serial
+      if seg[b,i] == seg[b,j]
+        S: out[b,h,i] += x[b,h,j]"""
+
+
+def _segment_inputs(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((2, 3, 40)).astype(np.float32),
+            "seg": np.sort(rng.integers(0, 5, size=(2, 40)), axis=1),
+            "w": rng.standard_normal((2, 40)).astype(np.float32)}
+
+
+def test_hoist_tile_bounds_computes_each_tiles_bounds_once():
+    prog = ir.parse(SEGMENT_SUM)
+    out = passes.hoist_tile_bounds(prog, min_extent=1)
+    assert str(out) == """\
+program segment_sum(x: f32[2,3,40], seg: i64[2,40], w: f32[2,40]) -> (out: f32[2,3,40])
+  buffer seg_lo: i64[2,3]
+  buffer seg_hi: i64[2,3]
+  for b in 0:2 parallel tile 1 @grid, jt in 0:3 parallel tile 4 @grid
+    for ju in 0:16 reduce tile 16 @block
+      if 16 * jt + ju < 40
+        seg_lo_min: seg_lo[b,jt] min= seg[b,16 * jt + ju]
+        seg_hi_max: seg_hi[b,jt] max= seg[b,16 * jt + ju]
+  for b in 0:2 parallel tile 1 @grid, h in 0:3 parallel tile 1 @grid, i in 0:40 parallel tile 16 @grid
+    for j in 0:40 reduce tile 16 @serial bounds [seg[b,j] in seg_lo[b,j // 16]:seg_hi[b,j // 16]]
+      if seg[b,i] == seg[b,j]
+        S: out[b,h,i] += x[b,h,j]"""
+    assert str(ir.parse(str(out))) == str(out)
+    (proof,) = out.proofs
+    assert proof.legal and "no statement of the kernel writes seg" in proof.reason and "9 programs" in proof.reason
+    inputs = _segment_inputs()
+    ref = interpret(prog, inputs)["out"]
+    np.testing.assert_array_equal(interpret(out, inputs)["out"], ref)
+    # the interpreter checks the stated bounds: bounds that do not hold are an error, not a silent skip
+    wrong = ir.parse(str(out).replace("seg_lo[b,jt] min=", "seg_lo[b,jt] max="))
+    with pytest.raises(ValueError, match="tile bound seg.b,j. in seg_lo"):
+        interpret(wrong, inputs)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (("if seg[b,i] == seg[b,j]", "if w[b,i] < w[b,j]"), "is f32: per-tile bounds are exact only for integers"),
+    (("if seg[b,i] == seg[b,j]", "if seg[b,i] == seg[b,j - i + 39]"), "reads i, which is not an untiled grid"),
+    (("h in 0:3 parallel tile 1 @grid, i in 0:40 parallel tile 16 @grid", "h in 0:1 parallel tile 1 @grid, i in 0:40 parallel tile 64 @grid"),
+     "one program reads each row of bounds"),
+    (("S: out[b,h,i] += x[b,h,j]", "S: out[b,h,i] += x[b,h,j]\n        T: seg[b,j] = seg[b,j]"), "the kernel writes seg"),
+])
+def test_hoist_tile_bounds_refusals(change, reason):
+    prog = ir.parse(SEGMENT_SUM.replace(*change))
+    out = passes.hoist_tile_bounds(prog, min_extent=1)
+    assert str(out) == str(prog), "nothing changes where the bounds cannot be shared or trusted"
+    assert out.proofs and not any(p.legal for p in out.proofs)
+    assert any(reason in p.reason for p in out.proofs), [p.reason for p in out.proofs]
+
+
+def test_hoist_tile_bounds_leaves_short_loops_to_the_kernel():
+    prog = passes.hoist_tile_bounds(ir.parse(SEGMENT_SUM))
+    (proof,) = prog.proofs
+    assert not proof.legal and "fewer than 2048 points" in proof.reason

@@ -199,11 +199,29 @@ def test_variant(name):
     assert relerr(got, ref) < 1e-5
 
 
+# hoist-tile-bounds leaves loops shorter than 2048 keys to each program's scan; these tests lower it
+HOISTED = flashlight.passes.DEFAULT_PIPELINE.replace("hoist-tile-bounds", "hoist-tile-bounds{min_extent=1}")
+
+
 def test_document_mask_skips_tiles_at_run_time():
     args = CASES["document"][1]()
     src = flashlight.explain(document, *args, options=flashlight.Options(block_m=32, block_n=32)).kernels[0].source
     assert "tl.min(" in src and "tl.max(" in src and "bounds of the guard over" in src, \
         "a scan of per-tile min/max document ids bounds the key tiles that are visited"
+
+
+def test_document_mask_bounds_per_key_tile_are_computed_once():
+    args = CASES["document"][1]()
+    ex = flashlight.explain(document, *args, options=flashlight.Options(block_m=32, block_n=32, pipeline=HOISTED))
+    bounds, attention = (k.source for k in ex.kernels)
+    assert "tl.min(" in bounds and "tl.max(" in bounds and "doc_lo_ptr" in bounds, \
+        "a kernel computes the min/max document id of every key tile once"
+    assert {(b.name, b.shape) for b in ex.buffers} == {("doc_lo", (B, 3)), ("doc_hi", (B, 3))}
+    scan = [ln for ln in attention.splitlines() if "bounds of the guard over" in ln or "doc_lo_ptr +" in ln]
+    assert len(scan) == 2 and "4 tiles at a time" in scan[0], \
+        "the attention kernel scans those bounds, all three key tiles (a power of two) in one step"
+    got = flashlight.compile(document, block_m=32, block_n=32, pipeline=HOISTED)(*args)
+    assert relerr(got, document(*[a.double() if a.is_floating_point() else a for a in args])) < 1e-5
 
 
 def _loop_bodies(src: str) -> dict[str, str]:
@@ -222,7 +240,7 @@ def _loop_bodies(src: str) -> dict[str, str]:
 
 def test_document_mask_runs_tiles_inside_one_document_without_mask_code():
     args = CASES["document"][1]()
-    src = flashlight.explain(document, *args, options=flashlight.Options(block_m=16, block_n=16)).kernels[0].source
+    src = flashlight.explain(document, *args, options=flashlight.Options(block_m=16, block_n=16)).kernels[-1].source
     loops = _loop_bodies(src)
     sure = [body for header, body in loops.items() if "every data-dependent guard holds" in header]
     assert len(sure) == 1 and "tl.dot" in sure[0], loops
@@ -230,14 +248,15 @@ def test_document_mask_runs_tiles_inside_one_document_without_mask_code():
     assert sum("tl.dot" in body for body in loops.values()) == 3  # the masked tiles before and after the run
 
 
-@pytest.mark.parametrize("block", [16, 32])
-def test_document_mask_with_interleaved_documents(block):
+@pytest.mark.parametrize("block,pipeline", [(16, flashlight.passes.DEFAULT_PIPELINE),
+                                            (32, flashlight.passes.DEFAULT_PIPELINE), (16, HOISTED)])
+def test_document_mask_with_interleaved_documents(block, pipeline):
     """Tiles where the mask holds everywhere are not contiguous here (documents alternate every
     16 positions), so no run is taken without mask code; the result must still be eager's."""
     q, k, v = rnd(B, H, S, D), rnd(B, H, S, D), rnd(B, H, S, D)
     doc = ((torch.arange(S) // 16) % 2).expand(B, S).contiguous()
     doc[1, 40:] = 5  # one batch ends in a long document: a run exists there
-    got = flashlight.compile(document, block_m=block, block_n=block)(q, k, v, doc)
+    got = flashlight.compile(document, block_m=block, block_n=block, pipeline=pipeline)(q, k, v, doc)
     assert relerr(got, document(q.double(), k.double(), v.double(), doc)) < 1e-5
 
 
@@ -254,14 +273,17 @@ def test_document_mask_scanned_one_tile_at_a_time(monkeypatch, tmp_path):
     the same first, last and run of tiles, the same result."""
     from flashlight.codegen import triton as codegen
 
-    monkeypatch.setattr(codegen, "SCAN_ELEMENTS", 16)  # a chunk of one 16-tile: per-tile scan
+    monkeypatch.setattr(codegen, "SCAN_ELEMENTS", 1)  # a chunk of one tile: per-tile scan
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # no segment compiled with chunks
     q, k, v = rnd(B, H, S, D), rnd(B, H, S, D), rnd(B, H, S, D)
-    for doc in (_docs(), ((torch.arange(S) // 16) % 2).expand(B, S).contiguous()):
-        src = flashlight.explain(document, q, k, v, doc, options=flashlight.Options(block_m=16, block_n=16)).kernels[0].source
-        assert "bounds of the guard over each tile" in src and "every data-dependent guard holds" in src
-        got = flashlight.compile(document, block_m=16, block_n=16)(q, k, v, doc)
-        assert relerr(got, document(q.double(), k.double(), v.double(), doc)) < 1e-5
+    for pipeline in (flashlight.passes.DEFAULT_PIPELINE, HOISTED):
+        for doc in (_docs(), ((torch.arange(S) // 16) % 2).expand(B, S).contiguous()):
+            opts = dict(block_m=16, block_n=16, pipeline=pipeline)
+            src = flashlight.explain(document, q, k, v, doc, options=flashlight.Options(**opts)).kernels[-1].source
+            assert "bounds of the guard over each tile" in src and "every data-dependent guard holds" in src
+            assert ("doc_lo_ptr +" in src) == (pipeline == HOISTED), "per tile, the precomputed bounds are read"
+            got = flashlight.compile(document, **opts)(q, k, v, doc)
+            assert relerr(got, document(q.double(), k.double(), v.double(), doc)) < 1e-5
 
 
 def test_alibi_converts_positions_once_per_row_and_column():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, grid_chain
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TileBound, grid_chain
 
 TL_DTYPE = {
     "f64": "tl.float64", "f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16",
@@ -129,6 +129,7 @@ class _Kernel:
         self.full_tiles = False
         self.drop_data_guards = False
         self.chunked: str | None = None  # the serial iterator a guard-bounds scan takes in chunks
+        self.tile_bounds: dict[Load, TileBound] = {}  # of the serial loop being emitted
 
     def _axis(self, l: Loop, role: str) -> None:
         it = l.iterator
@@ -492,6 +493,7 @@ class _Kernel:
             self.open_accumulators.add(acc.target.tensor)
         ranges = [(self.scalar(r.lower), self.scalar(r.upper), r.masked) for r in loop.ranges] or \
             [("0", str(math.ceil(n / t)), True)]
+        self.tile_bounds = {b.operand: b for b in loop.bounds}  # precomputed per-tile bounds of guard data
         for lo, hi, masked in ranges:
             self.full_tiles = not masked
             # which data-dependent guards can be bounded over a tile; the probe's lines are dropped
@@ -518,6 +520,7 @@ class _Kernel:
             self.emit_tiles(loop, scope, guards, run_lo, run_hi, masked, False, "every data-dependent guard holds")
             self.drop_data_guards = False
             self.emit_tiles(loop, scope, guards, run_hi, f"{last} + 1", masked, False)
+        self.tile_bounds = {}
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
             if self.program.tensor(acc.target.tensor).storage != "local" \
@@ -605,7 +608,8 @@ class _Kernel:
         are not counted: ``ok`` is false past ``hi``)."""
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
         tiles = math.ceil(n / t)
-        chunk = min(max(1, SCAN_ELEMENTS // t), 1 << (tiles - 1).bit_length())
+        summarized = all(ld in self.tile_bounds for ld in self.guard_loads(loop))  # one pair of values a tile
+        chunk = min(max(1, SCAN_ELEMENTS // (1 if summarized else t)), 1 << (tiles - 1).bit_length())
         if chunk == 1:
             raise _NotChunkable
         pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
@@ -613,9 +617,10 @@ class _Kernel:
         pre.lines.append(f"{c} = t_{it} * {chunk} + tl.arange(0, {chunk})")
         pre.lines.append(f"{ok} = ({c} >= ({lo})) & ({c} < ({hi}))")
         pre.lines.append(f"{c} = tl.minimum({c}, {tiles - 1})")
-        pre.lines.append(f"o_{it} = {c}[:, None] * {t} + tl.arange(0, {t})[None, :]")
-        if self.needs_mask(it):
-            pre.lines.append(f"m_{it} = o_{it} < {n}")
+        if not summarized:
+            pre.lines.append(f"o_{it} = {c}[:, None] * {t} + tl.arange(0, {t})[None, :]")
+            if self.needs_mask(it):
+                pre.lines.append(f"m_{it} = o_{it} < {n}")
         self.chunked = it
         try:
             certain, possible = self.tile_predicate(loop, pre)
@@ -630,6 +635,12 @@ class _Kernel:
             held = self.fresh("held")
             lines += [f"    {held} = {ok} & ({certain})"] + _track_tiles(sure, held, c, tiles, chunked=True)
         return lines
+
+    def guard_loads(self, loop: Loop) -> list[Load]:
+        """Loads along ``loop`` in the data-dependent guards of its statements."""
+        stmts = [s for s, _ in _stmts_with_loops((loop,), ())]
+        return [ld for s in stmts for g in self.guards_of[s.name] if not _affine_condition(g)
+                for ld in E.loads(g) if loop.iterator in E.free_iters(ld)]
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
@@ -699,6 +710,8 @@ class _Kernel:
             if base is None:
                 return "0", str(self.extent[x] - 1)
             return f"({base} * {t})", f"({base} * {t} + {t - 1})"
+        if isinstance(e, Load) and e in self.tile_bounds:
+            return self.precomputed_interval(self.tile_bounds[e], scope)
         if isinstance(e, Load):
             if e.tensor in self.produced or any(E.loads(i) for i in e.indices):
                 return None
@@ -737,6 +750,27 @@ class _Kernel:
                 return f"({alo} + {blo})", f"({ahi} + {bhi})"
             return f"({alo} - {bhi})", f"({ahi} - {blo})"
         return None
+
+    def precomputed_interval(self, b: TileBound, scope: _Scope) -> tuple[str, str]:
+        """The bounds of ``b.operand`` over the current tile (or each tile of a chunk), read from
+        the tensors that hoist-tile-bounds filled: their last index is the tile (``j // tile``)."""
+        hit = self.cache.get(("interval", b.operand))
+        if hit is not None and self._visible(hit[1], scope):
+            return hit[0]  # type: ignore[return-value]
+        (it,) = E.free_iters(b.lower.indices[-1])
+        tile = f"c_{it}" if self.chunked == it else f"t_{it}"
+        out = []
+        for ld in (b.lower, b.upper):
+            idx = [self.index(i, scope) for i in ld.indices[:-1]] + [_Value(tile, (), "i32")]
+            if any(v.axes for v in idx[:-1]):
+                raise CodegenError(f"tile bounds {ld} vary inside a program")
+            if ld.tensor not in self.params:
+                self.params.append(ld.tensor)
+            var = self.fresh("lo" if ld is b.lower else "hi")
+            scope.lines.append(f"{var} = tl.load({self.pointer(ld.tensor, idx, ())})")
+            out.append(var)
+        self.cache[("interval", b.operand)] = ((out[0], out[1]), scope, frozenset())  # type: ignore[assignment]
+        return out[0], out[1]
 
     # }}}
 

@@ -371,10 +371,16 @@ class _Machine:
         name = node.iterator
         inner = self.body(node.body)
         i64 = np.int64
+        # the per-tile bounds a loop states are facts: checked at every point, as they are claimed
+        facts = [tuple(self.expr(e, f"tile bound of loop {name}") for e in (b.operand, b.lower, b.upper))
+                 + (b,) for b in node.bounds]
 
         def loop(env: Env) -> None:
             for v in range(int(lower(env)), int(upper(env))):
                 env[name] = i64(v)
+                for x, lo, hi, b in facts:
+                    if not lo(env) <= x(env) <= hi(env):
+                        raise ValueError(f"tile bound {b.operand} in {b.lower}:{b.upper} does not hold at {_point(env)}")
                 inner(env)
             env.pop(name, None)
 

@@ -16,7 +16,8 @@ After tiling, a loop carries its tile size (one per iterator within a top-level 
 becomes one kernel: sibling loops over one iterator share their tile), and after mapping it
 says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
 (all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
-and which of them need no masks: a proved fact about the domain, not a change of meaning. A ``local`` tensor lives in registers of one program;
+and which of them need no masks: a proved fact about the domain, not a change of meaning; it may
+also list per-tile bounds of data that its guards read, another fact. A ``local`` tensor lives in registers of one program;
 every other temporary is a global ``buffer``.
 """
 
@@ -78,6 +79,19 @@ class TileRange:
 
 
 @dataclass(frozen=True)
+class TileBound:
+    """``lower <= operand <= upper`` at every point of a tile of a serial loop: ``operand`` reads
+    the loop's iterator, ``lower``/``upper`` read tensors of per-tile bounds indexed by the tile
+    (``j // tile``). A fact about data (proved by the nest that computes the bounds, run before
+    the loop), not a change of meaning: it lets a data-dependent guard be bounded per tile
+    without reading the tile's data."""
+
+    operand: Load
+    lower: Load
+    upper: Load
+
+
+@dataclass(frozen=True)
 class Loop:
     iterator: str
     lower: Expr
@@ -89,6 +103,8 @@ class Loop:
     # For a tiled serial loop: the only tiles that hold instances (proved by the tile-ranges
     # pass); empty means every tile, with masks.
     ranges: tuple[TileRange, ...] = ()
+    # For a tiled serial loop: precomputed per-tile bounds of guard operands (hoist-tile-bounds).
+    bounds: tuple[TileBound, ...] = ()
 
 
 @dataclass(frozen=True)

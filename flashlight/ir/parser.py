@@ -5,7 +5,7 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ tiles [...]][ bounds [...]], IT2 in ...
         if COND
           NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]
 
@@ -40,7 +40,7 @@ from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
 )
-from flashlight.ir.nodes import Guard, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileRange
+from flashlight.ir.nodes import Guard, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileBound, TileRange
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
@@ -272,6 +272,22 @@ class _LineParser:
                     continue
                 self.expect("]", "after the tile ranges")
                 break
+        bounds: list[TileBound] = []
+        if self.at("bounds"):
+            self.next()
+            self.expect("[", "before the tile bounds")
+            while True:
+                operand = self.load_expr("a tile bound's operand 'tensor[indices]'")
+                self.expect("in", "after a tile bound's operand")
+                least = self.load_expr("a tile bound's lower bound 'tensor[indices]'")
+                self.expect(":", "between a tile bound's lower and upper bound")
+                most = self.load_expr("a tile bound's upper bound 'tensor[indices]'")
+                bounds.append(TileBound(operand, least, most))
+                if self.at(","):
+                    self.next()
+                    continue
+                self.expect("]", "after the tile bounds")
+                break
         if not (self.at(",") or self.peek().kind == "end"):
             what = "',' or end of line"
             if tile is None and mapping is None:
@@ -279,7 +295,7 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges))
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds))
 
     def stmt(self) -> Stmt:
         """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]``."""
@@ -383,6 +399,12 @@ class _LineParser:
         if tok.text in _NAMED_LITERALS:
             return _NAMED_LITERALS[tok.text]
         return Iter(tok.text)
+
+    def load_expr(self, what: str) -> Load:
+        tok = self.peek()
+        if not (tok.kind == "name" and self.at("[", 1)):
+            raise self.expected(what)
+        return self.load()
 
     def load(self) -> Load:
         """``NAME[INDEX, ...]``, possibly with no indices."""

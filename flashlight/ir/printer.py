@@ -89,6 +89,9 @@ def _loop_item(loop: Loop) -> str:
         items = [f"{format_expr(r.lower)}:{format_expr(r.upper)} {'masked' if r.masked else 'full'}"
                  for r in loop.ranges]
         text += f" tiles [{', '.join(items)}]"
+    if loop.bounds:
+        items = [f"{format_expr(b.operand)} in {format_expr(b.lower)}:{format_expr(b.upper)}" for b in loop.bounds]
+        text += f" bounds [{', '.join(items)}]"
     return text
 
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from flashlight.ir import dtypes
-from flashlight.ir.expr import Expr, Iter, Load, dtype_of, walk
+from flashlight.ir.expr import Expr, Iter, Load, dtype_of, free_iters, walk
 from flashlight.ir.nodes import LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt
 from flashlight.ir.poly import aff_str, isl_name
 
@@ -93,6 +93,16 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
             for r in node.ranges:
                 _verify_expr(program, r.lower, bound, where, errors)
                 _verify_expr(program, r.upper, bound, where, errors)
+            if node.bounds and (node.mapping != "serial" or node.tile is None):
+                errors.append(f"{where}: only tiled serial loops list tile bounds")
+            for b in node.bounds:
+                for e in (b.operand, b.lower, b.upper):
+                    _verify_expr(program, e, bound + (node.iterator,), where, errors)
+                if node.iterator not in free_iters(b.operand):
+                    errors.append(f"{where}: tile bound operand {b.operand} does not read {node.iterator}")
+                kinds = {program.dtypes.get(e.tensor) for e in (b.operand, b.lower, b.upper)}
+                if len(kinds) != 1:
+                    errors.append(f"{where}: tile bounds of {b.operand} have another dtype than it")
             if not node.iterator.isidentifier() or isl_name(node.iterator) != node.iterator:
                 errors.append(f"{where}: {node.iterator!r} cannot name an iterator")
             for b in (node.lower, node.upper):

@@ -18,6 +18,7 @@ from flashlight.passes.defer_normalization import defer_normalization
 from flashlight.passes.elide_roundings import elide_roundings
 from flashlight.passes.factor_scales import factor_scales
 from flashlight.passes.fuse_reductions import fuse_reductions
+from flashlight.passes.hoist_tile_bounds import hoist_tile_bounds
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
 from flashlight.passes.rebase_exponentials import rebase_exponentials
@@ -37,10 +38,11 @@ PASSES: dict[str, Callable[..., Program]] = {
     "contract-buffers": contract_buffers,
     "tile": tile,
     "tile-ranges": tile_ranges,
+    "hoist-tile-bounds": hoist_tile_bounds,
 }
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,tile-ranges")
+                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,tile-ranges,hoist-tile-bounds")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
@@ -100,5 +102,5 @@ def _apply(pass_fn: Callable[..., Program], program: Program, kwargs: tuple) -> 
 
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "elide_roundings", "fuse_reductions",
-    "inline_pointwise", "masks_to_domains", "parse_pipeline", "rebase_exponentials", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
+    "hoist_tile_bounds", "inline_pointwise", "masks_to_domains", "parse_pipeline", "rebase_exponentials", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
 ]
