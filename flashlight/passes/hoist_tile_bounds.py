@@ -40,7 +40,7 @@ import islpy as isl
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Iter, Load
+from flashlight.ir.expr import Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
 
