@@ -43,6 +43,8 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
+from flashlight.passes.tile import next_pow2
+from flashlight.passes.tree import fresh_tensor_name, with_grid_body
 
 name = "hoist-tile-bounds"
 
@@ -58,7 +60,6 @@ def hoist_tile_bounds(program: Program, min_extent: int = MIN_EXTENT) -> Program
     """Compute per-tile bounds of data-dependent guard operands once, before each kernel
     (for serial loops of at least ``min_extent`` points)."""
     view = PolyView.of(program)
-    taken = {t.name for t in program.tensors}
     tensors, body, proofs = list(program.tensors), [], []
     for nest in program.body:
         grid = grid_chain(nest)
@@ -74,9 +75,10 @@ def hoist_tile_bounds(program: Program, min_extent: int = MIN_EXTENT) -> Program
                 if refusal is not None:
                     proofs.append(Proof(what, False, refusal))
                     continue
-                lo, hi = _fresh(f"{operand.tensor}_lo", taken), _fresh(f"{operand.tensor}_hi", taken)
-                nest_, bound, shape = _bounds_nest(program, grid, phase, operand, lo, hi)
                 dt = program.tensor(operand.tensor).dtype
+                lo = fresh_tensor_name(program.replace(tensors=tuple(tensors)), f"{operand.tensor}_lo")
+                hi = fresh_tensor_name(program.replace(tensors=tuple(tensors)), f"{operand.tensor}_hi")
+                nest_, bound, shape = _bounds_nest(program, grid, phase, operand, lo, hi)
                 tensors += [TensorDecl(lo, dt, shape, "temp"), TensorDecl(hi, dt, shape, "temp")]
                 before.append(nest_)
                 bounds.append(bound)
@@ -89,7 +91,7 @@ def hoist_tile_bounds(program: Program, min_extent: int = MIN_EXTENT) -> Program
                     relation=f"kernel writes to {operand.tensor} = {{ }}"))
             if bounds:
                 phases[p] = replace(phase, bounds=phase.bounds + tuple(bounds))
-        body += before + [_rebuild(nest, len(grid), tuple(phases)) if before else nest]
+        body += before + [with_grid_body(nest, len(grid), tuple(phases))]
     if not proofs:
         return program
     return program.replace(tensors=tuple(tensors), body=tuple(body)).with_proofs(*proofs)
@@ -146,15 +148,6 @@ def _sharing(grid: list[Loop], operand: Load) -> int:
     return math.prod(-(-int(g.upper.value) // g.tile) for g in grid if g.iterator not in its)  # type: ignore[union-attr]
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    k, name_ = 0, base
-    while name_ in taken:
-        k += 1
-        name_ = f"{base}{k}"
-    taken.add(name_)
-    return name_
-
-
 def _bounds_nest(program: Program, grid: list[Loop], loop: Loop, operand: Load, lo: str,
                  hi: str) -> tuple[Loop, TileBound, tuple[int, ...]]:
     """The nest computing ``lo``/``hi`` per tile of ``loop``, the annotation, and their shape."""
@@ -171,7 +164,7 @@ def _bounds_nest(program: Program, grid: list[Loop], loop: Loop, operand: Load, 
     if n % bn:
         inner = (Guard(E.call("lt", point, E.index(n)), inner),)
     node: Node = Loop(ju, E.index(0), E.index(bn), "reduce", inner, bn, "block")
-    node = Loop(jt, E.index(0), E.index(tiles), "parallel", (node,), min(BOUNDS_TILE, _pow2(tiles)), "grid")
+    node = Loop(jt, E.index(0), E.index(tiles), "parallel", (node,), min(BOUNDS_TILE, next_pow2(tiles)), "grid")
     for g in reversed(rows):
         node = Loop(g.iterator, g.lower, g.upper, "parallel", (node,), 1, "grid")
     tile_of_j = E.floordiv(Iter(j), bn)
@@ -186,14 +179,3 @@ def _fresh_iter(base: str, program: Program) -> str:
     while name_ in used or isl_name(name_) != name_:
         name_ += "_"
     return name_
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _rebuild(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
-    assert isinstance(nest, Loop)
-    if depth == 1:
-        return replace(nest, body=body)
-    return replace(nest, body=(_rebuild(nest.body[0], depth - 1, body),))

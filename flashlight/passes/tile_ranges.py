@@ -31,6 +31,7 @@ from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
+from flashlight.passes.tree import with_grid_body
 
 name = "tile-ranges"
 
@@ -52,17 +53,8 @@ def tile_ranges(program: Program) -> Program:
                 phases[p] = ranged
                 if proof is not None:
                     proofs.append(proof)
-        body.append(_rebuild(nest, len(grid), tuple(phases)))
+        body.append(with_grid_body(nest, len(grid), tuple(phases)))
     return program.replace(body=tuple(body)).with_proofs(*proofs)
-
-
-def _rebuild(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
-    if depth == 0:
-        return nest
-    assert isinstance(nest, Loop)
-    if depth == 1:
-        return replace(nest, body=body)
-    return replace(nest, body=(_rebuild(nest.body[0], depth - 1, body),))
 
 
 def _extent(l: Loop) -> int:

@@ -99,6 +99,16 @@ def fresh_tensor_name(program: Program, base: str) -> str:
     return name
 
 
+def with_grid_body(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
+    """``nest`` with the body of its ``depth``-th perfectly nested grid loop replaced by ``body``."""
+    if depth == 0:
+        return nest
+    assert isinstance(nest, Loop)
+    if depth == 1:
+        return replace(nest, body=body)
+    return replace(nest, body=(with_grid_body(nest.body[0], depth - 1, body),))
+
+
 def guard_body(guards: tuple[Expr, ...], node: Node) -> Node:
     for g in reversed(guards):
         node = Guard(g, (node,))
