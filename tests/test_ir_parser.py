@@ -409,3 +409,22 @@ program p(x: f32[2,8], seg: i64[2,8]) -> (out: f32[2,8])
         verify(parse_program(text.replace("buffer hi: i64[2,2]", "buffer hi: f32[2,2]")))
     with pytest.raises(ParseError, match="after a tile bound's operand"):
         parse_program(text.replace("seg[b,j] in lo", "seg[b,j] lo"))
+
+
+def test_a_local_tensor_touched_by_two_kernels_is_malformed() -> None:
+    """Registers of one kernel are gone when the next starts: a local read by another top-level
+    nest, even only in a guard, is an error at compile time, not a crash at launch."""
+    from flashlight.ir import VerificationError, verify
+
+    text = """\
+program p(x: f32[4,8]) -> (out: f32[4,8])
+  local n: i64[4]
+  for i in 0:4 parallel tile 1 @grid
+    for j in 0:8 reduce tile 8 @block
+      S0: n[i] += i64(x[i,j] > 0.0)
+  for i in 0:4 parallel tile 1 @grid, j in 0:8 parallel tile 8 @grid
+    if n[i] > 0
+      S1: out[i,j] = x[i,j]"""
+    with pytest.raises(VerificationError, match="local tensor 'n' is touched by top-level nests 0, 1"):
+        verify(parse_program(text))
+    verify(parse_program(text.replace("local n", "buffer n")))

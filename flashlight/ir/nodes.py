@@ -29,7 +29,7 @@ from functools import cached_property
 from typing import Union
 
 from flashlight.ir import dtypes
-from flashlight.ir.expr import Expr, Load
+from flashlight.ir.expr import Expr, Load, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
 MAPPINGS = ("grid", "serial", "block")
@@ -200,6 +200,34 @@ def walk_stmts(body: tuple[Node, ...], loops: tuple[Loop, ...] = (), guards: tup
             yield from walk_stmts(node.body, loops + (node,), guards)
         else:
             yield from walk_stmts(node.body, loops, guards + (node.cond,))
+
+
+def node_exprs(node: Node) -> Iterator[Expr]:
+    """Every expression a node and its descendants evaluate: loop bounds, tile ranges and bounds,
+    guard conditions, statement targets, values and rescales."""
+    if isinstance(node, Stmt):
+        yield node.target
+        yield node.expr
+        if node.scale is not None:
+            yield node.scale
+        return
+    if isinstance(node, Loop):
+        yield node.lower
+        yield node.upper
+        for r in node.ranges:
+            yield r.lower
+            yield r.upper
+        for b in node.bounds:
+            yield from (b.operand, b.lower, b.upper)
+    else:
+        yield node.cond
+    for child in node.body:
+        yield from node_exprs(child)
+
+
+def tensors_touched(node: Node) -> set[str]:
+    """The tensors a node reads or writes anywhere, guards and loop annotations included."""
+    return {ld.tensor for e in node_exprs(node) for ld in loads(e)}
 
 
 def grid_chain(nest: Node) -> list[Loop]:

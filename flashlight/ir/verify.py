@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from flashlight.ir import dtypes
 from flashlight.ir.expr import Expr, Iter, Load, dtype_of, free_iters, walk
-from flashlight.ir.nodes import LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt
+from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
+                                 tensors_touched)
 from flashlight.ir.poly import aff_str, isl_name
 
 
@@ -41,12 +42,29 @@ def verify(program: Program) -> Program:
     _verify_body(program, program.body, (), errors, stmt_names, written)
     for nest in program.body:
         _verify_one_tile_per_iterator(nest, errors)
+    _verify_locals_stay_in_one_nest(program, errors)
     for t in program.outputs:
         if t.name not in written:
             errors.append(f"output {t.name!r} is never written")
     if errors:
         raise VerificationError(f"program {program.name} is malformed:\n  " + "\n  ".join(errors))
     return program
+
+
+def _verify_locals_stay_in_one_nest(program: Program, errors: list[str]) -> None:
+    """A ``local`` tensor lives in the registers of one kernel's programs: no other top-level nest
+    (another kernel) may read or write it, in a statement, a guard or a loop annotation."""
+    local = {t.name for t in program.tensors if t.storage == "local"}
+    if not local:
+        return
+    owners: dict[str, list[int]] = {}
+    for k, nest in enumerate(program.body):
+        for t in tensors_touched(nest) & local:
+            owners.setdefault(t, []).append(k)
+    for t, nests in sorted(owners.items()):
+        if len(nests) > 1:
+            errors.append(f"local tensor {t!r} is touched by top-level nests {', '.join(map(str, nests))}: "
+                          "registers of one kernel cannot be read by another")
 
 
 def _verify_one_tile_per_iterator(nest: Node, errors: list[str]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Iter
-from flashlight.ir.nodes import Loop, Node, Program, Proof, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Proof, tensors_touched, walk_stmts
 
 name = "contract-buffers"
 
@@ -23,18 +23,12 @@ name = "contract-buffers"
 def local_temps(program: Program, nest: Node) -> set[str]:
     """Temporaries of ``nest`` that can live in registers."""
     inside: dict[str, list[tuple[tuple, dict[str, Loop]]]] = {}
-    for stmt, loops, _ in walk_stmts((nest,)):
+    for stmt, loops, guards in walk_stmts((nest,)):
         ctx = {l.iterator: l for l in loops}
-        for ld in [stmt.target] + E.loads(stmt.expr) + (E.loads(stmt.scale) if stmt.scale is not None else []):
+        exprs = [stmt.expr, *guards] + ([stmt.scale] if stmt.scale is not None else [])
+        for ld in [stmt.target] + [ld for e in exprs for ld in E.loads(e)]:
             inside.setdefault(ld.tensor, []).append((ld.indices, ctx))
-    outside: set[str] = set()
-    for other in program.body:
-        if other is nest:
-            continue
-        for stmt, _, _ in walk_stmts((other,)):
-            outside.add(stmt.target.tensor)
-            for e in [stmt.expr] + ([stmt.scale] if stmt.scale is not None else []):
-                outside.update(ld.tensor for ld in E.loads(e))
+    outside = set().union(*(tensors_touched(other) for other in program.body if other is not nest))
     local = set()
     for t, accesses in inside.items():
         decl = program.tensor_map.get(t)
