@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from flashlight.frontend import attention
+
 aten = torch.ops.aten
 
 # A compiler callback: (aten graph, example inputs, input names) -> runner taking a list of tensors.
@@ -51,6 +53,11 @@ def decompositions() -> dict:
     # these lift directly, better than their decompositions
     for op in (aten.gelu.default, aten.silu.default):
         table.pop(op, None)
+    # its decomposition returns the attention weights where the backward reads the log-sum-exp (a
+    # wrong gradient): SDPA without dropout is decomposed by DecomposeAttention, with dropout it
+    # stays PyTorch's operator
+    table.pop(aten._scaled_dot_product_flash_attention_for_cpu.default, None)
+    table.update(attention.decompositions())
     return table
 
 
@@ -115,8 +122,9 @@ def make_backend(compile_graph: GraphCompiler) -> Callable:
         def bw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
             return make_boxed_func(aten_gm.forward)
 
-        return aot_module_simplified(gm, example_inputs, fw_compiler=fw, bw_compiler=bw,
-                                     decompositions=decompositions())
+        with attention.decompose_attention():
+            return aot_module_simplified(gm, example_inputs, fw_compiler=fw, bw_compiler=bw,
+                                         decompositions=decompositions())
 
     return backend
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
@@ -45,13 +46,16 @@ class Lemma:
     F: str        # F with opaque symbols, as sympy prints it
     c: sp.Expr    # the rescale factor in the symbols y_old_<k>, y_new_<k>
     running: tuple[Load, ...]
+    # opaque functions of the running values in F and c: name -> their IR expression
+    functions: tuple[tuple[str, Expr], ...] = ()
 
     def statement(self) -> str:
         ys = ", ".join(str(y) for y in self.running)
         check = ("F(x,y)*F(x0,y0) - F(x,y0)*F(x0,y) == 0" if self.partner == "*"
                  else "F(x,y)+F(x0,y0) - F(x,y0)-F(x0,y) == 0")
+        where = "".join(f"; {name}({ys}) = {e}" for name, e in self.functions)
         return (f"F = {self.F} separates over ({self.combiner[:-1]}, {self.partner}) in y = {ys} "
-                f"[{check}]; rescale c = {self.c}")
+                f"[{check}]; rescale c = {self.c}{where}")
 
 
 class _ToSympy:
@@ -59,6 +63,15 @@ class _ToSympy:
         self.running = running
         self.opaque: dict[Expr, sp.Symbol] = {}
         self.y = [sp.Symbol(f"y{k}", real=True) for k in range(len(running))]
+        # subexpressions of the running values alone without a symbolic form (``where(y == -inf,
+        # 0, y)``): opaque functions h_k(y), enough to separate F, and named by their IR template
+        self.functions: dict[Expr, sp.Function] = {}
+
+    def _opaque_function(self, e: Expr) -> sp.Expr:
+        fn = self.functions.get(e)
+        if fn is None:
+            fn = self.functions[e] = sp.Function(f"h{len(self.functions)}", real=True)
+        return fn(*[self.y[k] for k, y in enumerate(self.running) if y in E.loads(e)])
 
     def __call__(self, e: Expr) -> sp.Expr:
         if e in self.running:
@@ -73,6 +86,18 @@ class _ToSympy:
             return sym
         if not isinstance(e, Call):
             raise NotSeparable(f"{e} reads the running value through an index")
+        try:
+            return self._call(e)
+        except NotSeparable:
+            if self._of_running_values_only(e):
+                return self._opaque_function(e)
+            raise
+
+    def _of_running_values_only(self, e: Expr) -> bool:
+        rest = E.rewrite(e, lambda x: E.const(0.0, "f32") if x in self.running else None)
+        return not E.free_iters(rest) and not E.loads(rest)
+
+    def _call(self, e: Call) -> sp.Expr:
         a = [self(x) for x in e.args]
         op = e.op
         if op in dtypes.FLOATS:
@@ -132,7 +157,9 @@ def prove_online(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma:
         raise NotSeparable(f"the rescale {c} depends on x")
     if partner == "*" and not _positive(c):
         raise NotSeparable(f"H may vanish: the rescale {c} is not an exponential, so H(y)^-1 may not exist")
-    return Lemma(combiner, partner, str(f), c, running)
+    used = {a.func for a in f.atoms(AppliedUndef)}
+    functions = tuple((fn.__name__, e) for e, fn in conv.functions.items() if fn in used)
+    return Lemma(combiner, partner, str(f), c, running, functions)
 
 
 def _positive(c: sp.Expr) -> bool:
@@ -158,16 +185,22 @@ def _is_zero(e: sp.Expr) -> bool:
     return sp.simplify(e) == 0
 
 
-def to_ir(c: sp.Expr, y_old: list[Expr], y_new: list[Expr], dtype: str) -> Expr:
+def to_ir(lemma: Lemma, y_old: list[Expr], y_new: list[Expr], dtype: str) -> Expr:
     """The rescale factor as an IR expression over the old and new running values."""
     sym = {}
     for k in range(len(y_old)):
         sym[sp.Symbol(f"y_old_{k}", real=True)] = y_old[k]
         sym[sp.Symbol(f"y_new_{k}", real=True)] = y_new[k]
+    templates = dict(lemma.functions)
 
     def conv(e: sp.Expr) -> Expr:
         if e in sym:
             return sym[e]
+        if isinstance(e, AppliedUndef) and e.func.__name__ in templates:
+            template = templates[e.func.__name__]
+            reads = [y for y in lemma.running if y in E.loads(template)]
+            values = dict(zip(reads, (conv(a) for a in e.args)))
+            return E.rewrite(template, lambda x: values.get(x))  # type: ignore[arg-type]
         if e.is_Number:
             return E.const(float(e), dtype)
         if isinstance(e, sp.exp):
@@ -201,7 +234,7 @@ def to_ir(c: sp.Expr, y_old: list[Expr], y_new: list[Expr], dtype: str) -> Expr:
             return out
         raise NotSeparable(f"cannot express {e} in the IR")
 
-    return conv(c)
+    return conv(lemma.c)
 
 
 def _negative(t: sp.Expr) -> bool:

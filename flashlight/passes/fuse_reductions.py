@@ -50,7 +50,7 @@ from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
 from flashlight.passes import algebra
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
-from flashlight.passes.tree import fresh_tensor_name, is_nan_fixup
+from flashlight.passes.tree import fresh_tensor_name, is_nan_fixup, nan_fixup
 
 name = "fuse-reductions"
 
@@ -448,8 +448,8 @@ class _Fuser:
             safe_loads.append(_safe(y, src.stmt.op, self.program.tensor(y.tensor).dtype))
         subst = dict(zip(ys, safe_loads))
         acc_dtype = self.program.tensor(stmt.target.tensor).dtype
-        c = algebra.to_ir(lemma.c, prev_loads, safe_loads, acc_dtype)
-        new_stmt = replace(stmt, expr=E.rewrite(stmt.expr, lambda x: subst.get(x)), scale=c)
+        c = _fold_safe(algebra.to_ir(lemma, prev_loads, safe_loads, acc_dtype), safe_loads)
+        new_stmt = replace(stmt, expr=_fold_safe(E.rewrite(stmt.expr, lambda x: subst.get(x)), safe_loads), scale=c)
         new_rewrites = dict(rewrites)
         new_rewrites[stmt.name] = new_stmt
         phase.members.append(stmt.name)
@@ -645,6 +645,19 @@ def _safe(y: Load, op: str, dtype: str) -> Expr:
     return E.call("where", E.call("eq", y, E.const(-float("inf"), dtype)), E.const(0.0, dtype), y)
 
 
+def _fold_safe(e: Expr, safe: list[Expr]) -> Expr:
+    """``where(r == -inf, 0, r)`` is ``r`` where ``r`` is a reference value that is never -inf
+    (the program guarded its maximum the way the rewrite does: SDPA's decomposition)."""
+    def fold(x: Expr) -> Expr | None:
+        if isinstance(x, E.Call) and x.op == "where" and x.args[2] in safe and isinstance(x.args[1], Const) and \
+                x.args[1].value == 0 and isinstance(x.args[0], E.Call) and x.args[0].op == "eq" and \
+                x.args[0].args[0] == x.args[2] and isinstance(x.args[0].args[1], Const) and \
+                x.args[0].args[1].value == -float("inf"):
+            return x.args[2]
+        return None
+    return E.rewrite(e, fold)
+
+
 def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> Node:
     by_name = {r.name: r for r in group.recs}
     running_by_stmt = {info.stmt: info for info in running.values()}
@@ -716,12 +729,8 @@ def _empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: di
         if not (isinstance(value, float) and math.isnan(value)):
             continue
         y_load = next(ld for ld in E.loads(r.stmt.expr) if ld.tensor == y)
-        cond = E.call("eq", y_load, E.const(-float("inf"), "f32"))
         rows = _rows_with_terms(program, r, tuple(i.name for i in stmt.target.indices if isinstance(i, Iter)))
-        if rows is not None:
-            cond = E.call("and", rows, cond)
-        node: Node = Stmt(f"{stmt.name}_empty", stmt.target, "=",
-                          E.call("where", cond, E.const(float("nan"), "f32"), stmt.target))
+        node: Node = nan_fixup(f"{stmt.name}_empty", stmt.target, y_load, program.dtypes, rows)
         for it in reversed(group.block[r.name]):
             if any(isinstance(i, Iter) and i.name == it for i in stmt.target.indices):
                 l = r.loop(it)

@@ -103,16 +103,33 @@ def _row(s: Stmt, at: tuple[Expr, ...], ref: Expr) -> tuple | None:
     return tuple(rows)
 
 
-def _ratio_free(e: Expr, members: dict[str, Stmt], ref: Expr) -> Expr | None:
+def _denominator(x: Expr) -> Expr:
+    """``b`` of ``where(b == 0, k, b)`` with a nonzero constant ``k`` (a row without terms
+    divides by ``k``), else ``x``."""
+    if isinstance(x, Call) and x.op == "where" and isinstance(x.args[1], Const) and x.args[1].value != 0 and \
+            isinstance(x.args[0], Call) and x.args[0].op == "eq" and x.args[0].args[0] == x.args[2] and \
+            isinstance(x.args[0].args[1], Const) and x.args[0].args[1].value == 0:
+        return x.args[2]
+    return x
+
+
+def _ratio_free(e: Expr, members: dict[str, Stmt], ref: Expr, guards: dict[str, tuple[Expr, ...]]) -> Expr | None:
     """``e`` with every same-row ratio of two members replaced by a placeholder, or None if a
-    ratio compares different rows."""
+    ratio compares different rows.
+
+    ``a / where(b == 0, k, b)`` is a ratio too where ``a`` sums under the guards of ``b``: the
+    common factor ``c > 0`` leaves ``b == 0`` unchanged, and where ``b`` is 0 every term of ``b``,
+    a nonnegative exponential, is 0, so ``a`` is 0 and ``c * a / k = a / k``."""
     bad = [False]
 
     def fold(x: Expr) -> Expr | None:
-        if not (isinstance(x, Call) and x.op == "div" and all(
-                isinstance(a, Load) and a.tensor in members for a in x.args)):
+        if not (isinstance(x, Call) and x.op == "div"):
             return None
-        a, b = x.args
+        a, b = x.args[0], _denominator(x.args[1])
+        if not all(isinstance(t, Load) and t.tensor in members for t in (a, b)):
+            return None
+        if b is not x.args[1] and guards[members[a.tensor].name] != guards[members[b.tensor].name]:  # type: ignore[union-attr]
+            return None
         ra = _row(members[a.tensor], a.indices, ref)  # type: ignore[union-attr]
         rb = _row(members[b.tensor], b.indices, ref)  # type: ignore[union-attr]
         if ra is None or ra != rb:
@@ -164,6 +181,7 @@ def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
         if program.tensor(s.target.tensor).role == "output":
             return f"{s.target.tensor} is returned: its factor would not cancel"
     names = {s.name for s in group}
+    guards = {s.name: g for s, _, g in walk_stmts(program.body)}  # the group shares its loop
     for s, _, _ in walk_stmts(program.body):
         if s.name in names:
             continue
@@ -174,7 +192,7 @@ def _refusal(program: Program, group: list[Stmt], ref: Expr) -> str | None:
                 continue
             if is_nan_fixup(s) and e is s.expr:
                 continue
-            free = _ratio_free(e, members, ref)
+            free = _ratio_free(e, members, ref, guards)
             if free is None or any(ld.tensor in members for ld in E.loads(free)):
                 return f"{s.name} reads {', '.join(sorted(members))} other than as a ratio of one row"
     return None
