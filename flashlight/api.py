@@ -5,6 +5,7 @@ capture (Dynamo/AOT) -> lift (frontend) -> passes -> Triton source (codegen) -> 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._dynamo.exc import InternalTorchDynamoError
+from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
 
 from flashlight import autotune, passes
 from flashlight.codegen import launcher
@@ -47,6 +48,24 @@ class Options:
     num_warps: int | None = None     # Triton launch parameters (None: chosen per kernel)
     num_stages: int | None = None
     autotune: bool | None = None     # measure configurations on the GPU (None: unless sizes are given)
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "num_warps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1
+                                      or value & (value - 1)):
+                raise ValueError(f"flashlight: {name}={value!r} is not a positive power of two "
+                                 f"(valid: None for the default, or 1, 2, 4, ..., e.g. 16, 32, 64, 128)")
+        for name in ("block_limit", "num_stages"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"flashlight: {name}={value!r} is not a positive integer")
+        if self.autotune not in (None, True, False):
+            raise ValueError(f"flashlight: autotune={self.autotune!r} is not None, True or False")
+        try:
+            passes.parse_pipeline(self.pipeline)
+        except ValueError as exc:
+            raise ValueError(f"flashlight: pipeline={self.pipeline!r}: {exc}") from None
 
     def tunes(self, target: str) -> bool:
         pinned = any(x is not None for x in (self.block_m, self.block_n, self.num_stages))
@@ -125,6 +144,10 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     lifted = lift_graph(gm, names, name, arg_order)
     compiled: dict[int, CompiledProgram | TunedOnFirstCall | None] = {}
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
+    if fallbacks and reports is None:
+        log.warning("flashlight: %d op%s of %s run%s in eager PyTorch: %s", len(fallbacks),
+                    "s" if len(fallbacks) > 1 else "", name, "" if len(fallbacks) > 1 else "s",
+                    "; ".join(why for _, why in fallbacks))
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device.type)
     for k, seg in enumerate(lifted.segments):
@@ -146,13 +169,6 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
             return CompiledProgram(final, launches, strides, device)
 
         started = time.time()
-        if any(0 in t.shape for t in seg.program.tensors):
-            compiled[k] = None  # nothing to compute in parallel: eager handles empty tensors exactly
-            fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", "a tensor has a zero-size "
-                              "dimension: run in eager PyTorch"))
-            if reports is not None:
-                reports.append(report)
-            continue
         try:
             keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
             if reports is None and options.tunes(target):
@@ -295,6 +311,7 @@ class CompiledFunction:
         self.options = options
         self.graphs: list[CompiledGraph] = []
         self.eager_reason: str | None = None  # set if capture failed: every call runs fn eagerly
+        self._warned_recompile_limit = False
         self._name = _program_name(fn)
         self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph), dynamic=False)
         functools.update_wrapper(self, fn)
@@ -314,17 +331,39 @@ class CompiledFunction:
         if self.eager_reason is not None:
             return self.fn(*args, **kwargs)
         try:
-            return self._compiled(*args, **kwargs)
-        except InternalTorchDynamoError as exc:
-            # Dynamo itself failed to capture fn (not fn's own error): run fn as written, from now on
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                return self._compiled(*args, **kwargs)
+        except FailOnRecompileLimitHit:
+            # Dynamo would otherwise run this and every later new shape eagerly, silently
+            if not self._warned_recompile_limit:
+                self._warned_recompile_limit = True
+                log.warning("flashlight: %s was compiled for %d input signatures, Dynamo's recompile limit "
+                            "(torch._dynamo.config.recompile_limit): calls with new shapes, dtypes or strides "
+                            "run in eager PyTorch", self._name, torch._dynamo.config.recompile_limit)
+            return self.fn(*args, **kwargs)
+        except TorchDynamoException as exc:
+            # fn's own error (mismatched shapes, wrong dtypes) reaches us as Dynamo's fake-tensor
+            # error: eager raises it as the user knows it. If eager succeeds, capture or compilation
+            # failed: run fn as written, from now on
+            result = self.fn(*args, **kwargs)
             self.eager_reason = f"capture failed inside Dynamo: {type(exc).__name__}: {exc}".splitlines()[0]
             log.warning("flashlight: %s runs eagerly: %s", self._name, self.eager_reason)
-            return self.fn(*args, **kwargs)
+            return result
+
+
+def make_options(options: dict[str, Any]) -> Options:
+    """``Options(**options)``, with a ValueError naming the valid options for an unknown one."""
+    fields = [f.name for f in dataclasses.fields(Options)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"flashlight: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"valid options: {', '.join(fields)}")
+    return Options(**options)
 
 
 def compile(fn: Callable | None = None, **options: Any) -> Any:
     """Compile ``fn`` (also usable as ``@flashlight.compile`` or ``@flashlight.compile(block_m=64)``)."""
-    opts = Options(**options)
+    opts = make_options(options)
     if fn is None:
         return lambda f: CompiledFunction(f, opts)
     return CompiledFunction(fn, opts)

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch.fx as fx
 
-from flashlight.api import Options, compile_graph
+from flashlight.api import compile_graph, make_options
 from flashlight.frontend.capture import make_backend
 
 
 def flashlight_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:
     """A Dynamo backend: each graph is lifted, fused and compiled by flashlight."""
-    opts = Options(**(kwargs.get("options") or {}))
+    opts = make_options(kwargs.get("options") or {})
 
     def compile_one(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str]) -> Callable:
         graph = compile_graph(aten_gm, inputs, names, opts, "graph")

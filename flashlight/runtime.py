@@ -104,11 +104,19 @@ class CompiledGraph:
                 env[seg.node] = _run_node(seg.node, env)
                 continue
             prog = self.compiled.get(k)
+            if prog is not None:
+                try:
+                    outs = prog([env[n] for n in seg.inputs])
+                except Exception as exc:  # noqa: BLE001  (a launch that fails is a fallback, said once)
+                    reason = f"launching its kernels failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                    log.warning("flashlight: program %s runs in eager PyTorch from now on: %s", seg.program.name,
+                                reason)
+                    self.fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
+                    self.compiled[k] = prog = None
             if prog is None:
                 for n in seg.nodes:
                     env[n] = _run_node(n, env)
                 continue
-            outs = prog([env[n] for n in seg.inputs])
             for n, t in zip(seg.outputs, outs):
                 # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data
                 env[n] = t.view(n.meta["val"].shape)

@@ -69,6 +69,7 @@ class ProgramSegment:
 class EagerSegment:
     node: fx.Node
     reason: str
+    computes: bool = True  # False for a view or an empty result: eager costs nothing, nothing is lost
 
 
 @dataclass
@@ -86,7 +87,7 @@ class LiftedGraph:
 
     @property
     def fallbacks(self) -> list[EagerSegment]:
-        return [s for s in self.segments if isinstance(s, EagerSegment)]
+        return [s for s in self.segments if isinstance(s, EagerSegment) and s.computes]
 
 # }}}
 
@@ -120,35 +121,28 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
             reasons[n] = reason
             env[n] = _input_value(scratch, n, n.name) if _is_tensor(n) else None  # type: ignore[assignment]
 
-    # pass 2: maximal runs of liftable nodes become programs; only-view runs stay eager
+    # pass 2: liftable nodes become programs, as few as the eager nodes between them allow. A
+    # node's level counts the eager nodes its value waits for: program L holds the liftable nodes
+    # of level L and runs after the eager nodes of level L, which wait for program L - 1.
     lifted = LiftedGraph(graph, phs)
     lifted.constants = {n: _attr(gm, str(n.target)) for n in graph.nodes if n.op == "get_attr"}
-    runs: list[list[fx.Node]] = []
+    level: dict[fx.Node, int] = {}
     for n in compute:
-        if n in reasons:
-            runs.append([n])
-        elif runs and runs[-1] and runs[-1][0] not in reasons:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    position = {n: k for k, n in enumerate(graph.nodes)}
-    seg_index = 0
-    for run in runs:
-        if run[0] in reasons:
-            lifted.segments.append(EagerSegment(run[0], reasons[run[0]]))
-            continue
-        if all(_is_view_like(n) for n in run):
-            for n in run:
-                lifted.segments.append(EagerSegment(n, "view only: nothing to compute"))
-            continue
-        members = set(run)
-        last = max(position[n] for n in run)
-        outputs = [n for n in run if any(u not in members and (position[u] > last or u is out_node)
-                                         for u in n.users)]
-        outputs = [n for n in outputs if _is_tensor(n)]
-        prog_name = name if len(runs) == 1 else f"{name}_{seg_index}"
-        seg_index += 1
-        lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order)))
+        ins = [a for a in n.all_input_nodes if a in level]
+        level[n] = max((level[a] + (n in reasons and a not in reasons) for a in ins), default=0)
+    runs: list[list[fx.Node]] = [
+        [n for n in compute if level[n] == k and n not in reasons] for k in range(max(level.values(), default=-1) + 1)]
+    programs = [run for run in runs if run and not all(_is_view_like(n) for n in run)]
+    for k, run in enumerate(runs):
+        lifted.segments += [EagerSegment(n, reasons[n], not _is_empty(n)) for n in compute
+                            if level[n] == k and n in reasons]
+        if run and run not in programs:
+            lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in run]
+        elif run:
+            members = set(run)
+            outputs = [n for n in run if _is_tensor(n) and any(u not in members for u in n.users)]
+            prog_name = name if len(programs) == 1 else f"{name}_{programs.index(run)}"
+            lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order)))
     return lifted
 
 
@@ -167,6 +161,11 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
         assert reason is None, f"node {n.name} lifted in pass 1 but not in pass 2: {reason}"
     outs = [(f"out{k}", env[n]) for k, n in enumerate(outputs)]
     prog = b.program(outs)
+    # an empty input is only ever dropped (a cache of length 0 concatenated with new keys)
+    keep = [k for k, d in enumerate(prog.inputs) if d.numel > 0]
+    if len(keep) < len(prog.inputs):
+        inputs = [inputs[k] for k in keep]
+        prog = prog.replace(tensors=tuple(t for t in prog.tensors if t.role != "input" or t.numel > 0))
     rank = {n: arg_order.index(n) if n in arg_order else len(arg_order) + k
             for k, n in enumerate(d.name for d in prog.inputs)}
     pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
@@ -192,6 +191,10 @@ def _is_tensor(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), torch.Tensor)
 
 
+def _is_empty(n: fx.Node) -> bool:
+    return _is_tensor(n) and n.meta["val"].numel() == 0
+
+
 def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str | None:
     handler = _HANDLERS.get(_packet(n.target))
     if handler is None:
@@ -202,9 +205,13 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
         if not isinstance(val, torch.Tensor):
             raise Unsupported("its result is not a single tensor")
         ir_dtype(val.dtype)
+        if val.numel() == 0:
+            raise Unsupported("its result is empty: nothing to compute")
         for a in n.all_input_nodes:
             if env.get(a) is None:
                 raise Unsupported(f"its input {a.name} is not a tensor the IR can hold")
+            if _is_empty(a) and _packet(n.target) not in _READS_EMPTY:
+                raise Unsupported(f"its input {a.name} is empty")
         env[n] = handler(_Ctx(b, env, n))
         return None
     except Unsupported as exc:
@@ -1009,6 +1016,9 @@ def _flip(c: _Ctx) -> Value:
     dims = {d % max(v.rank, 1) for d in c.arg(1)}  # type: ignore[union-attr]
     idx = [E.sub(E.index(n - 1), placeholder(k)) if k in dims else placeholder(k) for k, n in enumerate(v.shape)]
     return v.reindex(v.shape, idx)
+
+
+_READS_EMPTY = {aten.cat}  # ops whose handlers drop empty operands
 
 
 @_handles(aten.cat)
