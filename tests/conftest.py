@@ -26,7 +26,7 @@ def check_golden(name: str, text: str) -> None:
 
 def relerr(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
-    return ((out - ref).norm() / ref.norm()).item()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def attention(q, k, v):
@@ -69,3 +69,55 @@ def warnings_of(run) -> str:
     finally:
         logger.removeHandler(handler)
     return handler.text
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for y in x for t in _tensors(y)]
+    if hasattr(x, "values") and callable(x.values):  # dicts and model outputs
+        return [t for y in x.values() for t in _tensors(y)]
+    return []
+
+
+def _cotangent(t: torch.Tensor) -> torch.Tensor:
+    """A fixed, generic direction: ``sum(out**2)`` would give zero gradients through a norm."""
+    return torch.sin(torch.arange(t.numel(), dtype=torch.float64) * 0.7 + 0.3).reshape(t.shape).to(t.dtype)
+
+
+def check_against_eager(fn, *args, module: torch.nn.Module | None = None, tol: float = 1e-4,
+                        compiled=None) -> None:
+    """``fn`` compiled matches eager on ``args``: every output, and the gradients of every
+    floating-point input and of ``module``'s parameters, for a generic cotangent (relative
+    error below ``tol``)."""
+    import flashlight
+
+    compiled = compiled if compiled is not None else flashlight.compile(fn)
+    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+
+    def run(f):
+        xs = [a.detach().clone().requires_grad_(a.is_floating_point()) if isinstance(a, torch.Tensor) else a
+              for a in args]
+        for p in params:
+            p.grad = None
+        outs = [o for o in _tensors(f(*xs)) if o.is_floating_point()]
+        diff = [o for o in outs if o.requires_grad]
+        if diff:
+            torch.autograd.backward(diff, [_cotangent(o) for o in diff])
+        grads = [x.grad for x in xs if isinstance(x, torch.Tensor) and x.requires_grad] + [p.grad for p in params]
+        return outs, grads
+
+    got, got_grads = run(compiled)
+    ref, ref_grads = run(fn)
+    assert len(got) == len(ref)
+    for k, (a, b) in enumerate(zip(got, ref)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (k, a.shape, b.shape, a.dtype, b.dtype)
+        assert torch.equal(a.isnan(), b.isnan()), f"output {k}: NaN where eager has none, or the other way"
+        if b.numel():
+            assert relerr(a.nan_to_num(), b.nan_to_num()) < tol, (k, relerr(a.nan_to_num(), b.nan_to_num()))
+    for k, (a, b) in enumerate(zip(got_grads, ref_grads)):
+        assert (a is None) == (b is None), f"gradient {k}: {a is None} vs eager {b is None}"
+        if b is not None and b.numel():
+            assert torch.equal(a.isnan(), b.isnan()), f"gradient {k}: NaN where eager has none, or the other way"
+            assert relerr(a.nan_to_num(), b.nan_to_num()) < tol, (k, relerr(a.nan_to_num(), b.nan_to_num()))
