@@ -3,6 +3,7 @@ gradients, debug dumps and errors."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import torch
 
 import flashlight
 
-from conftest import relerr
+from conftest import relerr, warnings_of
 
 
 def _x(*shape, seed=0):
@@ -115,3 +116,52 @@ def test_torch_compile_backend_in_a_fresh_process():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"pipeline": "inline,bogus"}, "unknown pass 'bogus'; known passes: inline,"),
+    ({"block_m": 0}, "block_m=0 is not a positive power of two"),
+    ({"block_n": 48}, "block_n=48 is not a positive power of two"),
+    ({"num_stages": -1}, "num_stages=-1 is not a positive integer"),
+    ({"blockm": 64}, "unknown option blockm; valid options: block_m, block_n,"),
+])
+def test_invalid_options_raise_at_compile_time(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        flashlight.compile(lambda x: x * 2, **options)
+    # through torch.compile the backend first sees its options when Dynamo hands it a graph
+    with pytest.raises(Exception, match=re.escape(message)):
+        torch.compile(lambda x: x * 2, backend="flashlight", options=options)(_x(3))
+
+
+@pytest.mark.parametrize("fn,args", [
+    (lambda a, b: a @ b, ((3, 4), (5, 6))),
+    (lambda a, b: a + b, ((3, 4), (5, 6))),
+    (lambda a, b: torch.cat([a, b], 1), ((3, 4), (5, 6))),
+], ids=["matmul", "add", "cat"])
+def test_user_errors_are_eagers_errors(fn, args):
+    xs = [_x(*s) for s in args]
+    with pytest.raises(Exception) as eager:
+        fn(*xs)
+    with pytest.raises(Exception) as ours:
+        flashlight.compile(fn)(*xs)
+    assert type(ours.value) is type(eager.value) and str(ours.value) == str(eager.value)
+    assert "Dynamo" not in str(ours.value) and "fake" not in str(ours.value)
+
+
+def test_the_recompile_limit_is_said_once():
+    f = flashlight.compile(lambda x: torch.softmax(x, -1))
+    limit = torch._dynamo.config.recompile_limit
+    for n in range(1, limit + 1):
+        f(_x(n, 5))
+    text = warnings_of(lambda: [torch.testing.assert_close(f(_x(n, 5)), torch.softmax(_x(n, 5), -1))
+                                for n in range(limit + 1, limit + 4)])
+    assert text.count("recompile limit") == 1 and "run in eager PyTorch" in text
+
+
+def test_ops_without_a_lifting_rule_are_said_once_per_compilation():
+    def fn(x):
+        return torch.cumsum(x, -1) * 2
+
+    f = flashlight.compile(fn)
+    text = warnings_of(lambda: [f(_x(4, 5)) for _ in range(3)])
+    assert text.count("run") == 1 and "cumsum" in text, text

@@ -40,6 +40,47 @@ def test_zero_size_dimensions(case):
     _same(fn, x)
 
 
+def _attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) * 0.3, -1) @ v
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 0, 8), (1, 2, 5, 0), (0, 2, 5, 8)], ids=["S0", "D0", "B0"])
+def test_zero_size_attention_matmul_and_reshape(shape):
+    """Empty results run eagerly (nothing to compute); a program never holds an empty tensor."""
+    q = _r(*shape)
+    _same(_attention, q, q, q)
+    _same(lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q), q)
+    _same(lambda a, b: (a @ b) * 2, _r(3, 0), _r(0, 4))  # a sum of nothing: zeros
+    _same(lambda x: x.reshape(2, 0, 3) * 2, _r(0, 6))
+
+
+def test_an_empty_cache_concatenated_with_new_keys_stays_in_the_program():
+    """A KV cache of length 0 (what a model library starts decoding with) is dropped by cat: no
+    eager split, no fallback."""
+    def step(q, k, v, k_cache, v_cache):
+        return _attention(q, torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2))
+
+    q, k, v = _r(1, 2, 5, 8), _r(1, 2, 5, 8, seed=1), _r(1, 2, 5, 8, seed=2)
+    empty = torch.empty(1, 2, 0, 8)
+    ex = flashlight.explain(step, q, k, v, empty, empty)
+    assert len(ex.kernels) == 1 and not ex.fallbacks and "k_cache" not in str(ex.programs[0]).splitlines()[0]
+    _same(step, q, k, v, empty, empty)
+
+
+def test_float64_compiles_and_keeps_its_precision():
+    def causal(q, k, v):
+        i, j = torch.arange(q.shape[-2])[:, None], torch.arange(k.shape[-2])[None, :]
+        return torch.softmax((q @ k.transpose(-2, -1) * 0.3).masked_fill(j > i, -INF), -1) @ v
+
+    q, k, v = (_r(1, 2, 19, 8, seed=s).double() for s in range(3))
+    for fn in (causal, lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)):
+        ex = flashlight.explain(fn, q, k, v)
+        assert len(ex.kernels) == 1 and not ex.fallbacks
+        src = ex.kernels[0].source
+        assert "tl.float32" not in src, "a float64 program computes in float64"
+        _same(fn, q, k, v, rtol=1e-12, atol=1e-13)
+
+
 def test_nan_and_inf_inputs():
     x = torch.tensor([[NAN, 1.0, 2.0, INF], [1.0, -INF, 3.0, 0.5], [-INF, -INF, -INF, -INF]])
     _same(lambda x: torch.exp(x) * 2 + 1, x)

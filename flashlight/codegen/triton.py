@@ -358,6 +358,8 @@ class _Kernel:
         scale of ``|s|``, so a row's maximum no longer gives exactly ``exp(0) = 1`` and the error
         grows with the operands (about 1e-3 for a row masked with -10000)."""
         v = self.value(x, scope)
+        if v.dtype == "f64":  # exp2 with a rounded log2(e) would cost float64 its precision
+            return _Value(f"tl.exp({v.code})", v.axes, "f64")
         return _Value(f"tl.exp2({v.code} * {LOG2E!r})", v.axes, "f32")
 
     # }}}
@@ -947,11 +949,12 @@ class _Kernel:
             return None
         a_in, b_in = _strip_upcast(a_expr, self.program.dtypes), _strip_upcast(b_expr, self.program.dtypes)
         da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
+        acc = "f64" if E.dtype_of(s.expr, self.program.dtypes) == "f64" else "f32"  # the sum's precision
         # (Triton's interpreter multiplies 16-bit floats wrongly: give it exact fp32 operands.)
-        if da != db or da not in ("bf16", "f16", "f32") or self.target == "interpreter":
-            a_in = a_expr if E.dtype_of(a_expr, self.program.dtypes) == "f32" else E.call("f32", a_expr)
-            b_in = b_expr if E.dtype_of(b_expr, self.program.dtypes) == "f32" else E.call("f32", b_expr)
-            da = db = "f32"
+        if da != db or da not in ("bf16", "f16", acc) or acc == "f64" or self.target == "interpreter":
+            a_in = a_expr if E.dtype_of(a_expr, self.program.dtypes) == acc else E.call(acc, a_expr)
+            b_in = b_expr if E.dtype_of(b_expr, self.program.dtypes) == acc else E.call(acc, b_expr)
+            da = db = acc
         A = self.operand(a_in, (m_ax, r), scope)
         B = self.operand(b_in, (r, n_ax), scope)
         zero = "0.0"
@@ -973,13 +976,13 @@ class _Kernel:
             scope.lines.append(f"{var} = {b_code}")
             b_code = var
         precision = ', input_precision="ieee"' if da == "f32" else ""
-        out = _Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), "f32")
+        out = _Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), acc)
         order = self.order({m_ax, n_ax})
         if order != (m_ax, n_ax):
-            out = _Value(f"tl.trans({out.code})", order, "f32")
+            out = _Value(f"tl.trans({out.code})", order, acc)
         for g in on_out:  # elements outside the guard hold the identity
             gv = self.value(g, scope)
-            out = _Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, "f32")
+            out = _Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, acc)
         return out
 
     def operand(self, e: Expr, order: tuple[str, ...], scope: _Scope) -> _Value:

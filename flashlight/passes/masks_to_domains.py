@@ -28,7 +28,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
-from flashlight.passes.tree import map_stmts
+from flashlight.passes.tree import map_stmts, nan_fixup
 
 name = "masks-to-domains"
 
@@ -105,7 +105,7 @@ def masks_to_domains(program: Program) -> Program:
                 node = Guard(c, (node,))
             return node
         body.extend(map_stmts((nest,), rewrite))
-        fix = _empty_rows(stmt, loops, maxima)
+        fix = _empty_rows(stmt, loops, maxima, program.dtypes)
         if fix is not None:
             pending.append((stmt.target.tensor, fix))
             notes.append(f"{stmt.name}: a row whose maximum stays -inf folds NaN in eager; "
@@ -122,7 +122,7 @@ def masks_to_domains(program: Program) -> Program:
     return program.replace(body=tuple(body)).with_proofs(proof)
 
 
-def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str]) -> Node | None:
+def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: Mapping[str, str]) -> Node | None:
     """``z = where(y == -inf, nan, z)`` if ``F(fill)`` is NaN when a maximum ``y`` it reads is -inf.
 
     The lemma of this pass assumes the other operands finite. A maximum over a row with no
@@ -137,9 +137,7 @@ def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str]) -> Node |
                 value = abstract_eval(probe)
                 if isinstance(value, float) and math.isnan(value):
                     target = stmt.target
-                    cond = E.call("eq", ld, E.const(-math.inf, "f32"))
-                    node: Node = Stmt(f"{stmt.name}_empty", target, "=",
-                                      E.call("where", cond, E.const(math.nan, "f32"), target))
+                    node: Node = nan_fixup(f"{stmt.name}_empty", target, ld, dict(dtypes))
                     keep = {i.name for i in target.indices if isinstance(i, Iter)}
                     for l in reversed([l for l in loops if l.iterator in keep]):
                         node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr
+from flashlight.ir.expr import Expr, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, walk_stmts
 
 
@@ -44,6 +44,15 @@ def is_nan_fixup(stmt: Stmt) -> bool:
     e = stmt.expr
     return (stmt.op == "=" and isinstance(e, E.Call) and e.op == "where" and isinstance(e.args[1], E.Const)
             and isinstance(e.args[1].value, float) and math.isnan(e.args[1].value) and e.args[2] == stmt.target)
+
+
+def nan_fixup(name: str, target: Load, maximum: Load, dtypes: dict[str, str], rows: Expr | None = None) -> Stmt:
+    """``z = where(y == -inf, nan, z)`` (``and rows`` if given): the one builder of the statement
+    that gives eager's NaN to the rows where the maximum ``y`` stayed -inf."""
+    cond = E.call("eq", maximum, E.const(-math.inf, dtypes[maximum.tensor]))
+    if rows is not None:
+        cond = E.call("and", rows, cond)
+    return Stmt(name, target, "=", E.call("where", cond, E.const(math.nan, dtypes[target.tensor]), target))
 
 
 def writers(program: Program) -> dict[str, list[Stmt]]:
