@@ -10,7 +10,6 @@ import functools
 import inspect
 import logging
 import os
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,10 +23,11 @@ from flashlight import autotune, passes
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.passes.fuse_reductions import BLOCK_LIMIT
-from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
-from flashlight.frontend.lift import ProgramSegment, lift_graph
-from flashlight.ir.nodes import Program, Proof
+from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, saved_for_backward
+from flashlight.frontend.lift import ProgramSegment, ir_dtype, lift_graph
+from flashlight.ir.nodes import Program
 from flashlight.log import progress
+from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, describe_kernel, dump_report
 from flashlight.runtime import CompiledGraph, CompiledProgram, TunedOnFirstCall, contiguous_strides
 
 log = logging.getLogger("flashlight")
@@ -205,40 +205,20 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
         if reports is not None:
             reports.append(report)
         if debug_dir(options) and reports is None:
-            dump_report(debug_dir(options), seg.program.name, report, fallbacks)  # type: ignore[arg-type]
-    return CompiledGraph(lifted, compiled, fallbacks)
+            _dump(debug_dir(options), seg.program.name, report, fallbacks)  # type: ignore[arg-type]
+    return CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
 
 
 def debug_dir(options: Options) -> str | None:
     return options.debug_dir or os.environ.get("FLASHLIGHT_DEBUG_DIR") or None
 
 
-def dump_report(root: str, name: str, report: SegmentReport, fallbacks: list[tuple[str, str]]) -> None:
-    """Every stage, decision, kernel and fallback of one compiled program, as files in a directory."""
-    from pathlib import Path
-
-    base = Path(root)
-    k = 0
-    while (base / f"{name}_{k}").exists():
-        k += 1
-    out = base / f"{name}_{k}"
-    try:
-        out.mkdir(parents=True)
-        for i, (stage, text) in enumerate(report.stages):
-            (out / f"{i:02d}_{stage}.ir").write_text(text + "\n")
-        proofs = report.program.proofs if report.program is not None else ()
-        (out / "decisions.txt").write_text("\n".join(
-            f"[{'legal' if p.legal else 'refused'}] {p.transformation}: {p.reason}"
-            + (f"\n    lemma: {p.lemma}" if p.lemma else "") + (f"\n    witness: {p.witness}" if p.witness else "")
-            + (f"\n    relation: {p.relation}" if p.relation and p.relation != "∅" else "") for p in proofs) + "\n")
-        for kern in report.kernels:
-            (out / f"{kern.name}.py").write_text(kern.source)
-        (out / "fallbacks.txt").write_text("\n".join(f"{op}: {why}" for op, why in fallbacks) + "\n")
-        if report.error:
-            (out / "error.txt").write_text(report.error + "\n")
+def _dump(root: str, name: str, report: SegmentReport, fallbacks: list[tuple[str, str]]) -> None:
+    out = dump_report(root, name, report.stages, report.program, report.kernels, fallbacks, report.error)
+    if out is None:
+        log.warning("flashlight: cannot write debug output to %s", root)
+    else:
         log.info("flashlight: wrote the compilation of %s to %s", name, out)
-    except OSError as exc:
-        log.warning("flashlight: cannot write debug output to %s: %s", out, exc)
 
 
 # {{{ the compiled-segment cache: final IR and kernel sources, on disk
@@ -397,76 +377,29 @@ def trace(fn: Callable, *args: Any, **kwargs: Any) -> Program:
     return programs[0]
 
 
-@dataclass
-class KernelInfo:
-    name: str
-    source: str
-    grid: int
-
-
-@dataclass
-class BufferInfo:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass
-class Explanation:
-    """What flashlight does with a function: every stage, decision, kernel, buffer and fallback."""
-
-    name: str
-    stages: list[tuple[str, str]]
-    proofs: list[Proof]
-    kernels: list[KernelInfo]
-    buffers: list[BufferInfo]
-    fallbacks: list[tuple[str, str]]
-    programs: list[Program]
-
-    def __str__(self) -> str:
-        out = [f"== flashlight explain: {self.name} =="]
-        for name, text in self.stages:
-            out += ["", f"-- {name} --", text]
-        out += ["", "-- legality decisions --"]
-        for p in self.proofs:
-            mark = "legal  " if p.legal else "refused"
-            out.append(f"[{mark}] {p.transformation}: {p.reason}")
-            if p.lemma:
-                out.append(textwrap.indent(f"lemma: {p.lemma}", "          "))
-            if p.witness:
-                out.append(textwrap.indent(f"witness: {p.witness}", "          "))
-            if p.relation and p.relation != "∅":
-                out.append(textwrap.indent(f"relation: {p.relation}", "          "))
-        out += ["", "-- kernels --"]
-        for k in self.kernels:
-            out += [f"# {k.name}: {k.grid} programs", k.source]
-        out += ["-- buffers in global memory --"]
-        out += [f"{b.name}: {b.dtype}{list(b.shape)}" for b in self.buffers] or ["(none)"]
-        out += ["", "-- fallbacks to eager PyTorch --"]
-        out += [f"{op}: {why}" for op, why in self.fallbacks] or ["(none)"]
-        return "\n".join(out)
-
-
 def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: Any) -> Explanation:
     """Explain how ``fn`` compiles on these inputs. Runs ``fn`` once eagerly to capture it;
     no kernel is launched and nothing is timed."""
     opts = options or Options()
     name = _program_name(fn)
     graphs, _ = capture_graphs(fn, args, kwargs)
-    stages, proofs, kernels, buffers, fallbacks, programs = [], [], [], [], [], []
+    ex = Explanation(name, [], [], [], [], [], [])
     for g in graphs:
         reports: list[SegmentReport] = []
         cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports, _params(fn))
-        fallbacks += cg.fallbacks
+        ex.fallbacks += cg.fallbacks
+        ex.saved += [SavedInfo(n.name, tuple(n.meta["val"].shape), ir_dtype(n.meta["val"].dtype),
+                               "read by the backward (AOT autograd's partition)") for n in cg.saved]
         for r in reports:
-            stages += r.stages
-            if r.program is not None:
-                programs.append(r.program)
-                proofs += list(r.program.proofs)
-                kernels += [KernelInfo(k.name, k.source, k.grid) for k in r.kernels]
-                buffers += [BufferInfo(t.name, t.shape, t.dtype) for t in r.program.temps
-                            if t.storage == "global"]
-    return Explanation(name, stages, proofs, kernels, buffers, fallbacks, programs)
+            ex.stages += r.stages
+            if r.program is None:
+                continue
+            ex.programs.append(r.program)
+            ex.proofs += list(r.program.proofs)
+            ex.kernels += [KernelInfo(k.name, k.source, k.grid, describe_kernel(r.program, nest))
+                           for k, nest in zip(r.kernels, r.program.body)]
+            ex.buffers += [BufferInfo(t.name, t.shape, t.dtype) for t in r.program.temps if t.storage == "global"]
+    return ex
 
 # }}}
 

@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "format_proof", "load_function", "main", "parse_shapes", "pass_summary"]
+from flashlight.report import format_proofs
+
+__all__ = ["CLIError", "load_function", "main", "parse_shapes", "pass_summary"]
 
 PROG = "python -m flashlight"
 
@@ -131,24 +133,6 @@ def pass_doc(name: str) -> str:
 def pass_summary(name: str) -> str:
     """The first line of the pass's docstring."""
     return pass_doc(name).strip().splitlines()[0]
-
-# }}}
-
-
-# {{{ proofs
-
-def format_proof(p: Any) -> str:
-    """A :class:`flashlight.ir.Proof` as ``[legal  ] what: why`` plus its evidence, indented."""
-    mark = "legal  " if p.legal else "refused"
-    lines = [f"[{mark}] {p.transformation}: {p.reason}"]
-    for label, value in (("lemma", p.lemma), ("witness", p.witness), ("relation", p.relation)):
-        if value:
-            lines.append(textwrap.indent(f"{label}: {value}", " " * 10))
-    return "\n".join(lines)
-
-
-def format_proofs(proofs: Sequence[Any]) -> str:
-    return "\n".join(format_proof(p) for p in proofs) if proofs else "(none)"
 
 # }}}
 
@@ -350,7 +334,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except Exception as exc:
         traceback.print_exc()
         raise CLIError(f"explain failed: {type(exc).__name__}: {exc}") from None
-    print(ex)
+    print(ex.full() if args.full else ex)
     return 0
 
 # }}}
@@ -424,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", formatter_class=_Formatter, help="explain how a PyTorch function compiles",
         description="Import FUNCTION from SCRIPT.py (run as a module: its `if __name__ == '__main__'` "
                     "block does not run),\ncall it on random inputs of the given shapes and print "
-                    "flashlight.explain: the IR after every\npass, the legality decisions, the Triton "
-                    "kernels, the buffers in global memory and the\nfallbacks. No kernel is launched.",
+                    "flashlight.explain: its kernels, buffers in\nglobal memory, fallbacks and legality decisions "
+                    "(with --full: the IR after every pass and the\nkernels' source). No kernel is launched.",
         epilog="examples:\n"
                "  python -m flashlight explain attn.py:attention --shapes 2x3x77x16,2x3x77x16,2x3x77x16\n"
                "  python -m flashlight explain attn.py:attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16 "
@@ -433,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m flashlight explain doc.py:doc_attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16,64:int64\n\n"
                "Inputs: floats are standard normal, integers uniform in [0, 4), booleans uniform.")
     ex.add_argument("target", metavar="SCRIPT.py:FUNCTION", help="the function to explain")
+    ex.add_argument("--full", action="store_true",
+                    help="after the summary, the IR after every pass, the evidence of each decision and "
+                         "the kernels' source")
     ex.add_argument("--shapes", required=True, metavar="SHAPES",
                     help="one shape per positional input, comma-separated; sizes joined by 'x' (2x3x77x16), "
                          "optionally with a dtype (77:int64), or 'scalar'")

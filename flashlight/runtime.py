@@ -95,6 +95,7 @@ class CompiledGraph:
     lifted: LiftedGraph
     compiled: dict[int, CompiledProgram | TunedOnFirstCall | None]  # by segment; None runs it eagerly
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
 
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))

@@ -165,3 +165,25 @@ def test_ops_without_a_lifting_rule_are_said_once_per_compilation():
     f = flashlight.compile(fn)
     text = warnings_of(lambda: [f(_x(4, 5)) for _ in range(3)])
     assert text.count("run") == 1 and "cumsum" in text, text
+
+
+def test_explain_reads_top_down():
+    """A screen of summary (kernels with what they compute, buffers, saved tensors, fallbacks, one
+    line per decision); the IR of every pass and the kernels' source only in ``full()``."""
+    from conftest import attention, qkv
+
+    q, k, v = qkv(2, 3, 77, 93, 16)
+    ex = flashlight.explain(attention, q, k, v)
+    text = str(ex).splitlines()
+    assert text[0] == "== flashlight explain: attention ==" and text[1].startswith("1 kernel, 0 buffers")
+    (line,) = [t for t in text if t.startswith("flashlight_attention_k0:")]
+    assert "loops over tiles of i3:93/64" in line and "sum_1 (+ online)" in line and line.endswith("writes out0")
+    assert len(text) < 30 and "@triton.jit" not in str(ex) and "-- lifted --" not in str(ex)
+    decisions = text[text.index("-- legality decisions --") + 1:]
+    assert sum(t.startswith(("[legal  ]", "[refused]")) for t in decisions) == len(ex.proofs)
+    full = ex.full()
+    assert full.startswith(str(ex)) and "-- lifted --" in full and "@triton.jit" in full and "witness:" in full
+
+    x = _x(4, 5).requires_grad_()
+    saved = flashlight.explain(lambda x: torch.softmax(x, -1) * 2, x).saved
+    assert [(s.shape, s.dtype) for s in saved] == [((4, 5), "f32")] and "backward" in saved[0].why

@@ -112,6 +112,7 @@ def make_backend(compile_graph: GraphCompiler) -> Callable:
         params = [name for name, _ in gm.named_parameters()] + [name for name, _ in gm.named_buffers()]
 
         def fw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
+            _mark_saved(aten_gm)
             n_in = len([n for n in aten_gm.graph.nodes if n.op == "placeholder"])
             names = [p.replace(".", "_") for p in params] + user_names
             if len(names) != n_in:
@@ -127,6 +128,27 @@ def make_backend(compile_graph: GraphCompiler) -> Callable:
                                          decompositions=decompositions())
 
     return backend
+
+
+def _mark_saved(gm: fx.GraphModule) -> None:
+    """Record which outputs of a forward graph AOT autograd's partition saves for the backward."""
+    from torch._guards import TracingContext
+
+    try:  # an inference graph has no partition (the property asserts)
+        saved = TracingContext.try_get().fw_metadata.tensors_saved_for_backwards_slice  # type: ignore[union-attr]
+    except (AssertionError, AttributeError):
+        return
+    if isinstance(saved, slice):
+        gm.meta["flashlight_saved_for_backward"] = saved
+
+
+def saved_for_backward(gm: fx.GraphModule) -> list[fx.Node]:
+    """The forward graph's outputs that the backward reads (empty for an inference graph)."""
+    saved = gm.meta.get("flashlight_saved_for_backward")
+    if saved is None:
+        return []
+    outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return [n for n in list(outputs)[saved] if isinstance(n, fx.Node) and isinstance(n.meta.get("val"), torch.Tensor)]
 
 
 @dataclass
