@@ -404,11 +404,76 @@ def _bounds(form: Affine, ranges: Mapping[str, tuple[int, int]]) -> tuple[int, i
     return lo, hi
 
 
+def _terms(e: Expr) -> tuple[dict[Expr, int], int] | None:
+    """``e`` as an integer combination of *atoms* (iterators, and floor divisions or moduli by
+    constants) plus a constant, if it is one."""
+    if isinstance(e, Iter) or (isinstance(e, Call) and e.op in ("floordiv", "mod") and isinstance(e.args[1], Const)):
+        return {e: 1}, 0
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if e.dtype == "i64" else None
+    if not isinstance(e, Call) or e.op not in ("neg", "add", "sub", "mul"):
+        return None
+    parts = [_terms(a) for a in e.args]
+    if any(p is None for p in parts):
+        return None
+    if e.op == "neg":
+        (t, c), = parts  # type: ignore[misc]
+        return {k: -v for k, v in t.items()}, -c
+    (ta, ca), (tb, cb) = parts  # type: ignore[misc]
+    if e.op == "mul":
+        if ta and tb:
+            return None  # a product of two atoms
+        (t, c), k = ((ta, ca), cb) if ta or not tb else ((tb, cb), ca)
+        return {x: v * k for x, v in t.items() if v * k}, c * k
+    sign = 1 if e.op == "add" else -1
+    out = dict(ta)
+    for x, v in tb.items():
+        out[x] = out.get(x, 0) + sign * v
+    return {x: v for x, v in out.items() if v}, ca + sign * cb
+
+
+def _from_terms(terms: Mapping[Expr, int], constant: int) -> Expr:
+    if all(isinstance(x, Iter) for x in terms):
+        return from_affine({x.name: v for x, v in terms.items()}, constant)  # type: ignore[union-attr]
+    out: Expr | None = None
+    for x, v in sorted(terms.items(), key=lambda kv: kv[1] < 0):
+        term = x if v == 1 else mul(index(v), x)
+        out = term if out is None else add(out, term)
+    if out is None:
+        return index(constant)
+    return add(out, index(constant)) if constant else out
+
+
+def _atom_bounds(x: Expr, ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+    if isinstance(x, Iter):
+        return ranges.get(x.name)
+    inner = _terms(x.args[0])  # type: ignore[union-attr]
+    c = int(x.args[1].value)  # type: ignore[union-attr]
+    b = None if inner is None else _term_bounds(inner, ranges)
+    if x.op == "floordiv":  # type: ignore[union-attr]
+        return None if b is None else (b[0] // c, b[1] // c)
+    return b if b is not None and 0 <= b[0] and b[1] < c else (0, c - 1)
+
+
+def _term_bounds(form: tuple[dict[Expr, int], int], ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+    lo = hi = form[1]
+    for x, c in form[0].items():
+        b = _atom_bounds(x, ranges)
+        if b is None:
+            return None
+        lo += min(c * b[0], c * b[1])
+        hi += max(c * b[0], c * b[1])
+    return lo, hi
+
+
 def simplify_index(e: Expr, ranges: Mapping[str, tuple[int, int]]) -> Expr:
     """Simplify floor division and modulo by constants using iterator ranges ``[lo, hi]``.
 
-    ``(c*q + r) // c == q`` and ``(c*q + r) % c == r`` when ``0 <= r < c`` on the range;
-    this undoes the linearise/delinearise pairs that reshapes produce.
+    With ``e = c*q + r`` (``q`` the terms whose coefficients ``c`` divides, the atoms being
+    iterators and inner divisions): ``e // c == q + r // c`` and ``e % c == r % c`` always, and
+    ``r // c == 0``, ``r % c == r`` when ``0 <= r < c`` on the range. This undoes the
+    linearise/delinearise pairs that reshapes produce: ``(8*b + h) // 2 % 4`` is ``h // 2`` for
+    ``h`` in ``[0, 8)``.
     """
 
     def fold(x: Expr) -> Expr | None:
@@ -426,18 +491,21 @@ def simplify_index(e: Expr, ranges: Mapping[str, tuple[int, int]]) -> Expr:
                 return fold(Call("floordiv", (inner.args[0], index(c1 * c)))) or floordiv(inner.args[0], c1 * c)
             if c1 % c == 0:  # (a % c1) % c == a % c when c divides c1
                 return fold(Call("mod", (inner.args[0], divisor))) or mod(inner.args[0], c)
-        form = affine_form(inner)
+        form = _terms(inner)
         if form is None:
             return None
-        q_coeffs = {k: v // c for k, v in form[0].items() if v % c == 0}
-        r_coeffs = {k: v for k, v in form[0].items() if v % c != 0}
+        q_terms = {k: v // c for k, v in form[0].items() if v % c == 0}
+        r_terms = {k: v for k, v in form[0].items() if v % c != 0}
         q_const, r_const = divmod(form[1], c)
-        rb = _bounds((r_coeffs, r_const), ranges)
+        rb = _term_bounds((r_terms, r_const), ranges)
         if rb is not None and 0 <= rb[0] and rb[1] < c:
-            return from_affine(q_coeffs, q_const) if x.op == "floordiv" else from_affine(r_coeffs, r_const)
-        if x.op == "mod" and (q_coeffs or q_const):  # multiples of c vanish under % c
-            return Call("mod", (from_affine(r_coeffs, r_const), divisor))
-        return None
+            return _from_terms(q_terms, q_const) if x.op == "floordiv" else _from_terms(r_terms, r_const)
+        if not (q_terms or q_const):
+            return None
+        rest = Call(x.op, (_from_terms(r_terms, r_const), divisor))
+        if x.op == "mod":  # multiples of c vanish under % c
+            return fold(rest) or rest
+        return add(_from_terms(q_terms, q_const), fold(rest) or rest)  # the multiples of c leave the division
 
     return rewrite(e, fold)
 

@@ -574,9 +574,15 @@ class _Fuser:
         current: list[Rec] = []
         for rec in self.recs:
             attempt = self.plan(current + [rec]) if current else None
+            unrelated = bool(current) and _unrelated(current, rec)
+            if attempt is not None and unrelated and attempt[0].grid != self.groups_pending[0].grid:
+                attempt = None  # an unrelated statement only shares loads: it may not cost the kernel its grid
             if attempt is not None:
                 current = current + [rec]
                 self.groups_pending = attempt
+                continue
+            if unrelated:
+                self.hoist(rec, current)
                 continue
             if current:
                 self.commit(current)
@@ -587,6 +593,22 @@ class _Fuser:
         if current:
             self.commit(current)
         return self.emit()
+
+    def hoist(self, rec: Rec, current: list[Rec]) -> None:
+        """``rec`` as a kernel of its own before the open kernel: legal because no dependence
+        connects them (it reads nothing they write and writes nothing they touch), and the open
+        kernel stays open for the statements after ``rec`` that continue it (a score matrix and
+        the softmax that reads it, with an unrelated projection written between them)."""
+        pending = self.groups_pending
+        single = self.plan([rec])
+        assert single is not None, f"{rec.name} cannot even form its own kernel"
+        self.groups_pending = single
+        self.proofs.append(Proof(
+            f"hoist {rec.name} before [{', '.join(r.name for r in current)}]", True,
+            f"{rec.name} reads nothing they write and writes nothing they read or write: no dependence "
+            "orders them, and fusing it would only share loads", relation="∅"))
+        self.commit([rec])
+        self.groups_pending = self.plan(current) or pending  # planned again after the kernel before it
 
     def commit(self, recs: list[Rec]) -> None:
         split = self.split_state(recs)
@@ -613,6 +635,19 @@ class _Fuser:
             decl = self.program.tensor(info.tensor)
             tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
         return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
+
+
+def _unrelated(recs: list[Rec], rec: Rec) -> bool:
+    """No dependence connects ``rec`` with ``recs``: it reads no tensor they write, and writes no
+    tensor they read or write (a check on tensors, which over-approximates isl's)."""
+    written = {r.stmt.target.tensor for r in recs}
+    touched = written | {ld.tensor for r in recs for e in _exprs(r) for ld in E.loads(e)}
+    reads = {ld.tensor for e in _exprs(rec) for ld in E.loads(e)}
+    return not (reads & written) and rec.stmt.target.tensor not in touched
+
+
+def _exprs(r: Rec) -> list[Expr]:
+    return [r.stmt.expr, *r.stmt.target.indices, *r.guards] + ([r.stmt.scale] if r.stmt.scale is not None else [])
 
 
 def _wide_state(group: Group) -> dict[str, int]:
