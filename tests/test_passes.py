@@ -159,6 +159,35 @@ def test_inline_pointwise_golden():
     np.testing.assert_allclose(_run(prog)["out0"], _run(ir.parse(text))["out0"], rtol=1e-6)
 
 
+def test_inline_keeps_a_definition_whose_copies_would_grow():
+    """Each value reads the last twice: inlined all the way, d4 would hold 2^4 copies of x. With a
+    bound of 12 nodes (a load counts with its indices), d1 (5 nodes) and d2 (d1 twice: 11) are
+    inlined, d3 (23) is kept and d4 reads it."""
+    text = """\
+program p(x: f32[4]) -> (out: f32[4])
+  buffer d1: f32[4]
+  buffer d2: f32[4]
+  buffer d3: f32[4]
+  buffer d4: f32[4]
+  for i in 0:4 parallel
+    A: d1[i] = x[i] * x[i]
+  for i in 0:4 parallel
+    B: d2[i] = d1[i] + d1[i]
+  for i in 0:4 parallel
+    C: d3[i] = d2[i] * d2[i]
+  for i in 0:4 parallel
+    D: d4[i] = d3[i] - d3[i]
+  for i in 0:4 parallel
+    E: out[i] = d4[i] + 1.0"""
+    prog = passes.inline_pointwise(ir.parse(text), max_size=12)
+    assert [t.name for t in prog.temps] == ["d3"]
+    assert "C: d3[i] = (x[i] * x[i] + x[i] * x[i]) * (x[i] * x[i] + x[i] * x[i])" in str(prog)
+    assert "E: out[i] = d3[i] - d3[i] + 1.0" in str(prog)
+    assert "kept d3" in prog.proofs[-1].reason
+    np.testing.assert_allclose(_run(prog)["out"], _run(ir.parse(text))["out"])
+    assert len(passes.inline_pointwise(ir.parse(text)).temps) == 0, "the default bound inlines them all"
+
+
 def test_masks_to_domains_only_for_identity_fills():
     text = """\
 program p(x: f32[4,6]) -> (m: f32[4], s: f32[4])

@@ -286,3 +286,30 @@ def test_a_capture_failure_inside_dynamo_runs_eagerly_with_a_warning():
     text = warnings_of(lambda: torch.testing.assert_close(f(x), fn(x)))
     assert "runs eagerly" in text and "No module named" in f.eager_reason
     torch.testing.assert_close(f(2 * x), fn(2 * x))  # later calls too, without trying Dynamo again
+
+
+def _long_program(x, y):
+    """213 aten ops, 12 of them wheres; every value read two or three times."""
+    h = x
+    for k in range(60):
+        if k % 5 == 0:
+            h = torch.where(h > 0.05 * (k % 7), h * 0.9, h * -0.5)
+        elif k % 3 == 0:
+            h = torch.tanh(h) * 0.5 + h * y
+        else:
+            h = h - h.mean(-1, keepdim=True) * 0.1
+    return torch.softmax(h, -1)
+
+
+def test_compile_time_is_bounded_on_a_200_op_program():
+    """Inlining copies a definition into each read: a chain of values read twice grew
+    exponentially and no pass finished. Definitions over inline's size bound stay statements."""
+    import time
+
+    x, y = _r(4, 32), _r(4, 32, seed=1)
+    started = time.time()
+    ex = flashlight.explain(_long_program, x, y)
+    assert time.time() - started < 60 and not ex.fallbacks
+    inline = next(p for p in ex.proofs if p.transformation.startswith("inline"))
+    assert "kept" in inline.reason and "more than 400 nodes" in inline.reason
+    _same(_long_program, x, y, rtol=1e-4, atol=1e-5)

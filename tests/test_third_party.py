@@ -147,6 +147,27 @@ def test_sdpa_errors_are_eagers():
 # }}}
 
 
+def banded(q, k, v, w: int = 4):
+    """Banded attention as Longformer writes it: keys in overlapping chunks (padding and a strided
+    unfold), scores by einsum, the band and the sequence ends as a mask."""
+    b, s, d = q.shape
+    kc = F.pad(k, (0, 0, w, w)).unfold(1, 3 * w, w).transpose(-1, -2)  # [B, S/w, 3w, D]
+    vc = F.pad(v, (0, 0, w, w)).unfold(1, 3 * w, w).transpose(-1, -2)
+    scores = torch.einsum("bcid,bcjd->bcij", q.view(b, s // w, w, d), kc) / d ** 0.5
+    i, j = torch.arange(w)[:, None], torch.arange(3 * w)[None, :]
+    key = torch.arange(s // w)[:, None, None] * w + j - w
+    valid = ((j - w - i).abs() <= w) & (key >= 0) & (key < s)
+    p = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
+    return torch.einsum("bcij,bcjd->bcid", p, vc).reshape(b, s, d)
+
+
+def test_banded_attention_from_strided_chunks():
+    """It never finished compiling (inlining's copies grew without bound); now one kernel."""
+    q, k, v = rnd(2, 48, 8), rnd(2, 48, 8), rnd(2, 48, 8)
+    assert_fused(banded, q, k, v, sq=48, sk=48)
+    check_against_eager(banded, q, k, v)
+
+
 # {{{ torch.nn layers
 
 E, NH, S = 16, 4, 9

@@ -240,6 +240,16 @@ def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     return node if out is None else out
 
 
+def tree_size(e: Expr, memo: dict[int, int] | None = None) -> int:
+    """Nodes of ``e`` as a tree (a subexpression used twice counts twice), in time linear in its
+    distinct objects: the measure of what inlining duplicates."""
+    memo = {} if memo is None else memo
+    hit = memo.get(id(e))
+    if hit is None:
+        hit = memo[id(e)] = 1 + sum(tree_size(c, memo) for c in children(e))
+    return hit
+
+
 def free_iters(e: Expr) -> frozenset[str]:
     return frozenset(x.name for x in walk(e) if isinstance(x, Iter))
 

@@ -9,9 +9,16 @@ Legality: the producer writes each element of ``t`` exactly once, over ``t``'s w
 before any reader (program order is a valid order, and a single writer means no later write can
 change the value), so substitution preserves every value read. Reductions, outputs and
 statements under guards are never inlined. Casts to a value's own dtype are dropped on the way.
+
+Cost: a definition read twice is copied twice, so a chain of them grows exponentially (banded
+attention built from padded, strided chunks: an expression that no pass finished walking). A
+definition whose expression, with its own reads inlined, has more than ``max_size`` nodes as a
+tree stays a statement, and its readers load it.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
@@ -50,8 +57,12 @@ def drop_identity_casts(e: Expr, dtypes: dict[str, str]) -> Expr:
     return E.rewrite(e, fold)
 
 
-def inline_pointwise(program: Program) -> Program:
-    """Substitute every single-assignment pointwise temporary into its readers."""
+MAX_SIZE = 400
+
+
+def inline_pointwise(program: Program, max_size: int = MAX_SIZE) -> Program:
+    """Substitute every single-assignment pointwise temporary of at most ``max_size`` nodes into
+    its readers."""
     defs = _definition(program)
     if not defs:
         return program
@@ -67,21 +78,31 @@ def inline_pointwise(program: Program) -> Program:
 
         return drop_identity_casts(E.rewrite(e, fold), program.dtypes)
 
+    kept: dict[str, Expr] = {}  # definitions too large to copy: their statements stay
     for stmt, _, _ in walk_stmts(program.body):
         if stmt.target.tensor in defs:
             its, body = defs[stmt.target.tensor]
-            resolved[stmt.target.tensor] = (its, substitute(body))
+            body = substitute(body)
+            if E.tree_size(body) > max_size:
+                kept[stmt.target.tensor] = body
+            else:
+                resolved[stmt.target.tensor] = (its, body)
+    if not resolved:
+        return program
 
     inlined = [n for n in resolved]
 
     def rewrite_stmt(s: Stmt) -> Stmt | None:
         if s.target.tensor in resolved:
             return None
+        if s.target.tensor in kept:
+            return replace(s, expr=kept[s.target.tensor])
         return map_exprs(s, substitute)
 
     body = map_stmts(program.body, rewrite_stmt)
     proof = Proof(
         "inline " + ", ".join(inlined), True,
         "each inlined temporary has a single pointwise writer over its whole shape, so every read "
-        "equals the writer's expression at the read index")
+        "equals the writer's expression at the read index" + (
+            f"; kept {', '.join(kept)}: more than {max_size} nodes each, which every read would copy" if kept else ""))
     return drop_unused_temps(program.replace(body=body)).with_proofs(proof)
