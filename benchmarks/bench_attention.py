@@ -6,6 +6,7 @@ Prints a table and writes ``<out>/<device>-<date>[-tag].json`` with rows
 
     python benchmarks/bench_attention.py --variants vanilla,causal --shapes 4x16x4096x64
     python benchmarks/bench_attention.py --shapes 4x16x4096x64g8      # GQA, 8 query heads per KV head
+    python benchmarks/bench_attention.py --variants vanilla,sdpa,causal,sdpa_causal   # SDPA as written
 """
 
 from __future__ import annotations
@@ -147,12 +148,12 @@ def main() -> None:
                             calls["flex"] = (fc, fc(*inputs), {"block_mask_s": round(build, 4)})
                 except Exception as exc:  # noqa: BLE001
                     print(f"flex {name}: {type(exc).__name__}: {exc}", flush=True)
-            if "sdpa" in impls and name in ("vanilla", "causal"):
+            if "sdpa" in impls and name in ("vanilla", "causal", "sdpa", "sdpa_causal"):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
                 for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
                                        ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    def sd(q, k, v, backend=backend, causal=(name == "causal")):
+                    def sd(q, k, v, backend=backend, causal=name.endswith("causal")):
                         with sdpa_kernel(backend):
                             return torch.nn.functional.scaled_dot_product_attention(
                                 q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])

@@ -46,6 +46,16 @@ def causal(q, k, v):
     return _finish(_scores(q, k).masked_fill(j > i, float("-inf")), v)
 
 
+def sdpa(q, k, v):
+    """Attention as most code writes it: PyTorch's operator, compiled from its decomposition."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def sdpa_causal(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                            enable_gqa=k.shape[1] != q.shape[1])
+
+
 def sliding_window(q, k, v):
     k, v = _expand_kv(q, k, v)
     i = torch.arange(q.shape[-2], device=q.device)[:, None]
@@ -196,7 +206,7 @@ class Variant:
         q, k, v = args[:3]
         B, H, S, D = q.shape
         score = mask = None
-        if self.name == "causal":
+        if self.name in ("causal", "sdpa_causal"):
             mask = lambda b, h, qi, kv: kv <= qi  # noqa: E731
         elif self.name == "sliding_window":
             mask = lambda b, h, qi, kv: (kv <= qi) & (qi - kv <= WINDOW)  # noqa: E731
@@ -224,6 +234,8 @@ class Variant:
 VARIANTS = {v.name: v for v in [
     Variant("vanilla", vanilla, "none"),
     Variant("causal", causal, "mask", "causal"),
+    Variant("sdpa", sdpa, "none"),
+    Variant("sdpa_causal", sdpa_causal, "mask", "causal"),
     Variant("sliding_window", sliding_window, "mask", "window"),
     Variant("prefix_lm", prefix_lm, "mask", "prefix"),
     Variant("document", document, "mask", "document"),
