@@ -10,7 +10,7 @@ import torch
 
 import flashlight
 
-from conftest import relerr
+from conftest import check_against_eager, relerr
 
 B, H, S, D = 2, 4, 70, 16
 G = torch.Generator().manual_seed(7)
@@ -197,6 +197,7 @@ def test_variant(name):
     ref = fn(*[a.double() if a.is_floating_point() else a for a in args])
     assert got.shape == out.shape and got.dtype == out.dtype
     assert relerr(got, ref) < 1e-5
+    check_against_eager(fn, *args)  # and the gradients of every floating-point input
 
 
 # hoist-tile-bounds leaves loops shorter than 2048 keys to each program's scan; these tests lower it
