@@ -6,9 +6,10 @@
 AOT autograd dispatches them to a backend kernel per device (flash, efficient, cuDNN, math), whose
 decompositions differ by device and, for ``_scaled_dot_product_flash_attention_for_cpu``, return
 the attention weights where the backward reads the log-sum-exp (a wrong gradient). While a graph is
-captured, :func:`decompose_attention` and :func:`decompositions` replace each call by the function
-below that states the operator's meaning: matrix products, masks, a softmax. The passes then derive the same fused kernel
-as for attention written by hand, and autograd differentiates the plain operations.
+captured, :func:`decompose_attention` and :func:`decompositions` replace each call by the
+function below that states the operator's meaning: matrix products, masks, a softmax. The passes
+then derive the same fused kernel as for attention written by hand, and autograd differentiates
+the plain operations.
 
 Semantics kept from eager: a row whose every key is masked gives 0 (and a zero gradient), as
 PyTorch's math backend and ``_masked_softmax`` do; ``is_causal`` aligns the mask to the top left
@@ -18,8 +19,8 @@ is added to the scores. Calls with dropout are random and stay PyTorch's own (on
 
 from __future__ import annotations
 
-import math
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
