@@ -120,6 +120,7 @@ class _Kernel:
                 raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
         self.params: list[str] = []
         self.registers: dict[str, _Value] = {}
+        self.written: set[str] = set()  # tensors whose statements have been emitted
         self.counter = 0
         self.cache: dict[tuple, tuple[_Value, _Scope, frozenset[str]]] = {}
         self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
@@ -275,11 +276,14 @@ class _Kernel:
 
     def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
         decl = self.program.tensor(e.tensor)
-        if e.tensor in self.produced:  # computed in this kernel: its value is in registers
-            reg = self.registers.get(e.tensor)
-            if reg is None:
-                raise CodegenError(f"{e.tensor} is read before this kernel writes it")
+        reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
+        if reg is not None:  # computed in this kernel: its value is in registers
             return reg
+        if e.tensor in self.produced and (decl.storage == "local" or e.tensor in self.written):
+            raise CodegenError(f"{e.tensor} is read before this kernel writes it")
+        # an input, or a buffer this kernel writes later: read the value an earlier kernel left
+        # (an in-place update such as the empty-row fixup; fuse-reductions proved that no
+        # program writes what another reads)
         if e.tensor not in self.params:
             self.params.append(e.tensor)
         idx = [self.index(i, scope) for i in e.indices]
@@ -821,6 +825,10 @@ class _Kernel:
         self.registers[s.target.tensor] = _Value(var, axes, dt)
 
     def emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+        self._emit_stmt(s, scope, guards)
+        self.written.add(s.target.tensor)
+
+    def _emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
         taxes = self.target_axes(s)
         if not s.is_reduction:
@@ -1120,6 +1128,8 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
     simple = {"exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
               "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "erf": "tl.erf", "abs": "tl.abs",
               "sin": "tl.sin", "cos": "tl.cos", "floor": "tl.floor", "ceil": "tl.ceil"}
+    if op == "sqrt" and dts[0] == "f64":
+        return f"tl.sqrt({a})"  # sqrt_rn is float32 only; a float64 sqrt is correctly rounded
     if op in simple:
         return f"{simple[op]}({a})"
     if op == "reciprocal":

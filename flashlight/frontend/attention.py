@@ -150,8 +150,8 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask
         return _SDPA._op_dk(DispatchKey.CompositeImplicitAutograd, query, key, value, attn_mask, dropout_p,
                             is_causal, scale=scale, enable_gqa=enable_gqa)
 
-    if dropout_p != 0.0 or 0 in key.shape[-2:]:  # random, or no key at all: PyTorch's own kernels
-        return pytorch()
+    if dropout_p != 0.0 or 0 in (query.numel(), key.numel(), value.numel()):
+        return pytorch()  # random, or empty (eager returns early, and the mask gets no gradient)
     try:
         return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     except Exception:  # noqa: BLE001  (invalid arguments: PyTorch's kernel raises eager's error)

@@ -145,8 +145,8 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
     first = recs[0]
     grid = tuple(it for it in first.its
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
-    if len(recs) > 1 and not grid:
-        return None
+    if len(recs) > 1 and not grid and any(r.parallel for r in recs):
+        return None  # one program would do what several did in parallel (a reduction to a scalar has none)
     extents: dict[str, int] = {}
     for r in recs:  # one name, one extent: a kernel's axes are named by their iterators
         for it in r.its:
@@ -449,6 +449,16 @@ class _Fuser:
         subst = dict(zip(ys, safe_loads))
         acc_dtype = self.program.tensor(stmt.target.tensor).dtype
         c = _fold_safe(algebra.to_ir(lemma, prev_loads, safe_loads, acc_dtype), safe_loads)
+        if lemma.functions:
+            guarded = _guard_first_rescale(stmt, [candidates[y.tensor].stmt for y in ys], prev_loads, c,
+                                           self.program.dtypes)
+            if guarded is None:
+                return None, None, [refusal, Proof(
+                    f"online rewrite of {stmt.name}", False,
+                    "the rescale applies opaque functions of the running values, which may overflow while "
+                    "they are the identity, and the terms folded then are not provably the identity",
+                    lemma=lemma.statement())]
+            c = guarded
         new_stmt = replace(stmt, expr=_fold_safe(E.rewrite(stmt.expr, lambda x: subst.get(x)), safe_loads), scale=c)
         new_rewrites = dict(rewrites)
         new_rewrites[stmt.name] = new_stmt
@@ -680,6 +690,36 @@ def _safe(y: Load, op: str, dtype: str) -> Expr:
     return E.call("where", E.call("eq", y, E.const(-float("inf"), dtype)), E.const(0.0, dtype), y)
 
 
+def _guard_first_rescale(stmt: Stmt, sources: list[Stmt], prev: list[Load], c: Expr,
+                         dt: dict[str, str]) -> Expr | None:
+    """``where(y_prev == -inf, 0, c)``: the rescale of the running state before its first term.
+
+    With opaque functions ``h`` of the running maxima, ``c = exp(h(y_prev) - h(y))`` is finite
+    only where ``h`` is: ``h(-inf)`` is a finite reference (``where(|m| == inf, 0, m)``), and
+    ``exp(0 - h(y))`` overflows for a row maximum below -88 (0 * inf: NaN, fuzz seed 493). While a
+    running maximum is still -inf every element it folded was -inf, so every term ``F`` folded so
+    far was ``F(-inf, ·)``; where that is the identity (abstract evaluation), the accumulator is
+    the identity and any factor, 0 included, leaves it so. None if that cannot be shown."""
+    if any(src.op != "max=" for src in sources):
+        return None
+    minus_inf = E.const(-math.inf, "f32")
+    args = {src.expr for src in sources}
+    probe = E.rewrite(stmt.expr, lambda x: minus_inf if x in args else None)
+    identity = dtypes.identity(stmt.op, dt[stmt.target.tensor])
+    value = algebra.abstract_eval(probe)
+    if value is algebra.UNKNOWN or not algebra.same_value(float(value), float(identity)):  # type: ignore[arg-type]
+        return None
+    first, finite = None, {}
+    for y_prev, src in zip(prev, sources):
+        cond = E.call("eq", y_prev, E.const(-math.inf, dt[src.target.tensor]))
+        first = cond if first is None else E.call("or", first, cond)
+        finite[cond] = y_prev
+    # where the guard fails y_prev is not -inf: a select on that condition takes its else branch
+    c = E.rewrite(c, lambda x: x.args[2] if isinstance(x, E.Call) and x.op == "where" and x.args[0] in finite
+                  else None)
+    return E.call("where", first, E.const(0.0, dt[stmt.target.tensor]), c)  # 0 * identity, or -inf + 0
+
+
 def _fold_safe(e: Expr, safe: list[Expr]) -> Expr:
     """``where(r == -inf, 0, r)`` is ``r`` where ``r`` is a reference value that is never -inf
     (the program guarded its maximum the way the rewrite does: SDPA's decomposition)."""
@@ -731,7 +771,10 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
     body: tuple[Node, ...] = tuple(phase_nodes)
     for it in reversed(group.grid):
         body = (Loop(it, E.index(0), E.index(first.extent(it)), "parallel", body, mapping="grid"),)
-    assert len(body) == 1
+    if len(body) > 1:  # statements without a parallel iterator: one program, a grid of one
+        used = {l.iterator for r in group.recs for l in r.loops}
+        it = next(f"p{k}" for k in range(len(used) + 1) if f"p{k}" not in used)
+        body = (Loop(it, E.index(0), E.index(1), "parallel", body, mapping="grid"),)
     return body[0]
 
 

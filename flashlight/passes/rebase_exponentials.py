@@ -56,13 +56,20 @@ LOG2E = 1.0 / math.log(2.0)
 
 
 def _reference(s: Stmt) -> tuple[Expr, Expr] | None:
-    """``(m_prev, R)`` of a sum rescaled by ``exp(m_prev - R)``."""
-    sc = s.scale
+    """``(m_prev, R)`` of a sum rescaled by ``exp(m_prev - R)``, or by ``where(c, 0, exp(m_prev -
+    R))`` (zero before the first term: any factor times a zero accumulator is zero)."""
+    sc = _unguarded(s.scale)
     if s.op != "+=" or not (isinstance(sc, Call) and sc.op == "exp" and isinstance(sc.args[0], Call)
                             and sc.args[0].op == "sub"):
         return None
     prev, ref = sc.args[0].args
     return prev, ref
+
+
+def _unguarded(scale: Expr | None) -> Expr | None:
+    if isinstance(scale, Call) and scale.op == "where" and isinstance(scale.args[1], Const) and scale.args[1].value == 0:
+        return scale.args[2]
+    return scale
 
 
 def _reads(e: Expr, ref: Expr) -> bool:
@@ -234,7 +241,9 @@ def rebase_exponentials(program: Program) -> Program:
         ref2 = Call("mul", (ref, E.const(LOG2E, "f32")))
         for s in group:
             prev, _ = _reference(s)  # type: ignore[misc]
-            scale = Call("exp2", (Call("sub", (Call("mul", (prev, E.const(LOG2E, "f32"))), ref2)),))
+            scale: Expr = Call("exp2", (Call("sub", (Call("mul", (prev, E.const(LOG2E, "f32"))), ref2)),))
+            if s.scale is not _unguarded(s.scale):
+                scale = Call("where", (s.scale.args[0], s.scale.args[1], scale))  # type: ignore[union-attr]
             rewrites[s.name] = replace(s, expr=_rebased(s.expr, ref, ref2, program.dtypes), scale=scale)
         proofs.append(Proof(
             f"rebase exponentials of {names}", True,
