@@ -12,13 +12,33 @@ modular masks applied with ``masked_fill`` before a softmax, fills and casts, ov
 inputs. Attention-shaped programs (``softmax(q @ k^T * c + mask) @ v``, with their variants) are
 drawn often, since that is where the fusing passes do the most.
 
+Since generator version 4, also (shares of all programs, roughly):
+
+* ``F.scaled_dot_product_attention`` (~15%, :meth:`Gen.sdpa`): rank 2, 3 or 4; ``attn_mask`` None,
+  boolean or float (an input, an ``arange`` band, a bias or zeros with ``-inf`` where a boolean
+  says no) in shapes that broadcast over some batch dimensions ([S_q, S_k], [1, S_k], [S_q, 1],
+  [B, 1, 1, S_k], [H, S_q, S_k], [B, H, S_q, S_k], ...); ``is_causal`` (only without a mask);
+  ``scale``; ``enable_gqa=True`` with H_q a multiple of H_kv; S_q != S_k, D_v != D; masks that
+  leave rows without any key (eager gives 0 there); self-attention on one input, projections of
+  one input split into heads. ``dropout_p`` stays 0.
+* a dimension of size 0 (~4%): after drawing, one dimension that eager accepts at 0 (S, D, B, ...)
+  becomes 0; eager returns empty results (or, for K = 0, a matmul's zeros) and so must we.
+* float64 (~5%): inputs and ops in float64 (a cast may bring float32 in); float64 outputs get a
+  tolerance of 1e-7.
+* gradients (~20%): every floating-point input ``requires_grad``; :func:`with_grads` runs the
+  program and one backward of a fixed, generic cotangent (:func:`cotangent`:
+  ``sin(0.7 k + 0.3)``, not ``sum(out**2)``, whose gradient through a normalization is
+  identically 0) through every floating-point output that requires grad, eagerly and compiled,
+  and each input's ``.grad`` is compared like an output (``gradient of input k``); a gradient
+  that one side has and the other has not (``None``) is a mismatch.
+
 A program is Python source (:func:`render`): dimension constants, ``make_inputs()`` (inputs from a
 seeded ``torch.Generator``), ``def prog(x0, x1, ...)`` and the compile options. It is run eagerly
 and compiled; :func:`compare` checks outputs: same structure, shapes and dtypes; integers and
 booleans exactly; floats with ``torch.testing.assert_close`` (NaN positions equal) at rtol and
 atol (relative to the output's scale) of 1e-4 for float32 and 2e-2 for 16-bit floats. Values
 outside that tolerance are excused only where our error against a float64 evaluation of the same
-program is within 4x eager's own rounding noise (an ill-conditioned output: then neither result is
+program (and its gradients) is within 4x eager's own rounding noise (an ill-conditioned output: then neither result is
 better than the other). That noise is the larger of eager's largest error against float64 and,
 elementwise, the spread of eager re-run 16 times with each op's rounding perturbed by up to an ulp
 (:func:`eager_noise`, Monte-Carlo arithmetic; only run for what would otherwise be a mismatch):
@@ -34,7 +54,7 @@ per program), ``eager_error`` (the program is invalid: skipped). A segment that 
 eager PyTorch (a fallback) is a statistic, not a failure; the summary lists the reasons.
 
 A mismatch or crash is minimized (:func:`minimize`: delete ops, replace values by fresh inputs,
-drop outputs and options, shrink dimensions, while the failure persists) and written to
+drop outputs, options and ``requires_grad``, shrink dimensions, while the failure persists) and written to
 ``<out>/<kind>_<seed>.py``: a runnable script whose ``check()`` raises ``AssertionError`` while
 flashlight differs from eager.
 """
@@ -64,12 +84,13 @@ from typing import Any
 import torch
 
 # Bumped whenever the programs a seed makes change: a seed names a program only together with it.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MAX_NUMEL = 4096
 SIZES = [1, 2, 3, 5, 7, 13, 17, 31]
 SIZE_WEIGHTS = [1, 2, 3, 3, 3, 3, 2, 2]
 BIG_SIZES = [64, 97]
-DIM_NAMES = ["A", "B", "C", "D", "E"]
+DIM_NAMES = ["A", "B", "C", "D", "E", "F", "G", "H"]  # ordinary programs name at most 5 dimensions
+SDPA = "torch.nn.functional.scaled_dot_product_attention"
 FLOAT_CONSTS = ["0.5", "2.0", "-1.5", "0.125", "3.0", "-0.25", "10.0", "1e-3"]
 
 TOLERANCES = {  # dtype: (rtol, atol relative to the output's scale)
@@ -88,6 +109,7 @@ class Input:
     shape: tuple[str, ...]  # dimension expressions: "1", "A", "A*B"
     dtype: str              # torch dtype name: float32, float16, bfloat16, int32, int64, bool
     kind: str               # randn | pos | randint | bool | index:N | negindex:N | doc:K (N, K: dim expressions)
+    grad: bool = False      # requires_grad: the check compares its gradient too (floating-point inputs only)
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,8 @@ def input_line(x: Input) -> str:
     if x.kind == "bool":
         return f"{x.name} = torch.rand({shape}, generator=g) < 0.5"
     base = f"torch.randn({shape}, generator=g)" if x.kind == "randn" else f"(torch.rand({shape}, generator=g) + 0.5)"
-    return f"{x.name} = {base}" + ("" if x.dtype == "float32" else f".to(torch.{x.dtype})")
+    return (f"{x.name} = {base}" + ("" if x.dtype == "float32" else f".to(torch.{x.dtype})")
+            + (".requires_grad_()" if x.grad else ""))
 
 
 def render_core(p: Program) -> str:
@@ -199,8 +222,11 @@ class Gen:
         self.ntemp = 0
         self.prefer: list[str] = []  # op families to draw next (a mask asks for a softmax)
         r = self.rng.random()
-        self.flavor = "f32" if r < 0.74 else "f16" if r < 0.82 else "bf16" if r < 0.89 else "int"
-        self.float_dtype = {"f16": "float16", "bf16": "bfloat16"}.get(self.flavor, "float32")
+        self.flavor = ("f32" if r < 0.70 else "f64" if r < 0.75 else "f16" if r < 0.82 else "bf16" if r < 0.89
+                       else "int")
+        self.float_dtype = {"f16": "float16", "bf16": "bfloat16", "f64": "float64"}.get(self.flavor, "float32")
+        self.max_dims = 5  # an SDPA program names up to len(DIM_NAMES)
+        self.keep: str | None = None  # an output, unless a later op reads it (the SDPA call)
 
     # {{{ dimensions, inputs, operands
 
@@ -210,7 +236,7 @@ class Gen:
         for name, v in self.dims.items():
             if v == size and self.rng.random() < 0.7:
                 return name
-        if len(self.dims) >= len(DIM_NAMES):
+        if len(self.dims) >= self.max_dims:
             return min(self.dims, key=lambda n: abs(self.dims[n] - size))
         name = DIM_NAMES[len(self.dims)]
         self.dims[name] = size
@@ -726,17 +752,129 @@ class Gen:
 
     # }}}
 
+    # {{{ F.scaled_dot_product_attention
+
+    def exact_dim(self, size: int) -> str:
+        """A dimension of exactly this size (``"1"`` for 1): SDPA's head counts must divide."""
+        if size == 1:
+            return "1"
+        name = self.new_dim(size)
+        if self.dims[name] != size:
+            raise Reject("no dimension name left")
+        return name
+
+    def size(self, expr: str) -> int:
+        return eval(expr, {}, dict(self.dims))
+
+    def sdpa(self) -> None:
+        """A call of ``F.scaled_dot_product_attention`` with a random combination of its arguments:
+        rank 2, 3 or 4; ``attn_mask`` None, boolean or float (an input, an ``arange`` band, a bias
+        or zeros with ``-inf`` where a boolean input says no), in shapes that broadcast over some
+        batch dimensions ([S_q, S_k], [1, S_k], [S_q, 1], [B, 1, 1, S_k], [H, S_q, S_k], full, ...);
+        ``is_causal`` (only without a mask, as PyTorch requires); ``scale``; ``enable_gqa`` with
+        fewer key/value heads; S_q != S_k, D_v != D. Masks may leave rows without any key (eager
+        gives 0 there). q, k, v are inputs, one input (self-attention), or projections of one
+        input split into heads. ``dropout_p`` is 0 (anything else is random)."""
+        rng = self.rng
+        dt = self.float_dtype
+        self.max_dims = len(DIM_NAMES)
+        for _ in range(30):
+            self.dims = {}
+            self.ns = {"torch": torch, "g": self.g}
+            rank = rng.choice([4, 4, 4, 3, 3, 2])
+            gqa = rank >= 3 and rng.random() < 0.35
+            hk = rng.choice([1, 2, 2, 3])
+            hq = hk * rng.choice([2, 3, 4]) if gqa and rng.random() < 0.85 else hk
+            try:
+                sq = self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 17, 31]))
+                sk = sq if rng.random() < 0.4 else self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 31]))
+                d = self.exact_dim(rng.choice([1, 2, 3, 4, 5, 8, 16]))
+                dv = d if rng.random() < 0.7 else self.exact_dim(rng.choice([2, 3, 5, 8]))
+                h, hkv = self.exact_dim(hq), self.exact_dim(hk)
+                b = self.exact_dim(rng.choice([1, 2, 3]))
+            except Reject:
+                continue
+            lead = (b, h) if rank == 4 else (h,) if rank == 3 else ()
+            lead_kv = (b, hkv) if rank == 4 else (hkv,) if rank == 3 else ()
+            nq, nk = math.prod(map(self.size, lead)), math.prod(map(self.size, lead_kv))
+            widest = max(self.size(d), self.size(dv))
+            if max(nq * self.size(sq) * max(self.size(sk), widest), nk * self.size(sk) * widest) <= MAX_NUMEL:
+                break
+        else:
+            raise Reject("no SDPA shape fits")
+        mode = rng.random()
+        if sq == sk and d == dv and hq == hk and mode < 0.15:  # self-attention on one input
+            q = k = v = self.new_input(lead + (sq, d), dt)
+        elif rank == 4 and hq == hk and sq == sk and mode < 0.3:  # projections split into heads
+            e = self.new_dim(rng.choice([3, 5, 8, 16]))
+            x = self.new_input((b, sq, e), dt)
+            q, k, v = (self.emit((f"{{v}} = ({x} @ {self.new_input((e, f'{h}*{w}'), dt)})"
+                                  f".unflatten(-1, ({h}, {w})).transpose(1, 2)",)) for w in (d, d, dv))
+        else:
+            q, k, v = self.new_input(lead + (sq, d), dt), self.new_input(lead_kv + (sk, d), dt), \
+                self.new_input(lead_kv + (sk, dv), dt)
+            if rng.random() < 0.15:
+                q = self.emit((rng.choice([f"{{v}} = {q} * {self.const()}", f"{{v}} = torch.tanh({q})"]),))
+        mask = None
+        if rng.random() < 0.55:
+            shapes = [(sq, sk), (sq, sk), ("1", sk), (sq, "1"), lead + (sq, sk)]
+            if rank == 4:
+                shapes += [(b, "1", "1", sk), (b, "1", sq, sk), (h, sq, sk), ("1", h, "1", sk)]
+            elif rank == 3:
+                shapes += [(h, "1", sk)]
+            shape = rng.choice(shapes)
+            kind = rng.choice(["bool", "bool", "band", "float", "float_inf", "float_inf"])
+            if kind == "bool":
+                mask = self.new_input(shape, "bool")
+            elif kind == "band":  # where to attend; an offset below 0 leaves the first rows without a key
+                i, j = f"torch.arange({sq})[:, None]", f"torch.arange({sk})[None, :]"
+                cond = rng.choice([f"{j} <= {i} + {rng.choice([-2, -1, 0, 1])}",
+                                   f"({i} - {j}).abs() <= {rng.choice([0, 1, 2])}",
+                                   f"{j} <= {i} + ({sk} - {sq})", f"{j} >= {i}"])
+                if rng.random() < 0.3:
+                    cond = f"({cond}) & {self.new_input(shape, 'bool')}"
+                mask = self.emit((f"{{v}} = {cond}",))
+            elif kind == "float":  # an additive bias
+                mask = self.new_input(shape, dt)
+            else:  # -inf where a boolean input says no
+                m = self.new_input(shape, "bool")
+                if rng.random() < 0.5:
+                    mask = self.emit((f'{{v}} = torch.where({m}, 0.0, float("-inf")).to(torch.{dt})',))
+                else:
+                    mask = self.emit((f'{{v}} = {self.new_input(shape, dt)}.masked_fill(~{m}, float("-inf"))',))
+        args = [q, k, v]
+        if mask is not None:
+            args.append(mask if rng.random() < 0.3 else f"attn_mask={mask}")
+        if rng.random() < 0.15:
+            args.append("dropout_p=0.0")
+        if mask is None and rng.random() < 0.4:
+            args.append("is_causal=True")
+        elif rng.random() < 0.1:
+            args.append("is_causal=False")
+        if rng.random() < 0.35:
+            args.append(f"scale={rng.choice(['0.5', '0.125', '0.3', '1.0', '2.0'])}")
+        if gqa or (rank >= 3 and rng.random() < 0.1):
+            args.append("enable_gqa=True")
+        out = self.emit((f"{{v}} = {SDPA}({', '.join(args)})",))
+        if rank == 4 and rng.random() < 0.3:  # heads merged again
+            out = self.emit((f"{{v}} = {out}.transpose(1, 2).flatten(-2)",))
+        self.keep = out
+
+    # }}}
+
     def generate(self) -> Program:
         rng = self.rng
         n_ops = rng.randint(2, 8)
-        start_attention = self.flavor != "int" and rng.random() < 0.3
-        if start_attention:
+        r = rng.random()
+        start = None if self.flavor == "int" else self.sdpa if r < 0.18 else self.attention if r < 0.44 else None
+        if start is not None:
             try:
-                self.attention()
+                start()
             except Exception:  # no shape fits, or eager refused: an ordinary program instead
-                start_attention = False
-        if not start_attention:
+                start = None
+        if start is None:
             self.ops, self.pool, self.inputs, self.dims, self.ntemp, self.prefer = [], [], [], {}, 0, []
+            self.max_dims, self.keep = 5, None
             self.g.manual_seed(self.seed)
             self.ns = {"torch": torch, "g": self.g}
             for _ in range(50):
@@ -746,7 +884,12 @@ class Gen:
                     break
             self.new_input(shape)
             if self.flavor == "int":
-                self.new_input(self.random_shape(rng.randint(1, 2)), rng.choice(["int32", "int64", "bool"]))
+                for _ in range(50):  # an index-sized input, as small as the first
+                    try:
+                        self.new_input(self.random_shape(rng.randint(1, 2)), rng.choice(["int32", "int64", "bool"]))
+                        break
+                    except Reject:
+                        pass
         tries = 0
         while len(self.ops) < n_ops and tries < 200:
             tries += 1
@@ -755,7 +898,7 @@ class Gen:
             self.attempt(lambda: ("{v} = " + self.pool[-1] + " * 2",))
         outputs = [self.ops[-1].var]
         # values nothing reads are outputs too, some of them (the rest is dropped)
-        text = "\n".join(line for op in self.ops for line in op.lines)
+        text = "\n".join(line.split(" = ", 1)[-1] for op in self.ops for line in op.lines)  # what ops read
         leaves = [op.var for op in self.ops[:-1] if not _uses(text, op.var)]
         rng.shuffle(leaves)
         outputs += leaves[:rng.choice([0, 1, 1, 2])]
@@ -772,7 +915,50 @@ class Gen:
             options["exact_roundings"] = True
         p = Program(self.seed, dict(self.dims), tuple(self.inputs), tuple(self.ops), tuple(outputs), options,
                     tuple_out=len(outputs) == 1 and rng.random() < 0.1)
-        return prune(p)
+        if self.keep is not None and all(op.var != self.keep for op in prune(p).ops):  # no output needs it: one does
+            p = replace(p, outputs=p.outputs + (self.keep,), tuple_out=False)
+        p = prune(p)
+        if rng.random() < 0.04:  # a dimension of size 0 (the first, in a random order, that eager accepts)
+            names = sorted(p.dims)
+            rng.shuffle(names)
+            for name in names:
+                q = replace(p, dims={**p.dims, name: 0})
+                if _runs_eagerly(q):
+                    p = q
+                    break
+        if rng.random() < 0.2 and any(_is_float(x.dtype) for x in p.inputs):  # gradients too, where eager has them
+            q = replace(p, inputs=tuple(replace(x, grad=_is_float(x.dtype)) for x in p.inputs))
+            if _runs_eagerly(q):
+                p = q
+        return p
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _runs_eagerly(p: Program) -> bool:
+    """The program and, if some input requires grad, its backward run eagerly."""
+    ns: dict[str, Any] = {"torch": torch}
+    try:
+        with _quiet():
+            exec(compile(render_core(p), f"<fuzz seed {p.seed}>", "exec"), ns)
+            inputs = ns["make_inputs"]()
+            (with_grads(ns["prog"]) if wants_grad(inputs) else ns["prog"])(*inputs)
+    except Exception:
+        return False
+    return True
+
+
+def tags(p: Program) -> list[str]:
+    """The program's families that a campaign counts apart: ``sdpa`` (calls
+    F.scaled_dot_product_attention), ``grad`` (inputs that require grad: gradients are compared
+    too), ``f64`` (float64 inputs), ``empty`` (a dimension of size 0)."""
+    text = "\n".join(line for op in p.ops for line in op.lines)
+    return ([t for t, hit in (("sdpa", "scaled_dot_product_attention" in text),
+                              ("grad", any(x.grad for x in p.inputs)),
+                              ("f64", any(x.dtype == "float64" for x in p.inputs)),
+                              ("empty", 0 in p.dims.values())) if hit])
 
 
 def generate(seed: int) -> Program:
@@ -802,7 +988,8 @@ def _structure(x: Any) -> Any:
 
 
 def compare(out: Any, ref: Any, ref64: Any = None, narrowest: torch.dtype | None = None,
-            ref64_flipped: tuple = (), noise: Callable[[], list] | None = None) -> None:
+            ref64_flipped: tuple = (), noise: Callable[[], list] | None = None,
+            labels: list[str] | None = None) -> None:
     """Raise :class:`Mismatch` (an ``AssertionError``) unless ``out`` is what eager's ``ref`` is.
 
     ``ref64`` (the same program on float64 inputs), if given, excuses values outside the
@@ -814,7 +1001,8 @@ def compare(out: Any, ref: Any, ref64: Any = None, narrowest: torch.dtype | None
     error either way (:func:`reference64`); integers that differ there are decided by rounding.
     ``noise``: called at most once, only if a float value is otherwise beyond the tolerance: runs of
     the program with eager's rounding perturbed (:func:`eager_noise`); where our error against
-    ``ref64`` is within :data:`NOISE_FACTOR` times their spread, it is rounding noise too."""
+    ``ref64`` is within :data:`NOISE_FACTOR` times their spread, it is rounding noise too.
+    ``labels``: what each flattened value is called in a message (default ``output k``)."""
     if _structure(out) != _structure(ref):
         raise Mismatch(f"output structure {_structure(out)}, eager gives {_structure(ref)}")
     outs, refs = _flat(out), _flat(ref)
@@ -828,21 +1016,21 @@ def compare(out: Any, ref: Any, ref64: Any = None, narrowest: torch.dtype | None
             runs = [_flat(n) for n in (noise() if noise is not None else []) if _structure(n) == _structure(ref)]
         return [n[k] for n in runs if isinstance(n[k], torch.Tensor) and n[k].shape == r.shape]
     for k, (o, r, r64) in enumerate(zip(outs, refs, r64s)):
+        what = labels[k] if labels is not None and k < len(labels) else f"output {k}"
         if not isinstance(r, torch.Tensor):
             if o != r:
-                raise Mismatch(f"output {k}: {o!r}, eager gives {r!r}")
+                raise Mismatch(f"{what}: {o!r}, eager gives {r!r}")
             continue
         if (o.shape, o.dtype) != (r.shape, r.dtype):
-            raise Mismatch(f"output {k}: {o.dtype}{list(o.shape)}, eager gives {r.dtype}{list(r.shape)}")
+            raise Mismatch(f"{what}: {o.dtype}{list(o.shape)}, eager gives {r.dtype}{list(r.shape)}")
         if o.device != r.device:
-            raise Mismatch(f"output {k} on {o.device}, eager's on {r.device}")
-        if not isinstance(r64, torch.Tensor) or r64.shape != r.shape:
-            r64 = None
+            raise Mismatch(f"{what} on {o.device}, eager's on {r.device}")
+        r64 = r64.detach() if isinstance(r64, torch.Tensor) and r64.shape == r.shape else None
         flipped = [f[k] for f in flips if isinstance(f[k], torch.Tensor) and f[k].shape == r.shape]
-        _compare_tensor(k, o, r, r64, narrowest, flipped, lambda k=k, r=r: noise_of(k, r))
+        _compare_tensor(what, o.detach(), r.detach(), r64, narrowest, flipped, lambda k=k, r=r: noise_of(k, r))
 
 
-def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
+def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
                     narrowest: torch.dtype | None = None, flipped: list[torch.Tensor] = (),
                     noise: Callable[[], list[torch.Tensor]] | None = None) -> None:
     if not r.dtype.is_floating_point and not r.dtype.is_complex:
@@ -854,14 +1042,14 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
                 bad &= f.to(r.dtype) == r
         if bad.any() and not _rounding_flips(bad, narrowest):
             idx = bad.nonzero()[0].tolist()
-            raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
+            raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
                            f"first at {idx}: {o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
         return
     o32, r32 = o.double(), r.double()
     nan_o, nan_r = torch.isnan(o32), torch.isnan(r32)
     if not torch.equal(nan_o, nan_r):
         idx = (nan_o != nan_r).nonzero()[0].tolist()
-        raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): NaN in other places than eager "
+        raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): NaN in other places than eager "
                        f"({int(nan_o.sum())} vs {int(nan_r.sum())}); first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
     inf_r = torch.isinf(r32)
@@ -876,7 +1064,7 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
             o32, differ = torch.where(excused, r32, o32), differ & ~excused
     if differ.any():
         idx = differ.nonzero()[0].tolist()
-        raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): infinities differ; first at {idx}: "
+        raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): infinities differ; first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
     fin = torch.isfinite(r32)
     if not fin.any():
@@ -919,7 +1107,7 @@ def _compare_tensor(k: int, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor 
     if not bad.any():
         bad = err == err.max()
     idx = tuple(bad.nonzero()[0].tolist())
-    raise Mismatch(f"output {k} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements beyond "
+    raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements beyond "
                    f"rtol {rtol:g}, atol {atol:.2g}; max abs error {float(err.max()):.3g} (scale {scale:.3g}); "
                    f"first at {list(idx)}: {o32[idx].item()} vs eager {r32[idx].item()}"
                    + (f" (eager's rounding noise there {float(spread[idx]):.3g})" if spread is not None else "")
@@ -1118,28 +1306,115 @@ def fallbacks_of(f: Any) -> list[tuple[str, str]]:
     return whole + [x for g in getattr(f, "graphs", []) for x in g.fallbacks]
 
 
+# {{{ gradients
+
+def cotangent(t: torch.Tensor) -> torch.Tensor:
+    """The direction the gradient check pulls back through an output: ``sin(0.7 k + 0.3)`` over its
+    elements in order, rounded to a multiple of 1/64 (exact in every float dtype: the float64
+    reference and the perturbed runs pull back the same one). Fixed and generic: ``sum(out**2)``
+    would give identically zero gradients through a normalization."""
+    c = torch.sin(torch.arange(t.numel(), dtype=torch.float64) * 0.7 + 0.3)
+    return (torch.round(c * 64) / 64).reshape(t.shape).to(t.dtype)
+
+
+def wants_grad(inputs: Any) -> bool:
+    """Whether some input requires grad: then the check compares gradients too."""
+    return any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs)
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detached(e) for e in x)
+    return x
+
+
+def with_grads(fn: Callable) -> Callable:
+    """``fn`` and its backward: a function of the same inputs that returns ``(outputs, grads)``,
+    ``grads`` the ``.grad`` of each input that requires grad, in order (``None`` where it got
+    none), after one backward of :func:`cotangent` through every floating-point output that
+    requires grad. Each call makes fresh leaves (detached copies) of those inputs, so that runs do
+    not accumulate into each other; the outputs come back detached."""
+    def run(*inputs: Any) -> tuple[Any, tuple]:
+        xs = [x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) and x.requires_grad else x
+              for x in inputs]
+        out = fn(*xs)
+        diff = [o for o in _flat(out) if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad]
+        if diff:
+            torch.autograd.backward(diff, [cotangent(o) for o in diff])
+        return _detached(out), tuple(x.grad for x in xs if isinstance(x, torch.Tensor) and x.requires_grad)
+    return run
+
+
+@dataclass
+class Reference:
+    """What the compiled function must give: eager's results (of ``fn``: the program, or with
+    :func:`with_grads` its outputs and gradients) and what excuses rounding."""
+    fn: Callable
+    ref: Any
+    narrowest: torch.dtype | None
+    ref64: Any
+    flipped: tuple
+    saved: list          # copies of the inputs
+    labels: list[str] | None  # names of the flattened results in messages
+
+    @property
+    def grad(self) -> bool:
+        return self.labels is not None
+
+
+def reference(prog: Callable, inputs: tuple) -> Reference:
+    """Eager's results for :func:`check_results`; raises what eager raises."""
+    grad = wants_grad(inputs)
+    fn = with_grads(prog) if grad else prog
+    casts: list[torch.Tensor] = []
+    with _quiet():
+        ref, narrowest = eager_with_dtypes(fn, inputs, casts)
+    with _quiet():
+        ref64, flipped = reference64(fn, inputs, casts)
+    saved = [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x for x in inputs]
+    labels = None
+    if grad:
+        labels = [f"output {k}" for k in range(len(_flat(ref[0])))] + \
+            [f"gradient of input {k}" for k, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
+    return Reference(fn, ref, narrowest, ref64, flipped, saved, labels)
+
+
+def check_results(out: Any, r: Reference, inputs: tuple) -> None:
+    """Raise :class:`Mismatch` unless the compiled function's ``out`` (with gradients if ``r.grad``)
+    is eager's, and the inputs are as they were."""
+    if r.grad:
+        n = len(_flat(r.ref[0]))
+        for what, a, b in zip(r.labels[n:], out[1], r.ref[1]):
+            if (a is None) != (b is None):
+                raise Mismatch(f"{what}: {'none' if a is None else 'a gradient'}, eager gives "
+                               f"{'none' if b is None else 'a gradient'}")
+    compare(out, r.ref, r.ref64, r.narrowest, r.flipped, lambda: eager_noise(r.fn, r.saved), labels=r.labels)
+    for k, (x, y) in enumerate(zip(inputs, r.saved)):
+        if isinstance(x, torch.Tensor) and not torch.equal(x.detach().nan_to_num(), y.detach().nan_to_num()):
+            raise Mismatch(f"input {k} was modified by the compiled function")
+
+# }}}
+
+
 def check_program(prog: Callable, make_inputs: Callable[[], tuple], options: dict | None = None,
                   strict_fallbacks: bool = False) -> list:
     """Eager against ``flashlight.compile(prog, **options)``: raises ``AssertionError`` if they
     differ or if flashlight raises (with ``strict_fallbacks``, also if compiling a segment
-    raised and it ran eagerly instead); returns the fallbacks. The reproducers call this."""
+    raised and it ran eagerly instead); returns the fallbacks. If some input requires grad, the
+    gradients of those inputs are compared too (:func:`with_grads`). The reproducers call this."""
     import flashlight
 
     inputs = make_inputs()
-    casts: list[torch.Tensor] = []
+    r = reference(prog, inputs)
     with _quiet():
-        ref, narrowest = eager_with_dtypes(prog, inputs, casts)
-        ref64, flipped = reference64(prog, inputs, casts)
-        saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
         f = flashlight.compile(prog, **(options or {}))
         try:
-            out = f(*inputs)
+            out = (with_grads(f) if r.grad else f)(*inputs)
         except Exception as exc:
             raise AssertionError(f"flashlight raised {type(exc).__name__}: {exc}") from exc
-    compare(out, ref, ref64, narrowest, flipped, lambda: eager_noise(prog, saved))
-    for k, (x, y) in enumerate(zip(inputs, saved)):
-        if isinstance(x, torch.Tensor) and not torch.equal(x.nan_to_num(), y.nan_to_num()):
-            raise Mismatch(f"input {k} was modified by the compiled function")
+    check_results(out, r, inputs)
     raised = [(op, why) for op, why in fallbacks_of(f) if op.startswith("program ")]
     if strict_fallbacks and raised:
         raise AssertionError(f"compiling {raised[0][0]} raised, it ran eagerly: {raised[0][1]}")
@@ -1232,19 +1507,14 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
     try:
         ns = materialize(p)
         prog, inputs = ns["prog"], ns["make_inputs"]()
-        casts: list[torch.Tensor] = []
-        with _quiet():
-            ref, narrowest = eager_with_dtypes(prog, inputs, casts)
+        r = reference(prog, inputs)
     except Exception as exc:
         return Outcome("eager_error", f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - t0)
-    with _quiet():
-        ref64, flipped = reference64(prog, inputs, casts)
-    saved = [x.clone() for x in inputs]
     f = None
     try:
         with _quiet(), _time_limit(timeout):
             f = flashlight.compile(prog, **p.options)
-            out = f(*inputs)
+            out = (with_grads(f) if r.grad else f)(*inputs)
     except ProgramTimeout as exc:
         return Outcome("timeout", str(exc), "timeout", fallbacks_of(f), time.monotonic() - t0)
     except Exception as exc:
@@ -1253,10 +1523,7 @@ def run_program(p: Program, timeout: float | None = 120.0) -> Outcome:
                        time.monotonic() - t0)
     fb = fallbacks_of(f)
     try:
-        compare(out, ref, ref64, narrowest, flipped, lambda: eager_noise(prog, saved))
-        for k, (x, y) in enumerate(zip(inputs, saved)):
-            if not torch.equal(x.nan_to_num(), y.nan_to_num()):
-                raise Mismatch(f"input {k} was modified by the compiled function")
+        check_results(out, r, inputs)
     except Mismatch as exc:
         return Outcome("mismatch", str(exc), "mismatch", fb, time.monotonic() - t0)
     if f.eager_reason is None and not f.graphs:  # Dynamo ran it without calling flashlight
@@ -1345,6 +1612,13 @@ def _candidates(p: Program) -> list[Program]:
     # an earlier value as the output
     for k in range(len(p.ops) - 1):
         out.append(replace(p, outputs=(p.ops[k].var,), tuple_out=False))
+    # fewer gradients: none at all, then one input's fewer
+    grads = [k for k, x in enumerate(p.inputs) if x.grad]
+    if grads:
+        out.append(replace(p, inputs=tuple(replace(x, grad=False) for x in p.inputs)))
+        if len(grads) > 1:
+            out += [replace(p, inputs=tuple(replace(x, grad=False) if j == k else x for j, x in enumerate(p.inputs)))
+                    for k in grads]
     vals = eval_vars(p)
     if vals is not None:
         by_size = _dims_of(p)
@@ -1359,8 +1633,8 @@ def _candidates(p: Program) -> list[Program]:
                 dtype = str(t.dtype).removeprefix("torch.")
                 name = f"x{len(p.inputs)}"
                 kind = "bool" if dtype == "bool" else "randint" if not t.is_floating_point() else "randn"
-                if dtype not in ("float64", "int8", "int16", "uint8"):
-                    new_in = Input(name, shape, dtype, kind)  # type: ignore[arg-type]
+                if dtype not in ("int8", "int16", "uint8"):
+                    new_in = Input(name, shape, dtype, kind, grad=bool(grads) and t.is_floating_point())
                     out.append(_replace_value(p, k, name, extra_input=new_in))
             # an operand of the same shape and dtype in place of this value
             text = "\n".join(op.lines)
@@ -1486,6 +1760,17 @@ class Summary:
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     programs: int = 0
+    families: Counter = field(default_factory=Counter)  # (tag, outcome): programs (see :func:`tags`)
+
+    def add(self, kind: str, fallbacks: list, program_tags: list[str]) -> None:
+        self.programs += 1
+        self.counts[kind] += 1
+        if fallbacks:
+            self.fallback_programs += 1
+            for op, why in fallbacks:
+                self.fallback_reasons[_fallback_reason(op, why)] += 1
+        for t in program_tags:
+            self.families[t, kind] += 1
 
     def text(self) -> str:
         ran = self.programs - self.counts["eager_error"]
@@ -1493,6 +1778,14 @@ class Summary:
         lines.append("outcomes: " + ", ".join(f"{k} {self.counts[k]}" for k in
                                                 ("ok", "mismatch", "crash", "timeout", "eager_error")))
         rate = self.fallback_programs / ran if ran else 0.0
+        fams = []
+        for t in ("sdpa", "grad", "f64", "empty"):
+            kinds = {k: n for (tag, k), n in self.families.items() if tag == t}
+            if kinds:
+                each = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                fams.append(f"{t} {sum(kinds.values())} ({each})")
+        if fams:
+            lines.append("families: " + "; ".join(fams))
         lines.append(f"fallback to eager in {self.fallback_programs} of {ran} programs ({100 * rate:.1f}%)")
         for reason, n in self.fallback_reasons.most_common(12):
             lines.append(f"  {n:5d}  {reason}")
@@ -1535,18 +1828,15 @@ def campaign(seeds: range, time_budget: float | None = None, out: Path | None = 
                 print(f"seed {seed}: generator failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
             o = run_program(p, timeout)
-            s.programs += 1
-            s.counts[o.kind] += 1
-            if o.fallbacks:
-                s.fallback_programs += 1
-                for op, why in o.fallbacks:
-                    s.fallback_reasons[_fallback_reason(op, why)] += 1
+            program_tags = tags(p)
+            s.add(o.kind, o.fallbacks, program_tags)
             if verbose:
-                print(f"seed {seed}: {o.kind} ({o.seconds:.1f} s, {len(p.ops)} ops){' fallback' if o.fallbacks else ''}"
+                print(f"seed {seed}: {o.kind} ({o.seconds:.1f} s, {len(p.ops)} ops)"
+                      f"{''.join(' ' + t for t in program_tags)}{' fallback' if o.fallbacks else ''}"
                       + (f" {o.signature}: {o.detail.splitlines()[0][:120]}" if o.kind in ("mismatch", "crash") else ""),
                       flush=True)
             rec = {"seed": seed, "generator": GENERATOR_VERSION, "kind": o.kind, "seconds": round(o.seconds, 2), "ops": len(p.ops),
-                   "signature": o.signature, "fallbacks": [list(x) for x in o.fallbacks],
+                   "tags": program_tags, "signature": o.signature, "fallbacks": [list(x) for x in o.fallbacks],
                    "detail": o.detail.splitlines()[0][:300] if o.detail else ""}
             if o.kind in ("mismatch", "crash"):
                 fail = {"seed": seed, "kind": o.kind, "signature": o.signature, "detail": rec["detail"]}
@@ -1574,13 +1864,9 @@ def campaign(seeds: range, time_budget: float | None = None, out: Path | None = 
 
 def summarize(records: list[dict], seconds: float) -> Summary:
     """A campaign's summary from its ``--jsonl`` records."""
-    s = Summary(seconds=seconds, programs=len(records))
+    s = Summary(seconds=seconds)
     for r in records:
-        s.counts[r["kind"]] += 1
-        if r["fallbacks"]:
-            s.fallback_programs += 1
-            for op, why in r["fallbacks"]:
-                s.fallback_reasons[_fallback_reason(op, why)] += 1
+        s.add(r["kind"], r["fallbacks"], r.get("tags", []))
         if r["kind"] in ("mismatch", "crash"):
             s.failures.append({k: r[k] for k in ("seed", "kind", "signature", "detail", "reproducer") if k in r})
     return s

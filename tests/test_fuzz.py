@@ -107,6 +107,73 @@ def test_generator_covers_the_op_families():
         assert needle in text, needle
 
 
+def test_generator_makes_the_new_families():
+    """SDPA calls, inputs that require grad, float64 programs and zero-size dimensions, each for
+    some seeds of a small range (generator version 4), without compiling anything."""
+    programs = [fuzz.generate(seed) for seed in range(200)]
+    by_tag = {t: [p for p in programs if t in fuzz.tags(p)] for t in ("sdpa", "grad", "f64", "empty")}
+    assert all(by_tag.values()), {t: len(ps) for t, ps in by_tag.items()}
+    assert len(by_tag["sdpa"]) < 60 and len(by_tag["grad"]) < 70, "the new families crowd out the rest"
+    sdpa = "\n".join(fuzz.render_core(p) for p in by_tag["sdpa"])
+    for needle in ["attn_mask=", "is_causal=True", "enable_gqa=True", "scale=", 'float("-inf")', "< 0.5"]:
+        assert needle in sdpa, needle
+    for p in by_tag["grad"]:
+        assert all(x.grad == x.dtype.startswith(("float", "bfloat")) for x in p.inputs), p.seed
+        assert ".requires_grad_()" in fuzz.render_core(p)
+    entirely64 = 0
+    for p in by_tag["sdpa"] + by_tag["empty"] + by_tag["f64"]:
+        vals = fuzz.eval_vars(p)
+        assert vals is not None, f"seed {p.seed} does not run eagerly:\n{fuzz.render_core(p)}"
+        if p in by_tag["empty"]:
+            assert any(v.numel() == 0 for v in vals.values()), p.seed
+        if p in by_tag["f64"]:
+            entirely64 += all(v.dtype == torch.float64 for v in vals.values() if v.is_floating_point())
+    assert entirely64, "no program computes in float64 throughout"
+
+
+def _normalize(x, w):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],)) * w
+
+
+def test_gradient_check_catches_wrong_missing_and_extra_gradients():
+    g = torch.Generator().manual_seed(5)
+    inputs = (torch.randn(3, 7, generator=g).requires_grad_(), torch.randn(7, generator=g).requires_grad_())
+    ref = fuzz.reference(_normalize, inputs)
+    assert ref.grad and ref.labels == ["output 0", "gradient of input 0", "gradient of input 1"]
+    (_, grads) = ref.ref
+    assert all(float(gr.abs().max()) > 1e-2 for gr in grads)  # the cotangent is generic: not 0 through a norm
+    fuzz.check_results(fuzz.with_grads(_normalize)(*inputs), ref, inputs)
+
+    def doubled(x, w):  # the same outputs, twice the gradient of x
+        y = torch.nn.functional.layer_norm(x, (x.shape[-1],))
+        return (y.detach() + 2 * (y - y.detach())) * w
+
+    def detached_w(x, w):  # no gradient for w
+        return _normalize(x, w.detach())
+
+    def blocked(x, w):  # no gradient for anything: the output does not require grad
+        return _normalize(x, w).detach()
+
+    for fn, why in [(doubled, "gradient of input 0 .*beyond"), (detached_w, "gradient of input 1: none"),
+                    (blocked, "gradient of input 0: none")]:
+        with pytest.raises(AssertionError, match=why):
+            fuzz.check_results(fuzz.with_grads(fn)(*inputs), ref, inputs)
+
+    ref_w = fuzz.reference(detached_w, inputs)  # eager has none, ours has one: an extra gradient
+    with pytest.raises(AssertionError, match="gradient of input 1: a gradient, eager gives none"):
+        fuzz.check_results(fuzz.with_grads(_normalize)(*inputs), ref_w, inputs)
+    assert inputs[0].grad is None and inputs[1].grad is None  # runs use copies: nothing accumulates
+
+
+def test_cotangent_is_fixed_and_exact_in_every_dtype():
+    t = torch.empty(4, 5)
+    c = fuzz.cotangent(t)
+    assert c.shape == t.shape and bool((c != 0).all())
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert torch.equal(fuzz.cotangent(t.to(dtype)).double(), c.double())
+    assert fuzz.cotangent(torch.empty(0, 3)).shape == (0, 3)
+
+
 def test_compare_accepts_rounding_and_catches_differences():
     r = torch.tensor([1.0, float("nan"), float("-inf"), 3.0])
     fuzz.compare(r * (1 + 1e-6), r)
@@ -230,6 +297,17 @@ def test_reproducer_file_runs(tmp_path):
     assert module.BUG.startswith("mismatch: output 0") and module.FIXED is False
     module.check()  # this program is right: the check passes
     assert fuzz.render_core(replace(p)) in path.read_text()
+
+
+def test_reproducer_compares_gradients(tmp_path):
+    p = fuzz.Program(4, {"A": 5}, (fuzz.Input("x0", ("A", "A"), "float32", "randn", grad=True),),
+                     (fuzz.Op("t0", ("t0 = torch.softmax(x0 * 0.5, dim=-1)",)),), ("t0",))
+    path = tmp_path / "mismatch_4.py"
+    path.write_text(fuzz.reproducer(p, fuzz.Outcome("mismatch", "gradient of input 0: made up"), 4))
+    assert ".requires_grad_()" in path.read_text()
+    module = _load(path)
+    assert fuzz.wants_grad(module.make_inputs())
+    module.check()  # right outputs and gradients: the check passes
 
 
 def test_program_source_is_plain_python():
