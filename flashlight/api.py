@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
+from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from flashlight import autotune, passes
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.passes.fuse_reductions import BLOCK_LIMIT
-from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, saved_for_backward
+from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import ProgramSegment, ir_dtype, lift_graph
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
@@ -321,7 +321,9 @@ class CompiledFunction:
                             "(torch._dynamo.config.recompile_limit): calls with new shapes, dtypes or strides "
                             "run in eager PyTorch", self._name, torch._dynamo.config.recompile_limit)
             return self.fn(*args, **kwargs)
-        except TorchDynamoException as exc:
+        except Exception as exc:
+            if not raised_while_tracing(exc):
+                raise
             # fn's own error (mismatched shapes, wrong dtypes) reaches us as Dynamo's fake-tensor
             # error: eager raises it as the user knows it. If eager succeeds, capture or compilation
             # failed: run fn as written, from now on

@@ -43,14 +43,14 @@ compiler does with a PyTorch function (explain), and list the passes (passes).""
 EPILOG = """\
 examples:
   # round trip (parse, verify, print) and run passes on IR text; '-' reads stdin
-  python -m flashlight opt softmax.fl
-  python -m flashlight opt softmax.fl --passes 'fuse-reductions{block_limit=4},contract-buffers'
-  python -m flashlight opt softmax.fl --passes default --print-after-all --proofs
-  cat softmax.fl | python -m flashlight opt - --passes inline -o out.fl
+  python -m flashlight opt examples/softmax_pv.fl
+  python -m flashlight opt examples/softmax_pv.fl --passes 'fuse-reductions{block_limit=4},contract-buffers'
+  python -m flashlight opt examples/softmax_pv.fl --passes default --print-after-all --proofs
+  cat examples/softmax_pv.fl | python -m flashlight opt - --passes inline -o out.fl
 
   # what the compiler does with a PyTorch function (random inputs of these shapes)
-  python -m flashlight explain attn.py:attention --shapes 2x3x77x16,2x3x77x16,2x3x77x16
-  python -m flashlight explain doc.py:doc_attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16,64:int64
+  python -m flashlight explain examples/attention.py:attention --shapes 2x3x77x16,2x3x77x16,2x3x77x16
+  python -m flashlight explain examples/attention.py:doc_attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16,1x64:int64
 
   # the passes, their options and legality arguments
   python -m flashlight passes
@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parse IR text, verify it, run a pass pipeline and print the resulting IR.\n"
                     "Without --passes this is a round trip: the output is the input, canonically printed.",
         epilog="examples:\n"
-               "  python -m flashlight opt softmax.fl --passes 'fuse-reductions{block_limit=4}' --proofs\n"
-               "  python -m flashlight opt softmax.fl --passes default --print-after-all\n\n"
+               "  python -m flashlight opt examples/softmax_pv.fl --passes 'fuse-reductions{block_limit=4}' --proofs\n"
+               "  python -m flashlight opt examples/softmax_pv.fl --passes default --print-after-all\n\n"
                "Syntax errors are reported as FILE:LINE:COL: error: MESSAGE (exit status 1).")
     opt.add_argument("file", nargs="?", default="-", metavar="FILE",
                      help="IR text to read; '-' (the default) reads stdin")
@@ -411,10 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "flashlight.explain: its kernels, buffers in\nglobal memory, fallbacks and legality decisions "
                     "(with --full: the IR after every pass and the\nkernels' source). No kernel is launched.",
         epilog="examples:\n"
-               "  python -m flashlight explain attn.py:attention --shapes 2x3x77x16,2x3x77x16,2x3x77x16\n"
-               "  python -m flashlight explain attn.py:attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16 "
+               "  python -m flashlight explain examples/attention.py:attention --shapes 2x3x77x16,2x3x77x16,2x3x77x16\n"
+               "  python -m flashlight explain examples/attention.py:attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16 "
                "--dtype bfloat16 --device cuda\n"
-               "  python -m flashlight explain doc.py:doc_attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16,64:int64\n\n"
+               "  python -m flashlight explain examples/attention.py:doc_attention --shapes 1x2x64x16,1x2x64x16,1x2x64x16,1x64:int64\n\n"
                "Inputs: floats are standard normal, integers uniform in [0, 4), booleans uniform.")
     ex.add_argument("target", metavar="SCRIPT.py:FUNCTION", help="the function to explain")
     ex.add_argument("--full", action="store_true",

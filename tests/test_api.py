@@ -137,7 +137,8 @@ def test_invalid_options_raise_at_compile_time(options, message):
     (lambda a, b: a @ b, ((3, 4), (5, 6))),
     (lambda a, b: a + b, ((3, 4), (5, 6))),
     (lambda a, b: torch.cat([a, b], 1), ((3, 4), (5, 6))),
-], ids=["matmul", "add", "cat"])
+    (lambda a, b: a[:, None, :, None] + b, ((64,), (1,))),
+], ids=["matmul", "add", "cat", "index"])
 def test_user_errors_are_eagers_errors(fn, args):
     xs = [_x(*s) for s in args]
     with pytest.raises(Exception) as eager:
@@ -146,6 +147,9 @@ def test_user_errors_are_eagers_errors(fn, args):
         flashlight.compile(fn)(*xs)
     assert type(ours.value) is type(eager.value) and str(ours.value) == str(eager.value)
     assert "Dynamo" not in str(ours.value) and "fake" not in str(ours.value)
+    with pytest.raises(type(eager.value)) as explained:  # explain and trace raise it too
+        flashlight.explain(fn, *xs)
+    assert str(explained.value) == str(eager.value)
 
 
 def test_the_recompile_limit_is_said_once():

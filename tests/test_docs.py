@@ -96,18 +96,7 @@ _FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)\s*$")
 
 # .fl programs on which `opt --passes default` fails because of a compiler bug (not the program's
 # fault): id -> reason. Strict xfails: remove the entry when the bug is fixed.
-OPT_DEFAULT_XFAIL = {
-    "docs/tutorial-write-a-pass.md:prefix.fl": (
-        "compiler bug: prefix.fl is not in fuse-reductions' lifted form (two statements share a nest), "
-        "so its seq loops stay unmapped, and tile tiles unmapped loops whole like @block loops: all "
-        "iterations of the row loop at once, which the tiled-schedule check refuses "
-        "(TilingError ... would violate T1[1, 0] -> T1[2, 0])"),
-    "docs/passes.md:scan.fl": (
-        "compiler bug: fuse-reductions maps the scan's seq loop @block (or parallel @serial when it "
-        "exceeds block_limit), and tile gives it a tile of at least 16, so all of a tile runs at "
-        "once; a seq loop that carries a dependence needs a serial loop walked with tile 1 "
-        "(TilingError ... would violate S[0] -> S[7])"),
-}
+OPT_DEFAULT_XFAIL: dict[str, str] = {}
 
 
 # {{{ parsing

@@ -120,7 +120,7 @@ class _Kernel:
                 raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
         self.params: list[str] = []
         self.registers: dict[str, _Value] = {}
-        self.written: set[str] = set()  # tensors whose statements have been emitted
+        self.written: dict[str, tuple[Expr, ...]] = {}  # tensors whose statements were emitted: where
         self.counter = 0
         self.cache: dict[tuple, tuple[_Value, _Scope, frozenset[str]]] = {}
         self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
@@ -277,13 +277,15 @@ class _Kernel:
     def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
         decl = self.program.tensor(e.tensor)
         reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
-        if reg is not None:  # computed in this kernel: its value is in registers
-            return reg
-        if e.tensor in self.produced and (decl.storage == "local" or e.tensor in self.written):
+        elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
+        if reg is not None and not (elsewhere and decl.storage != "local"):
+            return reg  # computed in this kernel at this point: its value is in registers
+        if e.tensor in self.produced and (decl.storage == "local" or (e.tensor in self.written and not elsewhere)):
             raise CodegenError(f"{e.tensor} is read before this kernel writes it")
-        # an input, or a buffer this kernel writes later: read the value an earlier kernel left
-        # (an in-place update such as the empty-row fixup; fuse-reductions proved that no
-        # program writes what another reads)
+        # an input, a buffer this kernel writes later (an in-place update such as the empty-row
+        # fixup), or one it wrote at other points (c[i - 1] of a walked loop): read memory.
+        # fuse-reductions and tile proved that no program reads what another writes, and what
+        # one writes earlier in program order is in memory before it reads it
         if e.tensor not in self.params:
             self.params.append(e.tensor)
         idx = [self.index(i, scope) for i in e.indices]
@@ -826,7 +828,7 @@ class _Kernel:
 
     def emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         self._emit_stmt(s, scope, guards)
-        self.written.add(s.target.tensor)
+        self.written[s.target.tensor] = s.target.indices
 
     def _emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch._dynamo.exc import TorchDynamoException
 
 from flashlight.frontend import attention
 
@@ -202,8 +203,21 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
         return make_eager_runner(gm) if execute else make_placeholder_runner(gm)
 
     compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=False)
-    result = compiled(*args, **(kwargs or {}))
+    try:
+        result = compiled(*args, **(kwargs or {}))
+    except Exception as exc:
+        if not raised_while_tracing(exc):
+            raise
+        fn(*args, **(kwargs or {}))  # fn's own error (a shape mismatch): raise it as eager does
+        raise  # else Dynamo's
     return graphs, result
+
+
+def raised_while_tracing(exc: BaseException) -> bool:
+    """Dynamo's own exceptions, and an error of the traced function that Dynamo re-raised with
+    its traceback and advice appended (fake tensors run fn's ops while tracing)."""
+    return isinstance(exc, TorchDynamoException) or hasattr(exc, "innermost_user_frame_summary") or \
+        hasattr(exc, "_torch_dynamo_tracer_output")
 
 
 def make_placeholder_runner(gm: fx.GraphModule) -> Callable[[list], Any]:

@@ -86,17 +86,19 @@ def run_pipeline(program: Program, spec: str | list = DEFAULT_PIPELINE,
     for name, args in steps:
         kwargs = dict((overrides or {}).get(name, {}))
         kwargs.update(args)  # options written in the pipeline win
-        program = _apply(PASSES[name], program, tuple(sorted(kwargs.items())))
+        program = _apply(PASSES[name], program, program.proofs, tuple(sorted(kwargs.items())))
         if on_stage is not None:
             on_stage(name, program)
     return program
 
 
 @functools.lru_cache(maxsize=64)
-def _apply(pass_fn: Callable[..., Program], program: Program, kwargs: tuple) -> Program:
+def _apply(pass_fn: Callable[..., Program], program: Program, proofs: tuple, kwargs: tuple) -> Program:
     """A pass is a function of the (immutable) program and its options, so a repeated application
     is looked up: the autotuner compiles one program for several tile sizes, and every pass before
-    ``tile`` (fuse-reductions' isl proofs: seconds for a prefix-LM mask) would rerun unchanged."""
+    ``tile`` (fuse-reductions' isl proofs: seconds for a prefix-LM mask) would rerun unchanged.
+    The key holds the program's proofs too (they are not part of its equality): the result carries
+    them on, and one equal program with other decisions behind it must not get these."""
     return verify(pass_fn(program, **dict(kwargs)))
 
 

@@ -163,7 +163,8 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
     serial, block = {}, {}
     for r in recs:
         rest = [it for it in r.its if it not in grid]
-        s = tuple(it for it in rest if it in coupling or r.extent(it) > block_limit)
+        # a seq loop carries a dependence from one point to the next: it is walked, never a block
+        s = tuple(it for it in rest if it in coupling or r.extent(it) > block_limit or r.loop(it).kind == "seq")
         serial[r.name] = s
         block[r.name] = tuple(it for it in rest if it not in s)
     return grid, serial, block
@@ -761,7 +762,8 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
             node = None
             for it in reversed(phase.loops):
                 owner = next(r for r in recs if it in r.its)
-                kind = "reduce" if any(it in r.its and r.loop(it).kind == "reduce" for r in recs) else "parallel"
+                kinds = {r.loop(it).kind for r in recs if it in r.its}
+                kind = "seq" if "seq" in kinds else "reduce" if "reduce" in kinds else "parallel"
                 node = Loop(it, E.index(0), E.index(owner.extent(it)), kind,
                             tuple(members) if node is None else (node,), mapping="serial")
             phase_nodes.append(node)  # type: ignore[arg-type]
@@ -857,8 +859,36 @@ def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Re
 def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT, state_limit: int = STATE_LIMIT) -> Program:
     """Group the program's nests into kernels (see the module docstring)."""
     recs = _records(program)
-    if recs is None or not recs:
-        return program.with_proofs(Proof(
+    if recs is None:
+        body = tuple(map_nest(n, block_limit) for n in program.body)
+        return program.replace(body=body).with_proofs(Proof(
             "fuse reductions", False, "not in the lifted form (one statement per nest, loops from 0 to a "
-            "constant): nothing fused"))
+            "constant): nothing fused; each nest is one kernel, its leading parallel loops the grid, its "
+            "seq loops walked (the tiled schedule is checked by tile)"))
+    if not recs:
+        return program
     return _Fuser(program, recs, block_limit, state_limit).run()
+
+
+def map_nest(nest: Node, block_limit: int) -> Node:
+    """One kernel of a nest as written: the perfectly nested parallel loops at its top (with
+    constant bounds) on the grid, every other loop walked (``seq`` loops, and loops too long for
+    a block) or whole in a block."""
+    def inner(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return node
+        body = tuple(inner(c) for c in node.body)
+        if isinstance(node, Guard):
+            return replace(node, body=body)
+        whole = isinstance(node.upper, Const) and node.upper.value <= block_limit
+        mapping = "block" if node.kind != "seq" and whole else "serial"
+        return replace(node, body=body, mapping=mapping)
+
+    def top(node: Node) -> Node:
+        if isinstance(node, Loop) and node.kind == "parallel" and isinstance(node.lower, Const) and \
+                isinstance(node.upper, Const):
+            body = (top(node.body[0]),) if len(node.body) == 1 else tuple(inner(c) for c in node.body)
+            return replace(node, body=body, mapping="grid")
+        return inner(node)
+
+    return top(nest)

@@ -130,6 +130,8 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             t = sizes.get(node.iterator, 1)
         elif node.mapping == "serial" and any(l.mapping == "serial" for c in node.body for l in _loops(c)):
             t = 1  # the tiles of nested serial loops multiply in registers: only the innermost is tiled
+        elif node.mapping == "serial" and node.kind == "seq":
+            t = 1  # it carries a dependence from each point to the next: walked one point at a time
         elif node.mapping == "serial":
             t = _fit(n, bn)
         else:
