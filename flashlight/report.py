@@ -9,10 +9,12 @@ and relation) and the generated kernels.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, grid_chain, walk_stmts
 
@@ -94,10 +96,7 @@ class BufferInfo:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2}.get(self.dtype, 1)
+        return math.prod(self.shape) * dtypes.BYTES[self.dtype]
 
 
 @dataclass

@@ -25,6 +25,8 @@ _INT_RANGE = {
     "b1": (0, 1),
 }
 
+BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "u8": 1, "b1": 1}
+
 REDUCTION_OPS = ("+=", "*=", "max=", "min=")
 ASSIGN_OPS = ("=",) + REDUCTION_OPS
 
