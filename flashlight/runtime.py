@@ -32,6 +32,18 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def restride(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
+    """``t`` laid out with ``strides``, the layout the kernels were generated for. A stride of 0
+    (an ``expand`` when the program was captured) reads one element along that dimension, which
+    then holds equal values (another program's materialised output of that expand)."""
+    broadcast = [d for d, st in enumerate(strides) if st == 0 and t.shape[d] > 1]
+    base = t
+    for d in broadcast:
+        base = base.narrow(d, 0, 1)
+    out = torch.empty_strided(base.shape, strides, dtype=t.dtype, device=t.device).copy_(base)
+    return out.expand(t.shape) if broadcast else out
+
+
 @dataclass
 class CompiledProgram:
     """A program whose kernels are loaded: call it with its input tensors, get its outputs."""
@@ -47,7 +59,7 @@ class CompiledProgram:
         for decl, t in zip(self.program.inputs, inputs):
             want = self.input_strides[decl.name]
             if tuple(t.stride()) != want and t.numel() > 1:
-                t = torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
+                t = restride(t, want)
             tensors[decl.name] = t
         for decl in self.program.tensors:
             if decl.role == "input" or decl.storage == "local":

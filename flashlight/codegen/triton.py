@@ -1162,7 +1162,14 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
     if op == "pow":
         if target == "cuda":
             return f"libdevice.pow({a}, {b})"
-        raise CodegenError("pow is not available under the interpreter")
+        if not dtypes.is_float(dts[0]):
+            raise CodegenError("an integer pow is not available under the interpreter")
+        # the interpreter has no libdevice: |a|^b = exp2(b * log2|a|), with C's pow for the rest: a
+        # negative base takes an integer exponent's sign (NaN otherwise), a^0 = 1, 1^b = 1
+        r = f"tl.exp2({b} * tl.log2(tl.abs({a})))"
+        odd = f"({b} - 2.0 * tl.floor({b} * 0.5) == 1.0)"
+        signed = f"tl.where(tl.floor({b}) == {b}, tl.where({odd}, -{r}, {r}), float('nan'))"
+        return f"tl.where(({b} == 0.0) | ({a} == 1.0), 1.0, tl.where({a} < 0.0, {signed}, {r}))"
     if op == "expm1":  # Kahan: (u - 1) * x / log(u), u = exp(x), exact where u rounds to 1
         if target == "cuda":
             return f"libdevice.expm1({a})"

@@ -883,6 +883,33 @@ def _reduction(c: _Ctx, op: str, v: Value, dims: list[int], keepdim: bool, mean:
     return r
 
 
+@_handles(aten.cumsum)
+def _cumsum(c: _Ctx) -> Value:
+    """``cumsum`` along ``dim``: ``out[.., i, ..] = sum_j where(j <= i, x[.., j, ..], 0)``, a reduction
+    of a masked term (which masks-to-domains turns into the domain ``j <= i``, and tile ranges into
+    skipped tiles). Quadratic in the length where a scan is linear: cumsums in attention programs
+    run along the sequence of a mask or of positions (ALiBi, model libraries' position ids)."""
+    v = c.value(c.arg(0))
+    out = c.out_dtype
+    acc = opmath(out) if dtypes.is_float(out) else "i64"
+    if out == dtypes.BOOL or not v.rank:
+        raise Unsupported("cumsum to booleans or of a 0-d tensor")
+    dim = int(c.arg(1, c.kwarg("dim"))) % v.rank  # type: ignore[arg-type]
+    n = v.shape[dim]
+
+    def make(its: list[Iter]) -> Expr:
+        idx = list(its[:v.rank])
+        idx[dim] = its[v.rank]  # the summed position j
+        x = v.at(idx)
+        x = x if v.dtype == acc else E.call(acc, x)
+        return E.call("where", E.call("le", its[v.rank], its[dim]), x, literal(0, acc))
+
+    kinds = ["parallel"] * v.rank + ["reduce"]
+    r = c.b.emit(c.hint() if acc == out else c.hint() + "_acc", acc, list(v.shape) + [n], kinds,
+                 list(range(v.rank)), "+=", make)
+    return r if acc == out else _pointwise(c, [r], lambda xs: E.call(out, xs[0]), None)
+
+
 @_handles(aten.any, aten.all)
 def _any_all(c: _Ctx) -> Value:
     """``any``: the count of true elements is positive; ``all``: the count of false ones is zero

@@ -328,6 +328,7 @@ class _Fuser:
         self.proofs: list[Proof] = []
         self.prev_names: dict[str, str] = {}
         self._cache: dict[tuple, tuple[PolyView, isl.UnionMap]] = {}
+        self._verdicts: dict[tuple, _Verdict] = {}
 
     def _analysis(self, members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]
                   ) -> tuple[PolyView, isl.UnionMap]:
@@ -335,19 +336,29 @@ class _Fuser:
 
         Only dependences among the kernel's own statements matter: earlier kernels run before it
         and later ones after, so every other dependence points forward anyway."""
-        mine_rw = tuple(sorted((n, st) for n, st in rewrites.items() if n in members))
-        mine_run = {y: info for y, info in running.items() if info.stmt in members}
-        key = (frozenset(members), mine_rw, tuple(sorted(mine_run.items())))
+        key = _analysis_key(members, rewrites, running)
         hit = self._cache.get(key)
         if hit is None:
             recs = [r for r in self.recs if r.name in members]
-            view = PolyView.of(analysis_program(self.program, recs, dict(mine_rw), mine_run))
+            view = PolyView.of(analysis_program(self.program, recs, dict(key[1]), dict(key[2])))
             hit = self._cache[key] = (view, memory_dependences(view).all)
         return hit
 
     def check(self, groups: list[Group], rewrites: dict[str, Stmt], running: dict[str, Running]) -> _Verdict:
+        """isl's verdict on the last group's fused schedule (cached: planning a kernel one statement
+        longer checks every shorter one again)."""
         group = groups[-1]
         members = {s for p in group.phases for s in p.members}
+        layout = (group.grid, tuple((p.loops, tuple(p.members)) for p in group.phases),
+                  tuple((s, group.serial[s], group.block[s]) for s in sorted(members)))
+        key = (layout, _analysis_key(members, rewrites, running))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._check(group, members, rewrites, running)
+        return verdict
+
+    def _check(self, group: Group, members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]
+               ) -> _Verdict:
         view, deps = self._analysis(members, rewrites, running)
         sched = Layout([group], []).schedule(view)
         bad = violations(deps, sched)
@@ -583,43 +594,56 @@ class _Fuser:
 
     def run(self) -> Program:
         current: list[Rec] = []
+        aside: list[Rec] = []  # statements no dependence connects with the open kernel: they run first
         for rec in self.recs:
+            if current and _unrelated(current, rec) and not self.keeps_grid(current, rec):
+                # fusing it would only share loads and cost the kernel its grid: it goes aside, into
+                # a kernel of its own before the open one (with the statements set aside after it)
+                joined = self.plan(aside + [rec]) if aside else None
+                if joined is None and aside:
+                    self.hoist(aside, current)
+                    aside = []
+                aside = aside + [rec]
+                self.aside_pending = joined or self.plan([rec])
+                assert self.aside_pending is not None, f"{rec.name} cannot even form its own kernel"
+                continue
             attempt = self.plan(current + [rec]) if current else None
-            unrelated = bool(current) and _unrelated(current, rec)
-            if attempt is not None and unrelated and attempt[0].grid != self.groups_pending[0].grid:
-                attempt = None  # an unrelated statement only shares loads: it may not cost the kernel its grid
             if attempt is not None:
                 current = current + [rec]
                 self.groups_pending = attempt
                 continue
-            if unrelated:
-                self.hoist(rec, current)
-                continue
+            if aside:
+                self.hoist(aside, current)
+                aside = []
             if current:
                 self.commit(current)
             current = [rec]
             single = self.plan(current)
             assert single is not None, f"{rec.name} cannot even form its own kernel"
             self.groups_pending = single
+        if aside:
+            self.hoist(aside, current)
         if current:
             self.commit(current)
         return self.emit()
 
-    def hoist(self, rec: Rec, current: list[Rec]) -> None:
-        """``rec`` as a kernel of its own before the open kernel: legal because no dependence
-        connects them (it reads nothing they write and writes nothing they touch), and the open
-        kernel stays open for the statements after ``rec`` that continue it (a score matrix and
-        the softmax that reads it, with an unrelated projection written between them)."""
+    def keeps_grid(self, current: list[Rec], rec: Rec) -> bool:
+        roles = _roles(current + [rec], self.block_limit)
+        return roles is not None and roles[0] == self.groups_pending[0].grid
+
+    def hoist(self, aside: list[Rec], current: list[Rec]) -> None:
+        """The statements set aside, as a kernel before the open one: legal because no dependence
+        connects them with it (they read nothing it writes and write nothing it touches), and the
+        open kernel stays open for the statements after them that continue it (a score matrix and
+        the softmax that reads it, with unrelated projections written between them)."""
         pending = self.groups_pending
-        single = self.plan([rec])
-        assert single is not None, f"{rec.name} cannot even form its own kernel"
-        self.groups_pending = single
+        self.groups_pending = self.aside_pending
         self.proofs.append(Proof(
-            f"hoist {rec.name} before [{', '.join(r.name for r in current)}]", True,
-            f"{rec.name} reads nothing they write and writes nothing they read or write: no dependence "
-            "orders them, and fusing it would only share loads", relation="∅"))
-        self.commit([rec])
-        self.groups_pending = self.plan(current) or pending  # planned again after the kernel before it
+            f"hoist [{', '.join(r.name for r in aside)}] before [{', '.join(r.name for r in current)}]", True,
+            "they read nothing those write and write nothing those read or write: no dependence orders "
+            "them, and fusing them would only share loads", relation="∅"))
+        self.commit(aside)
+        self.groups_pending = pending  # a plan adds only its own members' rewrites (commit merges them)
 
     def commit(self, recs: list[Rec]) -> None:
         split = self.split_state(recs)
@@ -630,7 +654,9 @@ class _Fuser:
             return
         group, rewrites, running, proofs = self.groups_pending  # type: ignore[has-type]
         self.groups.append(group)
-        self.rewrites, self.running = rewrites, running
+        # plans of the kernel set aside and of the open one start from the same committed rewrites
+        # and add their own members' (disjoint): the union is what both committed
+        self.rewrites, self.running = {**self.rewrites, **rewrites}, {**self.running, **running}
         self.proofs.extend(proofs)
         self.proofs.append(Proof(
             f"kernel {len(self.groups) - 1}: " + " ; ".join(
@@ -646,6 +672,14 @@ class _Fuser:
             decl = self.program.tensor(info.tensor)
             tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
         return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
+
+
+def _analysis_key(members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]) -> tuple:
+    """What the analysed program of a candidate kernel depends on: its members, their rewrites
+    and the running values they read or are."""
+    mine_rw = tuple(sorted((n, st) for n, st in rewrites.items() if n in members))
+    mine_run = tuple(sorted((y, info) for y, info in running.items() if info.stmt in members))
+    return frozenset(members), mine_rw, mine_run
 
 
 def _unrelated(recs: list[Rec], rec: Rec) -> bool:
