@@ -131,8 +131,11 @@ class CompiledGraph:
                     env[n] = _run_node(n, env)
                 continue
             for n, t in zip(seg.outputs, outs):
-                # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data
-                env[n] = t.view(n.meta["val"].shape)
+                # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data;
+                # laid out as the graph traced it (a backward views saved tensors by those strides)
+                val = n.meta["val"]
+                t = t.view(val.shape)
+                env[n] = t if t.stride() == val.stride() or t.numel() <= 1 else restride(t, tuple(val.stride()))
         out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
         return fx.node.map_arg(out_node.args[0], lambda n: env[n])
 

@@ -41,12 +41,16 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     s = (query @ key.transpose(-2, -1)).to(compute) * scale
+    # masks are added as 0 / -inf, as PyTorch converts them: a masked score still passes its
+    # gradient on (0 * NaN is NaN in eager's backward, where masked_fill's would be 0)
     if is_causal:
         i = torch.arange(sq, device=query.device)[:, None]
         j = torch.arange(sk, device=query.device)[None, :]
-        s = s.masked_fill(j > i, float("-inf"))
+        attn_mask = j <= i
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=compute, device=s.device).masked_fill(~attn_mask, float("-inf"))
     if attn_mask is not None:
-        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+        s = s + attn_mask
     # the softmax, normalised after the product with V
     p, total = _exp_and_sum(s)
     out = (p.to(value.dtype) @ value).to(compute) / total

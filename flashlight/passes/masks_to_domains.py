@@ -19,6 +19,7 @@ normalised by that sum are ``0/0 = nan`` either way, matching eager.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -84,7 +85,9 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str]) -> tuple[Stmt, list[Ex
 def masks_to_domains(program: Program) -> Program:
     """Guard reductions by their masks where masked points contribute the identity."""
     notes: list[str] = []
+    refusals: list[Proof] = []
     maxima = {s.target.tensor for s, _, _ in walk_stmts(program.body) if s.op == "max="}
+    domain_of: dict[str, frozenset[Expr]] = {}  # a maximum -> the conditions that became its domain
     body: list[Node] = []
     pending: list[tuple[str, Node]] = []
     for nest in program.body:
@@ -97,6 +100,13 @@ def masks_to_domains(program: Program) -> Program:
         if not conds:
             body.append(nest)
             continue
+        other = _nan_under_other_masks(stmt, conds, maxima, domain_of)
+        if other is not None:
+            refusals.append(Proof(f"masks to domains of {stmt.name}", False, other))
+            body.append(nest)
+            continue
+        if stmt.op == "max=":
+            domain_of[stmt.target.tensor] = frozenset(conds)
         notes.extend(why)
 
         def rewrite(s: Stmt, new: Stmt = new, conds: list[Expr] = conds) -> Stmt | Guard:
@@ -111,7 +121,7 @@ def masks_to_domains(program: Program) -> Program:
             notes.append(f"{stmt.name}: a row whose maximum stays -inf folds NaN in eager; "
                          f"{stmt.name}_empty restores it")
     if not notes:
-        return program
+        return program.with_proofs(*refusals) if refusals else program
     for tensor, fix in pending:  # just before the first statement that reads the result
         at = next((k for k, n in enumerate(body) if any(
             ld.tensor == tensor for s, _, _ in walk_stmts((n,)) for ld in E.loads(s.expr))), len(body))
@@ -119,7 +129,45 @@ def masks_to_domains(program: Program) -> Program:
     proof = Proof("masks to domains", True, "masked points fold the identity (for finite values of the "
                   "other operands; rows whose maximum is -inf are restored), so removing them from "
                   "the domain leaves every reduction unchanged", lemma="; ".join(notes))
-    return program.replace(body=tuple(body)).with_proofs(proof)
+    return program.replace(body=tuple(body)).with_proofs(*refusals, proof)
+
+
+def _nan_under_other_masks(stmt: Stmt, conds: list[Expr], maxima: set[str],
+                           domain_of: dict[str, frozenset[Expr]]) -> str | None:
+    """Why the masks of ``stmt`` may not become its domain, if so.
+
+    The lemma assumes the maxima ``y`` that the terms read finite; where one is -inf, eager folds
+    NaN at masked points, and the empty-row fixup restores NaN in the rows where ``y`` is -inf.
+    That is exact when ``y`` is the maximum over the same domain (then every point of such a row
+    is masked): the fixup's rows are the NaN rows. Where the statement's masks differ from those
+    of ``y`` (a second softmax over a re-masked log-softmax), a row whose ``y`` is -inf may mix
+    points that fold NaN and points another mask sets to the identity: eager's NaN depends on
+    which. If some choice of the masks' branches gives NaN at ``y = -inf`` (abstract evaluation
+    of every combination), the masks stay expressions."""
+    ys = [ld for ld in dict.fromkeys(E.loads(stmt.expr)) if ld.tensor in maxima]
+    if not ys or all(domain_of.get(y.tensor) == frozenset(conds) for y in ys):
+        return None
+    wheres = list(dict.fromkeys(_masks(stmt.expr)))
+    if len(wheres) > 6:
+        return f"{len(wheres)} masks over maxima of other domains: too many to check every combination"
+    for choice in itertools.product((1, 2), repeat=len(wheres)):
+        pick = dict(zip(wheres, choice))
+        for y in ys:
+            probe = _choose(_replace(stmt.expr, y, E.const(-math.inf, "f32")), {
+                _replace(w, y, E.const(-math.inf, "f32")): k for w, k in pick.items()})
+            value = abstract_eval(probe)
+            if isinstance(value, float) and math.isnan(value):
+                return (f"at {y} = -inf some masked points fold NaN in eager while other masks, unlike "
+                        f"those of {y.tensor}, give the identity: which rows are NaN depends on both")
+    return None
+
+
+def _choose(e: Expr, pick: dict[Expr, int]) -> Expr:
+    """``e`` with each ``where`` in ``pick`` replaced by the chosen branch, outermost first."""
+    if isinstance(e, Call) and e in pick:
+        return _choose(e.args[pick[e]], pick)
+    kids = E.children(e)
+    return E.rebuild(e, tuple(_choose(k, pick) for k in kids)) if kids else e
 
 
 def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: Mapping[str, str]) -> Node | None:
