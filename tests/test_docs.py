@@ -13,7 +13,7 @@ nothing is ever written into the checkout):
 * ```` ```bash ````: each line is a shell command (a line ending in ``\\`` continues; blank lines
   and ``#`` comment lines are skipped), run with ``bash -c`` in the working directory, with the
   virtual environment's ``bin`` first on ``PATH`` (``python``, ``python -m flashlight`` are the
-  venv's), ``PYTHONHASHSEED=0`` and ``COLUMNS=80``; stdout and stderr are captured together.
+  venv's), ``PYTHONHASHSEED=0``, ``COLUMNS=80`` and no ``CI``; stdout and stderr are captured together.
   Each command must exit with status 0. To keep CI fast (each new interpreter spends seconds
   importing torch), a plain ``python -m flashlight ARGS`` command (words, single quotes and a
   trailing comment only: no pipe, redirection, variable or glob) runs in-process instead,
@@ -224,7 +224,8 @@ def shell_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(VENV_BIN.parent)
-    for var in ("FLASHLIGHT_LOG", "FLASHLIGHT_DEBUG_DIR", "PYTHONPATH"):
+    # CI and BUILD_NUMBER make pytest stop truncating its summary lines; docs show a terminal's.
+    for var in ("FLASHLIGHT_LOG", "FLASHLIGHT_DEBUG_DIR", "PYTHONPATH", "CI", "BUILD_NUMBER"):
         env.pop(var, None)
     env["PYTHONHASHSEED"] = "0"
     env["COLUMNS"] = "80"  # pytest's and other tools' line widths

@@ -858,7 +858,9 @@ class _Kernel:
             full = self.order(set(v.axes) | set(red) | guard_axes)
             code = self.bcast(v, full)
             if v.axes != full:  # a value constant along a reduced axis still counts once per point
-                code = f"tl.broadcast_to({code}, {self.shape(full)})"
+                # (tl.full for a Python literal: broadcast_to takes tensors only, fuzz seeds 3099, 5026806)
+                code = f"tl.full({self.shape(full)}, {code}, {TL_DTYPE[v.dtype]})" if isinstance(expr, Const) \
+                    else f"tl.broadcast_to({code}, {self.shape(full)})"
             v = _Value(code, full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
             ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))

@@ -361,7 +361,11 @@ class _Fuser:
                ) -> _Verdict:
         view, deps = self._analysis(members, rewrites, running)
         sched = Layout([group], []).schedule(view)
-        bad = violations(deps, sched)
+        # a plain reduction may fold its own instances in another order (its combiner is
+        # associative and commutative): a serial loop around a block loop of one sum, as tile does
+        folds = {r.name for r in group.recs if r.name in members and r.name not in {i.stmt for i in running.values()}
+                 and _plain_reduction(rewrites.get(r.name, r.stmt))}
+        bad = violations(_without_self(deps, folds), sched)
         if not bad.is_empty():
             return _Verdict(False, bad=bad)
         par = parallel_violations(deps, sched, 0, len(group.grid))
@@ -460,7 +464,11 @@ class _Fuser:
             safe_loads.append(_safe(y, src.stmt.op, self.program.tensor(y.tensor).dtype))
         subst = dict(zip(ys, safe_loads))
         acc_dtype = self.program.tensor(stmt.target.tensor).dtype
-        c = _fold_safe(algebra.to_ir(lemma, prev_loads, safe_loads, acc_dtype), safe_loads)
+        try:
+            c = _fold_safe(algebra.to_ir(lemma, prev_loads, safe_loads, acc_dtype), safe_loads)
+        except algebra.NotSeparable as why:
+            return None, None, [refusal, Proof(f"online rewrite of {stmt.name}", False,
+                                               f"the rescale has no IR form: {why}", lemma=lemma.statement())]
         if lemma.functions:
             guarded = _guard_first_rescale(stmt, [candidates[y.tensor].stmt for y in ys], prev_loads, c,
                                            self.program.dtypes)
@@ -674,6 +682,23 @@ class _Fuser:
         return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
 
 
+def _plain_reduction(stmt: Stmt) -> bool:
+    """A reduction without a rescale that reads nothing of its own target."""
+    return stmt.is_reduction and stmt.scale is None and \
+        all(ld.tensor != stmt.target.tensor for ld in E.loads(stmt.expr))
+
+
+def _without_self(deps: isl.UnionMap, stmts: set[str]) -> isl.UnionMap:
+    """``deps`` without the dependences of each of ``stmts`` on itself."""
+    names = {isl_name(n) for n in stmts}
+    out = isl.UnionMap("{ }")
+    for m in _maps(deps):
+        src = m.get_tuple_name(isl.dim_type.in_)
+        if not (src == m.get_tuple_name(isl.dim_type.out) and src in names):
+            out = out.union(isl.UnionMap.from_map(m))
+    return out
+
+
 def _analysis_key(members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]) -> tuple:
     """What the analysed program of a candidate kernel depends on: its members, their rewrites
     and the running values they read or are."""
@@ -876,11 +901,15 @@ def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | 
 
 def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:
     """``y_prev = y`` before the running reduction; it runs where its readers do (only they
-    read the copy, in the same iteration), so it carries their guards when they share them."""
+    read the copy, in the same iteration), so it carries their guards when they share them and
+    read only iterators bound where the copy runs (a guard on a reader's own block iterator,
+    ``if i3 == 0`` of a sliced P @ V, would be unbound there: then it runs unguarded)."""
     target = stmt.target
     node: Node = Stmt(f"{stmt.name}_prev", Load(info.prev, target.indices), "=", target)
     shared = {rd.guards for rd in readers}
-    if len(shared) == 1:
+    bound = set(r.its) - {it for it in group.block[r.name] if not any(
+        isinstance(i, Iter) and i.name == it for i in target.indices)}
+    if len(shared) == 1 and all(E.free_iters(g) <= bound for g in next(iter(shared))):
         for g in reversed(next(iter(shared))):
             node = Guard(g, (node,))
     for it in reversed(group.block[r.name]):

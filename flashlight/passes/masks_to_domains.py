@@ -55,11 +55,16 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
     return E.rewrite(e, lambda x: new if x == old else None)
 
 
-def restrict_statement(stmt: Stmt, dt: Mapping[str, str]) -> tuple[Stmt, list[Expr], list[str]]:
+def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str, Expr] | None = None
+                       ) -> tuple[Stmt, list[Expr], list[str]]:
     """The statement with identity-contributing mask branches removed, the kept conditions, notes
-    (``dt``: the program's tensor dtypes)."""
+    (``dt``: the program's tensor dtypes). ``carriers``: tensors (other than maxima, which the
+    empty-row fixup covers) and their writers' expressions; a mask whose fill such a tensor
+    also folds is kept, since the other operand is then not finite where the mask fails (the
+    mean of a row with a -inf fill, subtracted from it: NaN in eager, fuzz seed 5040440)."""
     if not stmt.is_reduction or stmt.scale is not None:
         return stmt, [], []
+    carriers = carriers or {}
     conds: list[Expr] = []
     notes: list[str] = []
     changed = True
@@ -68,6 +73,8 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str]) -> tuple[Stmt, list[Ex
         for w in _masks(stmt.expr):
             cond, a, b = w.args
             for fill, kept, keep_cond in ((a, b, _negate(cond, dt)), (b, a, cond)):
+                if _carried(stmt.expr, w, fill, carriers):
+                    continue
                 contribution = abstract_eval(_replace(stmt.expr, w, fill))
                 identity = dtypes.identity(stmt.op, dt[stmt.target.tensor])
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
@@ -82,11 +89,26 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str]) -> tuple[Stmt, list[Ex
     return stmt, conds, notes
 
 
+def _carried(e: Expr, w: Call, fill: Expr, carriers: Mapping[str, Expr]) -> bool:
+    """Whether ``e`` reads a tensor whose writer folds the same mask with the same fill (a where
+    on the same condition tensors with that branch)."""
+    cond_tensors = {ld.tensor for ld in E.loads(w.args[0])}
+    for ld in E.loads(e):
+        producer = carriers.get(ld.tensor)
+        if producer is not None and any(
+                isinstance(x, Call) and x.op == "where" and fill in x.args[1:] and
+                {l.tensor for l in E.loads(x.args[0])} == cond_tensors for x in E.walk(producer)):
+            return True
+    return False
+
+
 def masks_to_domains(program: Program) -> Program:
     """Guard reductions by their masks where masked points contribute the identity."""
     notes: list[str] = []
     refusals: list[Proof] = []
     maxima = {s.target.tensor for s, _, _ in walk_stmts(program.body) if s.op == "max="}
+    carriers = {s.target.tensor: s.expr for s, _, _ in walk_stmts(program.body)
+                if s.target.tensor not in maxima and program.tensor(s.target.tensor).role == "temp"}
     domain_of: dict[str, frozenset[Expr]] = {}  # a maximum -> the conditions that became its domain
     body: list[Node] = []
     pending: list[tuple[str, Node]] = []
@@ -96,11 +118,15 @@ def masks_to_domains(program: Program) -> Program:
             body.append(nest)
             continue
         stmt, loops, _ = found[0]
-        new, conds, why = restrict_statement(stmt, program.dtypes)
+        new, conds, why = restrict_statement(stmt, program.dtypes, carriers)
         if not conds:
             body.append(nest)
             continue
         other = _nan_under_other_masks(stmt, conds, maxima, domain_of)
+        try:
+            fix = _empty_rows(stmt, loops, maxima, program.dtypes) if other is None else None
+        except _NoFixup as why:
+            other = str(why)
         if other is not None:
             refusals.append(Proof(f"masks to domains of {stmt.name}", False, other))
             body.append(nest)
@@ -115,7 +141,6 @@ def masks_to_domains(program: Program) -> Program:
                 node = Guard(c, (node,))
             return node
         body.extend(map_stmts((nest,), rewrite))
-        fix = _empty_rows(stmt, loops, maxima, program.dtypes)
         if fix is not None:
             pending.append((stmt.target.tensor, fix))
             notes.append(f"{stmt.name}: a row whose maximum stays -inf folds NaN in eager; "
@@ -170,6 +195,10 @@ def _choose(e: Expr, pick: dict[Expr, int]) -> Expr:
     return E.rebuild(e, tuple(_choose(k, pick) for k in kids)) if kids else e
 
 
+class _NoFixup(Exception):
+    """The rows where eager folds NaN cannot be restored by a fixup: the masks stay expressions."""
+
+
 def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: Mapping[str, str]) -> Node | None:
     """``z = where(y == -inf, nan, z)`` if ``F(fill)`` is NaN when a maximum ``y`` it reads is -inf.
 
@@ -185,8 +214,11 @@ def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: M
                 value = abstract_eval(probe)
                 if isinstance(value, float) and math.isnan(value):
                     target = stmt.target
-                    node: Node = nan_fixup(f"{stmt.name}_empty", target, ld, dict(dtypes))
                     keep = {i.name for i in target.indices if isinstance(i, Iter)}
+                    if not E.free_iters(ld) <= keep:
+                        raise _NoFixup(f"{stmt.name} folds {ld} along its own reduction: a -inf maximum "
+                                       "makes NaN in rows no condition on the output's rows can name")
+                    node: Node = nan_fixup(f"{stmt.name}_empty", target, ld, dict(dtypes))
                     for l in reversed([l for l in loops if l.iterator in keep]):
                         node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
                     return node
