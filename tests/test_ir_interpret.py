@@ -468,3 +468,22 @@ def test_scalar_tensors_and_casts_in_expressions() -> None:
     assert r["o"][()] == 3.5 and r["k"][()] == 3
 
 # }}}
+
+
+@pytest.mark.parametrize("op", ["+=", "*=", "max=", "min="])
+@pytest.mark.parametrize("dtype", ["f32", "f64", "i32", "i64", "u8"])
+def test_combiner_identity_is_neutral_and_partner_distributes(op: str, dtype: str) -> None:
+    """The one table of combiner facts agrees with the interpreter's arithmetic: the identity
+    folds to the other operand, and the partner distributes over the combine."""
+    from flashlight.ir.combiners import COMBINERS
+    from flashlight.ir.interpret import _operator
+
+    c = COMBINERS[op]
+    fold = _operator(c.combine, dtype)
+    kind = numpy_dtype(dtype).type
+    for x in (kind(3), kind(0), kind(7)):
+        assert fold(kind(c.identity(dtype)), x) == x
+    if c.partner is not None and dtype.startswith("f"):
+        rescale = _operator(c.partner, dtype)
+        a, b, k = kind(1.5), kind(-2.25), kind(0.5)
+        assert rescale(fold(a, b), k) == fold(rescale(a, k), rescale(b, k))

@@ -11,6 +11,7 @@ from flashlight.ir import dtypes, parse
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load, call, const, index
 from flashlight.ir.nodes import Guard, Loop, Program, Stmt, TensorDecl
+from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.parser import ParseError, parse_expr, parse_program
 
 
@@ -109,7 +110,7 @@ def test_nested_for_lines_with_same_kind_are_merged() -> None:
 def test_statement_ops_and_scalar_tensors() -> None:
     tensors = (TensorDecl("a", "i32", (), "input"), TensorDecl("o", "i32", (), "output"))
     body = tuple(Stmt(f"S{k}", Load("o", ()), op, Load("a", ()))
-                 for k, op in enumerate(dtypes.ASSIGN_OPS))
+                 for k, op in enumerate(ASSIGN_OPS))
     body += (Stmt("S9", Load("o", ()), "max=", Load("a", ()), scale=Const(3, "i32")),)
     p = Program("scalars", tensors, body)
     assert "S2: o[] *= a[]" in str(p) and "max= a[] rescale i32(3)" in str(p)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TileBound, grid_chain
 
@@ -821,7 +822,7 @@ class _Kernel:
     def init_accumulator(self, s: Stmt, scope: _Scope) -> None:
         axes = self.target_axes(s)
         dt = self.program.tensor(s.target.tensor).dtype
-        ident = _literal(E.const(dtypes.identity(s.op, dt), dt))
+        ident = _literal(E.const(COMBINERS[s.op].identity(dt), dt))
         var = f"r_{s.target.tensor}"
         scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
         self.registers[s.target.tensor] = _Value(var, axes, dt)
@@ -863,10 +864,11 @@ class _Kernel:
                     else f"tl.broadcast_to({code}, {self.shape(full)})"
             v = _Value(code, full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
-            ident = _literal(E.const(dtypes.identity(s.op, decl.dtype), decl.dtype))
+            ident = _literal(E.const(COMBINERS[s.op].identity(decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
             axes = v.axes
-            fold = _REDUCE[s.op] if dtypes.is_float(v.dtype) else _REDUCE_EXACT.get(s.op, _REDUCE[s.op])
+            reduce = COMBINERS[s.op].reduce
+            fold = _REDUCE[reduce] if dtypes.is_float(v.dtype) else _REDUCE_EXACT.get(reduce, _REDUCE[reduce])
             for a in reversed(red):
                 k = axes.index(a)
                 code = f"{fold}({code}, axis={k})"
@@ -880,7 +882,8 @@ class _Kernel:
             if s.scale is not None:
                 sc = self.bcast(self.value(s.scale, scope), acc.axes)
                 old = f"{acc.code} * {sc}" if s.op == "+=" else f"{acc.code} + {sc}"
-            scope.lines.append(f"{acc.code} = {_combine(s.op, old, self.bcast(tile, acc.axes))}")
+            fold = _pointwise(COMBINERS[s.op].combine, [old, self.bcast(tile, acc.axes)], [acc.dtype] * 2, self.target)
+            scope.lines.append(f"{acc.code} = {fold}")
             self.invalidate({s.target.tensor})
         else:
             if s.scale is not None:
@@ -1055,8 +1058,10 @@ class _Kernel:
     # }}}
 
 
-_REDUCE = {"+=": "tl.sum", "max=": "_nanmax", "min=": "_nanmin", "*=": "_product"}
-_REDUCE_EXACT = {"max=": "tl.max", "min=": "tl.min"}  # integers and booleans have no NaN to propagate
+# Triton's fold of a whole axis for each combiner's reduction (NaN-propagating max and min, as torch's
+# amax/amin, are helpers this module writes); integers and booleans have no NaN to propagate
+_REDUCE = {"sum": "tl.sum", "max": "_nanmax", "min": "_nanmin", "prod": "_product"}
+_REDUCE_EXACT = {"max": "tl.max", "min": "tl.min"}
 
 
 def _track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: int, chunked: bool) -> list[str]:
@@ -1070,18 +1075,6 @@ def _track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: int, chun
     if len(names) > 2:
         lines.append(f"    {names[2]} = {names[2]} + {fold('sum', f'tl.where({cond}, 1, 0)')}")
     return lines
-
-
-def _combine(op: str, a: str, b: str) -> str:
-    if op == "+=":
-        return f"{a} + {b}"
-    if op == "max=":  # NaN-propagating, like torch.amax
-        return f"tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
-    if op == "min=":
-        return f"tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
-    if op == "*=":
-        return f"{a} * {b}"
-    raise CodegenError(f"reductions with {op} are not supported by the Triton backend")
 
 
 def _affine_condition(c: Expr) -> bool:

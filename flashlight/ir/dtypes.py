@@ -7,8 +7,6 @@ backends translate.
 
 from __future__ import annotations
 
-import math
-
 FLOATS = ("f64", "f32", "f16", "bf16")
 SIGNED = ("i64", "i32", "i16", "i8")
 UNSIGNED = ("u8",)
@@ -16,7 +14,7 @@ BOOL = "b1"
 ALL = FLOATS + SIGNED + UNSIGNED + (BOOL,)
 
 # Finite extremes for integer types: the identities of max= and min= there.
-_INT_RANGE = {
+INT_RANGE = {
     "i64": (-(2**63), 2**63 - 1),
     "i32": (-(2**31), 2**31 - 1),
     "i16": (-(2**15), 2**15 - 1),
@@ -26,10 +24,6 @@ _INT_RANGE = {
 }
 
 BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "u8": 1, "b1": 1}
-
-REDUCTION_OPS = ("+=", "*=", "max=", "min=")
-ASSIGN_OPS = ("=",) + REDUCTION_OPS
-
 
 def is_float(dtype: str) -> bool:
     return dtype in FLOATS
@@ -43,16 +37,3 @@ def check_dtype(dtype: str) -> str:
     if dtype not in ALL:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(ALL)}")
     return dtype
-
-
-def identity(op: str, dtype: str) -> float | int | bool:
-    """The neutral element of a reduction combiner: the value a reduction target starts at."""
-    if op == "+=":
-        return False if dtype == BOOL else (0.0 if is_float(dtype) else 0)
-    if op == "*=":
-        return True if dtype == BOOL else (1.0 if is_float(dtype) else 1)
-    if op == "max=":
-        return -math.inf if is_float(dtype) else _INT_RANGE[dtype][0]
-    if op == "min=":
-        return math.inf if is_float(dtype) else _INT_RANGE[dtype][1]
-    raise ValueError(f"{op!r} is not a reduction combiner")

@@ -15,7 +15,7 @@ Semantics, exactly as the tree says (see :mod:`flashlight.ir.nodes`):
   fold; with a scale, ``t = t*scale + expr`` for ``+=`` and ``t = max(t + scale, expr)`` for
   ``max=``.
 * Initial contents: every element of a tensor that some reduction statement targets starts at
-  that combiner's identity (:func:`flashlight.ir.dtypes.identity`) for the tensor's dtype;
+  that combiner's identity (:meth:`flashlight.ir.combiners.Combiner.identity`) for the tensor's dtype;
   every other temporary and output starts as NaN (floats), 0 (integers) or false (``b1``), so
   that reading data that was never written shows up in floating-point results.
 * Values are numpy scalars and every expression node has the static dtype that
@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from flashlight.ir import dtypes
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import CASTS, COMPARISONS, Call, Const, Expr, Iter, Load, dtype_of
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
 
@@ -206,8 +207,7 @@ def _operator(op: str, dtype: str) -> Callable[..., Value] | None:
 
 def _combiner(op: str, dtype: str, where: str) -> Callable[..., Value]:
     """``(t, v) -> folded`` for a reduction combiner, in ``dtype``."""
-    name = {"+=": "add", "*=": "mul", "max=": "max", "min=": "min"}[op]
-    fold = _operator(name, dtype)
+    fold = _operator(COMBINERS[op].combine, dtype)
     if fold is None:
         raise TypeError(f"{where}: {op} is not defined on {dtype}")
     return fold
@@ -216,8 +216,9 @@ def _combiner(op: str, dtype: str, where: str) -> Callable[..., Value]:
 def _online_combiner(op: str, dtype: str, where: str) -> Callable[[Value, Value, Value], Value]:
     """``(t, v, scale) -> folded`` for an online reduction: rescale ``t``, then fold ``v``."""
     fold = _combiner(op, dtype, where)
-    partner = _operator("mul" if op == "+=" else "add", dtype)
-    if op not in ("+=", "max=") or partner is None:
+    rescale = COMBINERS[op].partner
+    partner = _operator(rescale, dtype) if rescale is not None else None
+    if partner is None:
         raise TypeError(f"{where}: {op} on {dtype} cannot be rescaled")
     # t*scale + v for +=, max(t + scale, v) for max=
     return lambda t, v, scale: fold(partner(t, scale), v)
@@ -401,7 +402,7 @@ class _Machine:
                 arr[idx] = value(env)
 
             return assign
-        if s.op not in dtypes.REDUCTION_OPS:
+        if s.op not in COMBINERS:
             raise ValueError(f"{where}: unknown operator {s.op!r}")
         if s.scale is None:
             fold = _combiner(s.op, dtype, where)
@@ -437,7 +438,7 @@ def _initial(program: Program) -> dict[str, float | int | bool]:
             continue
         name = s.target.tensor
         dtype = program.tensor(name).dtype
-        ident = dtypes.identity(s.op, dtype)
+        ident = COMBINERS[s.op].identity(dtype)
         if name in start and start[name][1] != ident:
             raise ValueError(f"statement {s.name}: {name} is also reduced with {start[name][0]}, "
                              f"whose identity differs from that of {s.op}")

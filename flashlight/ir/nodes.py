@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Union
 
-from flashlight.ir import dtypes
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Expr, Load, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
@@ -63,7 +63,7 @@ class Stmt:
 
     @property
     def is_reduction(self) -> bool:
-        return self.op in dtypes.REDUCTION_OPS
+        return self.op in COMBINERS
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass
 
 from flashlight.ir import dtypes
+from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
@@ -306,10 +307,10 @@ class _LineParser:
             raise self.expected("a target 'tensor[indices]'")
         target = self.load()
         tok = self.peek()
-        if tok.kind == "combiner" or (tok.kind == "op" and tok.text in dtypes.ASSIGN_OPS):
+        if tok.kind == "combiner" or (tok.kind == "op" and tok.text in ASSIGN_OPS):
             op = self.next().text
         else:
-            raise self.expected(f"an assignment operator ({', '.join(dtypes.ASSIGN_OPS)})")
+            raise self.expected(f"an assignment operator ({', '.join(ASSIGN_OPS)})")
         value = self.expr()
         scale = None
         if self.at("rescale"):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from flashlight.ir import dtypes
+from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import Expr, Iter, Load, dtype_of, free_iters, walk
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
                                  tensors_touched)
@@ -143,7 +144,7 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
     if s.name in stmt_names:
         errors.append(f"{where}: name used twice")
     stmt_names.add(s.name)
-    if s.op not in dtypes.ASSIGN_OPS:
+    if s.op not in ASSIGN_OPS:
         errors.append(f"{where}: unknown operator {s.op!r}")
     for e in (s.target, s.expr) + ((s.scale,) if s.scale is not None else ()):
         _verify_expr(program, e, bound, where, errors)

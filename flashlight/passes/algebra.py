@@ -30,9 +30,10 @@ from sympy.core.function import AppliedUndef
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 
-PARTNER = {"+=": "*", "max=": "+"}
+_SYMBOL = {"mul": "*", "add": "+"}  # how a partner operation is written in the lemma
 
 
 class NotSeparable(Exception):
@@ -125,9 +126,10 @@ def online_lemma(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma | N
 
 def prove_online(F: Expr, running: tuple[Load, ...], combiner: str) -> Lemma:
     """The lemma, or :class:`NotSeparable` saying which condition fails."""
-    partner = PARTNER.get(combiner)
-    if partner is None:
+    rescale = COMBINERS[combiner].partner
+    if rescale is None:
         raise NotSeparable(f"{combiner} has no distributive partner")
+    partner = _SYMBOL[rescale]
     conv = _ToSympy(running)
     f = conv(F)
     xs = list(conv.opaque.values())

@@ -44,6 +44,7 @@ import islpy as isl
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
@@ -174,11 +175,6 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
 
 # {{{ the analysed program: rewritten statements with running values expanded
 
-def _combine(op: str, a: Expr, b: Expr) -> Expr:
-    return {"+=": lambda: E.call("add", a, b), "*=": lambda: E.call("mul", a, b),
-            "max=": lambda: E.call("max", a, b), "min=": lambda: E.call("min", a, b)}[op]()
-
-
 def _guarded(guards: tuple[Expr, ...], value: Expr, identity: Expr) -> Expr:
     for g in guards:
         value = E.call("where", g, value, identity)
@@ -216,12 +212,12 @@ def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt
             j = Iter(info.loop)
             old = Load(run_of[y], p + (j,))
             new = Load(run_of[y], p + (E.add(j, E.index(1)),))
-            ident = E.const(dtypes.identity(stmt.op, program.tensor(y).dtype), program.tensor(y).dtype)
+            ident = E.const(COMBINERS[stmt.op].identity(program.tensor(y).dtype), program.tensor(y).dtype)
             term = _guarded(r.guards, _redirect(stmt.expr, running, run_of, r.name), ident)
             if stmt.scale is not None:
                 scale = _redirect(stmt.scale, running, run_of, r.name)
                 old = E.call("mul" if stmt.op == "+=" else "add", old, scale)
-            body.append(_nest(r.loops, (), Stmt(stmt.name, new, "=", _combine(stmt.op, old, term))))
+            body.append(_nest(r.loops, (), Stmt(stmt.name, new, "=", E.call(COMBINERS[stmt.op].combine, old, term))))
             continue
 
         def redirect(e: Expr, name: str = r.name) -> Expr:
@@ -429,7 +425,8 @@ class _Fuser:
         refusal = Proof(what, False, "a dependence would run backwards under the fused schedule",
                         relation=relation, witness=wit)
         loop_its = set(phase.loops)
-        if len(phase.loops) != 1 or stmt.op not in algebra.PARTNER or stmt.scale is not None:
+        if (len(phase.loops) != 1 or not stmt.is_reduction or COMBINERS[stmt.op].partner is None
+                or stmt.scale is not None):
             return None, None, [refusal]
         if any(isinstance(i, Iter) and i.name in loop_its for i in stmt.target.indices):
             return None, None, [refusal]
@@ -765,7 +762,7 @@ def _guard_first_rescale(stmt: Stmt, sources: list[Stmt], prev: list[Load], c: E
     minus_inf = E.const(-math.inf, "f32")
     args = {src.expr for src in sources}
     probe = E.rewrite(stmt.expr, lambda x: minus_inf if x in args else None)
-    identity = dtypes.identity(stmt.op, dt[stmt.target.tensor])
+    identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
     value = algebra.abstract_eval(probe)
     if value is algebra.UNKNOWN or not algebra.same_value(float(value), float(identity)):  # type: ignore[arg-type]
         return None

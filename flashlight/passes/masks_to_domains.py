@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
+from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
@@ -76,7 +77,7 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
                 if _carried(stmt.expr, w, fill, carriers):
                     continue
                 contribution = abstract_eval(_replace(stmt.expr, w, fill))
-                identity = dtypes.identity(stmt.op, dt[stmt.target.tensor])
+                identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
                                  f"F({fill}) = {identity} = identity of {stmt.op}")
