@@ -384,7 +384,10 @@ def test_rebase_exponentials_refuses_scores_given_as_data():
     prog = passes.rebase_exponentials(fuse_reductions(ir.parse(SOFTMAX_PV), block_limit=4))
     refused = _proof(prog, "rebase exponentials")
     assert not refused.legal and "varies along the row (S)" in refused.reason
-    assert "exp2(" not in str(prog)
+    assert "fma(" not in str(prog), "no rounded reference"
+    assert "exp2((S[i,j] - where(m[i] == -inf, 0.0, m[i])) * 1.4426950408889634)" in str(prog), \
+        "base 2 all the same, the exponent evaluated as written"
+    assert _proof(prog, "exponentials in base 2").legal
 
 
 # SOFTMAX_QK_PV that also returns the logsumexp, which reads the sum alone
@@ -400,7 +403,7 @@ def test_rebase_exponentials_refuses_a_sum_read_alone():
     prog = passes.rebase_exponentials(fused)
     refused = _proof(prog, "rebase exponentials")
     assert not refused.legal and "Z1 reads" in refused.reason and "other than as a ratio" in refused.reason
-    assert "exp2(" not in str(prog)
+    assert "fma(" not in str(prog) and "exp2((S[i,j] - " in str(prog), "base 2 without a rounded reference"
 
 
 SCALED_BIAS = """\

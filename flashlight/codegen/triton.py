@@ -303,8 +303,6 @@ class _Kernel:
 
     def call(self, e: Call, scope: _Scope) -> _Value:
         op = e.op
-        if op == "exp" and dtypes.is_float(E.dtype_of(e, self.program.dtypes)):
-            return self.exp(e.args[0], scope)
         spread = self.spread_conversion(e)
         if spread is not None:
             return self.value(spread, scope)
@@ -358,16 +356,6 @@ class _Kernel:
         if self.target == "interpreter" and not axes:
             code = f"tl.where({code}, True, False)"
         return _Value(code, axes, "b1")
-
-    def exp(self, x: Expr, scope: _Scope) -> _Value:
-        """``exp(x)`` as ``exp2(x * log2e)``. The exponent ``x`` (typically ``s - max``) is evaluated
-        as written, not distributed into ``s*log2e - max*log2e``: that rounds each product on the
-        scale of ``|s|``, so a row's maximum no longer gives exactly ``exp(0) = 1`` and the error
-        grows with the operands (about 1e-3 for a row masked with -10000)."""
-        v = self.value(x, scope)
-        if v.dtype == "f64":  # exp2 with a rounded log2(e) would cost float64 its precision
-            return _Value(f"tl.exp({v.code})", v.axes, "f64")
-        return _Value(f"tl.exp2({v.code} * {LOG2E!r})", v.axes, "f32")
 
     # }}}
 
@@ -1122,7 +1110,7 @@ def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
         return f"(-{a})"
     if op == "not":
         return f"({a} == 0)"
-    simple = {"exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
+    simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
               "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "erf": "tl.erf", "abs": "tl.abs",
               "sin": "tl.sin", "cos": "tl.cos", "floor": "tl.floor", "ceil": "tl.ceil"}
     if op == "sqrt" and dts[0] == "f64":

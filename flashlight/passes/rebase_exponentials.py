@@ -38,6 +38,15 @@ the same ``R``):
   remains is a bound on the data: scores beyond about 1.5e9 in magnitude (``|d| > 64``) are not
   eager's softmax here. A fill of -1e9 in a fully masked row made a weight of 2^64 that
   overflowed f16 (fuzz bug Y); ``finfo(f32).min`` overflowed ``R*log2e`` to -inf.
+
+Every other exponential of a float32, float16 or bfloat16 value is then computed in base 2 as
+well, ``exp(x)`` as ``exp2(x * log2e)``: GPUs evaluate ``2^x`` in hardware, and ``exp`` is this
+product and ``exp2`` in every GPU math library. The exponent ``x`` (typically ``s - max``) is
+evaluated as written and multiplied once, not distributed into ``s*log2e - max*log2e``: that
+would round each product on the scale of ``|s|``, so a row's maximum would no longer give
+exactly ``exp(0) = 1`` and the error would grow with the operands (about 1e-3 for a row masked
+with -10000). One relative rounding of the product (2^-24) is the whole difference. float64
+exponentials stay: a rounded log2(e) would cost them their precision.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from dataclasses import replace
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
-from flashlight.passes.tree import is_nan_fixup, map_stmts
+from flashlight.passes.tree import is_nan_fixup, map_exprs, map_stmts
 
 name = "rebase-exponentials"
 
@@ -222,9 +231,39 @@ def _rebased(e: Expr, ref: Expr, ref2: Expr, dt: dict[str, str]) -> Expr:
     return E.rewrite(e, fold)
 
 
+def _base_two(program: Program) -> Program:
+    """``exp(x)`` as ``exp2(x * log2e)`` for every float exponential below float64."""
+    dt = program.dtypes
+    changed: list[str] = []
+
+    def fold(x: Expr) -> Expr | None:
+        if isinstance(x, Call) and x.op == "exp" and E.dtype_of(x, dt) in ("f32", "f16", "bf16"):
+            return Call("exp2", (Call("mul", (E.rewrite(x.args[0], fold), E.const(LOG2E, "f32"))),))
+        return None
+
+    def rewrite(s: Stmt) -> Stmt:
+        new = map_exprs(s, lambda e: E.rewrite(e, fold))
+        if new != s:
+            changed.append(s.name)
+        return new
+
+    body = map_stmts(program.body, rewrite)
+    if not changed:
+        return program
+    return program.replace(body=body).with_proofs(Proof(
+        f"exponentials in base 2 in {', '.join(changed)}", True,
+        "exp(x) = 2^(x*log2e), the exponent evaluated as written and multiplied once",
+        lemma="exp(x) = exp2(x * log2e); one relative rounding (2^-24) of the product"))
+
+
 def rebase_exponentials(program: Program) -> Program:
     """Compute the exponentials of online sums that are read only as same-row ratios in base 2
-    against a rounded reference (one fma per term)."""
+    against a rounded reference (one fma per term); every other exponential below float64 in
+    base 2 too."""
+    return _base_two(_rebase_online_sums(program))
+
+
+def _rebase_online_sums(program: Program) -> Program:
     groups: dict[Expr, list[Stmt]] = {}
     for s, _, _ in walk_stmts(program.body):
         found = _reference(s)
