@@ -64,7 +64,9 @@ Other checks
 * :func:`test_readme_demo`: ``python examples/demo.py``, the last step of README's first command.
 
 Debugging a document: ``python tests/test_docs.py docs/passes.md`` runs it and prints every
-block's actual output next to the verdict.
+block's actual output next to the verdict. ``FLASHLIGHT_UPDATE_DOCS=1 python -m pytest
+tests/test_docs.py`` rewrites the expected outputs that differ (keeping their elisions where
+they had some) and fails; review the diff before checking it in.
 """
 
 from __future__ import annotations
@@ -434,7 +436,50 @@ def report(results: list[Result], only_failures: bool = True) -> str:
 def test_document(path: Path, tmp_path: Path) -> None:
     results = run_document(path, make_workdir(tmp_path / "work"))
     failed = [r for r in results if not r.ok]
+    if failed and os.environ.get("FLASHLIGHT_UPDATE_DOCS"):
+        update_document(path, failed)
+        pytest.fail(f"{len(failed)} outputs of {path.name} rewritten; review the diff and check it in")
     assert not failed, f"{len(failed)} of {len(results)} checks failed\n" + report(results)
+
+
+def reelide(expected: str, actual: str) -> str:
+    """``actual`` written the way ``expected`` was: as many lines before its first ``...`` and
+    after its last as there were, and lines cut (`` ...``) at the width where it cut them."""
+    exp, act = _lines(expected), _lines(actual)
+    cut_lines = [e for e in exp if e.endswith(" ...")]
+    if cut_lines:  # lines were cut at a width: cut the new ones there too, at a word
+        width = max(len(e) for e in cut_lines) - 4
+        act = [a if len(a) <= width + 4 or a in exp else a[:width].rsplit(" ", 1)[0] + " ..." for a in act]
+    if "..." not in exp:
+        return "\n".join(act)
+    first = exp.index("...")
+    last = len(exp) - 1 - exp[::-1].index("...")
+    head, tail = exp[:first], exp[last + 1:]
+    if len(head) + len(tail) >= len(act):
+        return "\n".join(act)
+
+    return "\n".join(act[:len(head)] + ["..."] + act[len(act) - len(tail):])
+
+
+def update_document(path: Path, failed: list[Result]) -> None:
+    """FLASHLIGHT_UPDATE_DOCS=1: rewrite the expected outputs that differ (text blocks and console
+    transcripts), keeping their elisions where they had some."""
+    lines = path.read_text().splitlines()
+    by_block: dict[int, list[Result]] = {}
+    for r in failed:
+        if r.problem == "output differs":
+            by_block.setdefault(r.block.line, []).append(r)
+    for line in sorted(by_block, reverse=True):
+        block = by_block[line][0].block
+        if block.lang == "text":
+            text = reelide(block.text, by_block[line][0].actual)
+        else:  # a console transcript: each differing command's output
+            new = {r.what[2:]: reelide(r.expected or "", r.actual) for r in by_block[line]}
+            text = "\n".join(f"$ {c}" + (f"\n{new.get(c, e)}" if new.get(c, e) else "")
+                             for c, e in transcript(block.text))
+        count = len(block.text.splitlines())
+        lines[line:line + count] = text.splitlines()
+    path.write_text("\n".join(lines) + "\n")
 
 
 def fl_programs() -> list:

@@ -102,3 +102,36 @@ def test_causal_programs_launch_heaviest_first_within_a_group_of_heads(heads):
     group = max(d for d in range(1, min(heads, 16) + 1) if heads % d == 0)
     assert [t for t, _ in order[:group]] == [3] * group, "the heaviest tile of every head in the group first"
     assert order[4 * group - 1][0] == 0
+
+
+CAUSAL_HEADS = """\
+program causal(s: f32[6,256,256]) -> (m: f32[6,256])
+  for h in 0:6 parallel tile 1 @grid, i in 0:256 parallel tile 64 @grid
+    for j in 0:256 reduce tile 64 @serial
+      if j <= i
+        A: m[h,i] max= s[h,i,j]"""
+
+
+def test_order_launches_marks_the_growing_query_tiles():
+    prog = passes.order_launches(passes.tile_ranges(ir.parse(CAUSAL_HEADS)), group=4)
+    grid = prog.body[0].body[0]
+    assert grid.iterator == "i" and grid.launch == ir.nodes.HeaviestFirst(3), "the largest divisor of 6 up to 4"
+    assert "i in 0:256 parallel tile 64 @grid launch heaviest-first group 3" in str(prog)
+    assert str(ir.parse(str(prog))) == str(prog)
+    proof = next(p for p in prog.proofs if p.transformation.startswith("launch the tiles of i"))
+    assert proof.legal and "grow from 1 to 4" in proof.reason and "independent" in proof.reason
+
+
+def test_order_launches_leaves_uniform_work_in_index_order():
+    """Without tile ranges (no mask) or with work that shrinks along the query tiles, nothing is marked."""
+    unmasked = ir.parse(CAUSAL_HEADS.replace("      if j <= i\n", "").replace("        A:", "      A:"))
+    anti = ir.parse(CAUSAL_HEADS.replace("if j <= i", "if j >= i"))
+    for prog in (passes.tile_ranges(unmasked), passes.tile_ranges(anti)):
+        ordered = passes.order_launches(prog)
+        assert ordered == prog and not ordered.proofs[len(prog.proofs):], str(ordered)
+
+
+def test_a_launch_order_on_a_serial_loop_does_not_verify():
+    text = CAUSAL_HEADS.replace("tile 64 @serial", "tile 64 @serial launch heaviest-first group 2")
+    with pytest.raises(ir.VerificationError, match="launch order needs a tiled parallel grid loop"):
+        ir.verify(ir.parse(text))

@@ -37,11 +37,6 @@ TL_DTYPE = {
 LOG2E = 1.4426950408889634
 INT32_LIMIT = 2**31 - 1
 SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
-# Grid indices (heads) whose tiles are launched heaviest first together. Causal attention on the
-# H100 (B4 H16 S4096 D64, 64x64 tiles): 1 (each head in turn) 0.488 ms, 4 0.483, 8 0.467, 16 0.460,
-# 32 0.452; prefix LM 0.468, 0.461, 0.463, 0.436, 0.437. 16 heads' keys and values at S4096 D64
-# bf16 are 16 MB, well inside the 50 MB L2.
-HEAVY_GROUP = 16
 
 
 class _NotChunkable(Exception):
@@ -373,17 +368,16 @@ class _Kernel:
         lines = top.lines
         grid_counts = []
         lines.append(f"pid = tl.program_id(0){'.to(tl.int64)' if self.wide else ''}")
-        heavy = self.heavy_first()
         counts = {l.iterator: math.ceil(self.extent[l.iterator] / self.tile[l.iterator]) for l in self.grid}
         for k, l in enumerate(reversed(self.grid)):
             n = counts[l.iterator]
             grid_counts.append(n)
             var = f"pid_{l.iterator}" if self.tile[l.iterator] > 1 else l.iterator
-            if l.iterator == heavy:
-                # the most work first, across a group of the other grid indices (heads): the tiles
-                # that finish last are the lightest, while the group's keys and values stay in L2
+            if l.launch is not None:  # reversed, interleaved with `group` outer indices
                 others = math.prod(counts[x.iterator] for x in list(reversed(self.grid))[k + 1:])
-                group = max(d for d in range(1, min(others, HEAVY_GROUP) + 1) if others % d == 0)
+                group = l.launch.group
+                if others % group:
+                    raise CodegenError(f"launch group {group} of {l.iterator} does not divide {others} outer programs")
                 lines.append(f"{var} = {n - 1} - (pid % {n * group}) // {group}")
                 lines.append(f"pid = (pid // {n * group}) * {group} + pid % {group}")
             else:
@@ -439,27 +433,6 @@ class _Kernel:
                 registers += n
         serial = any(self.role[a] == "serial" for a in self.axes)
         return KernelSource(self.name, src, tuple(self.params), grid, tile_elements=registers, serial=serial)
-
-    def heavy_first(self) -> str | None:
-        """The tiled grid iterator along which the tile ranges of the serial loops grow (causal
-        attention: later query tiles see more keys), if one does; its programs go in reverse."""
-        ranged = [l for l in _loops(self.phases) if l.ranges]
-        for g in reversed(self.grid):  # the fastest-varying such iterator
-            it = g.iterator
-            if it not in self.axes or not ranged:
-                continue
-            try:
-                work = []
-                for t in range(math.ceil(self.extent[it] / self.tile[it])):
-                    env = {x.iterator: 0 for x in self.grid}
-                    env[it] = t * self.tile[it]
-                    work.append(sum(max(0, E.evaluate(r.upper, env) - E.evaluate(r.lower, env))
-                                    for l in ranged for r in l.ranges))
-            except (ValueError, KeyError):
-                continue
-            if work[-1] > work[0] and all(a <= b for a, b in zip(work, work[1:])):
-                return it
-        return None
 
     def emit_node(self, node: Node, scope: _Scope, guards: tuple[Expr, ...]) -> None:
         if isinstance(node, Stmt):

@@ -17,7 +17,8 @@ becomes one kernel: sibling loops over one iterator share their tile), and after
 says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
 (all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
 and which of them need no masks: a proved fact about the domain, not a change of meaning; it may
-also list per-tile bounds of data that its guards read, another fact. A ``local`` tensor lives in registers of one program;
+also list per-tile bounds of data that its guards read, another fact. A grid loop may say in
+which order its programs are launched (``launch heaviest-first group G``). A ``local`` tensor lives in registers of one program;
 every other temporary is a global ``buffer``.
 """
 
@@ -92,6 +93,17 @@ class TileBound:
 
 
 @dataclass(frozen=True)
+class HeaviestFirst:
+    """Launch order of a tiled grid loop whose tiles hold more work the later they come (causal
+    attention: later query tiles see more keys): its tiles go in reverse, so that the lightest
+    finish last, and ``group`` consecutive indices of the grid loops outside it (heads) are
+    interleaved, so that their keys and values are read while in cache. A choice of order among
+    independent programs, not a change of meaning."""
+
+    group: int
+
+
+@dataclass(frozen=True)
 class Loop:
     iterator: str
     lower: Expr
@@ -105,6 +117,8 @@ class Loop:
     ranges: tuple[TileRange, ...] = ()
     # For a tiled serial loop: precomputed per-tile bounds of guard operands (hoist-tile-bounds).
     bounds: tuple[TileBound, ...] = ()
+    # For a tiled grid loop: the order its programs are launched in (order-launches).
+    launch: HeaviestFirst | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +214,15 @@ def walk_stmts(body: tuple[Node, ...], loops: tuple[Loop, ...] = (), guards: tup
             yield from walk_stmts(node.body, loops + (node,), guards)
         else:
             yield from walk_stmts(node.body, loops, guards + (node.cond,))
+
+
+def walk_loops(body: tuple[Node, ...]) -> Iterator[Loop]:
+    """Every loop of ``body``, outer loops before the loops inside them."""
+    for node in body:
+        if isinstance(node, Loop):
+            yield node
+        if not isinstance(node, Stmt):
+            yield from walk_loops(node.body)
 
 
 def node_exprs(node: Node) -> Iterator[Expr]:

@@ -5,7 +5,7 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING][ tiles [...]][ bounds [...]], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ tiles [...]][ bounds [...]], IT2 in ...
         if COND
           NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]
 
@@ -41,7 +41,7 @@ from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
 )
-from flashlight.ir.nodes import Guard, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileBound, TileRange
+from flashlight.ir.nodes import Guard, HeaviestFirst, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileBound, TileRange
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
@@ -256,6 +256,13 @@ class _LineParser:
             if tok.text not in MAPPINGS:
                 raise self.error(f"unknown mapping {tok.text!r}; expected one of {', '.join(MAPPINGS)}")
             mapping = self.next().text
+        launch = None
+        if self.at("launch"):
+            self.next()
+            for word in ("heaviest", "-", "first"):  # the one launch order there is
+                self.expect(word, "in 'launch heaviest-first group G'")
+            self.expect("group", "after 'launch heaviest-first'")
+            launch = HeaviestFirst(self.expect_int("the number of interleaved outer grid indices"))
         ranges: list[TileRange] = []
         if self.at("tiles"):
             self.next()
@@ -296,7 +303,7 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds))
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch)
 
     def stmt(self) -> Stmt:
         """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]``."""

@@ -85,6 +85,8 @@ def _loop_item(loop: Loop) -> str:
         text += f" tile {loop.tile}"
     if loop.mapping is not None:
         text += f" @{loop.mapping}"
+    if loop.launch is not None:
+        text += f" launch heaviest-first group {loop.launch.group}"
     if loop.ranges:
         items = [f"{format_expr(r.lower)}:{format_expr(r.upper)} {'masked' if r.masked else 'full'}"
                  for r in loop.ranges]

@@ -112,6 +112,9 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
             for r in node.ranges:
                 _verify_expr(program, r.lower, bound, where, errors)
                 _verify_expr(program, r.upper, bound, where, errors)
+            if node.launch is not None and (node.mapping != "grid" or node.kind != "parallel" or not node.tile
+                                            or node.launch.group < 1):
+                errors.append(f"{where}: a launch order needs a tiled parallel grid loop and a positive group")
             if node.bounds and (node.mapping != "serial" or node.tile is None):
                 errors.append(f"{where}: only tiled serial loops list tile bounds")
             for b in node.bounds:

@@ -21,6 +21,7 @@ from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.hoist_tile_bounds import hoist_tile_bounds
 from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
+from flashlight.passes.order_launches import order_launches
 from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.tile import tile
@@ -39,10 +40,12 @@ PASSES: dict[str, Callable[..., Program]] = {
     "tile": tile,
     "tile-ranges": tile_ranges,
     "hoist-tile-bounds": hoist_tile_bounds,
+    "order-launches": order_launches,
 }
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,tile-ranges,hoist-tile-bounds")
+                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,tile-ranges,hoist-tile-bounds,"
+                    "order-launches")
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, int | float | str]]]:
@@ -104,5 +107,5 @@ def _apply(pass_fn: Callable[..., Program], program: Program, proofs: tuple, kwa
 
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "contract_buffers", "defer_normalization", "elide_roundings", "fuse_reductions",
-    "hoist_tile_bounds", "inline_pointwise", "masks_to_domains", "parse_pipeline", "rebase_exponentials", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
+    "hoist_tile_bounds", "inline_pointwise", "masks_to_domains", "order_launches", "parse_pipeline", "rebase_exponentials", "restrict_to_demand", "run_pipeline", "tile", "tile_ranges",
 ]
