@@ -251,6 +251,23 @@ def test_tiled_program_golden_and_proof():
     proof = _proof(prog, "tile kernel 0")
     assert proof.legal and "monoid" in proof.reason
     assert "local m" in str(prog) and "local acc" in str(prog)
+    assert proof.reason.endswith("matrix products of two tiles: O1 over j")
+    assert [s.name for s in prog.statements() if s.dot == "j"] == ["O1"], "P @ V is a product of two tiles"
+
+
+def test_tile_marks_no_matrix_product_for_one_query_row():
+    """With one query row the rows are no tile (a grid index of its own): P @ V is a vector times
+    a matrix, which stays a reduction."""
+    one_row = SOFTMAX_PV.replace("0:4", "0:1").replace("[4", "[1")
+    prog = passes.run_pipeline(ir.parse(one_row), "fuse-reductions{block_limit=4},contract-buffers,tile{block_m=16,block_n=16}")
+    assert not [s for s in prog.statements() if s.dot] and "as dot over" not in str(prog)
+    assert "matrix products" not in _proof(prog, "tile kernel 0").reason
+
+
+def test_a_matrix_product_mark_on_a_maximum_does_not_verify():
+    text = SOFTMAX_PV.replace("M1: m[i] max= S[i,j]", "M1: m[i] max= S[i,j] as dot over j")
+    with pytest.raises(ir.VerificationError, match="'as dot over j' needs a sum"):
+        ir.verify(ir.parse(text))
 
 
 def test_tiling_refuses_a_reordering_dependence():

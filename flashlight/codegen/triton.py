@@ -903,26 +903,20 @@ class _Kernel:
 
     def contract(self, s: Stmt, red: tuple[str, ...], taxes: tuple[str, ...], scope: _Scope,
                  guards: tuple[Expr, ...]) -> _Value | None:
-        """``sum_r A * B`` as ``tl.dot`` when A and B are tiles sharing exactly the reduced axis."""
-        if s.op != "+=" or len(red) != 1 or len(taxes) != 2 or not (isinstance(s.expr, Call) and s.expr.op == "mul"):
+        """``sum_r A * B`` as ``tl.dot``: the statement the tile pass marked ``as dot over r``."""
+        if s.dot is None:
             return None
-        r = red[0]
-        a_expr, b_expr = s.expr.args
+        r = s.dot
+        a_expr, b_expr = s.expr.args  # type: ignore[attr-defined]
         a_ax = self.order({x for x in E.free_iters(a_expr) if x in self.axes})
         b_ax = self.order({x for x in E.free_iters(b_expr) if x in self.axes})
-        if r not in a_ax or r not in b_ax or len(a_ax) != 2 or len(b_ax) != 2:
-            return None
+        if red != (r,) or len(a_ax) != 2 or len(b_ax) != 2 or set(a_ax + b_ax) - {r} != set(taxes):
+            raise CodegenError(f"{s.name} is marked 'as dot over {r}' but is no product of two tiles here")
         m_ax = next(x for x in a_ax if x != r)
         n_ax = next(x for x in b_ax if x != r)
-        if {m_ax, n_ax} != set(taxes):
-            return None
-        if min(self.tile[x] for x in (m_ax, n_ax, r)) < 16:  # tl.dot's smallest operand sides
-            return None
         g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
         on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
         on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]
-        if len(on_out) + len(on_a) != len(guards):
-            return None
         a_in, b_in = _strip_upcast(a_expr, self.program.dtypes), _strip_upcast(b_expr, self.program.dtypes)
         da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
         acc = "f64" if E.dtype_of(s.expr, self.program.dtypes) == "f64" else "f32"  # the sum's precision

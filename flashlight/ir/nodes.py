@@ -10,7 +10,8 @@ targets) or ``seq`` (anything else). ``Guard`` runs its body where the condition
 combiner (``+=``, ``*=``, ``max=``, ``min=``) folds. Every element that a reduction statement
 folds into starts at the combiner's identity. A reduction with a ``scale`` is an *online*
 reduction: each step first rescales the accumulator, ``t = t*scale + expr`` for ``+=`` and
-``t = max(t + scale, expr)`` for ``max=`` (the partner operation of the combiner).
+``t = max(t + scale, expr)`` for ``max=`` (the partner operation of the combiner). A statement
+marked ``as dot over r`` is a matrix product of two tiles summed over ``r`` (after tiling).
 
 After tiling, a loop carries its tile size (one per iterator within a top-level nest, which
 becomes one kernel: sibling loops over one iterator share their tile), and after mapping it
@@ -61,6 +62,9 @@ class Stmt:
     op: str  # "=" or a reduction combiner
     expr: Expr
     scale: Expr | None = None
+    # After tiling: the reduced iterator of a matrix product of two tiles (``acc[m,n] += A[m,r] *
+    # B[r,n]``), which the code generator emits as one tl.dot (the tile pass marks it).
+    dot: str | None = None
 
     @property
     def is_reduction(self) -> bool:

@@ -7,7 +7,7 @@
       local NAME: DTYPE[SHAPE]           # a temporary in registers
       for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ tiles [...]][ bounds [...]], IT2 in ...
         if COND
-          NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]
+          NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]
 
 Indentation is two spaces per level; a ``for`` or ``if`` line opens a block (empty when no
 deeper line follows, as the printer prints an empty body), and several comma-separated items
@@ -306,7 +306,7 @@ class _LineParser:
         return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch)
 
     def stmt(self) -> Stmt:
-        """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR]``."""
+        """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]``."""
         name = self.expect_name("a statement name")
         self.expect(":", "after the statement name")
         tok = self.peek()
@@ -323,9 +323,16 @@ class _LineParser:
         if self.at("rescale"):
             self.next()
             scale = self.expr()
+        dot = None
+        if self.at("as"):
+            self.next()
+            self.expect("dot", "after 'as' (a statement is marked 'as dot over ITERATOR')")
+            self.expect("over", "in 'as dot over ITERATOR'")
+            dot = self.expect_name("the reduced iterator of the matrix product")
         if self.peek().kind != "end":
-            raise self.expected("'rescale' or end of line" if scale is None else "end of line")
-        return Stmt(name, target, op, value, scale)
+            raise self.expected(("'rescale', " if scale is None else "") + ("'as dot over', " if dot is None else "")
+                                + "end of line")
+        return Stmt(name, target, op, value, scale, dot)
 
     # }}}
 

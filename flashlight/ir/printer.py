@@ -101,6 +101,8 @@ def format_stmt(s: Stmt) -> str:
     text = f"{s.name}: {format_expr(s.target)} {s.op} {format_expr(s.expr)}"
     if s.scale is not None:
         text += f" rescale {format_expr(s.scale)}"
+    if s.dot is not None:
+        text += f" as dot over {s.dot}"
     return text
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
-from flashlight.ir.expr import Expr, Iter, Load, dtype_of, free_iters, walk
+from flashlight.ir.expr import Call, Expr, Iter, Load, dtype_of, free_iters, walk
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
                                  tensors_touched)
 from flashlight.ir.poly import aff_str, isl_name
@@ -159,6 +159,11 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
     written.add(t.name)
     if s.scale is not None and s.op not in ("+=", "max="):
         errors.append(f"{where}: only += and max= reductions can be rescaled")
+    if s.dot is not None:
+        product = s.op == "+=" and isinstance(s.expr, Call) and s.expr.op == "mul"
+        if not product or s.dot not in bound or not all(s.dot in free_iters(a) for a in s.expr.args):
+            errors.append(f"{where}: 'as dot over {s.dot}' needs a sum (+=) of a product whose two factors "
+                          f"read {s.dot}, an enclosing loop's iterator")
     try:
         et = dtype_of(s.expr, program.dtypes)
     except KeyError:

@@ -138,9 +138,63 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             t = _fit(n, n)
         return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
 
-    new = _within_budget(_one_tile_per_iterator(retile(nest)), k)
+    new, dots = _mark_matrix_products(_within_budget(_one_tile_per_iterator(retile(nest)), k))
     proof = _prove(new, k, view, deps)
+    if dots:
+        proof = replace(proof, reason=f"{proof.reason}; matrix products of two tiles: {', '.join(dots)}")
     return new, proof
+
+
+MIN_DOT = 16  # the smallest side of a matrix product of tiles (tl.dot, wgmma)
+
+
+def _mark_matrix_products(nest: Node) -> tuple[Node, list[str]]:
+    """Mark ``acc[m,n] += A[m,r] * B[r,n]`` as a matrix product of two tiles (``dot r``) where, in
+    the tiled kernel, the target spans exactly two vector axes M and N, each factor spans exactly
+    its own one and the one reduced axis R, every side is at least ``MIN_DOT``, and each guard
+    reads only M and N (it masks the result) or only A's axes (it masks A). Exact: the product
+    sums the same terms; only their order within the tile changes, which a ``+=`` reduction
+    allows (associative, as the tiling proof says)."""
+    grid = grid_chain(nest)
+    tile = {l.iterator: l.tile or 1 for l in _loops(nest)}
+    axes = {l.iterator for l in _loops(nest) if l.mapping in ("serial", "block")}
+    axes |= {l.iterator for l in grid if (l.tile or 1) > 1}
+    marked: dict[str, str] = {}
+    for s, loops, guards in walk_stmts((nest,)):
+        r = _reduced_axis_of_product(s, loops, guards, axes, tile)
+        if r is not None:
+            marked[s.name] = r
+    if not marked:
+        return nest, []
+
+    def mark(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return replace(node, dot=marked[node.name]) if node.name in marked else node
+        return replace(node, body=tuple(mark(c) for c in node.body))
+
+    return mark(nest), [f"{n} over {r}" for n, r in marked.items()]
+
+
+def _reduced_axis_of_product(s: Stmt, loops: tuple[Loop, ...], guards: tuple, axes: set[str],
+                             tile: dict[str, int]) -> str | None:
+    if s.op != "+=" or not (isinstance(s.expr, Call) and s.expr.op == "mul"):
+        return None
+    target = E.free_iters(s.target) & axes
+    spanned = (E.free_iters(s.expr) | E.free_iters(s.target) | {l.iterator for l in loops}) & axes
+    red = spanned - target
+    if len(red) != 1 or len(target) != 2:
+        return None
+    r = next(iter(red))
+    a_ax, b_ax = (E.free_iters(x) & axes for x in s.expr.args)
+    if r not in a_ax or r not in b_ax or len(a_ax) != 2 or len(b_ax) != 2 or (a_ax | b_ax) - {r} != target:
+        return None
+    if min(tile[x] for x in a_ax | b_ax) < MIN_DOT:
+        return None
+    for g in guards:
+        ga = E.free_iters(g) & axes
+        if not ((r not in ga and ga <= target) or ga <= a_ax):
+            return None
+    return r
 
 
 def _one_tile_per_iterator(nest: Node) -> Node:
