@@ -1,4 +1,4 @@
-"""The differential fuzzer (``flashlight/fuzz.py``) in CI, and its reproducers as regression tests.
+"""The differential fuzzer (``fuzz/``, ``python -m fuzz``) in CI, and its reproducers as regression tests.
 
 * A short campaign over fixed seeds must find no mismatch and no crash (about 40 programs, well
   under a minute on two cores; the time budget stops it early on a slow machine).
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashlight import fuzz
+import fuzz  # the repository root is on sys.path: pythonpath in pyproject.toml's pytest options
 
 CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
 

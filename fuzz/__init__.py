@@ -1,6 +1,7 @@
 """A differential fuzzer: random small PyTorch programs, eager against ``flashlight.compile``.
 
-``python -m flashlight.fuzz --seeds 0:200 [--time-budget 60] [--out fuzz/corpus]``
+``python -m fuzz --seeds 0:200 [--time-budget 60] [--out fuzz/corpus]`` (from the repository root: the fuzzer
+is a tool of the checkout, not part of the installed ``flashlight`` package)
 
 A seed makes one program (``random.Random(seed)``, deterministic): a few (2–8) ops drawn from
 pointwise chains with broadcasting (scalar, row, column, general), unary and binary ops,
@@ -1496,6 +1497,14 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_FUZZER_DIR = Path(__file__).resolve().parent
+
+
+def _in_fuzzer(filename: str) -> bool:
+    """A frame of the fuzzer itself (which a checkout named ``flashlight`` also has under ``/flashlight/``)."""
+    return Path(filename).resolve().parent == _FUZZER_DIR
+
+
 def _crash_signature(exc: BaseException) -> str:
     """Exception type and the innermost flashlight frame: what tells one crash from another."""
     while exc.__cause__ is not None:
@@ -1503,7 +1512,7 @@ def _crash_signature(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = ""
     for fr in frames:
-        if "/flashlight/" in fr.filename.replace(os.sep, "/") and "fuzz.py" not in fr.filename:
+        if "/flashlight/" in fr.filename.replace(os.sep, "/") and not _in_fuzzer(fr.filename):
             where = f"{Path(fr.filename).parent.name}/{Path(fr.filename).name}:{fr.name}"
     if not where and frames:
         fr = frames[-1]
@@ -1729,7 +1738,7 @@ def reproducer(p: Program, outcome: Outcome, found_seed: int) -> str:
     bug = (detail[0] if detail else outcome.kind).replace('"', "'").replace("\\", "\\\\")[:160]
     return f'''"""flashlight fuzz reproducer: {outcome.kind} (seed {found_seed}).
 
-Found by ``python -m flashlight.fuzz --seeds {found_seed}:{found_seed + 1}`` (generator version
+Found by ``python -m fuzz --seeds {found_seed}:{found_seed + 1}`` (generator version
 {GENERATOR_VERSION}), then minimized.
 Run ``python {{this file}}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
@@ -1743,9 +1752,9 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
@@ -1898,6 +1907,9 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
     own = [a for k, a in enumerate(argv) if not (a.startswith(("--jobs", "--seeds", "--jsonl")) or
                                                  (k and argv[k - 1] in ("--jobs", "--seeds", "--jsonl")))]
     share = -(-len(seeds) // jobs)
+    # the children import this fuzzer (and its checkout's flashlight) from any working directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_FUZZER_DIR.parent),
+                                                                      os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="flashlight-fuzz-") as tmp:
         # beside the merged file if there is one: a killed campaign leaves its records behind
         base = Path(f"{jsonl}.part") if jsonl is not None else Path(tmp) / "part"
@@ -1906,9 +1918,8 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
         for k, part in enumerate(parts):
             sub = seeds[k * share:(k + 1) * share]
             if len(sub):
-                cmd = [sys.executable, "-m", "flashlight.fuzz", "--seeds", f"{sub.start}:{sub.stop}",
-                       "--jsonl", str(part), *own]
-                children.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+                cmd = [sys.executable, "-m", "fuzz", "--seeds", f"{sub.start}:{sub.stop}", "--jsonl", str(part), *own]
+                children.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
         for c in children:
             c.wait()
         lines = [line for part in parts if part.exists() for line in part.read_text().splitlines()]
@@ -1921,7 +1932,7 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flashlight.fuzz", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0:200", help="a range START:STOP, or one seed")
     ap.add_argument("--time-budget", type=float, default=None, help="stop starting programs after this many seconds")
     ap.add_argument("--out", default="fuzz/corpus", help="where minimized reproducers are written")
@@ -1951,9 +1962,5 @@ def main(argv: list[str] | None = None) -> int:
                      Path(args.jsonl) if args.jsonl else None, args.verbose)
     print(s.text())
     return 1 if s.counts["mismatch"] or s.counts["crash"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 # }}}
