@@ -275,7 +275,7 @@ def test_minimize_deletes_ops_and_shrinks_dims(monkeypatch):
             max(p.dims.values(), default=0) >= 3
         return fuzz.Outcome("crash", "boom", "X@y") if hit else fuzz.Outcome("ok")
 
-    monkeypatch.setattr(fuzz, "run_program", fake_run)
+    monkeypatch.setattr(fuzz.minimizer, "run_program", fake_run)  # where minimize looks it up
     p = fuzz.Program(7, {"A": 13, "B": 7}, (fuzz.Input("x0", ("A", "B"), "float32", "randn"),
                                             fuzz.Input("x1", ("B",), "float32", "randn")),
                      (fuzz.Op("t0", ("t0 = x0 * x1",)), fuzz.Op("t1", ("t1 = torch.tanh(t0)",)),

@@ -20,7 +20,7 @@ from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
-BUG = "flashlight/fuzz.py compare, a false positive (no compiler bug): layer_norm outputs summed over the normalized axis are 0 exactly (7e-16 in float64); eager's row sums (-6e-7, 5e-7) happen to cancel to -1.2e-7, flashlight rounds a row differently and gets 8.3e-7. The old rule excused only errors within 4x eager's error against float64, which was lucky here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 2.4e-6 here, with layer_norm's mean perturbed inside its decomposition)"
+BUG = "fuzz/comparison.py compare, a false positive (no compiler bug): layer_norm outputs summed over the normalized axis are 0 exactly (7e-16 in float64); eager's row sums (-6e-7, 5e-7) happen to cancel to -1.2e-7, flashlight rounds a row differently and gets 8.3e-7. The old rule excused only errors within 4x eager's error against float64, which was lucky here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 2.4e-6 here, with layer_norm's mean perturbed inside its decomposition)"
 FIXED = True
 
 A, B = 2, 3
