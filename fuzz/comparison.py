@@ -82,19 +82,41 @@ def compare(out: Any, ref: Any, ref64: Any = None, narrowest: torch.dtype | None
 def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
                     narrowest: torch.dtype | None = None, flipped: list[torch.Tensor] = (),
                     noise: Callable[[], list[torch.Tensor]] | None = None, min_scale: float = 0.0) -> None:
+    """One tensor against eager's (the arguments are :func:`compare`'s, for this value; ``noise``
+    gives this value's perturbed runs). ``min_scale``: the scale of the program's outputs, for a
+    gradient (its rounding noise is on their scale, not its own)."""
     if not r.dtype.is_floating_point and not r.dtype.is_complex:
-        bad = o != r
-        if bad.any() and r64 is not None:
-            # positions where eager itself disagrees with float64 are decided by rounding
-            bad &= r64.to(r.dtype) == r
-            for f in flipped:  # and so are those whose truncated value lies within eager's error of an integer
-                bad &= f.to(r.dtype) == r
-        if bad.any() and not rounding_flips(bad, narrowest):
-            idx = bad.nonzero()[0].tolist()
-            raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
-                           f"first at {idx}: {o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+        _compare_exact(what, o, r, r64, narrowest, flipped)
         return
     o32, r32 = o.double(), r.double()
+    r32 = _same_nans(what, o, r, o32, r32, r64)
+    o32 = _same_infinities(what, o, r, o32, r32, r64, noise)
+    fin = torch.isfinite(r32)
+    if not fin.any():
+        return
+    _close(what, o32, r32, r, r64, fin, narrowest, noise, min_scale)
+
+
+def _compare_exact(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
+                   narrowest: torch.dtype | None, flipped: list[torch.Tensor]) -> None:
+    """Integers and booleans: equal, except where eager's own rounding decides the value (a
+    float-to-integer cast, a comparison of a rounded float)."""
+    bad = o != r
+    if bad.any() and r64 is not None:
+        # positions where eager itself disagrees with float64 are decided by rounding
+        bad &= r64.to(r.dtype) == r
+        for f in flipped:  # and so are those whose truncated value lies within eager's error of an integer
+            bad &= f.to(r.dtype) == r
+    if bad.any() and not rounding_flips(bad, narrowest):
+        idx = bad.nonzero()[0].tolist()
+        raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): {int(bad.sum())} of {r.numel()} elements differ, "
+                       f"first at {idx}: {o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+
+
+def _same_nans(what: str, o: torch.Tensor, r: torch.Tensor, o32: torch.Tensor, r32: torch.Tensor,
+               r64: torch.Tensor | None) -> torch.Tensor:
+    """NaN in the same places as eager; returns eager's values (``r32``, float64) with eager's
+    quirky NaNs replaced by the float64 evaluation's values."""
     nan_o, nan_r = torch.isnan(o32), torch.isnan(r32)
     if not torch.equal(nan_o, nan_r) and r64 is not None:
         # eager's own NaN where the float64 evaluation of the program has a value, and ours is that
@@ -110,6 +132,13 @@ def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tens
         raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): NaN in other places than eager "
                        f"({int(nan_o.sum())} vs {int(nan_r.sum())}); first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
+    return r32
+
+
+def _same_infinities(what: str, o: torch.Tensor, r: torch.Tensor, o32: torch.Tensor, r32: torch.Tensor,
+                     r64: torch.Tensor | None, noise: Callable[[], list[torch.Tensor]] | None) -> torch.Tensor:
+    """Infinities equal to eager's; returns our values (``o32``, float64) with the infinities
+    that eager's rounding noise excuses replaced by eager's values."""
     inf_r = torch.isinf(r32)
     differ = (torch.isinf(o32) != inf_r) | (inf_r & (o32 != r32))
     if differ.any() and r64 is not None and noise is not None:
@@ -124,17 +153,15 @@ def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tens
         idx = differ.nonzero()[0].tolist()
         raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): infinities differ; first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")
-    fin = torch.isfinite(r32)
-    if not fin.any():
-        return
-    rtol, atol_rel = TOLERANCES.get(r.dtype, (1e-4, 1e-4))
-    if narrowest in TOLERANCES:
-        rtol, atol_rel = max(rtol, TOLERANCES[narrowest][0]), max(atol_rel, TOLERANCES[narrowest][1])
-    # a 16-bit program's rounding noise is relative to its values (about 1 for these inputs), not
-    # to an output that cancels to nearly zero
-    floor = 1.0 if narrowest in (torch.float16, torch.bfloat16) or r.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    scale = max(float(r32[fin].abs().max()), floor, min_scale)
-    atol = atol_rel * scale
+    return o32
+
+
+def _close(what: str, o32: torch.Tensor, r32: torch.Tensor, r: torch.Tensor, r64: torch.Tensor | None,
+           fin: torch.Tensor, narrowest: torch.dtype | None, noise: Callable[[], list[torch.Tensor]] | None,
+           min_scale: float) -> None:
+    """The finite values (``fin``: where eager's are) within the tolerance, or within eager's own
+    rounding noise of the float64 evaluation, or a few rounding flips of a 16-bit program."""
+    rtol, atol, scale = _tolerance(r, r32, fin, narrowest, min_scale)
     try:
         torch.testing.assert_close(o32, r32, rtol=rtol, atol=atol, equal_nan=True)
         return
@@ -143,23 +170,9 @@ def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tens
     err = (o32 - r32).abs()
     err[~fin] = 0
     bad = err > atol + rtol * r32.abs()
-    spread = None
-    if r64 is not None:
-        # no worse than eager's own rounding: its error against float64, or where that is lucky (a
-        # row of equal values minus its mean comes out exactly 0), the spread of eager's runs with
-        # perturbed roundings (only computed here, for what would otherwise be a mismatch)
-        r64d = r64.double()
-        eager_err = (r32 - r64d).abs()[fin & torch.isfinite(r64d)]
-        eager_err = float(eager_err.max()) if eager_err.numel() else 0.0
-        ours = (o32 - r64d).abs()
-        ours[~fin | ~torch.isfinite(r64d)] = 0
-        if float(ours[bad].max()) <= NOISE_FACTOR * eager_err + atol:
-            return
-        runs = noise() if noise is not None else []
-        if runs:  # a run that overflows or gives NaN where eager does not excuses nothing
-            spread = torch.stack([(n.double() - r32).abs() for n in runs]).amax(0).nan_to_num(0.0, 0.0, 0.0)
-            if bool((ours[bad] <= NOISE_FACTOR * spread[bad].clamp_min(eager_err) + atol).all()):
-                return
+    excused, spread = _within_rounding_noise(o32, r32, r64, fin, bad, atol, noise)
+    if excused:
+        return
     if bad.any() and rounding_flips(bad, narrowest):
         return
     if not bad.any():
@@ -171,6 +184,45 @@ def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tens
                    + (f" (eager's rounding noise there {float(spread[idx]):.3g})" if spread is not None else "")
                    + "\n" + "\n".join(first[:6]))
 
+
+def _tolerance(r: torch.Tensor, r32: torch.Tensor, fin: torch.Tensor, narrowest: torch.dtype | None,
+               min_scale: float) -> tuple[float, float, float]:
+    """``(rtol, atol, scale)`` for eager's value ``r``: :data:`TOLERANCES` of its dtype, or of
+    the narrowest dtype the program computes in if that is looser; ``atol`` relative to ``scale``,
+    the largest finite magnitude (at least ``min_scale``, and 1 in a 16-bit program)."""
+    rtol, atol_rel = TOLERANCES.get(r.dtype, (1e-4, 1e-4))
+    if narrowest in TOLERANCES:
+        rtol, atol_rel = max(rtol, TOLERANCES[narrowest][0]), max(atol_rel, TOLERANCES[narrowest][1])
+    # a 16-bit program's rounding noise is relative to its values (about 1 for these inputs), not
+    # to an output that cancels to nearly zero
+    floor = 1.0 if narrowest in (torch.float16, torch.bfloat16) or r.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    scale = max(float(r32[fin].abs().max()), floor, min_scale)
+    return rtol, atol_rel * scale, scale
+
+
+def _within_rounding_noise(o32: torch.Tensor, r32: torch.Tensor, r64: torch.Tensor | None, fin: torch.Tensor,
+                           bad: torch.Tensor, atol: float, noise: Callable[[], list[torch.Tensor]] | None
+                           ) -> tuple[bool, torch.Tensor | None]:
+    """Whether our values beyond the tolerance (``bad``) are no worse than eager's own rounding,
+    and the spread of eager's perturbed runs if it was measured (for the message)."""
+    if r64 is None:
+        return False, None
+    # no worse than eager's own rounding: its error against float64, or where that is lucky (a
+    # row of equal values minus its mean comes out exactly 0), the spread of eager's runs with
+    # perturbed roundings (only computed here, for what would otherwise be a mismatch)
+    r64d = r64.double()
+    eager_err = (r32 - r64d).abs()[fin & torch.isfinite(r64d)]
+    eager_err = float(eager_err.max()) if eager_err.numel() else 0.0
+    ours = (o32 - r64d).abs()
+    ours[~fin | ~torch.isfinite(r64d)] = 0
+    if float(ours[bad].max()) <= NOISE_FACTOR * eager_err + atol:
+        return True, None
+    runs = noise() if noise is not None else []
+    if not runs:
+        return False, None
+    # a run that overflows or gives NaN where eager does not excuses nothing
+    spread = torch.stack([(n.double() - r32).abs() for n in runs]).amax(0).nan_to_num(0.0, 0.0, 0.0)
+    return bool((ours[bad] <= NOISE_FACTOR * spread[bad].clamp_min(eager_err) + atol).all()), spread
 
 
 def rounding_flips(bad: torch.Tensor, narrowest: torch.dtype | None) -> bool:

@@ -8,6 +8,7 @@ ordinary op families follow.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +17,33 @@ from .gen_ops import GenOps
 from .program import MAX_NUMEL
 
 SDPA = "torch.nn.functional.scaled_dot_product_attention"
+
+
+@dataclass(frozen=True)
+class SdpaShape:
+    """The dimensions of an SDPA call (dimension expressions, ``"1"`` for size one) and its
+    rank: 2 (``[S, D]``), 3 (``[H, S, D]``) or 4 (``[B, H, S, D]``)."""
+    rank: int
+    gqa: bool     # enable_gqa=True: fewer key/value heads than query heads
+    hq: int       # query heads
+    hk: int       # key/value heads (hq is a multiple of it)
+    sq: str       # query length
+    sk: str       # key length
+    d: str        # q/k head width
+    dv: str       # v head width
+    h: str        # hq as a dimension expression
+    hkv: str      # hk as a dimension expression
+    b: str        # batch
+
+    @property
+    def lead(self) -> tuple[str, ...]:
+        """q's dimensions before [S_q, D]."""
+        return (self.b, self.h) if self.rank == 4 else (self.h,) if self.rank == 3 else ()
+
+    @property
+    def lead_kv(self) -> tuple[str, ...]:
+        """k's and v's dimensions before [S_k, D]."""
+        return (self.b, self.hkv) if self.rank == 4 else (self.hkv,) if self.rank == 3 else ()
 
 
 class GenAttention(GenOps):
@@ -78,73 +106,114 @@ class GenAttention(GenOps):
         fewer key/value heads; S_q != S_k, D_v != D. Masks may leave rows without any key (eager
         gives 0 there). q, k, v are inputs, one input (self-attention), or projections of one
         input split into heads. ``dropout_p`` is 0 (anything else is random)."""
-        rng = self.rng
-        dt = self.float_dtype
         self.max_dims = len(DIM_NAMES)
+        shape = self._sdpa_shape()
+        q, k, v = self._sdpa_qkv(shape)
+        mask = self._sdpa_mask(shape)
+        args = self._sdpa_args(shape, q, k, v, mask)
+        out = self.emit((f"{{v}} = {SDPA}({', '.join(args)})",))
+        if shape.rank == 4 and self.rng.random() < 0.3:  # heads merged again
+            out = self.emit((f"{{v}} = {out}.transpose(1, 2).flatten(-2)",))
+        self.keep = out
+
+    def _sdpa_shape(self) -> SdpaShape:
+        """The call's dimensions, drawn until q, k, v and the scores fit (at most 30 times, each
+        from no dimensions at all)."""
         for _ in range(30):
             self.dims = {}
             self.ns = {"torch": torch, "g": self.g}
-            rank = rng.choice([4, 4, 4, 3, 3, 2])
-            gqa = rank >= 3 and rng.random() < 0.35
-            hk = rng.choice([1, 2, 2, 3])
-            hq = hk * rng.choice([2, 3, 4]) if gqa and rng.random() < 0.85 else hk
-            try:
-                sq = self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 17, 31]))
-                sk = sq if rng.random() < 0.4 else self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 31]))
-                d = self.exact_dim(rng.choice([1, 2, 3, 4, 5, 8, 16]))
-                dv = d if rng.random() < 0.7 else self.exact_dim(rng.choice([2, 3, 5, 8]))
-                h, hkv = self.exact_dim(hq), self.exact_dim(hk)
-                b = self.exact_dim(rng.choice([1, 2, 3]))
-            except Reject:
-                continue
-            lead = (b, h) if rank == 4 else (h,) if rank == 3 else ()
-            lead_kv = (b, hkv) if rank == 4 else (hkv,) if rank == 3 else ()
-            nq, nk = math.prod(map(self.size, lead)), math.prod(map(self.size, lead_kv))
-            widest = max(self.size(d), self.size(dv))
-            if max(nq * self.size(sq) * max(self.size(sk), widest), nk * self.size(sk) * widest) <= MAX_NUMEL:
-                break
-        else:
-            raise Reject("no SDPA shape fits")
+            shape = self._draw_sdpa_shape()
+            if shape is not None and self._sdpa_fits(shape):
+                return shape
+        raise Reject("no SDPA shape fits")
+
+    def _draw_sdpa_shape(self) -> SdpaShape | None:
+        """One draw of the call's dimensions; ``None`` when the dimension names run out."""
+        rng = self.rng
+        rank = rng.choice([4, 4, 4, 3, 3, 2])
+        gqa = rank >= 3 and rng.random() < 0.35
+        hk = rng.choice([1, 2, 2, 3])
+        hq = hk * rng.choice([2, 3, 4]) if gqa and rng.random() < 0.85 else hk
+        try:
+            sq = self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 17, 31]))
+            sk = sq if rng.random() < 0.4 else self.exact_dim(rng.choice([1, 2, 3, 5, 7, 13, 31]))
+            d = self.exact_dim(rng.choice([1, 2, 3, 4, 5, 8, 16]))
+            dv = d if rng.random() < 0.7 else self.exact_dim(rng.choice([2, 3, 5, 8]))
+            h, hkv = self.exact_dim(hq), self.exact_dim(hk)
+            b = self.exact_dim(rng.choice([1, 2, 3]))
+        except Reject:
+            return None
+        return SdpaShape(rank, gqa, hq, hk, sq, sk, d, dv, h, hkv, b)
+
+    def _sdpa_fits(self, s: SdpaShape) -> bool:
+        """q and the scores (or the output, if wider), k and v within :data:`MAX_NUMEL` elements."""
+        nq, nk = math.prod(map(self.size, s.lead)), math.prod(map(self.size, s.lead_kv))
+        widest = max(self.size(s.d), self.size(s.dv))
+        return max(nq * self.size(s.sq) * max(self.size(s.sk), widest), nk * self.size(s.sk) * widest) <= MAX_NUMEL
+
+    def _sdpa_qkv(self, s: SdpaShape) -> tuple[str, str, str]:
+        """q, k and v: one input (self-attention), projections of one input split into heads, or
+        three inputs (q sometimes scaled or squashed first)."""
+        rng, dt = self.rng, self.float_dtype
+        sq, sk, d, dv, h, b = s.sq, s.sk, s.d, s.dv, s.h, s.b
         mode = rng.random()
-        if sq == sk and d == dv and hq == hk and mode < 0.15:  # self-attention on one input
-            q = k = v = self.new_input(lead + (sq, d), dt)
-        elif rank == 4 and hq == hk and sq == sk and mode < 0.3:  # projections split into heads
+        if sq == sk and d == dv and s.hq == s.hk and mode < 0.15:  # self-attention on one input
+            q = k = v = self.new_input(s.lead + (sq, d), dt)
+        elif s.rank == 4 and s.hq == s.hk and sq == sk and mode < 0.3:  # projections split into heads
             e = self.new_dim(rng.choice([3, 5, 8, 16]))
             x = self.new_input((b, sq, e), dt)
             q, k, v = (self.emit((f"{{v}} = ({x} @ {self.new_input((e, f'{h}*{w}'), dt)})"
                                   f".unflatten(-1, ({h}, {w})).transpose(1, 2)",)) for w in (d, d, dv))
         else:
-            q, k, v = self.new_input(lead + (sq, d), dt), self.new_input(lead_kv + (sk, d), dt), \
-                self.new_input(lead_kv + (sk, dv), dt)
+            q, k, v = self.new_input(s.lead + (sq, d), dt), self.new_input(s.lead_kv + (sk, d), dt), \
+                self.new_input(s.lead_kv + (sk, dv), dt)
             if rng.random() < 0.15:
                 q = self.emit((rng.choice([f"{{v}} = {q} * {self.const()}", f"{{v}} = torch.tanh({q})"]),))
-        mask = None
-        if rng.random() < 0.55:
-            shapes = [(sq, sk), (sq, sk), ("1", sk), (sq, "1"), lead + (sq, sk)]
-            if rank == 4:
-                shapes += [(b, "1", "1", sk), (b, "1", sq, sk), (h, sq, sk), ("1", h, "1", sk)]
-            elif rank == 3:
-                shapes += [(h, "1", sk)]
-            shape = rng.choice(shapes)
-            kind = rng.choice(["bool", "bool", "band", "float", "float_inf", "float_inf"])
-            if kind == "bool":
-                mask = self.new_input(shape, "bool")
-            elif kind == "band":  # where to attend; an offset below 0 leaves the first rows without a key
-                i, j = f"torch.arange({sq})[:, None]", f"torch.arange({sk})[None, :]"
-                cond = rng.choice([f"{j} <= {i} + {rng.choice([-2, -1, 0, 1])}",
-                                   f"({i} - {j}).abs() <= {rng.choice([0, 1, 2])}",
-                                   f"{j} <= {i} + ({sk} - {sq})", f"{j} >= {i}"])
-                if rng.random() < 0.3:
-                    cond = f"({cond}) & {self.new_input(shape, 'bool')}"
-                mask = self.emit((f"{{v}} = {cond}",))
-            elif kind == "float":  # an additive bias
-                mask = self.new_input(shape, dt)
-            else:  # -inf where a boolean input says no
-                m = self.new_input(shape, "bool")
-                if rng.random() < 0.5:
-                    mask = self.emit((f'{{v}} = torch.where({m}, 0.0, float("-inf")).to(torch.{dt})',))
-                else:
-                    mask = self.emit((f'{{v}} = {self.new_input(shape, dt)}.masked_fill(~{m}, float("-inf"))',))
+        return q, k, v
+
+    def _sdpa_mask(self, s: SdpaShape) -> str | None:
+        """``attn_mask`` (more often than not; else ``None``), in a shape that broadcasts: a
+        boolean input, an ``arange`` band, an additive float bias, or 0 and ``-inf`` where a
+        boolean input says yes and no."""
+        rng, dt = self.rng, self.float_dtype
+        sq, sk, h, b = s.sq, s.sk, s.h, s.b
+        if not rng.random() < 0.55:
+            return None
+        shapes = [(sq, sk), (sq, sk), ("1", sk), (sq, "1"), s.lead + (sq, sk)]
+        if s.rank == 4:
+            shapes += [(b, "1", "1", sk), (b, "1", sq, sk), (h, sq, sk), ("1", h, "1", sk)]
+        elif s.rank == 3:
+            shapes += [(h, "1", sk)]
+        shape = rng.choice(shapes)
+        kind = rng.choice(["bool", "bool", "band", "float", "float_inf", "float_inf"])
+        if kind == "bool":
+            return self.new_input(shape, "bool")
+        if kind == "band":
+            return self._sdpa_band(sq, sk, shape)
+        if kind == "float":  # an additive bias
+            return self.new_input(shape, dt)
+        # -inf where a boolean input says no
+        m = self.new_input(shape, "bool")
+        if rng.random() < 0.5:
+            return self.emit((f'{{v}} = torch.where({m}, 0.0, float("-inf")).to(torch.{dt})',))
+        return self.emit((f'{{v}} = {self.new_input(shape, dt)}.masked_fill(~{m}, float("-inf"))',))
+
+    def _sdpa_band(self, sq: str, sk: str, shape: tuple[str, ...]) -> str:
+        """A boolean mask of where to attend, from ``arange`` (an offset below 0 leaves the first
+        rows without a key), sometimes and-ed with a boolean input of this shape."""
+        rng = self.rng
+        i, j = f"torch.arange({sq})[:, None]", f"torch.arange({sk})[None, :]"
+        cond = rng.choice([f"{j} <= {i} + {rng.choice([-2, -1, 0, 1])}",
+                           f"({i} - {j}).abs() <= {rng.choice([0, 1, 2])}",
+                           f"{j} <= {i} + ({sk} - {sq})", f"{j} >= {i}"])
+        if rng.random() < 0.3:
+            cond = f"({cond}) & {self.new_input(shape, 'bool')}"
+        return self.emit((f"{{v}} = {cond}",))
+
+    def _sdpa_args(self, s: SdpaShape, q: str, k: str, v: str, mask: str | None) -> list[str]:
+        """The call's arguments: q, k, v, the mask (positional or ``attn_mask=``), and some of
+        ``dropout_p=0.0``, ``is_causal`` (True only without a mask), ``scale``, ``enable_gqa``."""
+        rng = self.rng
         args = [q, k, v]
         if mask is not None:
             args.append(mask if rng.random() < 0.3 else f"attn_mask={mask}")
@@ -156,9 +225,6 @@ class GenAttention(GenOps):
             args.append("is_causal=False")
         if rng.random() < 0.35:
             args.append(f"scale={rng.choice(['0.5', '0.125', '0.3', '1.0', '2.0'])}")
-        if gqa or (rank >= 3 and rng.random() < 0.1):
+        if s.gqa or (s.rank >= 3 and rng.random() < 0.1):
             args.append("enable_gqa=True")
-        out = self.emit((f"{{v}} = {SDPA}({', '.join(args)})",))
-        if rank == 4 and rng.random() < 0.3:  # heads merged again
-            out = self.emit((f"{{v}} = {out}.transpose(1, 2).flatten(-2)",))
-        self.keep = out
+        return args

@@ -28,6 +28,8 @@ class Gen(GenAttention):
     """A seed's program: :meth:`generate` draws it all."""
 
     def generate(self) -> Program:
+        """The whole program: a start (SDPA, attention by hand, or one or two inputs), ops up to a
+        drawn count, outputs and options; what no output needs dropped; maybe a variant."""
         rng = self.rng
         n_ops = rng.randint(2, 8)
         r = rng.random()
@@ -38,29 +40,46 @@ class Gen(GenAttention):
             except Exception:  # no shape fits, or eager refused: an ordinary program instead
                 start = None
         if start is None:
-            self.ops, self.pool, self.inputs, self.dims, self.ntemp, self.prefer = [], [], [], {}, 0, []
-            self.max_dims, self.keep = 5, None
-            self.g.manual_seed(self.seed)
-            self.ns = {"torch": torch, "g": self.g}
-            for _ in range(50):
-                nd = rng.choices([0, 1, 2, 3, 4], [0.3, 1, 4, 3, 1])[0]
-                shape = self.random_shape(nd)
-                if math.prod(eval(s, {}, dict(self.dims)) for s in shape) <= MAX_NUMEL:
-                    break
-            self.new_input(shape)
-            if self.flavor == "int":
-                for _ in range(50):  # an index-sized input, as small as the first
-                    try:
-                        self.new_input(self.random_shape(rng.randint(1, 2)), rng.choice(["int32", "int64", "bool"]))
-                        break
-                    except Reject:
-                        pass
+            self._plain_start()
         tries = 0
         while len(self.ops) < n_ops and tries < 200:
             tries += 1
             self.attempt(self.step)
         if not self.ops:
             self.attempt(lambda: ("{v} = " + self.pool[-1] + " * 2",))
+        outputs = self._outputs()
+        options = self._options()
+        p = Program(self.seed, dict(self.dims), tuple(self.inputs), tuple(self.ops), tuple(outputs), options,
+                    tuple_out=len(outputs) == 1 and rng.random() < 0.1)
+        if self.keep is not None and all(op.var != self.keep for op in prune(p).ops):  # no output needs it: one does
+            p = replace(p, outputs=p.outputs + (self.keep,), tuple_out=False)
+        return self._variant(prune(p))
+
+    def _plain_start(self) -> None:
+        """From nothing (whatever a failed start drew is dropped, the torch generator reseeded): one
+        input of rank 0-4, and in an integer program an index-sized integer or boolean input."""
+        rng = self.rng
+        self.ops, self.pool, self.inputs, self.dims, self.ntemp, self.prefer = [], [], [], {}, 0, []
+        self.max_dims, self.keep = 5, None
+        self.g.manual_seed(self.seed)
+        self.ns = {"torch": torch, "g": self.g}
+        for _ in range(50):
+            nd = rng.choices([0, 1, 2, 3, 4], [0.3, 1, 4, 3, 1])[0]
+            shape = self.random_shape(nd)
+            if math.prod(eval(s, {}, dict(self.dims)) for s in shape) <= MAX_NUMEL:
+                break
+        self.new_input(shape)
+        if self.flavor == "int":
+            for _ in range(50):  # an index-sized input, as small as the first
+                try:
+                    self.new_input(self.random_shape(rng.randint(1, 2)), rng.choice(["int32", "int64", "bool"]))
+                    break
+                except Reject:
+                    pass
+
+    def _outputs(self) -> list[str]:
+        """The last op's value, and maybe some values that nothing reads or an earlier value."""
+        rng = self.rng
         outputs = [self.ops[-1].var]
         # values nothing reads are outputs too, some of them (the rest is dropped)
         text = "\n".join(line.split(" = ", 1)[-1] for op in self.ops for line in op.lines)  # what ops read
@@ -69,6 +88,12 @@ class Gen(GenAttention):
         outputs += leaves[:rng.choice([0, 1, 1, 2])]
         if len(outputs) == 1 and len(self.ops) > 1 and rng.random() < 0.15:
             outputs.append(rng.choice([op.var for op in self.ops[:-1]]))
+        return outputs
+
+    def _options(self) -> dict[str, Any]:
+        """Compile options: small tiles (several, and partial ones, at these sizes), a small
+        ``block_limit``, ``exact_roundings`` in a 16-bit program; often none."""
+        rng = self.rng
         options: dict[str, Any] = {}
         r = rng.random()
         if r < 0.35:
@@ -78,11 +103,12 @@ class Gen(GenAttention):
             options["block_limit"] = rng.choice([16, 32, 64])
         if self.flavor in ("f16", "bf16") and rng.random() < 0.3:
             options["exact_roundings"] = True
-        p = Program(self.seed, dict(self.dims), tuple(self.inputs), tuple(self.ops), tuple(outputs), options,
-                    tuple_out=len(outputs) == 1 and rng.random() < 0.1)
-        if self.keep is not None and all(op.var != self.keep for op in prune(p).ops):  # no output needs it: one does
-            p = replace(p, outputs=p.outputs + (self.keep,), tuple_out=False)
-        p = prune(p)
+        return options
+
+    def _variant(self, p: Program) -> Program:
+        """``p``, sometimes with a dimension of size 0 and sometimes with inputs that require grad,
+        each only where eager runs it."""
+        rng = self.rng
         if rng.random() < 0.04:  # a dimension of size 0 (the first, in a random order, that eager accepts)
             names = sorted(p.dims)
             rng.shuffle(names)
@@ -96,7 +122,6 @@ class Gen(GenAttention):
             if _runs_eagerly(q):
                 p = q
         return p
-
 
 
 def is_float(dtype: str) -> bool:
