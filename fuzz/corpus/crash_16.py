@@ -1,6 +1,6 @@
 """flashlight fuzz reproducer: crash (seed 16).
 
-Found by ``python -m flashlight.fuzz --seeds 16:17 --fail-on-compile-error`` (generator version
+Found by ``python -m fuzz --seeds 16:17 --fail-on-compile-error`` (generator version
 4), then minimized, then simplified by hand (a [1, 2] input, a causal mask). Without that flag the
 program is ``ok``: the segment falls back to eager (about 3% of all programs do, with this error
 on sum_N, mm_N_sum, bmm_N, ...; seed 722 minimizes to softmax(q @ k^T masked) @ v with S_q = 1).
@@ -21,9 +21,9 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.

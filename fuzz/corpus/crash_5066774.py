@@ -1,6 +1,6 @@
 """flashlight fuzz reproducer: crash (seed 5066774).
 
-Found by ``python -m flashlight.fuzz --seeds 5066774:5066775`` (generator version
+Found by ``python -m fuzz --seeds 5066774:5066775`` (generator version
 4), then minimized.
 Run ``python {this file}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
@@ -16,9 +16,9 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.

@@ -1,6 +1,6 @@
 """flashlight fuzz reproducer: mismatch (seed 1132).
 
-Found by ``python -m flashlight.fuzz --seeds 1132:1133``, then minimized.
+Found by ``python -m fuzz --seeds 1132:1133``, then minimized.
 Run ``python {this file}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
 output 0 (torch.float32[2, 2, 2, 1]): 1 of 8 elements beyond rtol 0.0001, atol 0.00074; max abs error 4.62 (scale 7.4); first at [0, 0, 0, 0]: 2.7789175510406494 vs eager 7.39736270904541
@@ -18,9 +18,9 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.

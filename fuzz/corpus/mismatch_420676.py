@@ -1,6 +1,6 @@
 """flashlight fuzz reproducer: mismatch (seed 420676).
 
-Found by ``python -m flashlight.fuzz --seeds 420676:420677`` (generator version
+Found by ``python -m fuzz --seeds 420676:420677`` (generator version
 3), then minimized.
 Run ``python {this file}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
@@ -14,13 +14,13 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
-BUG = "flashlight/fuzz.py compare, a false positive (no compiler bug): layer_norm outputs summed over the normalized axis are 0 exactly (7e-16 in float64); eager's row sums (-6e-7, 5e-7) happen to cancel to -1.2e-7, flashlight rounds a row differently and gets 8.3e-7. The old rule excused only errors within 4x eager's error against float64, which was lucky here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 2.4e-6 here, with layer_norm's mean perturbed inside its decomposition)"
+BUG = "fuzz/comparison.py compare, a false positive (no compiler bug): layer_norm outputs summed over the normalized axis are 0 exactly (7e-16 in float64); eager's row sums (-6e-7, 5e-7) happen to cancel to -1.2e-7, flashlight rounds a row differently and gets 8.3e-7. The old rule excused only errors within 4x eager's error against float64, which was lucky here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 2.4e-6 here, with layer_norm's mean perturbed inside its decomposition)"
 FIXED = True
 
 A, B = 2, 3

@@ -1,6 +1,6 @@
 """flashlight fuzz reproducer: mismatch (seed 53511).
 
-Found by ``python -m flashlight.fuzz --seeds 53511:53512`` (generator version
+Found by ``python -m fuzz --seeds 53511:53512`` (generator version
 3), then minimized.
 Run ``python {this file}``: ``check()`` raises AssertionError while flashlight differs from eager.
 
@@ -14,13 +14,13 @@ import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
 if (_ROOT / "flashlight" / "__init__.py").exists():
-    sys.path.insert(0, str(_ROOT))  # the checkout this file is in, before any installed flashlight
+    sys.path.insert(0, str(_ROOT))  # the checkout this file is in: its fuzzer, and its flashlight first
 
-from flashlight.fuzz import check_program  # noqa: E402
+from fuzz import check_program  # noqa: E402
 
 # Open: the bug as found. A fixed bug's reproducer says FIXED = True and tests/test_fuzz.py
 # then requires it to pass.
-BUG = "flashlight/fuzz.py compare, a false positive (no compiler bug): exp of a matmul result that is equal along axis 2, minus its mean over that axis, is 0 exactly (6e-14 in float64); eager computes the equal rows bit-identically (its error, at most 7.6e-6, is its mean's rounding), flashlight's tl.dot (numpy matmul on 16x16 tiles in the interpreter) rounds one row an ulp differently and exp amplifies that to 3e-4 (an ulp of the exponent, about 6, times values up to 500). The old rule excused only errors within 4x eager's error against float64, 40x smaller here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 5.8e-4 here)"
+BUG = "fuzz/comparison.py compare, a false positive (no compiler bug): exp of a matmul result that is equal along axis 2, minus its mean over that axis, is 0 exactly (6e-14 in float64); eager computes the equal rows bit-identically (its error, at most 7.6e-6, is its mean's rounding), flashlight's tl.dot (numpy matmul on 16x16 tiles in the interpreter) rounds one row an ulp differently and exp amplifies that to 3e-4 (an ulp of the exponent, about 6, times values up to 500). The old rule excused only errors within 4x eager's error against float64, 40x smaller here; compare now also takes eager's Monte-Carlo rounding noise (eager_noise: 5.8e-4 here)"
 FIXED = True
 
 A, B, C, D = 7, 1, 7, 2
