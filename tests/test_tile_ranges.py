@@ -135,3 +135,23 @@ def test_a_launch_order_on_a_serial_loop_does_not_verify():
     text = CAUSAL_HEADS.replace("tile 64 @serial", "tile 64 @serial launch heaviest-first group 2")
     with pytest.raises(ir.VerificationError, match="launch order needs a tiled parallel grid loop"):
         ir.verify(ir.parse(text))
+
+
+def test_the_interpreter_checks_what_tile_ranges_claim():
+    """The oracle checks the pass's facts: the ranges it derived hold; a range that leaves out a
+    tile with work, or calls a diagonal tile full, is caught where the claim fails."""
+    import numpy as np
+
+    from flashlight.ir.interpret import interpret
+
+    text = CAUSAL_HEADS.replace("f32[6,", "f32[2,").replace("0:6", "0:2")
+    prog = passes.tile_ranges(ir.parse(text))
+    s = np.random.default_rng(0).standard_normal((2, 256, 256)).astype(np.float32)
+    ref = np.where(np.tril(np.ones((256, 256), bool)), s, -np.inf).max(-1)
+    np.testing.assert_array_equal(interpret(prog, {"s": s})["m"], ref)
+    good = str(prog)
+    assert "tiles [0:i // 64 full, i // 64:i // 64 + 1 masked]" in good
+    with pytest.raises(ValueError, match=r"runs statements in tile 0 at h=0, i=0, j=0, which none of its tile ranges lists \(0:i // 64\)"):
+        interpret(ir.parse(good.replace(", i // 64:i // 64 + 1 masked", "")), {"s": s})
+    with pytest.raises(ValueError, match=r"claims every guard holds, but j <= i fails"):
+        interpret(ir.parse(good.replace("i // 64 + 1 masked", "i // 64 + 1 full")), {"s": s})

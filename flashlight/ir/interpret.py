@@ -39,6 +39,10 @@ Semantics, exactly as the tree says (see :mod:`flashlight.ir.nodes`):
   such as ``where(j < n, x[j], 0.0)`` never indexes out of bounds.
 * Every load and store is bounds-checked (no negative wrap-around): an index out of range raises
   :class:`IndexError` naming the statement (or guard, or loop bound), the tensor and the point.
+* The facts that loops state are checked where they are claimed, and a false one raises
+  :class:`ValueError`: per-tile bounds of guard data (``bounds [...]``) at every point, and tile
+  ranges (``tiles [...]``): every tile of the loop where a statement instance runs lies in a
+  listed range, and in a tile of a ``full`` range every affine guard inside holds.
 
 Execution is element by element through closures compiled once per call; programs in tests
 are small (thousands of statement instances), for which this takes milliseconds.
@@ -54,8 +58,9 @@ import numpy as np
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import CASTS, COMPARISONS, Call, Const, Expr, Iter, Load, dtype_of
+from flashlight.ir.expr import CASTS, COMPARISONS, Call, Const, Expr, Iter, Load, dtype_of, loads
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.printer import format_expr
 
 # {{{ dtypes and conversions
 
@@ -240,6 +245,8 @@ class _Machine:
         self.program = program
         self.arrays = arrays
         self.dtypes = program.dtypes
+        self.instances = 0  # statement instances run so far: tells which tiles held work
+        self.full_tiles: list[str] = []  # the claims of the enclosing loops now in a tile stated full
 
     # {{{ expressions
 
@@ -360,10 +367,14 @@ class _Machine:
         if isinstance(node, Guard):
             cond = self.expr(node.cond, f"guard {node.cond}")
             inner = self.body(node.body)
+            affine = not loads(node.cond)  # tile ranges state facts about affine guards only
 
             def guard(env: Env) -> None:
                 if cond(env):
                     inner(env)
+                elif affine and self.full_tiles:
+                    raise ValueError(f"{self.full_tiles[-1]} claims every guard holds, but {node.cond} "
+                                     f"fails at {_point(env)}")
 
             return guard
         assert isinstance(node, Loop), node
@@ -375,6 +386,7 @@ class _Machine:
         # the per-tile bounds a loop states are facts: checked at every point, as they are claimed
         facts = [tuple(self.expr(e, f"tile bound of loop {name}") for e in (b.operand, b.lower, b.upper))
                  + (b,) for b in node.bounds]
+        body = self.ranged_body(node, inner) if node.ranges else inner
 
         def loop(env: Env) -> None:
             for v in range(int(lower(env)), int(upper(env))):
@@ -382,12 +394,48 @@ class _Machine:
                 for x, lo, hi, b in facts:
                     if not lo(env) <= x(env) <= hi(env):
                         raise ValueError(f"tile bound {b.operand} in {b.lower}:{b.upper} does not hold at {_point(env)}")
-                inner(env)
+                body(env)
             env.pop(name, None)
 
         return loop
 
+    def ranged_body(self, node: Loop, inner: Callable[[Env], None]) -> Callable[[Env], None]:
+        """The body of a loop that lists its tile ranges, checking the claims at every point: a
+        tile where a statement instance runs lies in a range, and in a tile of a ``full`` range
+        every affine guard inside holds (data-dependent guards are decided at run time)."""
+        name, tile = node.iterator, node.tile or 1
+        where = f"tile range of loop {name}"
+        ranges = [(self.expr(r.lower, where), self.expr(r.upper, where), r.masked) for r in node.ranges]
+        listed = ", ".join(f"{format_expr(r.lower)}:{format_expr(r.upper)}" for r in node.ranges)
+
+        def body(env: Env) -> None:
+            t = int(env[name]) // tile
+            held = [masked for lo, hi, masked in ranges if int(lo(env)) <= t < int(hi(env))]
+            full = bool(held) and not all(held)
+            if full:
+                self.full_tiles.append(f"the full tile range of loop {name} (tile {t})")
+            before = self.instances
+            try:
+                inner(env)
+            finally:
+                if full:
+                    self.full_tiles.pop()
+            if self.instances != before and not held:
+                raise ValueError(f"loop {name} runs statements in tile {t} at {_point(env)}, which none "
+                                 f"of its tile ranges lists ({listed})")
+
+        return body
+
     def stmt(self, s: Stmt) -> Callable[[Env], None]:
+        run = self._stmt(s)
+
+        def counted(env: Env) -> None:
+            self.instances += 1
+            run(env)
+
+        return counted
+
+    def _stmt(self, s: Stmt) -> Callable[[Env], None]:
         where = f"statement {s.name}"
         index = self.index(s.target, where)
         dtype = self.dtypes[s.target.tensor]
