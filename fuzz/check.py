@@ -83,16 +83,30 @@ def reference64(prog: Callable, inputs: tuple, casts32: list[torch.Tensor]) -> t
             err = (casts32[k] - src.double()).abs().nan_to_num(0.0, 0.0, 0.0).max()
             return func(src + self.sign * err.to(src.dtype), *args[1:], **(kwargs or {}))
 
+    class Widen(TorchDispatchMode):
+        """Casts to a narrower float cast to float64: the program's own ``.to(torch.bfloat16)``
+        would round (and SDPA refuses a bfloat16 mask beside float64 queries: seed 5501272)."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") in _NARROWER_FLOATS:
+                kwargs["dtype"] = torch.float64
+            return func(*args, **kwargs)
+
     inputs64 = _ref64_inputs(inputs)
     try:
-        ref64 = prog(*inputs64)
+        with Widen():
+            ref64 = prog(*inputs64)
     except Exception:
         return None, ()
     flipped = []
     for sign in (-1.0, 1.0) if casts32 else ():
-        with Shift(sign):
+        with Widen(), Shift(sign):
             flipped.append(prog(*inputs64))
     return ref64, tuple(flipped)
+
+
+_NARROWER_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 def fallbacks_of(f: Any) -> list[tuple[str, str]]:
     """The segments of a compiled function that ran in eager PyTorch, with the reasons (the whole
