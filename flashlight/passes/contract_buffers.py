@@ -11,13 +11,13 @@ keeping it in registers preserves it. Everything else stays a global ``buffer``.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, tensors_touched, walk_stmts
-
-name = "contract-buffers"
+from flashlight.passes.declare import Pass
 
 
 def local_temps(program: Program, nest: Node) -> set[str]:
@@ -78,3 +78,13 @@ def contract_buffers(program: Program) -> Program:
                   "every access indexes the temporary with the same grid, block or serial-loop iterators "
                   "of one kernel, so each value is produced and consumed inside one program")
     return program.replace(tensors=tensors).with_proofs(proof)
+
+
+@dataclass(frozen=True)
+class ContractBuffers(Pass):
+    """Contract temporaries into registers: decide which intermediates never touch global memory."""
+
+    name: ClassVar[str] = "contract-buffers"
+
+    def apply(self, program: Program) -> Program:
+        return contract_buffers(program)

@@ -25,15 +25,15 @@ anything gained: a one-term sum has nothing to defer the factor past.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter, Load
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import fresh_tensor_name, guard_body
-
-name = "defer-normalization"
 
 
 def _split(e: Expr, invariant: set[str], reduced: set[str], dt: dict[str, str]) -> tuple[Expr | None, list[tuple[Expr, bool]]]:
@@ -130,3 +130,13 @@ def _rebuild(loops: tuple[Loop, ...], guards: tuple[Expr, ...], stmt: Stmt) -> N
     for l in reversed(loops):
         node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
     return node
+
+
+@dataclass(frozen=True)
+class DeferNormalization(Pass):
+    """Defer normalisation: move factors that read another reduction's result out of a sum."""
+
+    name: ClassVar[str] = "defer-normalization"
+
+    def apply(self, program: Program) -> Program:
+        return defer_normalization(program)

@@ -15,15 +15,15 @@ Legality: an expression rewrite inside one statement; values change only by the 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr
 from flashlight.ir.nodes import Program, Proof, Stmt
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts
-
-name = "elide-roundings"
 
 
 def _is_round_trip(e: Expr, dt: dict[str, str]) -> bool:
@@ -66,3 +66,13 @@ def elide_roundings(program: Program) -> Program:
         "elide roundings", True,
         f"{count[0]} round trips through bf16 inside fused expressions dropped: the fp32 value is "
         "kept exactly (contraction operands keep their casts)"))
+
+
+@dataclass(frozen=True)
+class ElideRoundings(Pass):
+    """Keep fused intermediates in fp32: drop a round trip through a narrower float between two ops."""
+
+    name: ClassVar[str] = "elide-roundings"
+
+    def apply(self, program: Program) -> Program:
+        return elide_roundings(program)

@@ -15,15 +15,17 @@ iterators through the read index (isl over-approximates such guards, so this par
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Guard, Program, Proof, Stmt, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, set_to_condition
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts, writers
-
-name = "restrict-to-demand"
 
 
 def restrict_to_demand(program: Program) -> Program:
@@ -130,3 +132,13 @@ def _only(u: isl.UnionSet, name: str) -> isl.Set | None:
         if s.get_tuple_name() == name:
             return s
     return None
+
+
+@dataclass(frozen=True)
+class RestrictToDemand(Pass):
+    """Restrict producers to the instances whose results are read (dead-instance elimination)."""
+
+    name: ClassVar[str] = "restrict-to-demand"
+
+    def apply(self, program: Program) -> Program:
+        return restrict_to_demand(program)

@@ -22,7 +22,8 @@ must be empty; otherwise the loop keeps one masked range in its natural order).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import islpy as isl
 
@@ -30,10 +31,9 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
+from flashlight.passes.declare import Pass
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
 from flashlight.passes.tree import with_grid_body
-
-name = "tile-ranges"
 
 
 def tile_ranges(program: Program) -> Program:
@@ -233,3 +233,13 @@ def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[
             visited += width
             masked += width if r.masked else 0
     return visited, masked, total * len(points)
+
+
+@dataclass(frozen=True)
+class TileRanges(Pass):
+    """Tile ranges: which tiles of a serial loop hold work, and which of them need no mask."""
+
+    name: ClassVar[str] = "tile-ranges"
+
+    def apply(self, program: Program) -> Program:
+        return tile_ranges(program)
