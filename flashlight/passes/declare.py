@@ -302,8 +302,9 @@ def resolve_pipeline(spec: str | Sequence[Step | Pass],
     """Every step of ``spec`` as a configured :class:`Pass` (see :func:`configure`). Overrides name
     registered passes and declared options (a typo raises), but need not be in the pipeline."""
     for name, opts in (overrides or {}).items():
+        cls = lookup(name)
         for key, value in opts.items():
-            _checked(lookup(name), key, value)
+            _checked(cls, key, value)
     steps = parse_pipeline(spec) if isinstance(spec, str) else spec
     return [step if isinstance(step, Pass) else configure(step[0], step[1], overrides) for step in steps]
 

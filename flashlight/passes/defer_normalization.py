@@ -21,6 +21,12 @@ statements recompute it, and ``x - mean`` is exactly 0. The "only moves where ro
 happens" argument does not hold there: the rewritten sum rounds differently from the term it
 is later subtracted from, and the difference, divided by ``sqrt(0 + eps)``, is O(1). Nor is
 anything gained: a one-term sum has nothing to defer the factor past.
+
+Legality: distributivity, ``Σ_j G_j · c = (Σ_j G_j) · c``, for a factor ``c`` whose indices
+read none of the summed iterators, so it is one value for all the terms of a sum. The product is
+taken after the sum, later than before in program order, and the factor's reduction already
+ran before the original statement, so the factor read is the same final value; nothing else
+reads the new partial sum. Up to where rounding happens, the target gets the same value.
 """
 
 from __future__ import annotations

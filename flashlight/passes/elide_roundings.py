@@ -10,7 +10,13 @@ Round trips that are the operands of a contraction stay: ``sum_j f32(bf16(p)) * 
 ``P`` cast to V's dtype before ``P @ V``, which eager does and a tensor-core product consumes.
 Round trips through fp16 stay too: its range is narrow, so the rounding decides which values
 become inf or 0 (a score past 65504 is inf in eager, and its softmax NaN); bf16 has fp32's range.
-Legality: an expression rewrite inside one statement; values change only by the dropped rounding.
+
+Legality: a rewrite of expressions inside one statement, so domains, accesses and the schedule
+stay, and with them every dependence. Each dropped ``wide(narrow(x))`` yields ``x`` where eager
+yields ``x`` rounded to the narrower type: the value differs from eager's by that one rounding
+(half an ulp of the narrow type, relatively) and is the value an fp32 computation would hold.
+The exceptions above are where that rounding matters downstream: a contraction operand (the
+tensor-core product consumes the narrow value) and fp16 (the rounding decides overflow).
 """
 
 from __future__ import annotations

@@ -33,6 +33,15 @@ The rewritten statement reads the running value and carries the repair factor as
 running ``max``, the new value enters ``F`` and the rescale through ``where(y == -inf, 0, y)``:
 any finite reference keeps the invariant ``z = ⊕ G(x_j) ⊗ H(ref)``, and while ``y`` is still
 ``-inf`` the accumulator is the identity, so ``exp(-inf - ref) = 0`` repairs it safely.
+
+Legality: fusing, mapping and splitting only reorder statement instances, and each order is
+checked with isl against the memory dependences (RAW, WAR, WAW): no dependence runs backwards
+under the fused schedule (``deps ∩ lex_ge(fused) = ∅``) or links two grid points, which run in
+different programs with no order between them. The online rewrite also changes what a statement
+computes; it is applied only where the lemma of :mod:`flashlight.passes.algebra` shows that the
+running value, repaired by its rescale factor, equals the one computed from the final reduction,
+and isl accepts the fused schedule of the single-assignment form. Every refusal records isl's
+witness or the failed lemma.
 """
 
 from __future__ import annotations

@@ -15,6 +15,13 @@ rules out at run time.
 Caveat, as in every FlashAttention kernel: a row where *every* point is masked folds nothing,
 so its accumulators keep their identities (a sum of 0 where eager sums ``exp(nan)``); outputs
 normalised by that sum are ``0/0 = nan`` either way, matching eager.
+
+Legality: at a point where ``c`` is false the statement folds ``F(f)``, which the abstract
+evaluation proves to be the identity of ``⊕`` whatever finite values the other operands take;
+folding the identity leaves an accumulator as it was, so removing those points from the domain
+leaves every reduction unchanged. Where a row's terms read a maximum that stays ``-inf`` (every
+point masked), eager folds NaN rather than the identity: a fixup statement after the reduction
+(``S_empty``) restores NaN in exactly those rows.
 """
 
 from __future__ import annotations

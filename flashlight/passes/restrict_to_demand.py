@@ -11,6 +11,12 @@ For causal attention this moves the mask ``j <= i`` onto the score statement
 for the whole fused loop, not only for the softmax statements. A data-dependent guard that every
 reader shares (``doc[i] == doc[j]``) moves to the writer the same way, by renaming the readers'
 iterators through the read index (isl over-approximates such guards, so this part is syntactic).
+
+Legality: the removed instances of ``W`` write elements of ``t`` that no statement reads: isl
+computes the elements read exactly, since every read is affine, and a data-dependent guard moves
+only when every reader has it, so an element is read only where it holds. ``W`` being the only
+writer, no other value of those elements exists, so every value read, and with it every output,
+is unchanged.
 """
 
 from __future__ import annotations

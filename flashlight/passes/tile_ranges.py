@@ -12,9 +12,10 @@ isl computes, as sets parameterised by the grid tile indices ``t``:
 
 Each set is split into convex pieces, and each piece's bounds ``min jt``/``max jt`` become
 (piecewise quasi-affine) functions of ``t``, written back in the IR as expressions of the grid
-iterators (``i // 64``): the kernel loops over those ranges only. Legality: skipped tiles hold
-no instance; full tiles satisfy every guard; the ranges partition ``nonempty``, so every
-instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
+iterators (``i // 64``): the kernel loops over those ranges only.
+
+Legality: skipped tiles hold no instance; full tiles satisfy every guard; the ranges partition
+``nonempty``, so every instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
 is legal because no dependence links two different tiles except through the online state,
 whose merge is commutative and associative (checked with isl: strict dependences across tiles
 must be empty; otherwise the loop keeps one masked range in its natural order).
