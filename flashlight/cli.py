@@ -5,7 +5,9 @@
   every stage and ``--proofs`` the legality decisions the passes recorded.
 * ``explain SCRIPT.py:FN --shapes ...`` imports a PyTorch function, makes random inputs and prints
   :func:`flashlight.explain` for it.
-* ``passes [NAME ...]`` lists the passes (or documents the named ones).
+* ``passes [NAME ...]`` lists the declared passes with their options (or documents the named
+  ones: summary, options, legality argument); ``passes --markdown`` prints the reference section
+  of ``docs/passes.md``, generated from the declarations.
 
 Every entry point is :func:`main`, which takes ``argv`` and returns the exit status: 0 on success,
 1 on an error in the input (``FILE:LINE:COL: error: ...`` for IR syntax errors), 2 on a usage error.
