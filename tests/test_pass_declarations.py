@@ -3,7 +3,6 @@ must have, typed pipeline options, the one precedence rule, and the docs generat
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 import sys
