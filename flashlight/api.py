@@ -76,11 +76,13 @@ class Options:
         bn = self.block_n or 64
         pipeline = self.pipeline
         if self.exact_roundings:
-            pipeline = ",".join(p for p in pipeline.split(",") if p.strip() != "elide-roundings")
+            pipeline = passes.remove_passes(pipeline, {"elide-roundings"})
         return replace(self, block_m=bm, block_n=bn, pipeline=pipeline)
 
 
 def _overrides(o: Options) -> dict[str, dict]:
+    """Options of the whole compilation, as pass options; options written in the pipeline win over
+    them (the precedence rule of :mod:`flashlight.passes.declare`)."""
     return {"fuse-reductions": {"block_limit": o.block_limit},
             "tile": {"block_m": o.block_m, "block_n": o.block_n}}
 

@@ -5,7 +5,9 @@
   every stage and ``--proofs`` the legality decisions the passes recorded.
 * ``explain SCRIPT.py:FN --shapes ...`` imports a PyTorch function, makes random inputs and prints
   :func:`flashlight.explain` for it.
-* ``passes [NAME ...]`` lists the passes (or documents the named ones).
+* ``passes [NAME ...]`` lists the declared passes with their options (or documents the named
+  ones: summary, options, legality argument); ``passes --markdown`` prints the reference section
+  of ``docs/passes.md``, generated from the declarations.
 
 Every entry point is :func:`main`, which takes ``argv`` and returns the exit status: 0 on success,
 1 on an error in the input (``FILE:LINE:COL: error: ...`` for IR syntax errors), 2 on a usage error.
@@ -79,7 +81,7 @@ _PIPELINE_RE = re.compile(rf"(?:{_PASS_ITEM}(?:,{_PASS_ITEM})*)?")
 
 
 def resolve_pipeline(spec: str) -> list[tuple[str, dict[str, Any]]]:
-    """Parse and check a pipeline: syntax, pass names, option names and values.
+    """Parse and check a pipeline: syntax, pass names, option names and types (the declarations).
 
     ``default`` stands for :data:`flashlight.passes.DEFAULT_PIPELINE`.
     """
@@ -91,48 +93,36 @@ def resolve_pipeline(spec: str) -> list[tuple[str, dict[str, Any]]]:
     if not _PIPELINE_RE.fullmatch(spec):
         raise CLIError(f"malformed pipeline {spec!r}; expected 'pass,pass{{option=value,...}},...'")
     try:
-        steps = passes.parse_pipeline(spec)
+        return passes.parse_pipeline(spec)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    for name, options in steps:
-        known = pass_options(name)
-        for key, value in options.items():
-            if key not in known:
-                have = ", ".join(known) or "none"
-                raise CLIError(f"pass {name!r} has no option {key!r}; its options: {have}")
-            if value == "":
-                raise CLIError(f"option {key!r} of pass {name!r} has no value")
-    return steps
 
 
 def pass_options(name: str) -> dict[str, Any]:
-    """Keyword options of a registered pass with their defaults."""
-    from flashlight.passes import PASSES
+    """Declared options of a registered pass with their defaults."""
+    from flashlight.passes import lookup
 
-    params = list(inspect.signature(PASSES[name]).parameters.values())[1:]
-    return {p.name: p.default for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {o.name: o.default for o in lookup(name).options()}
 
 
 def format_step(name: str, options: dict[str, Any]) -> str:
-    if not options:
-        return name
-    return name + "{" + ",".join(f"{k}={v}" for k, v in options.items()) + "}"
+    from flashlight.passes import format_pipeline
+
+    return format_pipeline([(name, options)])
 
 
 def pass_doc(name: str) -> str:
-    """The docstring of the pass's module (its legality argument), else of the function."""
-    from flashlight.passes import PASSES
+    """The docstring of the pass's module: what it does and its legality argument."""
+    from flashlight.passes import lookup
 
-    fn = PASSES[name]
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    doc = getattr(module, "__doc__", None) if module is not None and module.__name__ != "__main__" else None
-    return inspect.cleandoc(doc or fn.__doc__ or "(undocumented)")
+    return lookup(name).legality() or "(undocumented)"
 
 
 def pass_summary(name: str) -> str:
-    """The first line of the pass's docstring."""
-    return pass_doc(name).strip().splitlines()[0]
+    """The pass's one-line summary (its declaration's docstring)."""
+    from flashlight.passes import lookup
+
+    return lookup(name).summary()
 
 # }}}
 
@@ -290,28 +280,32 @@ def load_function(target: str) -> Callable:
     return fn
 
 
-# flashlight.Options fields that compile/explain pass to these passes, overriding the pipeline's own
-_OPTION_FIELDS = {("fuse-reductions", "block_limit"): "block_limit",
-                  ("tile", "block_m"): "block_m", ("tile", "block_n"): "block_n"}
+# explain's flags: flashlight.Options fields, which compile/explain give these pass options as overrides
+_FLAG_OPTIONS = {"block_m": ("tile", "block_m"), "block_n": ("tile", "block_n"),
+                 "block_limit": ("fuse-reductions", "block_limit")}
 
 
 def explain_options(args: argparse.Namespace) -> Any:
-    """:class:`flashlight.Options` from the flags. ``compile``/``explain`` give ``Options.block_m``
-    (etc.) to the passes over the pipeline's own values, so values written in ``--passes`` move
-    to the Options fields (an explicit ``--block-m`` wins)."""
+    """:class:`flashlight.Options` from the flags. ``--block-m`` (etc.) set Options fields, which the
+    passes get as overrides; an option written in ``--passes`` wins over them (the precedence of
+    :mod:`flashlight.passes.declare`), so a flag that contradicts one is an error, not ignored."""
     import flashlight
+    from flashlight.passes import format_pipeline
 
     fields: dict[str, Any] = {}
+    steps: list[tuple[str, dict[str, Any]]] = []
     if args.passes is not None:
         steps = resolve_pipeline(args.passes)
+        fields["pipeline"] = format_pipeline(steps)
+    for flag, (pass_name, key) in _FLAG_OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
         for name, opts in steps:
-            for key, value in opts.items():
-                if (name, key) in _OPTION_FIELDS:
-                    fields[_OPTION_FIELDS[name, key]] = value
-        fields["pipeline"] = ",".join(format_step(n, o) for n, o in steps)
-    for flag in ("block_m", "block_n", "block_limit"):
-        if getattr(args, flag) is not None:
-            fields[flag] = getattr(args, flag)
+            if name == pass_name and opts.get(key, value) != value:
+                raise CLIError(f"--{flag.replace('_', '-')} {value} contradicts {format_step(name, opts)} in "
+                               "--passes, whose options win over flags; give one of them")
+        fields[flag] = value
     return flashlight.Options(**fields)
 
 
@@ -343,24 +337,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # {{{ passes
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from flashlight.passes import DEFAULT_PIPELINE, PASSES
+    from flashlight.passes import DEFAULT_PIPELINE, lookup, registered
+    from flashlight.passes.declare import reference_markdown
 
+    if args.markdown:
+        print(reference_markdown())
+        return 0
     if args.names:
         for k, name in enumerate(args.names):
-            if name not in PASSES:
-                raise CLIError(f"unknown pass {name!r}; known passes: {', '.join(PASSES)}")
-            opts = pass_options(name)
-            shown = ", ".join(f"{k}={v}" for k, v in opts.items()) or "none"
-            print(("\n" if k else "") + f"{name}\n{'=' * len(name)}\n{pass_doc(name)}\n\noptions: {shown}")
+            try:
+                cls = lookup(name)
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+            module = cls.__module__.replace(".", "/") + ".py"
+            print(("\n" if k else "") + f"{name}\n{'=' * len(name)}\n{cls.summary()}\n")
+            print("options:" + ("\n" + describe_options(cls, 2) if cls.options() else " none"))
+            legality = cls.legality().removeprefix(cls.summary()).strip("\n")
+            print(f"\nlegality argument ({module}):\n{legality or '(undocumented)'}")
         return 0
-    width = max(len(n) for n in PASSES) + 2
-    for name in PASSES:
-        print(f"{name:<{width}}{pass_summary(name)}")
-        opts = pass_options(name)
-        if opts:
-            print(" " * width + "options: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    width = max(len(n) for n in registered()) + 2
+    for name, cls in registered().items():
+        print(f"{name:<{width}}{cls.summary()}")
+        if cls.options():
+            print(describe_options(cls, width))
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
     return 0
+
+
+def describe_options(cls: Any, indent: int) -> str:
+    """Each option as ``name: type = default`` over its meaning, wrapped to 100 columns."""
+    lines = []
+    for o in cls.options():
+        lines.append(" " * indent + o.describe())
+        lines += textwrap.wrap(o.doc, width=100, initial_indent=" " * (indent + 4),
+                               subsequent_indent=" " * (indent + 4))
+    return "\n".join(lines)
 
 # }}}
 
@@ -427,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="cpu",
                     help="device of the inputs (default: cpu; kernels for cpu target Triton's interpreter)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    ex.add_argument("-p", "--passes", metavar="PIPELINE", help="pass pipeline instead of the default one")
+    ex.add_argument("-p", "--passes", metavar="PIPELINE",
+                    help="pass pipeline instead of the default one; options written in it win over the flags below")
     ex.add_argument("--block-m", type=int, metavar="N", help="tile of the tiled grid dimension (query rows)")
     ex.add_argument("--block-n", type=int, metavar="N", help="tile of serial loops (key columns)")
     ex.add_argument("--block-limit", type=int, metavar="N",
@@ -437,10 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser(
         "passes", formatter_class=_Formatter, help="list the passes, or document the named ones",
-        description="Without NAME: every registered pass with the first line of its docstring, its options\n"
-                    "and the default pipeline. With NAMEs: each pass's whole docstring, which states\n"
-                    "what it does and why it is legal.")
+        description="Without NAME: every registered pass with its summary, its options (type, default,\n"
+                    "meaning) and the default pipeline. With NAMEs: each pass's summary, options and\n"
+                    "legality argument (its module's docstring: what it does and why it is legal).")
     ps.add_argument("names", nargs="*", metavar="NAME", help="passes to document in full")
+    ps.add_argument("--markdown", action="store_true",
+                    help="print the reference section of docs/passes.md, generated from the declarations")
     ps.set_defaults(run=cmd_passes)
     return parser
 

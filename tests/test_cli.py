@@ -132,7 +132,10 @@ def test_a_refusing_pass_names_itself(tmp_path, capsys):
 @pytest.mark.parametrize("pipeline,message", [
     ("inline,no-such-pass", "unknown pass 'no-such-pass'; known passes: " + ", ".join(passes.PASSES)),
     ("inline;tile", "malformed pipeline 'inline;tile'"),
-    ("tile{block_q=4}", "pass 'tile' has no option 'block_q'"),
+    ("tile{block_q=4}", "pass 'tile' has no option 'block_q'; its options: block_m: int = 64, block_n: int = 64, "
+                        "block_pointwise: int = 1024"),
+    ("tile{block_m=big}", "option block_m of pass 'tile' is an int, got 'big'; its options: block_m: int = 64"),
+    ("inline{max_size=}", "malformed option 'max_size=' of pass 'inline'; write key=value"),
 ])
 def test_bad_pipelines_exit_1(tmp_path, capsys, pipeline, message):
     code, out, err = run(capsys, "opt", write(tmp_path, "small.fl", SMALL), "--passes", pipeline)
@@ -150,22 +153,37 @@ def test_default_pipeline_keyword(tmp_path, capsys):
 
 # {{{ passes and help
 
-def test_passes_lists_every_pass_with_its_summary(capsys):
+def test_passes_lists_every_pass_with_its_summary_and_options(capsys):
     code, out, _ = run(capsys, "passes")
     assert code == 0
-    for name in passes.PASSES:
-        assert any(line.startswith(name + " ") and line.endswith(pass_summary(name)) for line in out.splitlines())
+    lines = out.splitlines()
+    for name, cls in passes.registered().items():
+        at = next(k for k, line in enumerate(lines) if line.startswith(name + " "))
+        assert lines[at].endswith(pass_summary(name)) and pass_summary(name) == cls.summary()
+        for k, opt in enumerate(cls.options()):  # name: type = default, then the meaning's first words
+            assert opt.describe() in lines[at + 1:][k * 3], (name, opt)
+            assert opt.doc.split()[0] in lines[at + 1:][k * 3 + 1]
+    assert "block_limit: int = 256" in out and "largest extent of an iterator" in out
     assert f"default pipeline: {passes.DEFAULT_PIPELINE}" in out
-    assert "options: block_limit=" in out
 
 
 def test_passes_documents_a_named_pass(capsys):
     code, out, _ = run(capsys, "passes", "fuse-reductions")
     assert code == 0
     assert out.startswith("fuse-reductions\n===============\nFuse nests into kernels")
-    assert "online rewrite" in out and "options: block_limit=" in out
+    assert "options:\n  block_limit: int = 256\n      largest extent" in out
+    assert "legality argument (flashlight/passes/fuse_reductions.py):" in out and "online rewrite" in out
+    code, out, _ = run(capsys, "passes", "contract-buffers")
+    assert code == 0 and "options: none" in out
     code, _, err = run(capsys, "passes", "fuse")
     assert code == 1 and "unknown pass 'fuse'" in err
+
+
+def test_passes_markdown_is_the_generated_reference(capsys):
+    from flashlight.passes.declare import reference_markdown
+
+    code, out, _ = run(capsys, "passes", "--markdown")
+    assert code == 0 and out == reference_markdown() + "\n"
 
 
 def test_help(capsys):
@@ -222,13 +240,21 @@ def test_explain_errors(tmp_path, capsys):
 
 
 def test_explain_options_from_the_pipeline_and_flags():
-    from flashlight.cli import build_parser, explain_options
+    """Flags set Options fields (overrides of the passes); what --passes writes stays in the pipeline,
+    where it wins; a flag that contradicts it is an error, since it would be ignored."""
+    from flashlight.cli import CLIError, build_parser, explain_options
 
-    args = build_parser().parse_args(["explain", "s.py:f", "--shapes", "2", "--block-n", "32", "--passes",
-                                      "inline,fuse-reductions{block_limit=4},tile{block_m=16,block_n=8}"])
-    opts = explain_options(args)
-    assert (opts.block_m, opts.block_n, opts.block_limit) == (16, 32, 4)
-    assert opts.pipeline == "inline,fuse-reductions{block_limit=4},tile{block_m=16,block_n=8}"
+    def options(*argv):
+        return explain_options(build_parser().parse_args(["explain", "s.py:f", "--shapes", "2", *argv]))
+
+    opts = options("--block-n", "32", "--passes", "inline,fuse-reductions{block_limit=4},tile{block_m=16}")
+    assert (opts.block_m, opts.block_n, opts.block_limit) == (None, 32, 256)
+    assert opts.pipeline == "inline,fuse-reductions{block_limit=4},tile{block_m=16}"
+    assert options("--block-m", "16", "--passes", "tile{block_m=16}").block_m == 16, "agreeing is fine"
+    with pytest.raises(CLIError, match=r"--block-n 32 contradicts tile\{block_m=16,block_n=8\} in --passes"):
+        options("--block-n", "32", "--passes", "tile{block_m=16,block_n=8}")
+    with pytest.raises(CLIError, match="option block_m of pass 'tile' is an int, got '1.5'"):
+        options("--passes", "tile{block_m=1.5}")
 
 
 def test_parse_shapes():

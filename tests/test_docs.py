@@ -323,7 +323,8 @@ class _Isolated:
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.modules = set(sys.modules)
-        self.passes = dict(flashlight.passes.PASSES)
+        self.registry = flashlight.passes.declare.isolated_registry()  # passes a document declares
+        self.registry.__enter__()
         self.loggers = {name: (lg, lg.level, list(lg.handlers), lg.propagate)
                         for name, lg in (("", logging.getLogger()), ("flashlight", logging.getLogger("flashlight")))}
         os.chdir(self.workdir)
@@ -335,8 +336,7 @@ class _Isolated:
 
         os.chdir(self.cwd)
         sys.path[:] = self.path
-        flashlight.passes.PASSES.clear()
-        flashlight.passes.PASSES.update(self.passes)
+        self.registry.__exit__(None, None, None)
         for lg, level, handlers, propagate in self.loggers.values():
             lg.setLevel(level)
             lg.handlers[:] = handlers

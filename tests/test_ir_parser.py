@@ -172,6 +172,23 @@ def test_blank_lines_and_trailing_newline_are_ignored() -> None:
     assert parse_program("\n" + str(p).replace("\n  buffer", "\n\n  buffer") + "\n") == p
     assert parse(str(p)) == p
 
+
+def test_comment_lines_are_ignored_and_dropped_by_a_round_trip() -> None:
+    text = ("// RUN: a directive for the file-driven tests\n"
+            "program p(x: f32[4,5]) -> (o: f32[4])\n"
+            "  # a comment at any indentation, even one that is not a multiple of two\n"
+            "   // another\n"
+            "  for i in 0:4 parallel\n"
+            "    for j in 0:5 reduce\n"
+            "# between a loop and its body\n"
+            "      S: o[i] += x[i,j] // 2.0\n")
+    p = parse_program(text)
+    assert "#" not in str(p) and "RUN" not in str(p)
+    assert "S: o[i] += x[i,j] // 2.0" in str(p), "'//' inside a line is floor division, not a comment"
+    assert roundtrip(p) == p
+    with pytest.raises(ParseError):
+        parse_program("program p() -> (o: f32[])\n  S: o[] = 1.0  # trailing comments are not comments\n")
+
 # }}}
 
 

@@ -11,7 +11,9 @@
 
 Indentation is two spaces per level; a ``for`` or ``if`` line opens a block (empty when no
 deeper line follows, as the printer prints an empty body), and several comma-separated items
-on one ``for`` line are perfectly nested loops, outermost first. Blank lines are ignored.
+on one ``for`` line are perfectly nested loops, outermost first. Blank lines are ignored, and so
+are comment lines, whose first non-blank characters are ``#`` or ``//`` (whole lines only: ``//``
+inside a line is floor division); the printer prints none, so a round trip drops them.
 Expressions use the printer's precedences, ``| < & < comparisons < + - < * / // % < unary``,
 with left-associative binary operators and non-chainable comparisons.
 
@@ -477,11 +479,11 @@ class _Line:
 
 
 def _split_lines(text: str) -> list[_Line]:
-    """Non-blank lines with their indentation depth."""
+    """Non-blank, non-comment lines with their indentation depth."""
     out = []
     for number, raw in enumerate(text.splitlines(), 1):
         content = raw.rstrip()
-        if not content:
+        if not content or content.lstrip().startswith(("#", "//")):
             continue
         stripped = content.lstrip(" ")
         indent = len(content) - len(stripped)

@@ -4,20 +4,26 @@ A temporary of a kernel is *local* (held in the registers of one program) when n
 the kernel touches it and every access indexes it with the same plain iterators, each mapped
 the same way at every access: a grid iterator (the program owns that slice), a block iterator
 (the slice lies whole inside the program) or the same serial loop (the value lives for one
-iteration of that loop, as the score tile ``s[i, j]`` of attention does). Then every value read
-was written by the same program, at the same point of the same loop iteration or earlier, so
-keeping it in registers preserves it. Everything else stays a global ``buffer``.
+iteration of that loop, as the score tile ``s[i, j]`` of attention does). Everything else stays
+a global ``buffer``.
+
+Legality: registers hold what one program wrote, for as long as the kernel runs. A local
+temporary is touched by no other kernel, and each access of it reaches the element its program
+owns (a grid iterator), holds whole (a block iterator) or computed in the same iteration of the
+same serial loop; so every value read was written by the same program, at the same point of the
+same loop iteration or earlier, and nothing reads it after the kernel. Keeping it in registers
+preserves every value read.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, tensors_touched, walk_stmts
-
-name = "contract-buffers"
+from flashlight.passes.declare import Pass
 
 
 def local_temps(program: Program, nest: Node) -> set[str]:
@@ -78,3 +84,13 @@ def contract_buffers(program: Program) -> Program:
                   "every access indexes the temporary with the same grid, block or serial-loop iterators "
                   "of one kernel, so each value is produced and consumed inside one program")
     return program.replace(tensors=tensors).with_proofs(proof)
+
+
+@dataclass(frozen=True)
+class ContractBuffers(Pass):
+    """Contract temporaries into registers: decide which intermediates never touch global memory."""
+
+    name: ClassVar[str] = "contract-buffers"
+
+    def apply(self, program: Program) -> Program:
+        return contract_buffers(program)

@@ -21,19 +21,25 @@ statements recompute it, and ``x - mean`` is exactly 0. The "only moves where ro
 happens" argument does not hold there: the rewritten sum rounds differently from the term it
 is later subtracted from, and the difference, divided by ``sqrt(0 + eps)``, is O(1). Nor is
 anything gained: a one-term sum has nothing to defer the factor past.
+
+Legality: distributivity, ``Σ_j G_j · c = (Σ_j G_j) · c``, for a factor ``c`` whose indices
+read none of the summed iterators, so it is one value for all the terms of a sum. The product is
+taken after the sum, later than before in program order, and the factor's reduction already
+ran before the original statement, so the factor read is the same final value; nothing else
+reads the new partial sum. Up to where rounding happens, the target gets the same value.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter, Load
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import fresh_tensor_name, guard_body
-
-name = "defer-normalization"
 
 
 def _split(e: Expr, invariant: set[str], reduced: set[str], dt: dict[str, str]) -> tuple[Expr | None, list[tuple[Expr, bool]]]:
@@ -130,3 +136,13 @@ def _rebuild(loops: tuple[Loop, ...], guards: tuple[Expr, ...], stmt: Stmt) -> N
     for l in reversed(loops):
         node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
     return node
+
+
+@dataclass(frozen=True)
+class DeferNormalization(Pass):
+    """Defer normalisation: move factors that read another reduction's result out of a sum."""
+
+    name: ClassVar[str] = "defer-normalization"
+
+    def apply(self, program: Program) -> Program:
+        return defer_normalization(program)

@@ -10,20 +10,26 @@ Round trips that are the operands of a contraction stay: ``sum_j f32(bf16(p)) * 
 ``P`` cast to V's dtype before ``P @ V``, which eager does and a tensor-core product consumes.
 Round trips through fp16 stay too: its range is narrow, so the rounding decides which values
 become inf or 0 (a score past 65504 is inf in eager, and its softmax NaN); bf16 has fp32's range.
-Legality: an expression rewrite inside one statement; values change only by the dropped rounding.
+
+Legality: a rewrite of expressions inside one statement, so domains, accesses and the schedule
+stay, and with them every dependence. Each dropped ``wide(narrow(x))`` yields ``x`` where eager
+yields ``x`` rounded to the narrower type: the value differs from eager's by that one rounding
+(half an ulp of the narrow type, relatively) and is the value an fp32 computation would hold.
+The exceptions above are where that rounding matters downstream: a contraction operand (the
+tensor-core product consumes the narrow value) and fp16 (the rounding decides overflow).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr
 from flashlight.ir.nodes import Program, Proof, Stmt
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts
-
-name = "elide-roundings"
 
 
 def _is_round_trip(e: Expr, dt: dict[str, str]) -> bool:
@@ -66,3 +72,13 @@ def elide_roundings(program: Program) -> Program:
         "elide roundings", True,
         f"{count[0]} round trips through bf16 inside fused expressions dropped: the fp32 value is "
         "kept exactly (contraction operands keep their casts)"))
+
+
+@dataclass(frozen=True)
+class ElideRoundings(Pass):
+    """Keep fused intermediates in fp32: drop a round trip through a narrower float between two ops."""
+
+    name: ClassVar[str] = "elide-roundings"
+
+    def apply(self, program: Program) -> Program:
+        return elide_roundings(program)

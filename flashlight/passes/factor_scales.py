@@ -24,14 +24,15 @@ computed once per value of fewer iterators), and all of it is fp32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr
 from flashlight.ir.nodes import Program, Proof, Stmt
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_exprs, map_stmts
-
-name = "factor-scales"
 
 
 def _power_of_two(e: Expr) -> float | None:
@@ -101,3 +102,13 @@ def factor_scales(program: Program) -> Program:
         "fma(a/c, b, x)*c: scaling by 2^e commutes with rounding, so each is the sum rounded once "
         "(eager rounds a*b first)",
         lemma="fma(a*2^-e, b, x) * 2^e = fl(a*b + x*2^e) in the normal range"))
+
+
+@dataclass(frozen=True)
+class FactorScales(Pass):
+    """Factor scales: ``x * c + a * b`` with ``c`` a power of two becomes ``fma(a / c, b, x) * c``."""
+
+    name: ClassVar[str] = "factor-scales"
+
+    def apply(self, program: Program) -> Program:
+        return factor_scales(program)

@@ -33,12 +33,22 @@ The rewritten statement reads the running value and carries the repair factor as
 running ``max``, the new value enters ``F`` and the rescale through ``where(y == -inf, 0, y)``:
 any finite reference keeps the invariant ``z = ⊕ G(x_j) ⊗ H(ref)``, and while ``y`` is still
 ``-inf`` the accumulator is the identity, so ``exp(-inf - ref) = 0`` repairs it safely.
+
+Legality: fusing, mapping and splitting only reorder statement instances, and each order is
+checked with isl against the memory dependences (RAW, WAR, WAW): no dependence runs backwards
+under the fused schedule (``deps ∩ lex_ge(fused) = ∅``) or links two grid points, which run in
+different programs with no order between them. The online rewrite also changes what a statement
+computes; it is applied only where the lemma of :mod:`flashlight.passes.algebra` shows that the
+running value, repaired by its rescale factor, equals the one computed from the final reduction,
+and isl accepts the fused schedule of the single-assignment form. Every refusal records isl's
+witness or the failed lemma.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import islpy as isl
 
@@ -49,11 +59,11 @@ from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
 from flashlight.passes import algebra
+from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
 from flashlight.passes.tree import fresh_tensor_name, is_nan_fixup, nan_fixup
 
-name = "fuse-reductions"
 
 BLOCK_LIMIT = 256
 # Running vectors a row one kernel may keep (fp32 accumulators summed over its statements). An H100
@@ -952,3 +962,18 @@ def map_nest(nest: Node, block_limit: int) -> Node:
         return inner(node)
 
     return top(nest)
+
+
+@dataclass(frozen=True)
+class FuseReductions(Pass):
+    """Fuse nests into kernels, rewriting dependent reductions into online form where that is legal."""
+
+    name: ClassVar[str] = "fuse-reductions"
+    block_limit: int = option(BLOCK_LIMIT, "largest extent of an iterator kept whole inside one program (a "
+                                           "@block loop); a longer one is walked in tiles (@serial)")
+    state_limit: int = option(STATE_LIMIT, "most columns of running vectors (accumulators) a row that one kernel "
+                                           "keeps in registers; a kernel that needs more is split in two where "
+                                           "isl allows")
+
+    def apply(self, program: Program) -> Program:
+        return fuse_reductions(program, block_limit=self.block_limit, state_limit=self.state_limit)

@@ -34,7 +34,8 @@ loop is short (``MIN_EXTENT``: a scan of a few steps costs less than launching a
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import islpy as isl
 
@@ -43,10 +44,10 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
+from flashlight.passes.declare import Pass, option
 from flashlight.passes.tile import next_pow2
 from flashlight.passes.tree import fresh_tensor_name, with_grid_body
 
-name = "hoist-tile-bounds"
 
 BOUNDS_TILE = 64  # tiles of bounds per program of the bounds kernel
 # A loop shorter than this is scanned by each program in one or two steps, which costs less than
@@ -179,3 +180,16 @@ def _fresh_iter(base: str, program: Program) -> str:
     while name_ in used or isl_name(name_) != name_:
         name_ += "_"
     return name_
+
+
+@dataclass(frozen=True)
+class HoistTileBounds(Pass):
+    """Hoist tile bounds: per-tile minima and maxima of a guard's data, computed once, before the kernel."""
+
+    name: ClassVar[str] = "hoist-tile-bounds"
+    min_extent: int = option(MIN_EXTENT, "shortest serial loop, in points, whose per-tile bounds get a kernel of "
+                                         "their own; each program scans a shorter one faster than a kernel "
+                                         "launches")
+
+    def apply(self, program: Program) -> Program:
+        return hoist_tile_bounds(program, min_extent=self.min_extent)

@@ -18,14 +18,14 @@ tree stays a statement, and its readers load it.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
+from flashlight.passes.declare import Pass, option
 from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, writers
-
-name = "inline"
 
 
 def _definition(program: Program) -> dict[str, tuple[tuple[str, ...], Expr]]:
@@ -106,3 +106,15 @@ def inline_pointwise(program: Program, max_size: int = MAX_SIZE) -> Program:
         "equals the writer's expression at the read index" + (
             f"; kept {', '.join(kept)}: more than {max_size} nodes each, which every read would copy" if kept else ""))
     return drop_unused_temps(program.replace(body=body)).with_proofs(proof)
+
+
+@dataclass(frozen=True)
+class InlinePointwise(Pass):
+    """Inline pointwise producers into their consumers."""
+
+    name: ClassVar[str] = "inline"
+    max_size: int = option(MAX_SIZE, "largest definition, in expression nodes as a tree with its own reads "
+                                     "inlined, copied into its readers; a larger one stays a statement")
+
+    def apply(self, program: Program) -> Program:
+        return inline_pointwise(program, max_size=self.max_size)

@@ -15,6 +15,13 @@ rules out at run time.
 Caveat, as in every FlashAttention kernel: a row where *every* point is masked folds nothing,
 so its accumulators keep their identities (a sum of 0 where eager sums ``exp(nan)``); outputs
 normalised by that sum are ``0/0 = nan`` either way, matching eager.
+
+Legality: at a point where ``c`` is false the statement folds ``F(f)``, which the abstract
+evaluation proves to be the identity of ``⊕`` whatever finite values the other operands take;
+folding the identity leaves an accumulator as it was, so removing those points from the domain
+leaves every reduction unchanged. Where a row's terms read a maximum that stays ``-inf`` (every
+point masked), eager folds NaN rather than the identity: a fixup statement after the reduction
+(``S_empty``) restores NaN in exactly those rows.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
@@ -30,9 +38,9 @@ from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts, nan_fixup
 
-name = "masks-to-domains"
 
 def _negate(c: Expr, dt: Mapping[str, str]) -> Expr:
     """``not c``. A comparison of integers flips (``i < j`` fails exactly where ``i >= j`` holds); one
@@ -224,3 +232,13 @@ def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: M
                         node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
                     return node
     return None
+
+
+@dataclass(frozen=True)
+class MasksToDomains(Pass):
+    """Turn affine masks that feed reductions into domain restrictions (guards)."""
+
+    name: ClassVar[str] = "masks-to-domains"
+
+    def apply(self, program: Program) -> Program:
+        return masks_to_domains(program)

@@ -21,12 +21,12 @@ that mapped it to the grid proved), so any order of launching them computes the 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import HeaviestFirst, Loop, Node, Program, Proof, grid_chain, walk_loops
-
-name = "order-launches"
+from flashlight.passes.declare import Pass, option
 
 GROUP = 16  # outer grid indices (heads) interleaved with the reversed tiles
 
@@ -95,3 +95,15 @@ def _set_launch(nest: Node, iterator: str, launch: HeaviestFirst) -> Node:
     if nest.iterator == iterator:
         return replace(nest, launch=launch)
     return replace(nest, body=tuple(_set_launch(c, iterator, launch) for c in nest.body))
+
+
+@dataclass(frozen=True)
+class OrderLaunches(Pass):
+    """Order launches: the query tiles with the most work go first (``launch heaviest-first group G``)."""
+
+    name: ClassVar[str] = "order-launches"
+    group: int = option(GROUP, "outer grid indices (heads) interleaved with the reversed tiles, whose keys and "
+                               "values stay in L2; the largest divisor of the outer programs' count up to it")
+
+    def apply(self, program: Program) -> Program:
+        return order_launches(program, group=self.group)

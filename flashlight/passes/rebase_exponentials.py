@@ -52,14 +52,15 @@ exponentials stay: a rounded log2(e) would cost them their precision.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import is_nan_fixup, map_exprs, map_stmts
 
-name = "rebase-exponentials"
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -297,3 +298,13 @@ def _rebase_online_sums(program: Program) -> Program:
         return program.with_proofs(*proofs)
     body = map_stmts(program.body, lambda s: rewrites.get(s.name, s))
     return program.replace(body=body).with_proofs(*proofs)
+
+
+@dataclass(frozen=True)
+class RebaseExponentials(Pass):
+    """Rebase exponentials: ``exp(x - R)`` in online sums read as ratios becomes one fma and an exp2."""
+
+    name: ClassVar[str] = "rebase-exponentials"
+
+    def apply(self, program: Program) -> Program:
+        return rebase_exponentials(program)

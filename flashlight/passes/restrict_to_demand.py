@@ -11,9 +11,18 @@ For causal attention this moves the mask ``j <= i`` onto the score statement
 for the whole fused loop, not only for the softmax statements. A data-dependent guard that every
 reader shares (``doc[i] == doc[j]``) moves to the writer the same way, by renaming the readers'
 iterators through the read index (isl over-approximates such guards, so this part is syntactic).
+
+Legality: the removed instances of ``W`` write elements of ``t`` that no statement reads: isl
+computes the elements read exactly, since every read is affine, and a data-dependent guard moves
+only when every reader has it, so an element is read only where it holds. ``W`` being the only
+writer, no other value of those elements exists, so every value read, and with it every output,
+is unchanged.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import islpy as isl
 
@@ -21,9 +30,8 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Guard, Program, Proof, Stmt, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, set_to_condition
+from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts, writers
-
-name = "restrict-to-demand"
 
 
 def restrict_to_demand(program: Program) -> Program:
@@ -130,3 +138,13 @@ def _only(u: isl.UnionSet, name: str) -> isl.Set | None:
         if s.get_tuple_name() == name:
             return s
     return None
+
+
+@dataclass(frozen=True)
+class RestrictToDemand(Pass):
+    """Restrict producers to the instances whose results are read (dead-instance elimination)."""
+
+    name: ClassVar[str] = "restrict-to-demand"
+
+    def apply(self, program: Program) -> Program:
+        return restrict_to_demand(program)

@@ -26,7 +26,8 @@ must point strictly forward, except
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import islpy as isl
 
@@ -34,9 +35,9 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, isl_name
+from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
 
-name = "tile"
 
 MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
 
@@ -293,3 +294,18 @@ def _loops(node: Node):
         for c in node.body:
             yield from _loops(c)
 
+
+@dataclass(frozen=True)
+class Tile(Pass):
+    """Tile every kernel: tile sizes for grid and serial loops, whole-extent tiles for block loops."""
+
+    name: ClassVar[str] = "tile"
+    block_m: int = option(64, "tile of the grid iterators that are tiled (the M and N of a contraction, else the "
+                              "innermost) in a kernel with serial or block loops: query rows")
+    block_n: int = option(64, "tile of serial loops (key columns); of serial loops nested in one another only "
+                              "the innermost is tiled")
+    block_pointwise: int = option(1024, "tile of a kernel without serial or block loops, split over its two "
+                                        "innermost grid iterators when there are two")
+
+    def apply(self, program: Program) -> Program:
+        return tile(program, block_m=self.block_m, block_n=self.block_n, block_pointwise=self.block_pointwise)

@@ -12,9 +12,10 @@ isl computes, as sets parameterised by the grid tile indices ``t``:
 
 Each set is split into convex pieces, and each piece's bounds ``min jt``/``max jt`` become
 (piecewise quasi-affine) functions of ``t``, written back in the IR as expressions of the grid
-iterators (``i // 64``): the kernel loops over those ranges only. Legality: skipped tiles hold
-no instance; full tiles satisfy every guard; the ranges partition ``nonempty``, so every
-instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
+iterators (``i // 64``): the kernel loops over those ranges only.
+
+Legality: skipped tiles hold no instance; full tiles satisfy every guard; the ranges partition
+``nonempty``, so every instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
 is legal because no dependence links two different tiles except through the online state,
 whose merge is commutative and associative (checked with isl: strict dependences across tiles
 must be empty; otherwise the loop keeps one masked range in its natural order).
@@ -22,7 +23,8 @@ must be empty; otherwise the loop keeps one masked range in its natural order).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import islpy as isl
 
@@ -30,10 +32,9 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name
-from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions
+from flashlight.passes.declare import Pass
+from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions, witness
 from flashlight.passes.tree import with_grid_body
-
-name = "tile-ranges"
 
 
 def tile_ranges(program: Program) -> Program:
@@ -49,10 +50,9 @@ def tile_ranges(program: Program) -> Program:
         phases = list(grid[-1].body)
         for p, phase in enumerate(phases):
             if isinstance(phase, Loop) and phase.mapping == "serial" and phase.tile:
-                ranged, proof = _ranges(phase, grid, view, deps, nest, k)
+                ranged, decisions = _ranges(phase, grid, view, deps, nest, k)
                 phases[p] = ranged
-                if proof is not None:
-                    proofs.append(proof)
+                proofs += decisions
         body.append(with_grid_body(nest, len(grid), tuple(phases)))
     return program.replace(body=tuple(body)).with_proofs(*proofs)
 
@@ -62,12 +62,12 @@ def _extent(l: Loop) -> int:
 
 
 def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.UnionMap], nest: Node,
-            k: int) -> tuple[Loop, Proof | None]:
+            k: int) -> tuple[Loop, list[Proof]]:
     j, bn, n = loop.iterator, loop.tile, _extent(loop)
     placed = list(walk_stmts((loop,)))
     stmts = [s for s, _, _ in placed]
     if any(isinstance(x, Loop) and x.mapping == "serial" for x in _inner_loops(loop)):
-        return loop, None  # nested serial loops keep every tile
+        return loop, []  # nested serial loops keep every tile
     gits = [g.iterator for g in grid]
     params = [f"t_{g}" for g in gits]
     dims = gits + [j]
@@ -96,7 +96,8 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     masked = nonempty.subtract(full).coalesce()
     ctx_parts = [f"0 <= {t} < {-(-_extent(g) // g.tile)}" for g, t in zip(grid, params)]
     ctx = isl.Set(f"[{', '.join(params)}] -> {{ : {' and '.join(ctx_parts)} }}")
-    if not _reorderable(stmts, nest, deps, view, loop):
+    crossing = _crossing_dependence(stmts, nest, deps, view, loop)
+    if crossing is not None:
         full = isl.Set(f"[{', '.join(params)}] -> {{ [jt] : 1 = 0 }}")
         masked = nonempty
     to_ir = {t: (E.floordiv(Iter(g.iterator), g.tile) if g.tile > 1 else Iter(g.iterator))
@@ -105,7 +106,7 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     for s, is_masked in ((full, False), (masked, True)):
         for piece in s.make_disjoint().get_basic_sets():
             if piece.dim(isl.dim_type.div):
-                return loop, None  # strided pieces: keep every tile
+                return loop, []  # strided pieces: keep every tile
             piece_set = isl.Set.from_basic_set(piece)
             lo = _total(piece_set.dim_min(0), ctx, 0)
             hi = _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)
@@ -119,7 +120,12 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
         "skipped tiles hold no instance, full tiles satisfy every guard (isl), tiles are visited out "
         "of order only through the online state, whose merge commutes",
         relation=f"nonempty = {nonempty}; full = {full}")
-    return new, proof
+    if crossing is None:
+        return new, [proof]
+    return new, [proof, Proof(
+        f"visit the full tiles of kernel {k}, loop {j} first", False,
+        "a dependence outside the online state links two tiles, so the tiles keep their natural order, "
+        "in one masked range", relation=str(crossing), witness=witness(isl.UnionMap.from_map(crossing)))]
 
 
 def _inner_loops(node: Node):
@@ -189,9 +195,10 @@ def _convert(e: isl.AstExpr, params: dict[str, Expr]) -> Expr:
     raise ValueError(f"isl expression {e.to_C_str()} has no IR form")
 
 
-def _reorderable(stmts: list[Stmt], nest: Node, deps: dict[str, isl.UnionMap], view: PolyView,
-                 loop: Loop) -> bool:
-    """No dependence, other than through the online state, links two different tiles of the loop."""
+def _crossing_dependence(stmts: list[Stmt], nest: Node, deps: dict[str, isl.UnionMap], view: PolyView,
+                         loop: Loop) -> isl.Map | None:
+    """A dependence, other than through the online state, that links two different tiles of the
+    loop (None if there is none: then the tiles may be visited in any order)."""
     state = state_tensors(nest)
     names = {s.name for s in stmts}
     for t, d in deps.items():
@@ -212,8 +219,8 @@ def _reorderable(stmts: list[Stmt], nest: Node, deps: dict[str, isl.UnionMap], v
             across = isl.Map(f"{{ {src}[{', '.join(xs)}] -> {dst}[{', '.join(ys)}] : "
                              f"floor(a{a}/{loop.tile}) != floor(b{b}/{loop.tile}) }}")
             if not m.intersect(across).is_empty():
-                return False
-    return True
+                return m.intersect(across)
+    return None
 
 
 def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[int, int, int]:
@@ -233,3 +240,13 @@ def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[
             visited += width
             masked += width if r.masked else 0
     return visited, masked, total * len(points)
+
+
+@dataclass(frozen=True)
+class TileRanges(Pass):
+    """Tile ranges: which tiles of a serial loop hold work, and which of them need no mask."""
+
+    name: ClassVar[str] = "tile-ranges"
+
+    def apply(self, program: Program) -> Program:
+        return tile_ranges(program)
