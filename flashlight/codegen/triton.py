@@ -298,9 +298,6 @@ class _Kernel:
 
     def call(self, e: Call, scope: _Scope) -> _Value:
         op = e.op
-        spread = self.spread_conversion(e)
-        if spread is not None:
-            return self.value(spread, scope)
         args = [self.value(a, scope) for a in e.args]
         dt = E.dtype_of(e, self.program.dtypes)
         axes = self.order({a for v in args for a in v.axes})
@@ -319,30 +316,6 @@ class _Kernel:
         if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
             self.uses_libdevice = True
         return self.boolean(code, axes) if dt == "b1" else _Value(code, axes, dt)
-
-    def spread_conversion(self, e: Call) -> Expr | None:
-        """``f32(a*i + b*j + c)`` over a tile of several axes as ``f32(a*i) + f32(b*j) + f32(c)``:
-        one int-to-float conversion per row and per column (hoisted where invariant) instead of one
-        per element, where conversions run at a quarter of the fp32 rate (ALiBi's ``f32(j - i)``).
-        Exact, bit for bit: every partial sum is an integer below 2**24 in magnitude (bounded by the
-        iterators' padded ranges), which fp32 represents exactly."""
-        form = E.affine_form(e.args[0]) if e.op == "f32" and len(e.args) == 1 else None
-        if form is None or len([k for k in form[0] if k in self.axes]) < 2:
-            return None
-        coeffs, c = form
-        if any(k not in self.extent for k in coeffs):
-            return None
-        span = {k: -(-self.extent[k] // self.tile[k]) * self.tile[k] - 1 for k in coeffs}
-        if abs(c) + sum(abs(a) * span[k] for k, a in coeffs.items()) >= 2 ** 24:
-            return None
-        out: Expr | None = None
-        for k, a in sorted(coeffs.items(), key=lambda kv: kv[1] < 0):  # positive terms first
-            term = Call("f32", (Iter(k) if abs(a) == 1 else Call("mul", (E.index(abs(a)), Iter(k))),))
-            out = term if out is None and a > 0 else \
-                Call("neg", (term,)) if out is None else Call("add" if a > 0 else "sub", (out, term))
-        if c:
-            out = Call("add" if c > 0 else "sub", (out, E.const(float(abs(c)), "f32")))  # type: ignore[arg-type]
-        return out
 
     def boolean(self, code: str, axes: tuple[str, ...]) -> _Value:
         """A computed boolean. Triton's interpreter gives a comparison's result its operands' dtype
