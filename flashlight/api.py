@@ -24,7 +24,9 @@ from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.passes.fuse_reductions import BLOCK_LIMIT
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
-from flashlight.frontend.lift import ProgramSegment, ir_dtype, lift_graph
+from flashlight.frontend.lift import lift_graph
+from flashlight.frontend.segments import ProgramSegment
+from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
 from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, describe_kernel, dump_report

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from flashlight.codegen.launcher import cache_dir
-from flashlight.frontend.lift import IR_TO_TORCH
+from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
 from flashlight.passes import DEFAULT_PIPELINE
