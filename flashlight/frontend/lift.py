@@ -129,6 +129,8 @@ def _is_empty(n: fx.Node) -> bool:
 
 
 def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str | None:
+    """Lift ``n`` into ``b`` by its rule and bind its value in ``env``; else say why not (and
+    leave ``b`` as it was)."""
     rule = RULES.get(overload_packet(n.target))
     if rule is None:
         return f"{op_name(n.target)} has no lifting rule"
