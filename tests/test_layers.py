@@ -250,9 +250,10 @@ def test_the_cycle_check_catches_cycles(tmp_path):
         "d/f.py": "from flashlight.d.e import g\n",
     })
     imports = all_imports(root)
-    assert cycles([i for i in imports if not i.in_function]) == [["flashlight.c"], ["flashlight.d.e", "flashlight.d.f"]]
-    assert cycles(imports) == [["flashlight.a", "flashlight.b"], ["flashlight.c"], ["flashlight.d.e", "flashlight.d.f"]]
-    assert cycles(imports, {("flashlight.b", "flashlight.a")}) == [["flashlight.c"], ["flashlight.d.e", "flashlight.d.f"]]
+    self_import, siblings = ["flashlight.c"], ["flashlight.d.e", "flashlight.d.f"]
+    assert cycles([i for i in imports if not i.in_function]) == [self_import, siblings]
+    assert cycles(imports) == [["flashlight.a", "flashlight.b"], self_import, siblings]
+    assert cycles(imports, {("flashlight.b", "flashlight.a")}) == [self_import, siblings]
 
 # }}}
 
