@@ -9,11 +9,13 @@ the first call's real inputs (``data_steers``): those inputs decide how much wor
 them (document ids all zero make every tile full, and the configuration that wins there lost
 1.9x on real documents on the H100). The choice is cached on disk, keyed by the program's text,
 the device and the software versions, so a warm compile reads it back. Every configuration is a
-legal one: tiling is proved by the passes whatever the sizes.
+legal one: tiling is proved by the passes whatever the sizes. :func:`build_tuned` applies this to
+a program segment being compiled; :func:`tune` measures.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,16 +23,21 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flashlight.cache import code_version
 from flashlight.codegen.launcher import cache_dir
-from flashlight.frontend.lift import IR_TO_TORCH
+from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
+from flashlight.options import Options
 from flashlight.passes import DEFAULT_PIPELINE
+from flashlight.report import SegmentReport
+from flashlight.runtime import CompiledProgram, TunedOnFirstCall
 
 log = logging.getLogger("flashlight")
 
@@ -46,9 +53,7 @@ ROUNDS = 2
 def _key(program: Program, device: str, pipeline: str) -> str:
     import triton
 
-    from flashlight.api import _code_version
-
-    text = "\n".join([str(program), device, pipeline, torch.__version__, triton.__version__, _code_version()])
+    text = "\n".join([str(program), device, pipeline, torch.__version__, triton.__version__, code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -165,3 +170,23 @@ def _measure(program: Program, device: torch.device, build: Callable[[int, int, 
     choice = best[1]
     choice["tuning_s"] = round(time.time() - t0, 2)
     return choice
+
+
+def build_tuned(program: Program, device: torch.device, opts: Options,
+                build: Callable[..., CompiledProgram],
+                report: SegmentReport | None) -> CompiledProgram | TunedOnFirstCall:
+    """``build(options, report)`` with the configuration that :func:`tune` picks for ``program``:
+    now, or, where the inputs' data steer the work and no choice is stored, on the first call's
+    inputs (until then it runs built with ``opts``). Warps the user set stay."""
+    def tuned(inputs: list[torch.Tensor] | None = None, rep: SegmentReport | None = report) -> CompiledProgram:
+        def config(bm: int, bn: int, st: int, w: int | None) -> Options:
+            return replace(opts, block_m=bm, block_n=bn, num_stages=st, num_warps=opts.num_warps or w)
+
+        choice = tune(program, device, lambda *c: build(config(*c)), inputs=inputs, pipeline=opts.pipeline)
+        chosen = config(choice["block_m"], choice["block_n"], choice["num_stages"], choice.get("num_warps"))
+        return build(chosen, rep)
+
+    if data_steers(program) and lookup(program, device_name(device), opts.pipeline) is None:
+        # its inputs' data decide the work: the candidates are timed on the first call's inputs
+        return TunedOnFirstCall(build(opts, report), functools.partial(tuned, rep=None))
+    return tuned()

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch.fx as fx
 
-from flashlight.api import compile_graph, make_options
+from flashlight.api import compile_graph
 from flashlight.frontend.capture import make_backend
+from flashlight.options import make_options
 
 
 def flashlight_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:

@@ -1,10 +1,11 @@
-"""What flashlight did with a function, for people: ``explain``'s report, debug dumps, proofs.
+"""What flashlight did with a function, for people: ``explain``'s report, proofs.
 
 ``print(flashlight.explain(fn, *args))`` is a summary that fits a screen: each kernel with its
 grid, loops and what it computes, the buffers in global memory, what the forward saves for the
 backward, the fallbacks to eager PyTorch with their reasons, and every legality decision on one
 line. ``ex.full()`` adds the IR after every pass, the evidence of each decision (lemma, isl witness
-and relation) and the generated kernels.
+and relation) and the generated kernels. The same records, written as files, are the debug dumps
+(:mod:`flashlight.debug_dump`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from flashlight.codegen.triton import KernelSource
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, grid_chain, walk_stmts
@@ -78,6 +79,17 @@ def _loops(body: tuple[Node, ...]) -> list[Loop]:
     return out
 
 # }}}
+
+
+@dataclass
+class SegmentReport:
+    """What happened to one program segment of a graph: the IR after every stage, the final
+    program and its kernels, or the error that sent it to eager PyTorch."""
+
+    program: Program | None
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    kernels: list[KernelSource] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
@@ -162,27 +174,3 @@ def _bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
-
-
-def dump_report(root: str | Path, name: str, stages: list[tuple[str, str]], program: Program | None,
-                kernels: list, fallbacks: list[tuple[str, str]], error: str | None) -> Path | None:
-    """Every stage, decision, kernel and fallback of one compiled program, as files in a directory
-    (``<root>/<name>_<k>``); returns it, or None if it cannot be written."""
-    base = Path(root)
-    k = 0
-    while (base / f"{name}_{k}").exists():
-        k += 1
-    out = base / f"{name}_{k}"
-    try:
-        out.mkdir(parents=True)
-        for i, (stage, text) in enumerate(stages):
-            (out / f"{i:02d}_{stage}.ir").write_text(text + "\n")
-        (out / "decisions.txt").write_text(format_proofs(program.proofs if program is not None else ()) + "\n")
-        for kern in kernels:
-            (out / f"{kern.name}.py").write_text(kern.source)
-        (out / "fallbacks.txt").write_text("\n".join(f"{op}: {why}" for op, why in fallbacks) + "\n")
-        if error:
-            (out / "error.txt").write_text(error + "\n")
-    except OSError:
-        return None
-    return out

@@ -18,7 +18,8 @@ import torch
 import torch.fx as fx
 
 from flashlight.codegen.launcher import Launch
-from flashlight.frontend.lift import IR_TO_TORCH, EagerSegment, LiftedGraph
+from flashlight.frontend.segments import EagerSegment, LiftedGraph
+from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir.nodes import Program
 
 log = logging.getLogger("flashlight")

@@ -179,11 +179,11 @@ def test_overrides_are_checked_even_for_passes_not_in_the_pipeline() -> None:
 
 def test_compile_options_follow_the_rule() -> None:
     """flashlight.Options gives block_m as an override: a pipeline that writes block_m keeps its own."""
-    from flashlight.api import Options, _overrides
+    from flashlight.options import Options, pass_overrides
 
     opts = Options(pipeline="fuse-reductions{block_limit=4},tile{block_m=16}", block_m=64, block_n=32)
     target = opts.for_target("interpreter")
-    out = str(passes.run_pipeline(ir.parse(ROW_MAX), target.pipeline, overrides=_overrides(target)))
+    out = str(passes.run_pipeline(ir.parse(ROW_MAX), target.pipeline, overrides=pass_overrides(target)))
     assert "tile 16 @grid" in out and "tile 32 @serial" in out
     exact = Options(exact_roundings=True).for_target("interpreter").pipeline
     assert "elide-roundings" not in exact and exact == passes.remove_passes(passes.DEFAULT_PIPELINE, {"elide-roundings"})

@@ -1,0 +1,87 @@
+"""What a lifting rule is: a function from a node's context to the value it computes.
+
+A rule reads its node's arguments through a :class:`RuleContext` (the builder of the program
+being lifted, the values of the nodes lifted so far) and returns a
+:class:`~flashlight.frontend.values.Value`: an index expression for a view, else the value of
+the statements it emitted. Each family module declares its rules in a :class:`Rules` table with
+the ``handles`` decorator; :mod:`flashlight.frontend.rules` merges the families into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from flashlight.frontend.builder import ProgramBuilder
+from flashlight.frontend.torch_dtypes import ir_dtype
+from flashlight.frontend.unsupported import Unsupported
+from flashlight.frontend.values import Value
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+
+@dataclass
+class RuleContext:
+    b: ProgramBuilder
+    env: dict[fx.Node, Value]
+    node: fx.Node
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.node.meta["val"].shape)
+
+    @property
+    def out_dtype(self) -> str:
+        return ir_dtype(self.node.meta["val"].dtype)
+
+    def arg(self, k: int, default: object = None) -> object:
+        args = self.node.args
+        return args[k] if k < len(args) else default
+
+    def kwarg(self, key: str, default: object = None) -> object:
+        return self.node.kwargs.get(key, default)
+
+    def value(self, a: object) -> Value:
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        raise Unsupported(f"expected a tensor argument, got {a!r}")
+
+    def hint(self) -> str:
+        return self.node.name
+
+
+LiftFn = Callable[[RuleContext], Value]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one aten operator lifts, and the properties of that operator the driver reads."""
+
+    lift: LiftFn
+    view: bool = False         # only index expressions: a run of views alone makes no program
+    reads_empty: bool = False  # the rule drops empty operands itself (others refuse them)
+
+
+class Rules(dict[object, Rule]):
+    """A table of rules keyed by operator overload packet (``aten.add``, not ``aten.add.Tensor``)."""
+
+    def handles(self, *packets: object, view: bool = False, reads_empty: bool = False) -> Callable[[LiftFn], LiftFn]:
+        def deco(fn: LiftFn) -> LiftFn:
+            for p in packets:
+                self[p] = Rule(fn, view, reads_empty)
+            return fn
+
+        return deco
+
+
+def overload_packet(target: object) -> object:
+    """The overload packet of a node's target (the key of the rule tables)."""
+    return getattr(target, "overloadpacket", target)
+
+
+def op_name(target: object) -> str:
+    return str(getattr(target, "__name__", target))

@@ -1,0 +1,115 @@
+"""Gathers: indirect accesses, where an index is itself an element of a tensor.
+
+``x[idx]``, ``gather``, ``index_select`` and ``embedding`` read ``x`` at ``idx[p]``: an
+*indirect* load in the IR, which the passes treat as an access they cannot see through.
+Negative indices count from the end where eager's advanced indexing does, unless provably
+non-negative; boolean masks (a data-dependent shape) are not lifted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Iter
+from flashlight.frontend.builder import broadcast_index
+from flashlight.frontend.rules.base import RuleContext, Rules, aten
+from flashlight.frontend.rules.indices import as_index, iterator_ranges
+from flashlight.frontend.rules.pointwise import pointwise
+from flashlight.frontend.unsupported import Unsupported
+from flashlight.frontend.values import Value
+
+RULES = Rules()
+
+
+@RULES.handles(aten.index, aten._unsafe_index)
+def _index(c: RuleContext) -> Value:
+    """Advanced indexing ``x[..., idx, ...]`` with integer index tensors: ``x[.., idx[b], ..]``.
+
+    The index tensors broadcast to one shape B, which replaces the indexed dimensions where they
+    are adjacent and comes first otherwise (numpy's rule). Boolean masks (a data-dependent shape)
+    are not lifted."""
+    x = c.value(c.arg(0))
+    given = list(c.arg(1))  # type: ignore[arg-type]
+    if len(given) > x.rank:
+        raise Unsupported("more indices than dimensions")
+    given += [None] * (x.rank - len(given))
+    vals: dict[int, Value] = {}
+    for d, a in enumerate(given):
+        if a is None:
+            continue
+        if not isinstance(a, fx.Node) or a.meta["val"].dtype in (torch.bool, torch.uint8):
+            raise Unsupported("boolean mask indexing (a data-dependent shape)")
+        vals[d] = c.value(a)
+    if not vals:
+        raise Unsupported("indexing without index tensors")
+    bshape = tuple(int(s) for s in torch.broadcast_shapes(*[v.shape for v in vals.values()]))
+    dims = sorted(vals)
+    rest = [d for d in range(x.rank) if d not in vals]
+    batch = [("b", k) for k in range(len(bshape))]
+    if dims == list(range(dims[0], dims[-1] + 1)):
+        layout = [("x", d) for d in rest if d < dims[0]] + batch + [("x", d) for d in rest if d > dims[-1]]
+    else:
+        layout = batch + [("x", d) for d in rest]
+    shape, out = c.out_shape, c.out_dtype
+    if len(layout) != len(shape):
+        raise Unsupported(f"unexpected result shape {list(shape)}")
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = [E.index(0)] * x.rank
+        b_its: list[Expr] = [E.index(0)] * len(bshape)
+        for it, (kind, k) in zip(its, layout):
+            if kind == "x":
+                src[k] = it
+            else:
+                b_its[k] = it
+        for d, v in vals.items():
+            e = v.at(broadcast_index(b_its, bshape, v.shape))
+            src[d] = as_index(e, v.dtype, x.shape[d], iterator_ranges(its, shape))
+        r = x.at(src)
+        return r if x.dtype == out else E.call(out, r)
+    return pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@RULES.handles(aten.gather)
+def _gather(c: RuleContext) -> Value:
+    """``gather(x, dim, idx)``: ``x[.., idx[p], ..]`` with ``idx[p]`` in dimension ``dim``
+    (negative indices are an error in eager, so they are not wrapped)."""
+    x, index = c.value(c.arg(0)), c.value(c.arg(2))
+    if x.rank == 0 or index.rank != x.rank:
+        raise Unsupported("gather of a 0-d tensor")
+    dim = c.arg(1) % x.rank  # type: ignore[operator]
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = list(its)
+        src[dim] = as_index(index.at(its), index.dtype)
+        return x.at(src)
+    return pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@RULES.handles(aten.index_select)
+def _index_select(c: RuleContext) -> Value:
+    """``index_select(x, dim, idx)``: ``x[.., idx[p], ..]`` for a 1-d ``idx``."""
+    x, index = c.value(c.arg(0)), c.value(c.arg(2))
+    if index.rank > 1 or x.rank == 0:
+        raise Unsupported("index_select with a multi-dimensional index or a 0-d source")
+    dim = c.arg(1) % x.rank  # type: ignore[operator]
+
+    def make(its: list[Iter]) -> Expr:
+        src: list[Expr] = list(its)
+        src[dim] = as_index(index.at([its[dim]] if index.rank else []), index.dtype)
+        return x.at(src)
+    return pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@RULES.handles(aten.embedding)
+def _embedding(c: RuleContext) -> Value:
+    """``embedding(weight, idx)``: row ``idx[p]`` of ``weight``."""
+    w, index = c.value(c.arg(0)), c.value(c.arg(1))
+    if w.rank != 2:
+        raise Unsupported("embedding with a weight that is not a matrix")
+
+    def make(its: list[Iter]) -> Expr:
+        return w.at([as_index(index.at(its[:-1]), index.dtype), its[-1]])
+    return pointwise(c, [make], lambda xs: xs[0], None)
