@@ -19,7 +19,8 @@ says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over til
 (all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
 and which of them need no masks: a proved fact about the domain, not a change of meaning; it may
 also list per-tile bounds of data that its guards read, another fact. A grid loop may say in
-which order its programs are launched (``launch heaviest-first group G``). A ``local`` tensor lives in registers of one program;
+which order its programs are launched (``launch heaviest-first group G``), and a serial loop
+what online state it carries (``state [running m; previous m_prev; rescaled l, acc]``). A ``local`` tensor lives in registers of one program;
 every other temporary is a global ``buffer``.
 """
 
@@ -108,6 +109,23 @@ class HeaviestFirst:
 
 
 @dataclass(frozen=True)
+class OnlineState:
+    """What a serial loop carries from one step to the next under the online rewrite: the targets
+    of its running reductions, the copies of their values before each step (``previous``), and
+    the accumulators that are rescaled as they change. Their merge is a monoid, which licenses
+    folding a tile at once (tile) and visiting tiles out of order (tile-ranges). Declared by
+    fuse-reductions; the verifier checks it against the statements of the loop."""
+
+    running: tuple[str, ...]
+    previous: tuple[str, ...]
+    rescaled: tuple[str, ...]
+
+    @property
+    def tensors(self) -> set[str]:
+        return set(self.running) | set(self.previous) | set(self.rescaled)
+
+
+@dataclass(frozen=True)
 class Loop:
     iterator: str
     lower: Expr
@@ -123,6 +141,8 @@ class Loop:
     bounds: tuple[TileBound, ...] = ()
     # For a tiled grid loop: the order its programs are launched in (order-launches).
     launch: HeaviestFirst | None = None
+    # For a serial loop: the online state it carries (fuse-reductions).
+    state: OnlineState | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ tiles [...]][ bounds [...]], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ tiles [...]][ bounds [...]], IT2 in ...
         if COND
           NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]
 
@@ -43,7 +43,7 @@ from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
 )
-from flashlight.ir.nodes import Guard, HeaviestFirst, LOOP_KINDS, Loop, MAPPINGS, Node, Program, Stmt, TensorDecl, TileBound, TileRange
+from flashlight.ir.nodes import Guard, HeaviestFirst, LOOP_KINDS, Loop, MAPPINGS, OnlineState, Node, Program, Stmt, TensorDecl, TileBound, TileRange
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
@@ -78,7 +78,7 @@ _TOKEN_RE = re.compile(r"""
   | (?P<int>[0-9]+)
   | (?P<combiner>(?:max|min)=(?!=))
   | (?P<name>[^\W\d]\w*)
-  | (?P<op>//|<=|>=|==|!=|\+=|\*=|->|[-+*/%<>&|~()\[\],:=@])
+  | (?P<op>//|<=|>=|==|!=|\+=|\*=|->|[-+*/%<>&|~()\[\],:;=@])
 """, re.VERBOSE)
 
 #: infix symbol -> (op, precedence), the inverse of the operator table
@@ -265,6 +265,7 @@ class _LineParser:
                 self.expect(word, "in 'launch heaviest-first group G'")
             self.expect("group", "after 'launch heaviest-first'")
             launch = HeaviestFirst(self.expect_int("the number of interleaved outer grid indices"))
+        state = self.online_state() if self.at("state") else None
         ranges: list[TileRange] = []
         if self.at("tiles"):
             self.next()
@@ -305,7 +306,25 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch)
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state)
+
+    def online_state(self) -> OnlineState:
+        """``state [running A, ...; previous B, ...; rescaled C, ...]`` (each part optional, in order)."""
+        self.next()
+        self.expect("[", "after 'state'")
+        parts: dict[str, list[str]] = {}
+        for key in ("running", "previous", "rescaled"):
+            if not self.at(key):
+                continue
+            self.next()
+            parts[key] = [self.expect_name(f"a {key} tensor")]
+            while self.at(","):
+                self.next()
+                parts[key].append(self.expect_name(f"a {key} tensor"))
+            if not self.at("]"):
+                self.expect(";", "between the parts of a loop's state")
+        self.expect("]", "after the loop's state (running ...; previous ...; rescaled ...)")
+        return OnlineState(*(tuple(parts.get(k, ())) for k in ("running", "previous", "rescaled")))
 
     def stmt(self) -> Stmt:
         """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]``."""

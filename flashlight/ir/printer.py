@@ -87,6 +87,11 @@ def _loop_item(loop: Loop) -> str:
         text += f" @{loop.mapping}"
     if loop.launch is not None:
         text += f" launch heaviest-first group {loop.launch.group}"
+    if loop.state is not None:
+        parts = [f"{k} {', '.join(names)}" for k, names in
+                 (("running", loop.state.running), ("previous", loop.state.previous), ("rescaled", loop.state.rescaled))
+                 if names]
+        text += f" state [{'; '.join(parts)}]"
     if loop.ranges:
         items = [f"{format_expr(r.lower)}:{format_expr(r.upper)} {'masked' if r.masked else 'full'}"
                  for r in loop.ranges]

@@ -10,7 +10,7 @@ from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import Call, Expr, Iter, Load, dtype_of, free_iters, walk
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
-                                 tensors_touched)
+                                 tensors_touched, walk_stmts)
 from flashlight.ir.poly import aff_str, isl_name
 
 
@@ -115,6 +115,8 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
             if node.launch is not None and (node.mapping != "grid" or node.kind != "parallel" or not node.tile
                                             or node.launch.group < 1):
                 errors.append(f"{where}: a launch order needs a tiled parallel grid loop and a positive group")
+            if node.state is not None:
+                _verify_state(node, where, errors)
             if node.bounds and (node.mapping != "serial" or node.tile is None):
                 errors.append(f"{where}: only tiled serial loops list tile bounds")
             for b in node.bounds:
@@ -139,6 +141,27 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
             _verify_body(program, node.body, bound, errors, stmt_names, written)
         else:
             _verify_stmt(program, node, bound, errors, stmt_names, written)
+
+
+def _verify_state(loop: Loop, where: str, errors: list[str]) -> None:
+    """The online state a loop declares is what its statements do: running reductions, copies of
+    their previous values, rescaled accumulators; and every rescaled statement inside is declared."""
+    state = loop.state
+    assert state is not None
+    stmts = [s for s, _, _ in walk_stmts(loop.body)]
+    reduced = {s.target.tensor for s in stmts if s.is_reduction}
+    copies = {s.target.tensor for s in stmts
+              if s.op == "=" and isinstance(s.expr, Load) and s.expr.tensor in state.running}
+    scaled = {s.target.tensor for s in stmts if s.scale is not None}
+    if loop.mapping != "serial":
+        errors.append(f"{where}: only serial loops carry an online state")
+    for kind, names, have in (("running reduction", state.running, reduced), ("previous-value copy", state.previous, copies),
+                              ("rescaled accumulator", state.rescaled, scaled)):
+        for name in names:
+            if name not in have:
+                errors.append(f"{where}: state names {name} a {kind}, but no statement of the loop is one for it")
+    for name in sorted(scaled - set(state.rescaled)):
+        errors.append(f"{where}: {name} is rescaled inside the loop but not declared in its state")
 
 
 def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list[str],

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import islpy as isl
 
-from flashlight.ir.expr import Load
-from flashlight.ir.nodes import Node, walk_stmts
+from flashlight.ir.nodes import Node, walk_loops, walk_stmts
 from flashlight.ir.poly import PolyView
 
 
@@ -142,14 +141,13 @@ class _Restricted:
 
 
 def state_tensors(nest: Node) -> set[str]:
-    """The online state: running reductions, the copies holding their previous values, and the
-    accumulators rescaled by them."""
-    stmts = [s for s, _, _ in walk_stmts((nest,))]
-    acc = {s.target.tensor for s in stmts if s.is_reduction}
-    copies = {s: s.expr.tensor for s in (x for x in stmts if x.op == "=" and isinstance(x.expr, Load))
-              if s.expr.tensor in acc}
-    rescaled = {s.target.tensor for s in stmts if s.scale is not None}
-    return {c.target.tensor for c in copies} | set(copies.values()) | rescaled
+    """The online state the serial loops of a kernel declare: running reductions, the copies
+    holding their previous values, and the accumulators rescaled by them."""
+    out: set[str] = set()
+    for loop in walk_loops((nest,)):
+        if loop.state is not None:
+            out |= loop.state.tensors
+    return out
 
 
 def without_self_reductions(nest: Node, t: str, d: isl.UnionMap) -> isl.UnionMap:

@@ -56,7 +56,7 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, Node, OnlineState, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
@@ -825,13 +825,15 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
         fixups = [f for f in fixups if f is not None]
         if phase.loops:
             recs = [by_name[s] for s in phase.members]
+            state_loop, state = _online_state(phase.members, rewrites, running_by_stmt)
             node = None
             for it in reversed(phase.loops):
                 owner = next(r for r in recs if it in r.its)
                 kinds = {r.loop(it).kind for r in recs if it in r.its}
                 kind = "seq" if "seq" in kinds else "reduce" if "reduce" in kinds else "parallel"
                 node = Loop(it, E.index(0), E.index(owner.extent(it)), kind,
-                            tuple(members) if node is None else (node,), mapping="serial")
+                            tuple(members) if node is None else (node,), mapping="serial",
+                            state=state if it == state_loop else None)
             phase_nodes.append(node)  # type: ignore[arg-type]
         else:
             phase_nodes.extend(members)
@@ -844,6 +846,22 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
         it = next(f"p{k}" for k in range(len(used) + 1) if f"p{k}" not in used)
         body = (Loop(it, E.index(0), E.index(1), "parallel", body, mapping="grid"),)
     return body[0]
+
+
+def _online_state(members: tuple[str, ...] | list[str], rewrites: dict[str, Stmt],
+                  running_by_stmt: dict[str, Running]) -> tuple[str | None, OnlineState | None]:
+    """The loop of a phase's running reductions and the state it carries: their targets, their
+    previous values' copies, and the accumulators rescaled as they change."""
+    infos = [running_by_stmt[s] for s in members if s in running_by_stmt]
+    rescaled = [rewrites[s].target.tensor for s in members if s in rewrites and rewrites[s].scale is not None]
+    if not infos and not rescaled:
+        return None, None
+    loops = {info.loop for info in infos}
+    if len(loops) != 1:
+        raise AssertionError(f"running reductions of one phase over several loops: {sorted(loops)}")
+    state = OnlineState(tuple(dict.fromkeys(i.tensor for i in infos)), tuple(dict.fromkeys(i.prev for i in infos)),
+                        tuple(dict.fromkeys(rescaled)))
+    return next(iter(loops)), state
 
 
 class _RowsUnknown(Exception):
