@@ -23,40 +23,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from flashlight.codegen.kernel_source import CodegenError, KernelSource
+from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TileBound, grid_chain
 
-TL_DTYPE = {
-    "f64": "tl.float64", "f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16",
-    "i64": "tl.int64", "i32": "tl.int32", "i16": "tl.int16", "i8": "tl.int8", "u8": "tl.uint8",
-    "b1": "tl.int1",
-}
-LOG2E = 1.4426950408889634
 INT32_LIMIT = 2**31 - 1
 SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
 
 
 class _NotChunkable(Exception):
     """A guard's data vary along more than the scanned loop: scan its tiles one at a time."""
-
-
-class CodegenError(Exception):
-    """The IR uses something this backend cannot express (the caller falls back to eager)."""
-
-
-@dataclass(frozen=True)
-class KernelSource:
-    name: str
-    source: str                 # a complete Python module defining the kernel
-    params: tuple[str, ...]     # global tensors passed to the kernel, in argument order
-    grid: int                   # number of programs
-    num_warps: int = 4
-    num_stages: int = 2
-    tile_elements: int = 0      # elements the kernel keeps in registers (sizes the launch)
-    serial: bool = False        # whether the kernel loops over tiles
 
 
 @dataclass
@@ -194,7 +174,7 @@ class _Kernel:
 
     def value(self, e: Expr, scope: _Scope) -> _Value:
         if isinstance(e, Const):
-            return _Value(_literal(e), (), e.dtype)
+            return _Value(literal(e), (), e.dtype)
         if isinstance(e, Iter):
             return self.offsets(e.name)
         key = (e,)
@@ -312,8 +292,8 @@ class _Kernel:
                 one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
                 return _Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
             return _Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
-        code = _pointwise(op, xs, [v.dtype for v in args], self.target)
-        if op in ("tanh", "pow", "atan2", "expm1", "log1p", "round") and self.target == "cuda":
+        code = pointwise(op, xs, [v.dtype for v in args], self.target)
+        if op in LIBDEVICE and self.target == "cuda":
             self.uses_libdevice = True
         return self.boolean(code, axes) if dt == "b1" else _Value(code, axes, dt)
 
@@ -641,7 +621,7 @@ class _Kernel:
     def interval(self, e: Expr, scope: _Scope) -> tuple[str, str] | None:
         """Scalar bounds of ``e`` over the current tile, or None."""
         if isinstance(e, Const):
-            return _literal(e), _literal(e)
+            return literal(e), literal(e)
         if isinstance(e, Iter):
             x = e.name
             if x not in self.axes:
@@ -720,7 +700,7 @@ class _Kernel:
     def scalar(self, e: Expr) -> str:
         """A tile-range bound: grid iterators stand for the first point of the program's tile."""
         if isinstance(e, Const):
-            return _literal(e)
+            return literal(e)
         if isinstance(e, Iter):
             it = e.name
             return f"(pid_{it} * {self.tile[it]})" if it in self.axes else it
@@ -756,7 +736,7 @@ class _Kernel:
     def init_accumulator(self, s: Stmt, scope: _Scope) -> None:
         axes = self.target_axes(s)
         dt = self.program.tensor(s.target.tensor).dtype
-        ident = _literal(E.const(COMBINERS[s.op].identity(dt), dt))
+        ident = literal(E.const(COMBINERS[s.op].identity(dt), dt))
         var = f"r_{s.target.tensor}"
         scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
         self.registers[s.target.tensor] = _Value(var, axes, dt)
@@ -798,7 +778,7 @@ class _Kernel:
                     else f"tl.broadcast_to({code}, {self.shape(full)})"
             v = _Value(code, full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
-            ident = _literal(E.const(COMBINERS[s.op].identity(decl.dtype), decl.dtype))
+            ident = literal(E.const(COMBINERS[s.op].identity(decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
             axes = v.axes
             reduce = COMBINERS[s.op].reduce
@@ -808,7 +788,7 @@ class _Kernel:
                 code = f"{fold}({code}, axis={k})"
                 axes = axes[:k] + axes[k + 1:]
             if post is not None:
-                code = f"{code} * {_literal(post)}"
+                code = f"{code} * {literal(post)}"
             tile = _Value(code, axes, decl.dtype)
         if s.target.tensor in self.open_accumulators:
             acc = self.registers[s.target.tensor]
@@ -816,7 +796,7 @@ class _Kernel:
             if s.scale is not None:
                 sc = self.bcast(self.value(s.scale, scope), acc.axes)
                 old = f"{acc.code} * {sc}" if s.op == "+=" else f"{acc.code} + {sc}"
-            fold = _pointwise(COMBINERS[s.op].combine, [old, self.bcast(tile, acc.axes)], [acc.dtype] * 2, self.target)
+            fold = pointwise(COMBINERS[s.op].combine, [old, self.bcast(tile, acc.axes)], [acc.dtype] * 2, self.target)
             scope.lines.append(f"{acc.code} = {fold}")
             self.invalidate({s.target.tensor})
         else:
@@ -1011,108 +991,11 @@ def _affine_condition(c: Expr) -> bool:
     return cond_str(c) is not None
 
 
-def _literal(c: Const) -> str:
-    v = c.value
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return 'float("nan")'
-        if math.isinf(v):
-            return 'float("inf")' if v > 0 else 'float("-inf")'
-        return repr(v)
-    return str(v)
-
-
 def _strip_upcast(e: Expr, dt: dict[str, str]) -> Expr:
     """``f32(x)`` of a bf16/f16 ``x`` is exact: a dot can take ``x`` and accumulate in fp32."""
     if isinstance(e, Call) and e.op == "f32" and E.dtype_of(e.args[0], dt) in ("bf16", "f16"):
         return e.args[0]
     return e
-
-
-def _pointwise(op: str, xs: list[str], dts: list[str], target: str) -> str:
-    a = xs[0]
-    b = xs[1] if len(xs) > 1 else None
-    infix = {"add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
-             "ge": ">=", "eq": "==", "ne": "!=", "and": "&", "or": "|"}
-    if op in infix:
-        if op == "div" and not dtypes.is_float(dts[0]):
-            raise CodegenError("integer true division")
-        return f"({a} {infix[op]} {b})"
-    if op == "floordiv":
-        if dtypes.is_float(dts[0]):
-            return f"tl.floor({a} / {b})"
-        return f"(({a} - (({a} % {b}) + {b}) % {b}) // {b})"
-    if op == "mod":
-        return f"((({a} % {b}) + {b}) % {b})"
-    if op == "neg":
-        return f"(-{a})"
-    if op == "not":
-        return f"({a} == 0)"
-    simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt_rn",
-              "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "erf": "tl.erf", "abs": "tl.abs",
-              "sin": "tl.sin", "cos": "tl.cos", "floor": "tl.floor", "ceil": "tl.ceil"}
-    if op == "sqrt" and dts[0] == "f64":
-        return f"tl.sqrt({a})"  # sqrt_rn is float32 only; a float64 sqrt is correctly rounded
-    if op in simple:
-        return f"{simple[op]}({a})"
-    if op == "reciprocal":
-        return f"(1.0 / {a})"
-    if op in ("max", "min"):
-        fn = "tl.maximum" if op == "max" else "tl.minimum"
-        if dtypes.is_float(dts[0]):
-            return f"{fn}({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
-        return f"{fn}({a}, {b})"
-    if op == "where":
-        return f"tl.where({a}, {b}, {xs[2]})"
-    if op == "fma":
-        return f"tl.fma({a}, {b}, {xs[2]})"
-    if op == "isnan":
-        return f"({a} != {a})"
-    if op == "isinf":
-        return f"(tl.abs({a}) == float('inf'))"
-    if op == "tanh":
-        if target == "cuda":
-            return f"libdevice.tanh({a})"
-        # exp-based, with a series near 0 where 1 - exp(-2|x|) cancels
-        ax = f"tl.abs({a})"
-        e = f"tl.exp2({ax} * {-2 * LOG2E})"
-        big = f"tl.where({a} < 0, -1.0, 1.0) * ((1.0 - {e}) / (1.0 + {e}))"
-        x2 = f"({a} * {a})"
-        small = f"{a} * (1.0 + {x2} * (-0.3333333333333333 + {x2} * (0.13333333333333333 + {x2} * -0.05396825396825397)))"
-        return f"tl.where({ax} < 0.05, {small}, {big})"
-    if op == "pow":
-        if target == "cuda":
-            return f"libdevice.pow({a}, {b})"
-        if not dtypes.is_float(dts[0]):
-            raise CodegenError("an integer pow is not available under the interpreter")
-        # the interpreter has no libdevice: |a|^b = exp2(b * log2|a|), with C's pow for the rest: a
-        # negative base takes an integer exponent's sign (NaN otherwise), a^0 = 1, 1^b = 1
-        r = f"tl.exp2({b} * tl.log2(tl.abs({a})))"
-        odd = f"({b} - 2.0 * tl.floor({b} * 0.5) == 1.0)"
-        signed = f"tl.where(tl.floor({b}) == {b}, tl.where({odd}, -{r}, {r}), float('nan'))"
-        return f"tl.where(({b} == 0.0) | ({a} == 1.0), 1.0, tl.where({a} < 0.0, {signed}, {r}))"
-    if op == "expm1":  # Kahan: (u - 1) * x / log(u), u = exp(x), exact where u rounds to 1
-        if target == "cuda":
-            return f"libdevice.expm1({a})"
-        u = f"tl.exp({a})"
-        return f"tl.where({u} == 1.0, {a}, tl.where({u} - 1.0 == -1.0, -1.0, ({u} - 1.0) * {a} / tl.log({u})))"
-    if op == "log1p":  # Kahan: log(u) * x / (u - 1), u = 1 + x
-        if target == "cuda":
-            return f"libdevice.log1p({a})"
-        u = f"(1.0 + {a})"
-        return f"tl.where({u} == 1.0, {a}, tl.log({u}) * {a} / ({u} - 1.0))"
-    if op == "round":  # half to even
-        if target == "cuda":
-            return f"libdevice.rint({a})"
-        r = f"tl.floor({a} + 0.5)"
-        return f"tl.where(({r} - {a} == 0.5) & ({r} - 2.0 * tl.floor({r} * 0.5) != 0.0), {r} - 1.0, {r})"
-    if op == "atan2":
-        if target == "cuda":
-            return f"libdevice.atan2({a}, {b})"
-        raise CodegenError("atan2 is not available under the interpreter")
-    raise CodegenError(f"operator {op} has no Triton lowering")
 
 
 def _loops(body: tuple[Node, ...]):
