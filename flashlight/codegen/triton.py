@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
+from flashlight.codegen.walks import (assigned_again, is_affine, nested_loops, statements,
+                                       statements_with_guards, statements_with_loops)
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
@@ -88,10 +90,10 @@ class _Kernel:
         for l in self.grid:
             self._axis(l, "grid")
         for m in ("serial", "block"):
-            for l in _loops(self.phases):
+            for l in nested_loops(self.phases):
                 if l.mapping == m:
                     self._axis(l, m)
-        for l in _loops(self.phases):
+        for l in nested_loops(self.phases):
             if l.mapping not in ("serial", "block"):
                 raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
         self.params: list[str] = []
@@ -313,7 +315,7 @@ class _Kernel:
     def produced(self) -> set[str]:
         """Tensors this kernel writes: reads of them inside the kernel come from registers."""
         if not hasattr(self, "_produced"):
-            self._produced = {s.target.tensor for s, _ in _stmts_with_loops(self.phases, ())}
+            self._produced = {s.target.tensor for s, _ in statements_with_loops(self.phases, ())}
         return self._produced
 
     def build(self) -> KernelSource:
@@ -377,7 +379,7 @@ class _Kernel:
         src = "\n".join(header + helpers + ["", "", "@triton.jit", f"def {self.name}({args}):"]
                         + ["    " + line for line in lines]) + "\n"
         registers = 0  # elements held in registers: every register tile the kernel keeps
-        for t in {s_.target.tensor for s_, _ in _stmts_with_loops(self.phases, ())}:
+        for t in {s_.target.tensor for s_, _ in statements_with_loops(self.phases, ())}:
             reg = self.registers.get(t)
             if reg is not None:
                 n = 1
@@ -393,7 +395,7 @@ class _Kernel:
         elif isinstance(node, Guard):
             # inside tiles proved full, every affine guard holds; inside tiles whose bounds prove a
             # data-dependent guard, it holds too: no mask code for them
-            affine = _affine_condition(node.cond)
+            affine = is_affine(node.cond)
             dropped = (affine and self.full_tiles) or (not affine and self.drop_data_guards)
             extra = () if dropped else (node.cond,)
             for c in node.body:
@@ -447,7 +449,7 @@ class _Kernel:
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
             if self.program.tensor(acc.target.tensor).storage != "local" \
-                    and not _assigned_again(self.phases, loop, acc.target):
+                    and not assigned_again(self.phases, loop, acc.target):
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
     def open_tile(self, loop: Loop, scope: _Scope) -> _Scope:
@@ -462,7 +464,7 @@ class _Kernel:
         """One ``for`` over the tiles ``[lo, hi)`` of ``loop``; with ``test``, a tile runs the body
         only if its bounds say the data-dependent guards may hold somewhere in it."""
         it = loop.iterator
-        written = {s.target.tensor for s in _stmts(loop)}
+        written = {s.target.tensor for s in statements(loop)}
         inner = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         inner.written = written
         self.full_tiles = not masked
@@ -561,18 +563,18 @@ class _Kernel:
 
     def guard_loads(self, loop: Loop) -> list[Load]:
         """Loads along ``loop`` in the data-dependent guards of its statements."""
-        stmts = [s for s, _ in _stmts_with_loops((loop,), ())]
-        return [ld for s in stmts for g in self.guards_of[s.name] if not _affine_condition(g)
+        stmts = [s for s, _ in statements_with_loops((loop,), ())]
+        return [ld for s in stmts for g in self.guards_of[s.name] if not is_affine(g)
                 for ld in E.loads(g) if loop.iterator in E.free_iters(ld)]
 
     def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
         loop runs under, from interval bounds over the current tile: ``certain`` is true only if
         they hold at every point of the tile, ``possible`` false only if they hold at none."""
-        stmts = [s for s, _ in _stmts_with_loops((loop,), ())]
+        stmts = [s for s, _ in statements_with_loops((loop,), ())]
         common = set.intersection(*(set(self.guards_of[s.name]) for s in stmts)) if stmts else set()
-        data = [g for g in sorted(common, key=str) if not _affine_condition(g)]
-        every = {g for s in stmts for g in self.guards_of[s.name] if not _affine_condition(g)}
+        data = [g for g in sorted(common, key=str) if not is_affine(g)]
+        every = {g for s in stmts for g in self.guards_of[s.name] if not is_affine(g)}
         possible, certain = [], []
         for g in data:
             p = self.bound(g, scope, certain=False)
@@ -724,7 +726,7 @@ class _Kernel:
     def carried(self, loop: Loop) -> list[Stmt]:
         """Reductions in ``loop`` whose target does not vary with it: their accumulators carry."""
         seen, out = set(), []
-        for s in _stmts(loop):
+        for s in statements(loop):
             if s.is_reduction and loop.iterator not in E.free_iters(s.target) and s.target.tensor not in seen:
                 seen.add(s.target.tensor)
                 out.append(s)
@@ -811,13 +813,13 @@ class _Kernel:
     def read_here(self) -> set[str]:
         """Tensors some statement of this kernel reads."""
         if not hasattr(self, "_read_here"):
-            self._read_here = {ld.tensor for s, _ in _stmts_with_loops(self.phases, ())
+            self._read_here = {ld.tensor for s, _ in statements_with_loops(self.phases, ())
                                for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
         return self._read_here
 
     def read_only_under(self, tensor: str, guards: tuple[Expr, ...]) -> bool:
         """Every statement reading ``tensor`` in this kernel runs under ``guards`` (or stronger)."""
-        for s, loops in _stmts_with_loops(self.phases, ()):
+        for s, loops in statements_with_loops(self.phases, ()):
             if any(ld.tensor == tensor for ld in E.loads(s.expr) + (E.loads(s.scale) if s.scale else [])):
                 if not set(guards) <= set(self.guards_of[s.name]):
                     return False
@@ -826,7 +828,7 @@ class _Kernel:
     @property
     def guards_of(self) -> dict[str, tuple[Expr, ...]]:
         if not hasattr(self, "_guards_of"):
-            self._guards_of = {s.name: g for s, g in _stmts_with_guards(self.phases, ())}
+            self._guards_of = {s.name: g for s, g in statements_with_guards(self.phases, ())}
         return self._guards_of
 
     def axes_of_stmt(self, s: Stmt) -> set[str]:
@@ -837,7 +839,7 @@ class _Kernel:
     def stmt_block_axes(self) -> dict[str, set[str]]:
         if not hasattr(self, "_sba"):
             self._sba: dict[str, set[str]] = {}
-            for s, loops in _stmts_with_loops(self.phases, ()):
+            for s, loops in statements_with_loops(self.phases, ()):
                 self._sba[s.name] = {l.iterator for l in loops if l.iterator in self.axes}
         return self._sba
 
@@ -985,78 +987,8 @@ def _track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: int, chun
     return lines
 
 
-def _affine_condition(c: Expr) -> bool:
-    from flashlight.ir.poly import cond_str
-
-    return cond_str(c) is not None
-
-
 def _strip_upcast(e: Expr, dt: dict[str, str]) -> Expr:
     """``f32(x)`` of a bf16/f16 ``x`` is exact: a dot can take ``x`` and accumulate in fp32."""
     if isinstance(e, Call) and e.op == "f32" and E.dtype_of(e.args[0], dt) in ("bf16", "f16"):
         return e.args[0]
     return e
-
-
-def _loops(body: tuple[Node, ...]):
-    for n in body:
-        if isinstance(n, Loop):
-            yield n
-            yield from _loops(n.body)
-        elif isinstance(n, Guard):
-            yield from _loops(n.body)
-
-
-def _stmts(node: Node):
-    if isinstance(node, Stmt):
-        yield node
-    else:
-        for c in node.body:
-            yield from _stmts(c)
-
-
-def _stmts_with_guards(body: tuple[Node, ...], guards: tuple[Expr, ...]):
-    for n in body:
-        if isinstance(n, Stmt):
-            yield n, guards
-        elif isinstance(n, Guard):
-            yield from _stmts_with_guards(n.body, guards + (n.cond,))
-        else:
-            yield from _stmts_with_guards(n.body, guards)
-
-
-def _assigned_again(body: tuple[Node, ...], loop: Loop, target: Load) -> bool:
-    """Whether an unguarded assignment to all of ``target`` follows ``loop`` before anything reads
-    it (the NaN fixup after an online sum): its store supersedes the accumulator's, which would
-    write the whole tensor twice (a 64x256 fp32 tile per program for differential attention)."""
-    after = False
-
-    def walk(nodes: tuple[Node, ...], guarded: bool) -> bool | None:
-        nonlocal after
-        for n in nodes:
-            if n is loop:
-                after = True
-            elif isinstance(n, Stmt) and after:
-                if n.op == "=" and n.target == target and not guarded:
-                    return True
-                if any(ld.tensor == target.tensor for ld in E.loads(n.expr)) or n.target.tensor == target.tensor:
-                    return False
-            elif isinstance(n, (Loop, Guard)):
-                found = walk(n.body, guarded or isinstance(n, Guard))
-                if found is not None:
-                    return found
-        return None
-
-    return bool(walk(body, False))
-
-
-def _stmts_with_loops(body: tuple[Node, ...], loops: tuple[Loop, ...]):
-    for n in body:
-        if isinstance(n, Stmt):
-            yield n, loops
-        elif isinstance(n, Loop):
-            yield from _stmts_with_loops(n.body, loops + (n,))
-        else:
-            yield from _stmts_with_loops(n.body, loops)
-
-
