@@ -21,42 +21,23 @@ loaded once), and equal expressions are emitted once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
-from flashlight.codegen.walks import (assigned_again, is_affine, nested_loops, statements,
-                                       statements_with_guards, statements_with_loops)
+from flashlight.codegen.kernel_state import INT32_LIMIT, KernelState, Scope, Value
+from flashlight.codegen.walks import assigned_again, is_affine, statements, statements_with_loops
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TileBound, grid_chain
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TileBound
 
-INT32_LIMIT = 2**31 - 1
 SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
 
 
 class _NotChunkable(Exception):
     """A guard's data vary along more than the scanned loop: scan its tiles one at a time."""
-
-
-@dataclass
-class _Value:
-    code: str
-    axes: tuple[str, ...]
-    dtype: str
-    zero_outside: frozenset[str] = frozenset()  # axes beyond whose bounds the value is 0
-
-
-@dataclass
-class _Scope:
-    lines: list[str]
-    parent: _Scope | None
-    loop_iter: str | None = None          # serial iterator introduced by this scope
-    written: set[str] = field(default_factory=set)  # registers assigned inside this loop
-    depth: int = 0
-    branch: bool = False                  # one arm of a run-time tile test inside a loop
 
 
 def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
@@ -77,52 +58,7 @@ def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str 
     return out
 
 
-class _Kernel:
-    def __init__(self, program: Program, nest: Node, name: str, strides: dict[str, tuple[int, ...]],
-                 target: str) -> None:
-        self.program, self.nest, self.name, self.strides, self.target = program, nest, name, strides, target
-        self.grid: list[Loop] = grid_chain(nest)
-        self.phases: tuple[Node, ...] = self.grid[-1].body if self.grid else (nest,)
-        self.tile: dict[str, int] = {}
-        self.extent: dict[str, int] = {}
-        self.role: dict[str, str] = {}
-        self.axes: list[str] = []
-        for l in self.grid:
-            self._axis(l, "grid")
-        for m in ("serial", "block"):
-            for l in nested_loops(self.phases):
-                if l.mapping == m:
-                    self._axis(l, m)
-        for l in nested_loops(self.phases):
-            if l.mapping not in ("serial", "block"):
-                raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
-        self.params: list[str] = []
-        self.registers: dict[str, _Value] = {}
-        self.written: dict[str, tuple[Expr, ...]] = {}  # tensors whose statements were emitted: where
-        self.counter = 0
-        self.cache: dict[tuple, tuple[_Value, _Scope, frozenset[str]]] = {}
-        self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
-        self.uses_libdevice = False
-        self.uses_index = False
-        self.open_accumulators: set[str] = set()
-        self.full_tiles = False
-        self.drop_data_guards = False
-        self.chunked: str | None = None  # the serial iterator a guard-bounds scan takes in chunks
-        self.tile_bounds: dict[Load, TileBound] = {}  # of the serial loop being emitted
-
-    def _axis(self, l: Loop, role: str) -> None:
-        it = l.iterator
-        n = int(l.upper.value)  # type: ignore[union-attr]
-        if l.tile is None:
-            raise CodegenError(f"loop {it} is not tiled; run the tile pass first")
-        if it in self.role and (self.role[it] != role or self.extent[it] != n):
-            raise CodegenError(f"iterator {it} has two roles in one kernel")
-        if it in self.tile and self.tile[it] != l.tile:
-            raise CodegenError(f"iterator {it} has two tiles in one kernel ({self.tile[it]} and {l.tile})")
-        self.extent[it], self.tile[it], self.role[it] = n, l.tile, role
-        if it not in self.axes and (role != "grid" or l.tile > 1):
-            self.axes.append(it)
-
+class _Kernel(KernelState):
     # {{{ helpers
 
     def loop_bound(self, code: str) -> str:
@@ -133,55 +69,18 @@ class _Kernel:
         self.uses_index = True
         return f"_index({code})"
 
-    def fresh(self, base: str = "v") -> str:
-        self.counter += 1
-        return f"{base}{self.counter}"
-
-    def order(self, axes: set[str] | frozenset[str]) -> tuple[str, ...]:
-        return tuple(a for a in self.axes if a in axes)
-
-    def bcast(self, v: _Value, to: tuple[str, ...]) -> str:
-        if v.axes == to or not v.axes:
-            return v.code
-        if list(v.axes) != [a for a in to if a in v.axes]:
-            perm = sorted(range(len(v.axes)), key=lambda k: to.index(v.axes[k]))
-            code = f"tl.trans({v.code})" if len(v.axes) == 2 else f"tl.permute({v.code}, {tuple(perm)})"
-            v = _Value(code, tuple(v.axes[k] for k in perm), v.dtype)
-        if v.axes == to:
-            return v.code
-        code = v.code if v.code.isidentifier() else f"({v.code})"
-        return f"{code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
-
-    def shape(self, axes: tuple[str, ...]) -> str:
-        return "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
-
-    def needs_mask(self, it: str) -> bool:
-        return self.extent[it] % self.tile[it] != 0
-
-    def offsets(self, it: str) -> _Value:
-        if it in self.axes:
-            return _Value(f"o_{it}", (it,), "i32")
-        return _Value(f"{it}", (), "i32")
-
-    def mask_of(self, axes: tuple[str, ...]) -> _Value | None:
-        parts = [a for a in axes if self.needs_mask(a)]
-        if not parts:
-            return None
-        code = " & ".join(self.bcast(_Value(f"m_{a}", (a,), "b1"), axes) for a in parts)
-        return _Value(f"({code})" if len(parts) > 1 else code, axes, "b1")
-
     # }}}
 
     # {{{ expressions
 
-    def value(self, e: Expr, scope: _Scope) -> _Value:
+    def value(self, e: Expr, scope: Scope) -> Value:
         if isinstance(e, Const):
-            return _Value(literal(e), (), e.dtype)
+            return Value(literal(e), (), e.dtype)
         if isinstance(e, Iter):
             return self.offsets(e.name)
         key = (e,)
         hit = self.cache.get(key)
-        if hit is not None and self._visible(hit[1], scope):
+        if hit is not None and scope.inside(hit[1]):
             return hit[0]
         reads: set[str] = set()
         home = self.home(e, scope, reads)
@@ -192,23 +91,16 @@ class _Kernel:
         if not v.code.isidentifier():
             var = self.fresh()
             home.lines.append(f"{var} = {v.code}")
-            v = _Value(var, v.axes, v.dtype, v.zero_outside)
+            v = Value(var, v.axes, v.dtype, v.zero_outside)
         self.cache[key] = (v, home, frozenset(reads))
         return v
 
-    def _visible(self, where: _Scope, scope: _Scope | None) -> bool:
-        while scope is not None:
-            if scope is where:
-                return True
-            scope = scope.parent
-        return False
-
-    def home(self, e: Expr, scope: _Scope, reads: set[str]) -> _Scope:
+    def home(self, e: Expr, scope: Scope, reads: set[str]) -> Scope:
         """The outermost open scope in which ``e`` has its value: hoists loop invariants."""
         its = E.free_iters(e)
         regs = {ld.tensor for ld in E.loads(e) if ld.tensor in self.produced}
         reads.update(regs)
-        s: _Scope | None = scope
+        s: Scope | None = scope
         chain = []
         while s is not None:
             chain.append(s)
@@ -220,12 +112,12 @@ class _Kernel:
                 return s
         return chain[-1]
 
-    def index(self, e: Expr, scope: _Scope) -> _Value:
+    def index(self, e: Expr, scope: Scope) -> Value:
         """An integer index expression (affine ones are emitted inline)."""
         form = E.affine_form(e)
         if form is None:
             v = self.value(e, scope)
-            return _Value(f"({v.code}).to(tl.int64)" if self.wide else v.code, v.axes, v.dtype)
+            return Value(f"({v.code}).to(tl.int64)" if self.wide else v.code, v.axes, v.dtype)
         coeffs, c = form
         axes = self.order({k for k in coeffs if k in self.axes})
         terms = []
@@ -234,9 +126,9 @@ class _Kernel:
             terms.append(off if a == 1 else f"{a} * {off}")
         if c or not terms:
             terms.append(str(c))
-        return _Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
+        return Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
 
-    def pointer(self, tensor: str, idx: list[_Value], axes: tuple[str, ...]) -> str:
+    def pointer(self, tensor: str, idx: list[Value], axes: tuple[str, ...]) -> str:
         """``tensor_ptr + i0 * s0 + ...``. Offsets of a tensor with more than 2**31 - 1 elements are
         formed in 64 bits: an int32 block offset times a stride would wrap around."""
         wide = self.program.tensor(tensor).numel > INT32_LIMIT
@@ -252,7 +144,7 @@ class _Kernel:
             parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
         return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
 
-    def load(self, e: Load, scope: _Scope, order: tuple[str, ...] | None = None) -> _Value:
+    def load(self, e: Load, scope: Scope, order: tuple[str, ...] | None = None) -> Value:
         decl = self.program.tensor(e.tensor)
         reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
         elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
@@ -270,15 +162,15 @@ class _Kernel:
         axes = order or self.order({a for v in idx for a in v.axes})
         ptr = self.pointer(e.tensor, idx, axes)
         if not axes:
-            return _Value(f"tl.load({ptr})", (), decl.dtype)
+            return Value(f"tl.load({ptr})", (), decl.dtype)
         m = self.mask_of(axes)
         if m is None:
-            return _Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
+            return Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
         other = "0" if decl.dtype != "b1" else "False"
-        return _Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
+        return Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
                       frozenset(axes))
 
-    def call(self, e: Call, scope: _Scope) -> _Value:
+    def call(self, e: Call, scope: Scope) -> Value:
         op = e.op
         args = [self.value(a, scope) for a in e.args]
         dt = E.dtype_of(e, self.program.dtypes)
@@ -292,34 +184,27 @@ class _Kernel:
                 return self.boolean(f"({xs[0]} != 0)", axes)
             if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
                 one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
-                return _Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
-            return _Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
+                return Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
+            return Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
         code = pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in LIBDEVICE and self.target == "cuda":
             self.uses_libdevice = True
-        return self.boolean(code, axes) if dt == "b1" else _Value(code, axes, dt)
+        return self.boolean(code, axes) if dt == "b1" else Value(code, axes, dt)
 
-    def boolean(self, code: str, axes: tuple[str, ...]) -> _Value:
+    def boolean(self, code: str, axes: tuple[str, ...]) -> Value:
         """A computed boolean. Triton's interpreter gives a comparison's result its operands' dtype
         (holding numpy bools), so a scalar one splatted to a block becomes floats, and ``mask & it``
         fails: a select re-makes such a scalar as int1."""
         if self.target == "interpreter" and not axes:
             code = f"tl.where({code}, True, False)"
-        return _Value(code, axes, "b1")
+        return Value(code, axes, "b1")
 
     # }}}
 
     # {{{ statements
 
-    @property
-    def produced(self) -> set[str]:
-        """Tensors this kernel writes: reads of them inside the kernel come from registers."""
-        if not hasattr(self, "_produced"):
-            self._produced = {s.target.tensor for s, _ in statements_with_loops(self.phases, ())}
-        return self._produced
-
     def build(self) -> KernelSource:
-        top = _Scope([], None)
+        top = Scope([], None)
         lines = top.lines
         grid_counts = []
         lines.append(f"pid = tl.program_id(0){'.to(tl.int64)' if self.wide else ''}")
@@ -389,7 +274,7 @@ class _Kernel:
         serial = any(self.role[a] == "serial" for a in self.axes)
         return KernelSource(self.name, src, tuple(self.params), grid, tile_elements=registers, serial=serial)
 
-    def emit_node(self, node: Node, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+    def emit_node(self, node: Node, scope: Scope, guards: tuple[Expr, ...]) -> None:
         if isinstance(node, Stmt):
             self.emit_stmt(node, scope, guards)
         elif isinstance(node, Guard):
@@ -408,7 +293,7 @@ class _Kernel:
         else:
             raise CodegenError(f"unexpected {node.mapping} loop {node.iterator} inside a kernel")
 
-    def emit_serial(self, loop: Loop, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+    def emit_serial(self, loop: Loop, scope: Scope, guards: tuple[Expr, ...]) -> None:
         """One ``for`` over tiles per tile range (all tiles if the loop lists none); accumulators
         start before the first and are stored after the last."""
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
@@ -423,7 +308,7 @@ class _Kernel:
             self.full_tiles = not masked
             # which data-dependent guards can be bounded over a tile; the probe's lines are dropped
             # (each loop below bounds its own tiles), invariant loads it hoists stay where they went
-            probe = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+            probe = Scope([], scope, loop_iter=it, depth=scope.depth + 1)
             certain, possible = self.tile_predicate(loop, self.open_tile(loop, probe))
             self.full_tiles = False
             if possible is None:
@@ -452,24 +337,24 @@ class _Kernel:
                     and not assigned_again(self.phases, loop, acc.target):
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
-    def open_tile(self, loop: Loop, scope: _Scope) -> _Scope:
+    def open_tile(self, loop: Loop, scope: Scope) -> Scope:
         it = loop.iterator
         scope.lines.append(f"o_{it} = t_{it} * {self.tile[it]} + tl.arange(0, {self.tile[it]})")
         if self.needs_mask(it):
             scope.lines.append(f"m_{it} = o_{it} < {self.extent[it]}")
         return scope
 
-    def emit_tiles(self, loop: Loop, scope: _Scope, guards: tuple[Expr, ...], lo: str, hi: str,
+    def emit_tiles(self, loop: Loop, scope: Scope, guards: tuple[Expr, ...], lo: str, hi: str,
                    masked: bool, test: bool, why: str = "") -> None:
         """One ``for`` over the tiles ``[lo, hi)`` of ``loop``; with ``test``, a tile runs the body
         only if its bounds say the data-dependent guards may hold somewhere in it."""
         it = loop.iterator
         written = {s.target.tensor for s in statements(loop)}
-        inner = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
+        inner = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         inner.written = written
         self.full_tiles = not masked
         possible = self.tile_predicate(loop, inner)[1] if test else None
-        body = inner if possible is None else _Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
+        body = inner if possible is None else Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
         body.written = written
         for c in loop.body:
             self.emit_node(c, body, guards)
@@ -485,7 +370,7 @@ class _Kernel:
 
     # {{{ run-time tile skipping
 
-    def narrow(self, loop: Loop, scope: _Scope, lo: str, hi: str, runs: bool) -> tuple[str, str, str, str]:
+    def narrow(self, loop: Loop, scope: Scope, lo: str, hi: str, runs: bool) -> tuple[str, str, str, str]:
         """A scan over the tiles' guard bounds only (no tile data) gives ``(first, last, run_lo,
         run_hi)``: the first and last tile where a data-dependent guard may hold bound the loop, so
         tiles outside are not even visited; with ``runs``, ``[run_lo, run_hi)`` are the tiles where
@@ -513,10 +398,10 @@ class _Kernel:
                         f"{run_hi} = tl.where({run}, {sure[1]} + 1, {first})"]
         return first, last, run_lo, run_hi
 
-    def scan_tiles(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
+    def scan_tiles(self, loop: Loop, scope: Scope, lo: str, hi: str, first: str, last: str,
                    sure: tuple[str, str, str] | None) -> list[str]:
         it, tiles = loop.iterator, math.ceil(self.extent[loop.iterator] / self.tile[loop.iterator])
-        pre = self.open_tile(loop, _Scope([], scope, loop_iter=it, depth=scope.depth + 1))
+        pre = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         certain, possible = self.tile_predicate(loop, pre)
         lines = [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
                  *("    " + x for x in pre.lines)]
@@ -526,7 +411,7 @@ class _Kernel:
             lines += [f"    {held} = ({possible}) & ({certain})"] + _track_tiles(sure, held, f"t_{it}", tiles, chunked=False)
         return lines
 
-    def scan_chunks(self, loop: Loop, scope: _Scope, lo: str, hi: str, first: str, last: str,
+    def scan_chunks(self, loop: Loop, scope: Scope, lo: str, hi: str, first: str, last: str,
                     sure: tuple[str, str, str] | None) -> list[str]:
         """Tiles ``c_it`` of a chunk are rows of a ``[chunk, tile]`` block of offsets; tile
         indices past the last tile are clamped to it, which repeats a real tile's bounds (they
@@ -537,7 +422,7 @@ class _Kernel:
         chunk = min(max(1, SCAN_ELEMENTS // (1 if summarized else t)), 1 << (tiles - 1).bit_length())
         if chunk == 1:
             raise _NotChunkable
-        pre = _Scope([], scope, loop_iter=it, depth=scope.depth + 1)
+        pre = Scope([], scope, loop_iter=it, depth=scope.depth + 1)
         c, ok = f"c_{it}", self.fresh("ok")
         pre.lines.append(f"{c} = t_{it} * {chunk} + tl.arange(0, {chunk})")
         pre.lines.append(f"{ok} = ({c} >= ({lo})) & ({c} < ({hi}))")
@@ -567,7 +452,7 @@ class _Kernel:
         return [ld for s in stmts for g in self.guards_of[s.name] if not is_affine(g)
                 for ld in E.loads(g) if loop.iterator in E.free_iters(ld)]
 
-    def tile_predicate(self, loop: Loop, scope: _Scope) -> tuple[str | None, str | None]:
+    def tile_predicate(self, loop: Loop, scope: Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
         loop runs under, from interval bounds over the current tile: ``certain`` is true only if
         they hold at every point of the tile, ``possible`` false only if they hold at none."""
@@ -589,7 +474,7 @@ class _Kernel:
             cer = " & ".join(f"({c})" for c in certain)
         return cer, pos
 
-    def bound(self, c: Expr, scope: _Scope, certain: bool) -> str | None:
+    def bound(self, c: Expr, scope: Scope, certain: bool) -> str | None:
         if isinstance(c, Call) and c.op in ("and", "or"):
             a, b = self.bound(c.args[0], scope, certain), self.bound(c.args[1], scope, certain)
             if (c.op == "and") != certain:  # possible(and) is weaker than possible of each part
@@ -620,7 +505,7 @@ class _Kernel:
             "gt": f"{ahi} > {blo}", "ge": f"{ahi} >= {blo}",
         }[c.op]
 
-    def interval(self, e: Expr, scope: _Scope) -> tuple[str, str] | None:
+    def interval(self, e: Expr, scope: Scope) -> tuple[str, str] | None:
         """Scalar bounds of ``e`` over the current tile, or None."""
         if isinstance(e, Const):
             return literal(e), literal(e)
@@ -641,7 +526,7 @@ class _Kernel:
             if e.tensor in self.produced or any(E.loads(i) for i in e.indices):
                 return None
             hit = self.cache.get(("interval", e))
-            if hit is not None and self._visible(hit[1], scope):
+            if hit is not None and scope.inside(hit[1]):
                 return hit[0]  # type: ignore[return-value]
             v = self.value(e, scope)
             if not v.axes:
@@ -676,17 +561,17 @@ class _Kernel:
             return f"({alo} - {bhi})", f"({ahi} - {blo})"
         return None
 
-    def precomputed_interval(self, b: TileBound, scope: _Scope) -> tuple[str, str]:
+    def precomputed_interval(self, b: TileBound, scope: Scope) -> tuple[str, str]:
         """The bounds of ``b.operand`` over the current tile (or each tile of a chunk), read from
         the tensors that hoist-tile-bounds filled: their last index is the tile (``j // tile``)."""
         hit = self.cache.get(("interval", b.operand))
-        if hit is not None and self._visible(hit[1], scope):
+        if hit is not None and scope.inside(hit[1]):
             return hit[0]  # type: ignore[return-value]
         (it,) = E.free_iters(b.lower.indices[-1])
         tile = f"c_{it}" if self.chunked == it else f"t_{it}"
         out = []
         for ld in (b.lower, b.upper):
-            idx = [self.index(i, scope) for i in ld.indices[:-1]] + [_Value(tile, (), "i32")]
+            idx = [self.index(i, scope) for i in ld.indices[:-1]] + [Value(tile, (), "i32")]
             if any(v.axes for v in idx[:-1]):
                 raise CodegenError(f"tile bounds {ld} vary inside a program")
             if ld.tensor not in self.params:
@@ -732,22 +617,19 @@ class _Kernel:
                 out.append(s)
         return out
 
-    def target_axes(self, s: Stmt) -> tuple[str, ...]:
-        return self.order({a for i in s.target.indices for a in E.free_iters(i) if a in self.axes})
-
-    def init_accumulator(self, s: Stmt, scope: _Scope) -> None:
+    def init_accumulator(self, s: Stmt, scope: Scope) -> None:
         axes = self.target_axes(s)
         dt = self.program.tensor(s.target.tensor).dtype
         ident = literal(E.const(COMBINERS[s.op].identity(dt), dt))
         var = f"r_{s.target.tensor}"
         scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
-        self.registers[s.target.tensor] = _Value(var, axes, dt)
+        self.registers[s.target.tensor] = Value(var, axes, dt)
 
-    def emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+    def emit_stmt(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
         self._emit_stmt(s, scope, guards)
         self.written[s.target.tensor] = s.target.indices
 
-    def _emit_stmt(self, s: Stmt, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+    def _emit_stmt(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
         taxes = self.target_axes(s)
         if not s.is_reduction:
@@ -778,7 +660,7 @@ class _Kernel:
                 # (tl.full for a Python literal: broadcast_to takes tensors only, fuzz seeds 3099, 5026806)
                 code = f"tl.full({self.shape(full)}, {code}, {TL_DTYPE[v.dtype]})" if isinstance(expr, Const) \
                     else f"tl.broadcast_to({code}, {self.shape(full)})"
-            v = _Value(code, full, v.dtype)
+            v = Value(code, full, v.dtype)
             valid = self.validity(red, guards, scope, v.axes)
             ident = literal(E.const(COMBINERS[s.op].identity(decl.dtype), decl.dtype))
             code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
@@ -791,7 +673,7 @@ class _Kernel:
                 axes = axes[:k] + axes[k + 1:]
             if post is not None:
                 code = f"{code} * {literal(post)}"
-            tile = _Value(code, axes, decl.dtype)
+            tile = Value(code, axes, decl.dtype)
         if s.target.tensor in self.open_accumulators:
             acc = self.registers[s.target.tensor]
             old = acc.code
@@ -809,41 +691,7 @@ class _Kernel:
             if decl.storage != "local":
                 self.store(s, tile, scope, ())
 
-    @property
-    def read_here(self) -> set[str]:
-        """Tensors some statement of this kernel reads."""
-        if not hasattr(self, "_read_here"):
-            self._read_here = {ld.tensor for s, _ in statements_with_loops(self.phases, ())
-                               for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
-        return self._read_here
-
-    def read_only_under(self, tensor: str, guards: tuple[Expr, ...]) -> bool:
-        """Every statement reading ``tensor`` in this kernel runs under ``guards`` (or stronger)."""
-        for s, loops in statements_with_loops(self.phases, ()):
-            if any(ld.tensor == tensor for ld in E.loads(s.expr) + (E.loads(s.scale) if s.scale else [])):
-                if not set(guards) <= set(self.guards_of[s.name]):
-                    return False
-        return True
-
-    @property
-    def guards_of(self) -> dict[str, tuple[Expr, ...]]:
-        if not hasattr(self, "_guards_of"):
-            self._guards_of = {s.name: g for s, g in statements_with_guards(self.phases, ())}
-        return self._guards_of
-
-    def axes_of_stmt(self, s: Stmt) -> set[str]:
-        its = E.free_iters(s.expr) | E.free_iters(s.target)
-        return {a for a in its if a in self.axes} | self.stmt_block_axes.get(s.name, set())
-
-    @property
-    def stmt_block_axes(self) -> dict[str, set[str]]:
-        if not hasattr(self, "_sba"):
-            self._sba: dict[str, set[str]] = {}
-            for s, loops in statements_with_loops(self.phases, ()):
-                self._sba[s.name] = {l.iterator for l in loops if l.iterator in self.axes}
-        return self._sba
-
-    def validity(self, red: tuple[str, ...], guards: tuple[Expr, ...], scope: _Scope,
+    def validity(self, red: tuple[str, ...], guards: tuple[Expr, ...], scope: Scope,
                  axes: tuple[str, ...]) -> str | None:
         parts = []
         m = self.mask_of(tuple(a for a in axes if a in red))
@@ -856,8 +704,8 @@ class _Kernel:
             return None
         return " & ".join(f"({p})" for p in parts)
 
-    def contract(self, s: Stmt, red: tuple[str, ...], taxes: tuple[str, ...], scope: _Scope,
-                 guards: tuple[Expr, ...]) -> _Value | None:
+    def contract(self, s: Stmt, red: tuple[str, ...], taxes: tuple[str, ...], scope: Scope,
+                 guards: tuple[Expr, ...]) -> Value | None:
         """``sum_r A * B`` as ``tl.dot``: the statement the tile pass marked ``as dot over r``."""
         if s.dot is None:
             return None
@@ -886,9 +734,9 @@ class _Kernel:
         a_code, b_code = A.code, B.code
         if self.needs_mask(r):
             if r not in A.zero_outside:
-                a_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (m_ax, r))}, {a_code}, {zero})"
+                a_code = f"tl.where({self.bcast(Value('m_' + r, (r,), 'b1'), (m_ax, r))}, {a_code}, {zero})"
             if r not in B.zero_outside:
-                b_code = f"tl.where({self.bcast(_Value('m_' + r, (r,), 'b1'), (r, n_ax))}, {b_code}, {zero})"
+                b_code = f"tl.where({self.bcast(Value('m_' + r, (r,), 'b1'), (r, n_ax))}, {b_code}, {zero})"
         for g in on_a:
             gv = self.value(g, scope)
             a_code = f"tl.where({self.bcast(gv, (m_ax, r))}, {a_code}, {zero})"
@@ -901,51 +749,51 @@ class _Kernel:
             scope.lines.append(f"{var} = {b_code}")
             b_code = var
         precision = ', input_precision="ieee"' if da == "f32" else ""
-        out = _Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), acc)
+        out = Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), acc)
         order = self.order({m_ax, n_ax})
         if order != (m_ax, n_ax):
-            out = _Value(f"tl.trans({out.code})", order, acc)
+            out = Value(f"tl.trans({out.code})", order, acc)
         for g in on_out:  # elements outside the guard hold the identity
             gv = self.value(g, scope)
-            out = _Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, acc)
+            out = Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, acc)
         return out
 
-    def operand(self, e: Expr, order: tuple[str, ...], scope: _Scope) -> _Value:
+    def operand(self, e: Expr, order: tuple[str, ...], scope: Scope) -> Value:
         """A dot operand laid out as ``order``; loads are emitted in that layout directly."""
         if isinstance(e, Load) and self.program.tensor(e.tensor).storage != "local":
             key = (e, order)
             hit = self.cache.get(key)
-            if hit is not None and self._visible(hit[1], scope):
+            if hit is not None and scope.inside(hit[1]):
                 return hit[0]
             home = self.home(e, scope, set())
             v = self.load(e, home, order)
             var = self.fresh("t")
             home.lines.append(f"{var} = {v.code}")
-            v = _Value(var, order, v.dtype, v.zero_outside)
+            v = Value(var, order, v.dtype, v.zero_outside)
             self.cache[key] = (v, home, frozenset())
             return v
         v = self.value(e, scope)
         if v.axes != order:
-            v = _Value(self.bcast(v, order), order, v.dtype, v.zero_outside)
+            v = Value(self.bcast(v, order), order, v.dtype, v.zero_outside)
         return v
 
-    def assign(self, tensor: str, v: _Value, axes: tuple[str, ...], dt: str, scope: _Scope) -> None:
+    def assign(self, tensor: str, v: Value, axes: tuple[str, ...], dt: str, scope: Scope) -> None:
         var = f"r_{tensor}"
         code = v.code
         if v.dtype != dt:
             code = f"({code}).to({TL_DTYPE[dt]})"
         if v.axes != axes:
             # adding zeros broadcasts tensors and Python literals alike
-            code = f"tl.zeros({self.shape(axes)}, {TL_DTYPE[dt]}) + {self.bcast(_Value(code, v.axes, dt), axes)}"
+            code = f"tl.zeros({self.shape(axes)}, {TL_DTYPE[dt]}) + {self.bcast(Value(code, v.axes, dt), axes)}"
         scope.lines.append(f"{var} = {code}")
         self.invalidate({tensor})
-        self.registers[tensor] = _Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())
+        self.registers[tensor] = Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())
 
     def invalidate(self, tensors: set[str]) -> None:
         for key in [k for k, (_, _, reads) in self.cache.items() if reads & tensors]:
             del self.cache[key]
 
-    def store(self, s: Stmt, v: _Value, scope: _Scope, guards: tuple[Expr, ...]) -> None:
+    def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
         if s.target.tensor not in self.params:
             self.params.append(s.target.tensor)
