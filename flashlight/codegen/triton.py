@@ -26,6 +26,8 @@ from dataclasses import replace
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
 from flashlight.codegen.kernel_state import INT32_LIMIT, Scope, Value
+from flashlight.codegen.dot import MatrixProducts
+from flashlight.codegen.statements import Statements, fold_helpers
 from flashlight.codegen.tile_scan import TileScan
 from flashlight.codegen.walks import assigned_again, is_affine, statements, statements_with_loops
 from flashlight.ir import dtypes
@@ -52,7 +54,7 @@ def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str 
     return out
 
 
-class _Kernel(TileScan):
+class _Kernel(Statements, MatrixProducts, TileScan):
     # {{{ helpers
 
     def loop_bound(self, code: str) -> str:
@@ -236,21 +238,7 @@ class _Kernel(TileScan):
         header = ["import triton", "import triton.language as tl"]
         if self.uses_libdevice:
             header.append("from triton.language.extra import libdevice")
-        helpers: list[str] = []
-        for name, combine in (("_product", "a * b"),
-                              ("_nanmax", "tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
-                              ("_nanmin", "tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)")):
-            if not any(f"{name}(" in line for line in lines):
-                continue
-            if self.target == "interpreter" and name != "_product":
-                # the interpreter calls a tl.reduce combine in Python once per element (minutes for
-                # a 16x16x16 tile); numpy's max and a NaN count are the same fold
-                fold = "tl.max" if name == "_nanmax" else "tl.min"
-                helpers += ["", "", "@triton.jit", f"def {name}(x, axis: tl.constexpr):",
-                            f"    return tl.where(tl.max((x != x).to(tl.int32), axis) > 0, float('nan'), {fold}(x, axis))"]
-                continue
-            helpers += ["", "", "@triton.jit", f"def {name}_combine(a, b):", f"    return {combine}",
-                        "", "", "@triton.jit", f"def {name}(x, axis):", f"    return tl.reduce(x, axis, {name}_combine)"]
+        helpers = fold_helpers(lines, self.target)
         if self.uses_index:
             helpers += ["", "", "def _index(x):  # not jitted: the interpreter runs it as Python",
                         "    data = getattr(getattr(x, 'handle', None), 'data', x)",
@@ -403,174 +391,6 @@ class _Kernel(TileScan):
         scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
         self.registers[s.target.tensor] = Value(var, axes, dt)
 
-    def emit_stmt(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
-        self._emit_stmt(s, scope, guards)
-        self.written[s.target.tensor] = s.target.indices
-
-    def _emit_stmt(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
-        decl = self.program.tensor(s.target.tensor)
-        taxes = self.target_axes(s)
-        if not s.is_reduction:
-            v = self.value(s.expr, scope)
-            if guards and not self.read_only_under(s.target.tensor, guards):
-                if decl.storage == "local":
-                    raise CodegenError(f"{s.name}: a guarded assignment to a register read elsewhere")
-            elif s.target.tensor in self.read_here:  # where a guard fails, nobody reads it
-                self.assign(s.target.tensor, v, taxes, decl.dtype, scope)
-            if decl.storage != "local":
-                self.store(s, v, scope, guards)
-            return
-        stmt_axes = self.order(set(taxes) | {a for a in self.axes_of_stmt(s)})
-        red = tuple(a for a in stmt_axes if a not in taxes)
-        tile = self.contract(s, red, taxes, scope, guards)
-        if tile is None:
-            expr, post = s.expr, None
-            if s.op in ("max=", "min=") and isinstance(expr, Call) and expr.op == "mul" and \
-                    isinstance(expr.args[1], Const) and float(expr.args[1].value) > 0:
-                # max_j(x_j * c) == max_j(x_j) * c exactly for c > 0 (rounding is monotonic)
-                expr, post = expr.args[0], expr.args[1]
-            v = self.value(expr, scope)
-            # the folded tile spans the value's axes, the reduced ones and those its guards read
-            guard_axes = {a for g in guards for a in E.free_iters(g) if a in self.axes}
-            full = self.order(set(v.axes) | set(red) | guard_axes)
-            code = self.bcast(v, full)
-            if v.axes != full:  # a value constant along a reduced axis still counts once per point
-                # (tl.full for a Python literal: broadcast_to takes tensors only, fuzz seeds 3099, 5026806)
-                code = f"tl.full({self.shape(full)}, {code}, {TL_DTYPE[v.dtype]})" if isinstance(expr, Const) \
-                    else f"tl.broadcast_to({code}, {self.shape(full)})"
-            v = Value(code, full, v.dtype)
-            valid = self.validity(red, guards, scope, v.axes)
-            ident = literal(E.const(COMBINERS[s.op].identity(decl.dtype), decl.dtype))
-            code = v.code if valid is None else f"tl.where({valid}, {v.code}, {ident})"
-            axes = v.axes
-            reduce = COMBINERS[s.op].reduce
-            fold = _REDUCE[reduce] if dtypes.is_float(v.dtype) else _REDUCE_EXACT.get(reduce, _REDUCE[reduce])
-            for a in reversed(red):
-                k = axes.index(a)
-                code = f"{fold}({code}, axis={k})"
-                axes = axes[:k] + axes[k + 1:]
-            if post is not None:
-                code = f"{code} * {literal(post)}"
-            tile = Value(code, axes, decl.dtype)
-        if s.target.tensor in self.open_accumulators:
-            acc = self.registers[s.target.tensor]
-            old = acc.code
-            if s.scale is not None:
-                sc = self.bcast(self.value(s.scale, scope), acc.axes)
-                old = f"{acc.code} * {sc}" if s.op == "+=" else f"{acc.code} + {sc}"
-            fold = pointwise(COMBINERS[s.op].combine, [old, self.bcast(tile, acc.axes)], [acc.dtype] * 2, self.target)
-            scope.lines.append(f"{acc.code} = {fold}")
-            self.invalidate({s.target.tensor})
-        else:
-            if s.scale is not None:
-                raise CodegenError(f"{s.name}: an online reduction outside its loop")
-            if s.target.tensor in self.read_here or decl.storage == "local":
-                self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
-            if decl.storage != "local":
-                self.store(s, tile, scope, ())
-
-    def validity(self, red: tuple[str, ...], guards: tuple[Expr, ...], scope: Scope,
-                 axes: tuple[str, ...]) -> str | None:
-        parts = []
-        m = self.mask_of(tuple(a for a in axes if a in red))
-        if m is not None:
-            parts.append(self.bcast(m, axes))
-        for g in guards:
-            gv = self.value(g, scope)
-            parts.append(self.bcast(gv, axes))
-        if not parts:
-            return None
-        return " & ".join(f"({p})" for p in parts)
-
-    def contract(self, s: Stmt, red: tuple[str, ...], taxes: tuple[str, ...], scope: Scope,
-                 guards: tuple[Expr, ...]) -> Value | None:
-        """``sum_r A * B`` as ``tl.dot``: the statement the tile pass marked ``as dot over r``."""
-        if s.dot is None:
-            return None
-        r = s.dot
-        a_expr, b_expr = s.expr.args  # type: ignore[attr-defined]
-        a_ax = self.order({x for x in E.free_iters(a_expr) if x in self.axes})
-        b_ax = self.order({x for x in E.free_iters(b_expr) if x in self.axes})
-        if red != (r,) or len(a_ax) != 2 or len(b_ax) != 2 or set(a_ax + b_ax) - {r} != set(taxes):
-            raise CodegenError(f"{s.name} is marked 'as dot over {r}' but is no product of two tiles here")
-        m_ax = next(x for x in a_ax if x != r)
-        n_ax = next(x for x in b_ax if x != r)
-        g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
-        on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
-        on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]
-        a_in, b_in = _strip_upcast(a_expr, self.program.dtypes), _strip_upcast(b_expr, self.program.dtypes)
-        da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
-        acc = "f64" if E.dtype_of(s.expr, self.program.dtypes) == "f64" else "f32"  # the sum's precision
-        # (Triton's interpreter multiplies 16-bit floats wrongly: give it exact fp32 operands.)
-        if da != db or da not in ("bf16", "f16", acc) or acc == "f64" or self.target == "interpreter":
-            a_in = a_expr if E.dtype_of(a_expr, self.program.dtypes) == acc else E.call(acc, a_expr)
-            b_in = b_expr if E.dtype_of(b_expr, self.program.dtypes) == acc else E.call(acc, b_expr)
-            da = db = acc
-        A = self.operand(a_in, (m_ax, r), scope)
-        B = self.operand(b_in, (r, n_ax), scope)
-        zero = "0.0"
-        a_code, b_code = A.code, B.code
-        if self.needs_mask(r):
-            if r not in A.zero_outside:
-                a_code = f"tl.where({self.bcast(Value('m_' + r, (r,), 'b1'), (m_ax, r))}, {a_code}, {zero})"
-            if r not in B.zero_outside:
-                b_code = f"tl.where({self.bcast(Value('m_' + r, (r,), 'b1'), (r, n_ax))}, {b_code}, {zero})"
-        for g in on_a:
-            gv = self.value(g, scope)
-            a_code = f"tl.where({self.bcast(gv, (m_ax, r))}, {a_code}, {zero})"
-        if a_code != A.code:
-            var = self.fresh("a")
-            scope.lines.append(f"{var} = {a_code}")
-            a_code = var
-        if b_code != B.code:
-            var = self.fresh("b")
-            scope.lines.append(f"{var} = {b_code}")
-            b_code = var
-        precision = ', input_precision="ieee"' if da == "f32" else ""
-        out = Value(f"tl.dot({a_code}, {b_code}{precision})", (m_ax, n_ax), acc)
-        order = self.order({m_ax, n_ax})
-        if order != (m_ax, n_ax):
-            out = Value(f"tl.trans({out.code})", order, acc)
-        for g in on_out:  # elements outside the guard hold the identity
-            gv = self.value(g, scope)
-            out = Value(f"tl.where({self.bcast(gv, order)}, {out.code}, 0.0)", order, acc)
-        return out
-
-    def operand(self, e: Expr, order: tuple[str, ...], scope: Scope) -> Value:
-        """A dot operand laid out as ``order``; loads are emitted in that layout directly."""
-        if isinstance(e, Load) and self.program.tensor(e.tensor).storage != "local":
-            key = (e, order)
-            hit = self.cache.get(key)
-            if hit is not None and scope.inside(hit[1]):
-                return hit[0]
-            home = self.home(e, scope, set())
-            v = self.load(e, home, order)
-            var = self.fresh("t")
-            home.lines.append(f"{var} = {v.code}")
-            v = Value(var, order, v.dtype, v.zero_outside)
-            self.cache[key] = (v, home, frozenset())
-            return v
-        v = self.value(e, scope)
-        if v.axes != order:
-            v = Value(self.bcast(v, order), order, v.dtype, v.zero_outside)
-        return v
-
-    def assign(self, tensor: str, v: Value, axes: tuple[str, ...], dt: str, scope: Scope) -> None:
-        var = f"r_{tensor}"
-        code = v.code
-        if v.dtype != dt:
-            code = f"({code}).to({TL_DTYPE[dt]})"
-        if v.axes != axes:
-            # adding zeros broadcasts tensors and Python literals alike
-            code = f"tl.zeros({self.shape(axes)}, {TL_DTYPE[dt]}) + {self.bcast(Value(code, v.axes, dt), axes)}"
-        scope.lines.append(f"{var} = {code}")
-        self.invalidate({tensor})
-        self.registers[tensor] = Value(var, axes, dt, v.zero_outside if v.axes == axes else frozenset())
-
-    def invalidate(self, tensors: set[str]) -> None:
-        for key in [k for k, (_, _, reads) in self.cache.items() if reads & tensors]:
-            del self.cache[key]
-
     def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
         if s.target.tensor not in self.params:
@@ -592,16 +412,3 @@ class _Kernel(TileScan):
         scope.lines.append(f"tl.store({ptr}, {val}{mask})")
 
     # }}}
-
-
-# Triton's fold of a whole axis for each combiner's reduction (NaN-propagating max and min, as torch's
-# amax/amin, are helpers this module writes); integers and booleans have no NaN to propagate
-_REDUCE = {"sum": "tl.sum", "max": "_nanmax", "min": "_nanmin", "prod": "_product"}
-_REDUCE_EXACT = {"max": "tl.max", "min": "tl.min"}
-
-
-def _strip_upcast(e: Expr, dt: dict[str, str]) -> Expr:
-    """``f32(x)`` of a bf16/f16 ``x`` is exact: a dot can take ``x`` and accumulate in fp32."""
-    if isinstance(e, Call) and e.op == "f32" and E.dtype_of(e.args[0], dt) in ("bf16", "f16"):
-        return e.args[0]
-    return e
