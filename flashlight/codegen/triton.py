@@ -24,16 +24,17 @@ import math
 from dataclasses import replace
 
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
-from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
-from flashlight.codegen.kernel_state import INT32_LIMIT, Scope, Value
+from flashlight.codegen.operators import TL_DTYPE, literal
+from flashlight.codegen.kernel_state import Scope, Value
 from flashlight.codegen.dot import MatrixProducts
+from flashlight.codegen.expressions import Expressions
+from flashlight.codegen.memory import MemoryAccess
 from flashlight.codegen.statements import Statements, fold_helpers
 from flashlight.codegen.tile_scan import TileScan
 from flashlight.codegen.walks import assigned_again, is_affine, statements, statements_with_loops
-from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load
+from flashlight.ir.expr import Call, Const, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt
 
 def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
@@ -54,7 +55,7 @@ def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str 
     return out
 
 
-class _Kernel(Statements, MatrixProducts, TileScan):
+class _Kernel(Statements, MatrixProducts, TileScan, MemoryAccess, Expressions):
     # {{{ helpers
 
     def loop_bound(self, code: str) -> str:
@@ -68,132 +69,6 @@ class _Kernel(Statements, MatrixProducts, TileScan):
     # }}}
 
     # {{{ expressions
-
-    def value(self, e: Expr, scope: Scope) -> Value:
-        if isinstance(e, Const):
-            return Value(literal(e), (), e.dtype)
-        if isinstance(e, Iter):
-            return self.offsets(e.name)
-        key = (e,)
-        hit = self.cache.get(key)
-        if hit is not None and scope.inside(hit[1]):
-            return hit[0]
-        reads: set[str] = set()
-        home = self.home(e, scope, reads)
-        if isinstance(e, Load):
-            v = self.load(e, home)
-        else:
-            v = self.call(e, home)
-        if not v.code.isidentifier():
-            var = self.fresh()
-            home.lines.append(f"{var} = {v.code}")
-            v = Value(var, v.axes, v.dtype, v.zero_outside)
-        self.cache[key] = (v, home, frozenset(reads))
-        return v
-
-    def home(self, e: Expr, scope: Scope, reads: set[str]) -> Scope:
-        """The outermost open scope in which ``e`` has its value: hoists loop invariants."""
-        its = E.free_iters(e)
-        regs = {ld.tensor for ld in E.loads(e) if ld.tensor in self.produced}
-        reads.update(regs)
-        s: Scope | None = scope
-        chain = []
-        while s is not None:
-            chain.append(s)
-            s = s.parent
-        for s in chain:  # innermost first: stop at the first scope the expression varies in
-            if s.branch and isinstance(e, Load) and e.tensor not in self.produced:
-                continue  # both arms load the same tiles: load them once, unconditionally (pipelined)
-            if (s.loop_iter is not None and s.loop_iter in its) or (s.written & regs):
-                return s
-        return chain[-1]
-
-    def index(self, e: Expr, scope: Scope) -> Value:
-        """An integer index expression (affine ones are emitted inline)."""
-        form = E.affine_form(e)
-        if form is None:
-            v = self.value(e, scope)
-            return Value(f"({v.code}).to(tl.int64)" if self.wide else v.code, v.axes, v.dtype)
-        coeffs, c = form
-        axes = self.order({k for k in coeffs if k in self.axes})
-        terms = []
-        for k, a in coeffs.items():
-            off = self.bcast(self.offsets(k), axes)
-            terms.append(off if a == 1 else f"{a} * {off}")
-        if c or not terms:
-            terms.append(str(c))
-        return Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
-
-    def pointer(self, tensor: str, idx: list[Value], axes: tuple[str, ...]) -> str:
-        """``tensor_ptr + i0 * s0 + ...``. Offsets of a tensor with more than 2**31 - 1 elements are
-        formed in 64 bits: an int32 block offset times a stride would wrap around."""
-        wide = self.program.tensor(tensor).numel > INT32_LIMIT
-        parts = []
-        for v, st in zip(idx, self.strides[tensor]):
-            if st == 0 or v.code == "0":
-                continue
-            code = self.bcast(v, axes) if v.axes else v.code
-            if wide and v.axes:
-                code = f"({code}).to(tl.int64)"
-            elif wide and not code.lstrip("-").isdigit():  # a loop counter: an int in the interpreter
-                code = f"tl.full([], 0, tl.int64) + ({code})"
-            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
-        return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
-
-    def load(self, e: Load, scope: Scope, order: tuple[str, ...] | None = None) -> Value:
-        decl = self.program.tensor(e.tensor)
-        reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
-        elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
-        if reg is not None and not (elsewhere and decl.storage != "local"):
-            return reg  # computed in this kernel at this point: its value is in registers
-        if e.tensor in self.produced and (decl.storage == "local" or (e.tensor in self.written and not elsewhere)):
-            raise CodegenError(f"{e.tensor} is read before this kernel writes it")
-        # an input, a buffer this kernel writes later (an in-place update such as the empty-row
-        # fixup), or one it wrote at other points (c[i - 1] of a walked loop): read memory.
-        # fuse-reductions and tile proved that no program reads what another writes, and what
-        # one writes earlier in program order is in memory before it reads it
-        if e.tensor not in self.params:
-            self.params.append(e.tensor)
-        idx = [self.index(i, scope) for i in e.indices]
-        axes = order or self.order({a for v in idx for a in v.axes})
-        ptr = self.pointer(e.tensor, idx, axes)
-        if not axes:
-            return Value(f"tl.load({ptr})", (), decl.dtype)
-        m = self.mask_of(axes)
-        if m is None:
-            return Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
-        other = "0" if decl.dtype != "b1" else "False"
-        return Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
-                      frozenset(axes))
-
-    def call(self, e: Call, scope: Scope) -> Value:
-        op = e.op
-        args = [self.value(a, scope) for a in e.args]
-        dt = E.dtype_of(e, self.program.dtypes)
-        axes = self.order({a for v in args for a in v.axes})
-        xs = [self.bcast(v, axes) for v in args]
-        if op in dtypes.ALL:
-            src = args[0]
-            if src.dtype == op:
-                return src
-            if op == "b1":
-                return self.boolean(f"({xs[0]} != 0)", axes)
-            if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
-                one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
-                return Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
-            return Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
-        code = pointwise(op, xs, [v.dtype for v in args], self.target)
-        if op in LIBDEVICE and self.target == "cuda":
-            self.uses_libdevice = True
-        return self.boolean(code, axes) if dt == "b1" else Value(code, axes, dt)
-
-    def boolean(self, code: str, axes: tuple[str, ...]) -> Value:
-        """A computed boolean. Triton's interpreter gives a comparison's result its operands' dtype
-        (holding numpy bools), so a scalar one splatted to a block becomes floats, and ``mask & it``
-        fails: a select re-makes such a scalar as int1."""
-        if self.target == "interpreter" and not axes:
-            code = f"tl.where({code}, True, False)"
-        return Value(code, axes, "b1")
 
     # }}}
 
@@ -390,25 +265,5 @@ class _Kernel(Statements, MatrixProducts, TileScan):
         var = f"r_{s.target.tensor}"
         scope.lines.append(f"{var} = tl.full({self.shape(axes)}, {ident}, {TL_DTYPE[dt]})")
         self.registers[s.target.tensor] = Value(var, axes, dt)
-
-    def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
-        decl = self.program.tensor(s.target.tensor)
-        if s.target.tensor not in self.params:
-            self.params.append(s.target.tensor)
-        idx = [self.index(i, scope) for i in s.target.indices]
-        axes = self.order({a for x in idx for a in x.axes} | set(v.axes))
-        ptr = self.pointer(s.target.tensor, idx, axes)
-        val = self.bcast(v, axes) if v.axes else v.code
-        if v.dtype != decl.dtype:
-            val = f"({val}).to({TL_DTYPE[decl.dtype]})"
-        masks = []
-        m = self.mask_of(axes)
-        if m is not None:
-            masks.append(m.code)
-        for g in guards:
-            gv = self.value(g, scope)
-            masks.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
-        mask = f", mask={' & '.join(f'({x})' for x in masks)}" if masks else ""
-        scope.lines.append(f"tl.store({ptr}, {val}{mask})")
 
     # }}}
