@@ -19,6 +19,8 @@ class Expressions(KernelState):
     """Uses ``load`` of memory access."""
 
     def value(self, e: Expr, scope: Scope) -> Value:
+        """``e`` as seen from ``scope``: emitted once, into its home scope, then reused while that
+        scope is open and the registers it reads are unchanged (``invalidate``)."""
         if isinstance(e, Const):
             return Value(literal(e), (), e.dtype)
         if isinstance(e, Iter):
@@ -58,6 +60,7 @@ class Expressions(KernelState):
         return chain[-1]
 
     def call(self, e: Call, scope: Scope) -> Value:
+        """A cast or a pointwise operator, on its operands broadcast to the union of their axes."""
         op = e.op
         args = [self.value(a, scope) for a in e.args]
         dt = E.dtype_of(e, self.program.dtypes)

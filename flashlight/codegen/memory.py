@@ -50,6 +50,8 @@ class MemoryAccess(KernelState):
         return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
 
     def load(self, e: Load, scope: Scope, order: tuple[str, ...] | None = None) -> Value:
+        """The tile ``e`` reads (laid out as ``order`` if given): from a register where this kernel
+        computed it, else from memory, masked at the loops' tails (zero outside them)."""
         decl = self.program.tensor(e.tensor)
         reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
         elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
@@ -73,9 +75,10 @@ class MemoryAccess(KernelState):
             return Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
         other = "0" if decl.dtype != "b1" else "False"
         return Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
-                      frozenset(axes))
+                     frozenset(axes))
 
     def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
+        """Write ``v`` to the target of ``s`` where the tile is inside the extents and ``guards`` hold."""
         decl = self.program.tensor(s.target.tensor)
         if s.target.tensor not in self.params:
             self.params.append(s.target.tensor)
