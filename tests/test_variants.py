@@ -272,9 +272,9 @@ def test_fully_masked_rows_match_eager():
 def test_document_mask_scanned_one_tile_at_a_time(monkeypatch, tmp_path):
     """Where a chunk of tiles cannot be scanned at once, the guard bounds are scanned per tile:
     the same first, last and run of tiles, the same result."""
-    from flashlight.codegen import triton as codegen
+    from flashlight.codegen import tile_scan
 
-    monkeypatch.setattr(codegen, "SCAN_ELEMENTS", 1)  # a chunk of one tile: per-tile scan
+    monkeypatch.setattr(tile_scan, "SCAN_ELEMENTS", 1)  # a chunk of one tile: per-tile scan
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # no segment compiled with chunks
     q, k, v = rnd(B, H, S, D), rnd(B, H, S, D), rnd(B, H, S, D)
     for pipeline in (flashlight.passes.DEFAULT_PIPELINE, HOISTED):

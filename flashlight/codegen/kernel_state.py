@@ -1,0 +1,179 @@
+"""What one kernel knows while it is written: its axes, the layout of values along them, the
+scopes lines go into, and facts about the statements of its nest.
+
+The kernel class (:mod:`flashlight.codegen.triton`) combines this state with one mixin per part
+of the code: expressions, memory access, statements, matrix products, serial loops, the run-time
+tile scan and the skeleton. The mixins share the state below and call each other's methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from flashlight.codegen.kernel_source import CodegenError
+from flashlight.codegen.walks import nested_loops, statements_with_guards, statements_with_loops
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Load
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TileBound, grid_chain
+
+INT32_LIMIT = 2**31 - 1
+
+
+@dataclass
+class Value:
+    """Code of a value, the kernel axes it varies along (in the kernel's order) and its dtype."""
+    code: str
+    axes: tuple[str, ...]
+    dtype: str
+    zero_outside: frozenset[str] = frozenset()  # axes beyond whose bounds the value is 0
+
+
+@dataclass
+class Scope:
+    """The lines of one block of the kernel (its body, a loop's body, one arm of a test)."""
+    lines: list[str]
+    parent: Scope | None
+    loop_iter: str | None = None          # serial iterator introduced by this scope
+    written: set[str] = field(default_factory=set)  # registers assigned inside this loop
+    depth: int = 0
+    branch: bool = False                  # one arm of a run-time tile test inside a loop
+
+    def inside(self, outer: Scope) -> bool:
+        """Whether this scope is ``outer`` or nested in it (so it sees what ``outer`` defined)."""
+        scope: Scope | None = self
+        while scope is not None:
+            if scope is outer:
+                return True
+            scope = scope.parent
+        return False
+
+
+class KernelState:
+    def __init__(self, program: Program, nest: Node, name: str, strides: dict[str, tuple[int, ...]],
+                 target: str) -> None:
+        self.program, self.nest, self.name, self.strides, self.target = program, nest, name, strides, target
+        self.grid: list[Loop] = grid_chain(nest)
+        self.phases: tuple[Node, ...] = self.grid[-1].body if self.grid else (nest,)
+        self.tile: dict[str, int] = {}
+        self.extent: dict[str, int] = {}
+        self.role: dict[str, str] = {}
+        self.axes: list[str] = []
+        for l in self.grid:
+            self.add_axis(l, "grid")
+        for m in ("serial", "block"):
+            for l in nested_loops(self.phases):
+                if l.mapping == m:
+                    self.add_axis(l, m)
+        for l in nested_loops(self.phases):
+            if l.mapping not in ("serial", "block"):
+                raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
+        self.params: list[str] = []
+        self.registers: dict[str, Value] = {}
+        self.written: dict[str, tuple[Expr, ...]] = {}  # tensors whose statements were emitted: where
+        self.counter = 0
+        self.cache: dict[tuple, tuple[Value, Scope, frozenset[str]]] = {}
+        self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
+        self.uses_libdevice = False
+        self.uses_index = False
+        self.open_accumulators: set[str] = set()
+        self.full_tiles = False
+        self.drop_data_guards = False
+        self.chunked: str | None = None  # the serial iterator a guard-bounds scan takes in chunks
+        self.tile_bounds: dict[Load, TileBound] = {}  # of the serial loop being emitted
+
+    def add_axis(self, l: Loop, role: str) -> None:
+        it = l.iterator
+        n = int(l.upper.value)  # type: ignore[union-attr]
+        if l.tile is None:
+            raise CodegenError(f"loop {it} is not tiled; run the tile pass first")
+        if it in self.role and (self.role[it] != role or self.extent[it] != n):
+            raise CodegenError(f"iterator {it} has two roles in one kernel")
+        if it in self.tile and self.tile[it] != l.tile:
+            raise CodegenError(f"iterator {it} has two tiles in one kernel ({self.tile[it]} and {l.tile})")
+        self.extent[it], self.tile[it], self.role[it] = n, l.tile, role
+        if it not in self.axes and (role != "grid" or l.tile > 1):
+            self.axes.append(it)
+
+    # {{{ axes and the layout of values along them
+
+    def fresh(self, base: str = "v") -> str:
+        self.counter += 1
+        return f"{base}{self.counter}"
+
+    def order(self, axes: set[str] | frozenset[str]) -> tuple[str, ...]:
+        return tuple(a for a in self.axes if a in axes)
+
+    def bcast(self, v: Value, to: tuple[str, ...]) -> str:
+        """The code of ``v`` laid out along ``to``: transposed where its axes are in another order,
+        with ``None`` dimensions inserted for the axes it does not vary along."""
+        if v.axes == to or not v.axes:
+            return v.code
+        if list(v.axes) != [a for a in to if a in v.axes]:
+            perm = sorted(range(len(v.axes)), key=lambda k: to.index(v.axes[k]))
+            code = f"tl.trans({v.code})" if len(v.axes) == 2 else f"tl.permute({v.code}, {tuple(perm)})"
+            v = Value(code, tuple(v.axes[k] for k in perm), v.dtype)
+        if v.axes == to:
+            return v.code
+        code = v.code if v.code.isidentifier() else f"({v.code})"
+        return f"{code}[{', '.join(':' if a in v.axes else 'None' for a in to)}]"
+
+    def shape(self, axes: tuple[str, ...]) -> str:
+        return "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
+
+    def needs_mask(self, it: str) -> bool:
+        return self.extent[it] % self.tile[it] != 0
+
+    def offsets(self, it: str) -> Value:
+        if it in self.axes:
+            return Value(f"o_{it}", (it,), "i32")
+        return Value(f"{it}", (), "i32")
+
+    def mask_of(self, axes: tuple[str, ...]) -> Value | None:
+        """The points of a tile over ``axes`` inside the loops' extents (None: all of them)."""
+        parts = [a for a in axes if self.needs_mask(a)]
+        if not parts:
+            return None
+        code = " & ".join(self.bcast(Value(f"m_{a}", (a,), "b1"), axes) for a in parts)
+        return Value(f"({code})" if len(parts) > 1 else code, axes, "b1")
+
+    # }}}
+
+    # {{{ facts about the statements of the nest
+
+    @cached_property
+    def produced(self) -> set[str]:
+        """Tensors this kernel writes: reads of them inside the kernel come from registers."""
+        return {s.target.tensor for s, _ in statements_with_loops(self.phases, ())}
+
+    @cached_property
+    def read_here(self) -> set[str]:
+        """Tensors some statement of this kernel reads."""
+        return {ld.tensor for s, _ in statements_with_loops(self.phases, ())
+                for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
+
+    @cached_property
+    def guards_of(self) -> dict[str, tuple[Expr, ...]]:
+        return {s.name: g for s, g in statements_with_guards(self.phases, ())}
+
+    @cached_property
+    def stmt_block_axes(self) -> dict[str, set[str]]:
+        return {s.name: {l.iterator for l in loops if l.iterator in self.axes}
+                for s, loops in statements_with_loops(self.phases, ())}
+
+    def read_only_under(self, tensor: str, guards: tuple[Expr, ...]) -> bool:
+        """Every statement reading ``tensor`` in this kernel runs under ``guards`` (or stronger)."""
+        for s, _ in statements_with_loops(self.phases, ()):
+            if any(ld.tensor == tensor for ld in E.loads(s.expr) + (E.loads(s.scale) if s.scale else [])):
+                if not set(guards) <= set(self.guards_of[s.name]):
+                    return False
+        return True
+
+    def target_axes(self, s: Stmt) -> tuple[str, ...]:
+        return self.order({a for i in s.target.indices for a in E.free_iters(i) if a in self.axes})
+
+    def axes_of_stmt(self, s: Stmt) -> set[str]:
+        its = E.free_iters(s.expr) | E.free_iters(s.target)
+        return {a for a in its if a in self.axes} | self.stmt_block_axes.get(s.name, set())
+
+    # }}}

@@ -1,0 +1,99 @@
+"""Memory access: index expressions, pointers into global tensors, masked loads and stores.
+
+Loop tails are masked (``m_x``: offsets below the extent), never padded; a read of a tensor
+this kernel computes comes from its register where the value there is the one read.
+"""
+
+from __future__ import annotations
+
+from flashlight.codegen.kernel_source import CodegenError
+from flashlight.codegen.kernel_state import INT32_LIMIT, KernelState, Scope, Value
+from flashlight.codegen.operators import TL_DTYPE
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Load
+from flashlight.ir.nodes import Stmt
+
+
+class MemoryAccess(KernelState):
+    """Uses ``value`` of expressions for non-affine indices and guards."""
+
+    def index(self, e: Expr, scope: Scope) -> Value:
+        """An integer index expression (affine ones are emitted inline)."""
+        form = E.affine_form(e)
+        if form is None:
+            v = self.value(e, scope)
+            return Value(f"({v.code}).to(tl.int64)" if self.wide else v.code, v.axes, v.dtype)
+        coeffs, c = form
+        axes = self.order({k for k in coeffs if k in self.axes})
+        terms = []
+        for k, a in coeffs.items():
+            off = self.bcast(self.offsets(k), axes)
+            terms.append(off if a == 1 else f"{a} * {off}")
+        if c or not terms:
+            terms.append(str(c))
+        return Value(" + ".join(terms).replace("+ -", "- "), axes, "i32")
+
+    def pointer(self, tensor: str, idx: list[Value], axes: tuple[str, ...]) -> str:
+        """``tensor_ptr + i0 * s0 + ...``. Offsets of a tensor with more than 2**31 - 1 elements are
+        formed in 64 bits: an int32 block offset times a stride would wrap around."""
+        wide = self.program.tensor(tensor).numel > INT32_LIMIT
+        parts = []
+        for v, st in zip(idx, self.strides[tensor]):
+            if st == 0 or v.code == "0":
+                continue
+            code = self.bcast(v, axes) if v.axes else v.code
+            if wide and v.axes:
+                code = f"({code}).to(tl.int64)"
+            elif wide and not code.lstrip("-").isdigit():  # a loop counter: an int in the interpreter
+                code = f"tl.full([], 0, tl.int64) + ({code})"
+            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
+        return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
+
+    def load(self, e: Load, scope: Scope, order: tuple[str, ...] | None = None) -> Value:
+        """The tile ``e`` reads (laid out as ``order`` if given): from a register where this kernel
+        computed it, else from memory, masked at the loops' tails (zero outside them)."""
+        decl = self.program.tensor(e.tensor)
+        reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
+        elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
+        if reg is not None and not (elsewhere and decl.storage != "local"):
+            return reg  # computed in this kernel at this point: its value is in registers
+        if e.tensor in self.produced and (decl.storage == "local" or (e.tensor in self.written and not elsewhere)):
+            raise CodegenError(f"{e.tensor} is read before this kernel writes it")
+        # an input, a buffer this kernel writes later (an in-place update such as the empty-row
+        # fixup), or one it wrote at other points (c[i - 1] of a walked loop): read memory.
+        # fuse-reductions and tile proved that no program reads what another writes, and what
+        # one writes earlier in program order is in memory before it reads it
+        if e.tensor not in self.params:
+            self.params.append(e.tensor)
+        idx = [self.index(i, scope) for i in e.indices]
+        axes = order or self.order({a for v in idx for a in v.axes})
+        ptr = self.pointer(e.tensor, idx, axes)
+        if not axes:
+            return Value(f"tl.load({ptr})", (), decl.dtype)
+        m = self.mask_of(axes)
+        if m is None:
+            return Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
+        other = "0" if decl.dtype != "b1" else "False"
+        return Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
+                     frozenset(axes))
+
+    def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
+        """Write ``v`` to the target of ``s`` where the tile is inside the extents and ``guards`` hold."""
+        decl = self.program.tensor(s.target.tensor)
+        if s.target.tensor not in self.params:
+            self.params.append(s.target.tensor)
+        idx = [self.index(i, scope) for i in s.target.indices]
+        axes = self.order({a for x in idx for a in x.axes} | set(v.axes))
+        ptr = self.pointer(s.target.tensor, idx, axes)
+        val = self.bcast(v, axes) if v.axes else v.code
+        if v.dtype != decl.dtype:
+            val = f"({val}).to({TL_DTYPE[decl.dtype]})"
+        masks = []
+        m = self.mask_of(axes)
+        if m is not None:
+            masks.append(m.code)
+        for g in guards:
+            gv = self.value(g, scope)
+            masks.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
+        mask = f", mask={' & '.join(f'({x})' for x in masks)}" if masks else ""
+        scope.lines.append(f"tl.store({ptr}, {val}{mask})")
