@@ -53,6 +53,8 @@ DOMAIN = "{ S1[i, j, k] : 0 <= i < 10 and 0 <= j < 100 and 0 <= k <= j }"
     (lambda: B.affine_map("S1", ["i", "j", "k"], ["i", "k"]), "{ S1[i, j, k] -> [i, k] }"),
     (lambda: B.affine_map("S1", [], [0, 1]), "{ S1[] -> [0, 1] }"),
     (lambda: B.affine_map(None, ["mod"], [B.TileOf("mod", 8), "mod"]), "{ [mod_] -> [floor(mod_/8), mod_] }"),
+    (lambda: B.affine_map(None, ["t0", "t1"], ["t0", E.neg(Iter("t1")), E.add(Iter("t0"), E.floordiv(Iter("t1"), 2))]),
+     "{ [t0, t1] -> [t0, -t1, t0 + floor(t1/2)] }"),
     (lambda: B.schedule_map("S1", ["i", "j", "k"], [0, "i", 3, B.TileOf("j", 64), "k", 0], isl.Set(DOMAIN)),
      "{ S1[i, j, k] -> [0, i, 3, floor(j/64), k, 0] : 0 <= i < 10 and 0 <= j < 100 and 0 <= k <= j }"),
     (lambda: B.tile_map(["i", "b", "j"], [64, 1, 32], ["t_i", "t_b"], ["jt"]),
@@ -65,6 +67,11 @@ DOMAIN = "{ S1[i, j, k] : 0 <= i < 10 and 0 <= j < 100 and 0 <= k <= j }"
 ])
 def test_maps(built, text):
     same(built(), isl.Map(text))
+
+
+def test_a_term_must_be_quasi_affine():
+    with pytest.raises(ValueError, match="not quasi-affine"):
+        B.affine_map(None, ["i"], [E.Load("x", (i,))])
 
 
 def test_projection_simplifies_as_the_parsed_map_does():

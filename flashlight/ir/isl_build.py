@@ -6,8 +6,8 @@ islpy's API (:class:`islpy.Space`, :class:`islpy.PwAff` and the sets its compari
 Every name goes through :func:`isl_name`, so an iterator called ``mod`` stays an iterator.
 
 A term of a map's range (:data:`Term`) is an integer (a constant coordinate, as the 2d+1
-schedule's positions), an iterator's name, or :class:`TileOf` (the index ``floor(i / T)`` of the
-tile that holds ``i``).
+schedule's positions), an iterator's name, :class:`TileOf` (the index ``floor(i / T)`` of the
+tile that holds ``i``) or any quasi-affine IR expression of the iterators (``-i``).
 
 IR expressions become isl objects through :func:`expr_aff` (a quasi-affine integer expression)
 and :func:`expr_set` (a boolean combination of affine comparisons); both give None for anything
@@ -66,7 +66,7 @@ class TileOf:
     size: int
 
 
-Term = Union[int, str, TileOf]
+Term = Union[int, str, TileOf, Expr]
 
 
 # {{{ spaces and their variables
@@ -117,6 +117,11 @@ def _term(v: dict, term: Term):
         return v[isl_name(term.iterator)].scale_down_val(term.size).floor()
     if isinstance(term, str):
         return v[isl_name(term)]
+    if isinstance(term, Expr):
+        out = expr_aff(term, v)
+        if out is None:
+            raise ValueError(f"{term} is not quasi-affine")
+        return out
     return v[0] + term
 
 
