@@ -2,8 +2,11 @@
 
 The passes never write isl syntax: they name the dimensions (statement iterators, schedule
 coordinates, tile indices, parameters) and call a builder here, which makes the object with
-islpy's API (:class:`islpy.Space`, :class:`islpy.PwAff` and the sets its comparisons give).
-Every name goes through :func:`isl_name`, so an iterator called ``mod`` stays an iterator.
+islpy's API: a set from comparisons of :class:`islpy.PwAff` (``a.le_set(b)``), a map from a
+:class:`islpy.MultiAff` of its terms. Those are the objects isl's parser makes of the same text,
+down to their internal form, which matters: the relations a proof prints are simplified from
+them (``tests/test_isl_build.py`` checks each builder against its text). Every name goes
+through :func:`isl_name`, so an iterator called ``mod`` stays an iterator.
 
 A term of a map's range (:data:`Term`) is an integer (a constant coordinate, as the 2d+1
 schedule's positions), an iterator's name, :class:`TileOf` (the index ``floor(i / T)`` of the
