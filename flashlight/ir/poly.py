@@ -35,10 +35,10 @@ def aff_str(e: Expr) -> str | None:
     return None if a is None else str(a)
 
 
-def cond_str(e: Expr) -> str | None:
-    """isl's text for the points of ``e``'s iterators where the condition ``e`` holds, or None if
-    it is not a boolean combination of affine comparisons."""
-    s = expr_set(e, free_vars(e))
+def cond_str(e: Expr, negate: bool = False) -> str | None:
+    """isl's text for the points of ``e``'s iterators where the condition ``e`` holds (with
+    ``negate``, fails), or None if it is not a boolean combination of affine comparisons."""
+    s = expr_set(e, free_vars(e), negate)
     return None if s is None else str(s)
 
 # }}}
