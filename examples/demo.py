@@ -19,6 +19,7 @@ import time
 import torch
 
 import flashlight
+from flashlight.report import format_proofs
 
 
 def vanilla(q, k, v):
@@ -64,14 +65,7 @@ def main() -> int:
         for name, text in stages:
             print(f"\n--- IR: {name} ---\n{text}")
         print("\n--- legality decisions ---")
-        for p in ex.proofs:
-            if p.transformation.startswith(("inline", "contract")):
-                continue
-            print(f"[{'legal' if p.legal else 'REFUSED'}] {p.transformation}: {p.reason}")
-            if p.witness:
-                print(f"      witness: {p.witness}")
-            if p.lemma:
-                print(f"      lemma: {p.lemma}")
+        print(format_proofs([p for p in ex.proofs if not p.transformation.startswith(("inline", "contract"))]))
         for kern in ex.kernels:
             print(f"\n--- kernel {kern.name} ({kern.grid} programs) ---\n{kern.source}")
         print(f"global buffers: {[(b.name, b.shape) for b in ex.buffers] or 'none'}; "

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
+from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.nodes import Guard, Loop, Node, Stmt
 
 
@@ -52,9 +53,7 @@ def statements_with_loops(body: tuple[Node, ...], loops: tuple[Loop, ...]) -> It
 
 def is_affine(cond: Expr) -> bool:
     """Whether isl can read the guard condition ``cond`` (else it depends on data)."""
-    from flashlight.ir.poly import cond_str
-
-    return cond_str(cond) is not None
+    return is_affine_condition(cond)
 
 
 def assigned_again(body: tuple[Node, ...], loop: Loop, target: Load) -> bool:

@@ -8,6 +8,7 @@ access range over the whole tensor. The schedule is the 2d+1 form of the program
 padded to one length, since isl silently ignores pairs of schedules of different lengths.
 
 Shapes are static, so every set is parameter-free and every witness is a concrete instance.
+The sets and maps are built by :mod:`flashlight.ir.isl_build`, as are those of the passes.
 
 .. autoclass:: PolyView
 .. autofunction:: aff_str
@@ -20,79 +21,25 @@ from dataclasses import dataclass
 
 import islpy as isl
 
-from flashlight.ir.expr import Call, Const, Expr, Load, affine_form
+from flashlight.ir.expr import Expr, Load
+from flashlight.ir.isl_build import access_map, expr_aff, expr_set, free_vars, schedule_map, statement_domain
+from flashlight.ir.isl_build import is_affine_condition, is_quasi_affine, isl_name  # noqa: F401 (re-exported)
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt
 
-# Words the isl parser reserves; a tensor or iterator with such a name gets a trailing underscore.
-_ISL_KEYWORDS = frozenset({
-    "and", "or", "not", "mod", "floor", "ceil", "min", "max", "exists", "true", "false",
-    "infty", "NaN", "rat", "implies", "xor", "cnd", "floord", "ceild",
-})
 
-
-def isl_name(name: str) -> str:
-    return name + "_" if name in _ISL_KEYWORDS else name
-
-
-# {{{ expressions to isl syntax
+# {{{ expressions as isl text (a test of exactness wants isl_build.is_affine_condition/is_quasi_affine)
 
 def aff_str(e: Expr) -> str | None:
-    """isl syntax for a quasi-affine integer expression, or None."""
-    form = affine_form(e)
-    if form is not None:
-        coeffs, c = form
-        parts = [f"{v}*{isl_name(k)}" for k, v in coeffs.items()]
-        parts.append(str(c))
-        return " + ".join(parts)
-    if isinstance(e, Call) and e.op in ("floordiv", "mod") and isinstance(e.args[1], Const):
-        inner = aff_str(e.args[0])
-        if inner is None:
-            return None
-        d = int(e.args[1].value)
-        return f"floor(({inner})/{d})" if e.op == "floordiv" else f"(({inner}) mod {d})"
-    if isinstance(e, Call) and e.op in ("add", "sub"):
-        a, b = aff_str(e.args[0]), aff_str(e.args[1])
-        if a is None or b is None:
-            return None
-        return f"({a}) {'+' if e.op == 'add' else '-'} ({b})"
-    if isinstance(e, Call) and e.op == "mul":
-        for x, y in (e.args, e.args[::-1]):
-            if isinstance(x, Const) and x.dtype == "i64":
-                inner = aff_str(y)
-                return None if inner is None else f"{int(x.value)}*({inner})"
-    if isinstance(e, Call) and e.op == "neg":
-        inner = aff_str(e.args[0])
-        return None if inner is None else f"-({inner})"
-    return None
-
-
-_CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
-_NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
+    """isl's text for ``e`` as a function of its iterators, or None if it is not quasi-affine."""
+    a = expr_aff(e, free_vars(e))
+    return None if a is None else str(a)
 
 
 def cond_str(e: Expr, negate: bool = False) -> str | None:
-    """isl constraint syntax for a boolean combination of affine comparisons, or None."""
-    if isinstance(e, Const) and e.dtype == "b1":
-        return "1 = 1" if bool(e.value) != negate else "1 = 0"
-    if not isinstance(e, Call):
-        return None
-    if e.op == "not":
-        return cond_str(e.args[0], not negate)
-    if e.op in ("and", "or"):
-        a, b = cond_str(e.args[0], negate), cond_str(e.args[1], negate)
-        if a is None or b is None:
-            return None
-        joiner = ("and" if e.op == "and" else "or") if not negate else ("or" if e.op == "and" else "and")
-        return f"(({a}) {joiner} ({b}))"
-    if e.op in _NEGATED:
-        op = _NEGATED[e.op] if negate else e.op
-        a, b = aff_str(e.args[0]), aff_str(e.args[1])
-        if a is None or b is None:
-            return None
-        if op == "ne":
-            return f"(({a}) < ({b}) or ({a}) > ({b}))"
-        return f"({a}) {_CMP[op]} ({b})"
-    return None
+    """isl's text for the points of ``e``'s iterators where the condition ``e`` holds (with
+    ``negate``, fails), or None if it is not a boolean combination of affine comparisons."""
+    s = expr_set(e, free_vars(e), negate)
+    return None if s is None else str(s)
 
 # }}}
 
@@ -175,38 +122,13 @@ def _collect(body: tuple[Node, ...], loops: tuple[Loop, ...], guards: tuple[Expr
 def _stmt_view(program: Program, stmt: Stmt, loops: tuple[Loop, ...], guards: tuple[Expr, ...],
                positions: tuple[int, ...], depth: int) -> StmtView:
     its = tuple(l.iterator for l in loops)
-    space = f"{isl_name(stmt.name)}[{', '.join(isl_name(i) for i in its)}]"
-    exact = True
-    constraints = []
-    for l in loops:
-        lo, hi = aff_str(l.lower), aff_str(l.upper)
-        if lo is None or hi is None:
-            raise ValueError(f"loop {l.iterator} of {stmt.name} has non-affine bounds")
-        constraints.append(f"{lo} <= {isl_name(l.iterator)} < {hi}")
-    for g in guards:
-        c = cond_str(g)
-        if c is None:
-            exact = False
-        else:
-            constraints.append(c)
-    domain = isl.Set(f"{{ {space} : {' and '.join(constraints) or '1 = 1'} }}")
+    domain, exact = statement_domain(stmt.name, [(l.iterator, l.lower, l.upper) for l in loops], guards)
 
     def access(load: Load) -> isl.Map:
         nonlocal exact
-        decl = program.tensor(load.tensor)
-        outs, extra = [], []
-        for k, idx in enumerate(load.indices):
-            a = aff_str(idx)
-            if a is None:
-                exact = False
-                outs.append(f"o{k}")
-                extra.append(f"0 <= o{k} < {decl.shape[k]}")
-            else:
-                outs.append(a)
-        body = f"{space} -> {isl_name(load.tensor)}[{', '.join(outs)}]"
-        if extra:
-            body += " : " + " and ".join(extra)
-        return isl.Map(f"{{ {body} }}").intersect_domain(domain)
+        m, whole = access_map(domain, load.tensor, load.indices, program.tensor(load.tensor).shape)
+        exact = exact and whole
+        return m
 
     writes = isl.UnionMap.from_map(access(stmt.target))
     read_loads = [x for e in (stmt.expr, stmt.scale, *stmt.target.indices) if e is not None for x in _loads_in(e)]
@@ -215,12 +137,12 @@ def _stmt_view(program: Program, stmt: Stmt, loops: tuple[Loop, ...], guards: tu
     reads = isl.UnionMap("{ }")
     for ld in read_loads:
         reads = reads.union(isl.UnionMap.from_map(access(ld)))
-    dims = []
+    terms: list[int | str] = []
     for k in range(depth + 1):
-        dims.append(str(positions[k]) if k < len(positions) else "0")
+        terms.append(positions[k] if k < len(positions) else 0)
         if k < depth:
-            dims.append(isl_name(its[k]) if k < len(its) else "0")
-    schedule = isl.Map(f"{{ {space} -> [{', '.join(dims)}] }}").intersect_domain(domain)
+            terms.append(its[k] if k < len(its) else 0)
+    schedule = schedule_map(stmt.name, its, terms, domain)
     return StmtView(stmt.name, its, domain, writes, reads, schedule, exact)
 
 

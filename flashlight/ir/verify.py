@@ -9,9 +9,9 @@ from __future__ import annotations
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import Call, Expr, Iter, Load, dtype_of, free_iters, walk
+from flashlight.ir.isl_build import is_quasi_affine, isl_name
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
                                  tensors_touched, walk_stmts)
-from flashlight.ir.poly import aff_str, isl_name
 
 
 class VerificationError(ValueError):
@@ -131,7 +131,7 @@ def _verify_body(program: Program, body: tuple[Node, ...], bound: tuple[str, ...
                 errors.append(f"{where}: {node.iterator!r} cannot name an iterator")
             for b in (node.lower, node.upper):
                 _verify_expr(program, b, bound, where, errors)
-                if aff_str(b) is None:
+                if not is_quasi_affine(b):
                     errors.append(f"{where}: bound {b} is not affine")
             _verify_body(program, node.body, bound + (node.iterator,), errors, stmt_names, written)
         elif isinstance(node, Guard):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import islpy as isl
 
+from flashlight.ir.isl_build import group_pairs_apart
 from flashlight.ir.nodes import Node, walk_loops, walk_stmts
 from flashlight.ir.poly import PolyView
 
@@ -67,12 +68,7 @@ def parallel_violations(deps: isl.UnionMap, schedule: isl.UnionMap, group: int, 
     rel = deps.apply_domain(schedule).apply_range(schedule)
     out = isl.UnionMap("{ }")
     for m in _maps(rel):
-        n = m.dim(isl.dim_type.in_)
-        a = [f"a{k}" for k in range(n)]
-        b = [f"b{k}" for k in range(n)]
-        differ = " or ".join(f"a{k} != b{k}" for k in range(1, dims + 1))
-        filt = isl.Map(f"{{ [{', '.join(a)}] -> [{', '.join(b)}] : a0 = {group} and b0 = {group} and ({differ}) }}")
-        hit = m.intersect(filt)
+        hit = m.intersect(group_pairs_apart(m.dim(isl.dim_type.in_), group, dims))
         if not hit.is_empty():
             out = out.union(isl.UnionMap.from_map(hit))
     return out

@@ -56,8 +56,9 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
+from flashlight.ir.isl_build import Term, is_affine_condition, isl_name, schedule_map
 from flashlight.ir.nodes import Guard, Loop, Node, OnlineState, Program, Proof, Stmt, TensorDecl, walk_stmts
-from flashlight.ir.poly import PolyView, cond_str, isl_name, set_to_condition
+from flashlight.ir.poly import PolyView, set_to_condition
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
@@ -278,39 +279,23 @@ class Layout:
     rest: list[Rec]
 
     def schedule(self, view: PolyView) -> isl.UnionMap:
-        rows: list[tuple[str, list[str]]] = []
+        """``[group, grid..., phase, serial..., position, block...]`` for every statement, each of
+        the three sections padded with zeros to a common width."""
+        rows: list[tuple[str, list[list[Term]]]] = []
         for g, grp in enumerate(self.groups):
             for p, phase in enumerate(grp.phases):
                 for k, s in enumerate(phase.members):
-                    rows.append((s, [str(g)] + list(grp.grid) + ["|"] + [str(p)] + list(grp.serial[s])
-                                 + ["|"] + [str(k)] + list(grp.block[s])))
+                    rows.append((s, [[g, *grp.grid], [p, *grp.serial[s]], [k, *grp.block[s]]]))
         for r in self.rest:
             g = len(self.groups) + self.rest.index(r)
-            rows.append((r.name, [str(g)] + list(r.its) + ["|", "0", "|", "0"]))
-        # pad each section to a common width: [group, grid..., phase, serial..., pos, block...]
-        sections = [row[1] for row in rows]
-        split = [_sections(s) for s in sections]
-        widths = [max(len(sp[k]) for sp in split) for k in range(3)]
+            rows.append((r.name, [[g, *r.its], [0], [0]]))
+        widths = [max(len(sections[k]) for _, sections in rows) for k in range(3)]
         out = isl.UnionMap("{ }")
-        for (stmt, _), parts in zip(rows, split):
-            dims: list[str] = []
-            for k, part in enumerate(parts):
-                dims += [isl_name(x) for x in part] + ["0"] * (widths[k] - len(part))
+        for stmt, sections in rows:
+            terms = [t for part, w in zip(sections, widths) for t in part + [0] * (w - len(part))]
             sv = view.stmts[stmt]
-            space = f"{isl_name(stmt)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
-            m = isl.Map(f"{{ {space} -> [{', '.join(dims)}] }}").intersect_domain(sv.domain)
-            out = out.union(isl.UnionMap.from_map(m))
+            out = out.union(isl.UnionMap.from_map(schedule_map(stmt, sv.iterators, terms, sv.domain)))
         return out
-
-
-def _sections(row: list[str]) -> list[list[str]]:
-    parts: list[list[str]] = [[]]
-    for x in row:
-        if x == "|":
-            parts.append([])
-        else:
-            parts[-1].append(x)
-    return parts
 
 # }}}
 
@@ -912,7 +897,7 @@ def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | 
             if r.its[k] not in rows:
                 dom = dom.project_out(isl.dim_type.set, k, 1)
         return dom
-    if any(cond_str(g) is None for g in r.guards):
+    if any(not is_affine_condition(g) for g in r.guards):
         raise _RowsUnknown(f"{r.name} has a data-dependent guard")
     domain, box = projected(r.guards), projected(())
     if domain.is_equal(box):

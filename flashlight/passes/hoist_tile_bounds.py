@@ -42,8 +42,9 @@ import islpy as isl
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Iter, Load
+from flashlight.ir.isl_build import is_affine_condition, isl_name, universe
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, grid_chain, walk_stmts
-from flashlight.ir.poly import PolyView, cond_str, isl_name
+from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.tile import next_pow2
 from flashlight.passes.tree import fresh_tensor_name, with_grid_body
@@ -107,7 +108,7 @@ def _guard_operands(loop: Loop) -> list[Load]:
     common = set.intersection(*(set(g) for _, _, g in placed))
     out: list[Load] = []
     for g in sorted(common, key=str):
-        if cond_str(g) is not None:
+        if is_affine_condition(g):
             continue  # affine: a domain, handled by tile-ranges
         for ld in E.loads(g):
             if loop.iterator in E.free_iters(ld) and ld not in out:
@@ -136,8 +137,7 @@ def _refusal(program: Program, view: PolyView, nest: Node, grid: list[Loop], loo
     for s, _, _ in walk_stmts((nest,)):
         written = written.union(view.stmts[s.name].writes)
     decl = program.tensor(operand.tensor)
-    space = ", ".join(f"o{d}" for d in range(len(decl.shape)))
-    whole = isl.UnionSet(f"{{ {isl_name(decl.name)}[{space}] }}")
+    whole = isl.UnionSet.from_set(universe(decl.name, [f"o{d}" for d in range(len(decl.shape))]))
     if not written.intersect_range(whole).is_empty():
         return f"the kernel writes {operand.tensor}: bounds computed before it could be stale"
     return None

@@ -28,8 +28,9 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
+from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.nodes import Guard, Program, Proof, Stmt, walk_stmts
-from flashlight.ir.poly import PolyView, cond_str, set_to_condition
+from flashlight.ir.poly import PolyView, set_to_condition
 from flashlight.passes.declare import Pass
 from flashlight.passes.tree import map_stmts, writers
 
@@ -106,7 +107,7 @@ def _shared_data_guards(program: Program, w: dict[str, list[Stmt]]) -> dict[str,
             rename = {i.name: Iter(wn) for i, wn in zip(lds[0].indices, target)}  # type: ignore[union-attr]
             # a guard that reads a value the writer has not got yet (its own result) cannot move
             mine = {E.substitute(g, rename) for g in guards
-                    if cond_str(g) is None and E.free_iters(g) <= set(rename)
+                    if not is_affine_condition(g) and E.free_iters(g) <= set(rename)
                     and {ld.tensor for ld in E.loads(g)} <= available}
             common = mine if common is None else common & mine
         if common:

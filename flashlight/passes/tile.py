@@ -33,8 +33,9 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call
+from flashlight.ir.isl_build import Term, TileOf, schedule_map
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_stmts
-from flashlight.ir.poly import PolyView, isl_name
+from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
 
@@ -259,13 +260,11 @@ def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) ->
         pos = 0
         for stmt, loops, _ in walk_stmts((phase,)):
             serial = [l for l in loops if l.mapping == "serial"]
-            dims = [str(k), str(p)] + [f"floor({isl_name(l.iterator)}/{l.tile})" for l in serial]
-            dims += ["0"] * (2 - len(serial)) + [str(pos)]
+            terms: list[Term] = [k, p, *(TileOf(l.iterator, l.tile) for l in serial)]
+            terms += [0] * (2 - len(serial)) + [pos]
             pos += 1
             sv = view.stmts[stmt.name]
-            space = f"{isl_name(stmt.name)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
-            sched = sched.union(isl.UnionMap.from_map(
-                isl.Map(f"{{ {space} -> [{', '.join(dims)}] }}").intersect_domain(sv.domain)))
+            sched = sched.union(isl.UnionMap.from_map(schedule_map(stmt.name, sv.iterators, terms, sv.domain)))
             names.append(stmt.name)
     mine = isl.UnionSet("{ }")
     for n in names:

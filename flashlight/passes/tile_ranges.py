@@ -30,8 +30,10 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
+from flashlight.ir.isl_build import (affine_map, box, constant, empty, is_affine_condition, param_box, tile_map,
+                                     tiles_differ)
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
-from flashlight.ir.poly import PolyView, cond_str, isl_name
+from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions, witness
 from flashlight.passes.tree import with_grid_body
@@ -71,34 +73,27 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     gits = [g.iterator for g in grid]
     params = [f"t_{g}" for g in gits]
     dims = gits + [j]
-    space = f"[{', '.join(dims)}]"
-    box = " and ".join(f"0 <= {isl_name(d)} < {e}" for d, e in zip(dims, [_extent(g) for g in grid] + [n]))
-    bounds = isl.Set(f"{{ {space} : {box} }}")
-    tiles = []
-    for g, t in zip(grid, params):
-        tiles.append(f"{g.tile} * {t} <= {isl_name(g.iterator)} < {g.tile} * {t} + {g.tile}")
-    tiles.append(f"{bn} * jt <= {isl_name(j)} < {bn} * jt + {bn}")
-    to_tiles = isl.Map(f"[{', '.join(params)}] -> {{ {space} -> [jt] : {' and '.join(tiles)} }}")
-    union = isl.Set(f"{{ {space} : 1 = 0 }}")
-    bad = isl.Set(f"[{', '.join(params)}] -> {{ [jt] : 1 = 0 }}")
+    bounds = box(dims, [_extent(g) for g in grid] + [n])
+    to_tiles = tile_map(dims, [g.tile for g in grid] + [bn], params, ["jt"])
+    union = empty(None, dims)
+    bad = empty(None, ["jt"], params)
     for s, loops, guards in placed:
         sv = view.stmts[s.name]
         proj = _project(sv, dims)
         union = union.union(proj)
         blocks = {l.iterator for l in loops if l.mapping == "block"}
         # data-dependent guards are over-approximated here and bounded per tile at run time
-        if any(E.free_iters(g) & blocks for g in guards if cond_str(g) is not None):
+        if any(E.free_iters(g) & blocks for g in guards if is_affine_condition(g)):
             bad = bad.union(bounds.apply(to_tiles))
         else:
             bad = bad.union(bounds.subtract(proj).apply(to_tiles))
     nonempty = union.apply(to_tiles).coalesce()
     full = nonempty.subtract(bad).coalesce()
     masked = nonempty.subtract(full).coalesce()
-    ctx_parts = [f"0 <= {t} < {-(-_extent(g) // g.tile)}" for g, t in zip(grid, params)]
-    ctx = isl.Set(f"[{', '.join(params)}] -> {{ : {' and '.join(ctx_parts)} }}")
+    ctx = param_box(params, [-(-_extent(g) // g.tile) for g in grid])
     crossing = _crossing_dependence(stmts, nest, deps, view, loop)
     if crossing is not None:
-        full = isl.Set(f"[{', '.join(params)}] -> {{ [jt] : 1 = 0 }}")
+        full = empty(None, ["jt"], params)
         masked = nonempty
     to_ir = {t: (E.floordiv(Iter(g.iterator), g.tile) if g.tile > 1 else Iter(g.iterator))
              for g, t in zip(grid, params)}
@@ -137,14 +132,11 @@ def _inner_loops(node: Node):
 
 
 def _project(sv, dims: list[str]) -> isl.Set:
-    src = f"{isl_name(sv.name)}[{', '.join(isl_name(i) for i in sv.iterators)}]"
-    m = isl.Map(f"{{ {src} -> [{', '.join(isl_name(d) for d in dims)}] }}")
-    return sv.domain.apply(m)
+    return sv.domain.apply(affine_map(sv.name, sv.iterators, dims))
 
 
 def _const(ctx: isl.Set, value: int) -> isl.PwAff:
-    params = ", ".join(ctx.get_space().get_var_names(isl.dim_type.param))
-    return isl.PwAff(f"[{params}] -> {{ [({value})] }}")
+    return constant(ctx.get_space().get_var_names(isl.dim_type.param), value)
 
 
 def _total(pa: isl.PwAff, ctx: isl.Set, value: int) -> isl.PwAff:
@@ -214,10 +206,7 @@ def _crossing_dependence(stmts: list[Stmt], nest: Node, deps: dict[str, isl.Unio
             a = view.stmts[src].iterators.index(loop.iterator)
             b = view.stmts[dst].iterators.index(loop.iterator)
             na, nb = m.dim(isl.dim_type.in_), m.dim(isl.dim_type.out)
-            xs = [f"a{i}" for i in range(na)]
-            ys = [f"b{i}" for i in range(nb)]
-            across = isl.Map(f"{{ {src}[{', '.join(xs)}] -> {dst}[{', '.join(ys)}] : "
-                             f"floor(a{a}/{loop.tile}) != floor(b{b}/{loop.tile}) }}")
+            across = tiles_differ(src, na, a, dst, nb, b, loop.tile)
             if not m.intersect(across).is_empty():
                 return m.intersect(across)
     return None
