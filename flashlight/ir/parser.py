@@ -34,7 +34,6 @@ expected and what was found.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 from flashlight.ir import dtypes
@@ -43,43 +42,17 @@ from flashlight.ir.expr import (
     ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
     Load, call,
 )
-from flashlight.ir.nodes import Guard, HeaviestFirst, LOOP_KINDS, Loop, MAPPINGS, OnlineState, Node, Program, Stmt, TensorDecl, TileBound, TileRange
+from flashlight.ir.lexer import ParseError, Token, tokenize
+from flashlight.ir.nodes import (
+    LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, Node, OnlineState, Program, Stmt, TensorDecl, TileBound, TileRange,
+)
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
 INDENT = 2  # spaces per nesting level
 
 
-class ParseError(ValueError):
-    """The text is not in the IR's syntax. ``line`` and ``column`` are 1-based."""
-
-    def __init__(self, line: int, column: int, message: str) -> None:
-        super().__init__(f"line {line}, column {column}: {message}")
-        self.line = line
-        self.column = column
-        self.message = message
-
-
-# {{{ tokens
-
-@dataclass(frozen=True)
-class _Token:
-    kind: str  # name | int | float | combiner | op | end
-    text: str
-    column: int  # 1-based
-
-    def describe(self) -> str:
-        return "end of line" if self.kind == "end" else repr(self.text)
-
-
-_TOKEN_RE = re.compile(r"""
-    (?P<space>[ ]+)
-  | (?P<float>(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)
-  | (?P<int>[0-9]+)
-  | (?P<combiner>(?:max|min)=(?!=))
-  | (?P<name>[^\W\d]\w*)
-  | (?P<op>//|<=|>=|==|!=|\+=|\*=|->|[-+*/%<>&|~()\[\],:;=@])
-""", re.VERBOSE)
+# {{{ operator tables
 
 #: infix symbol -> (op, precedence), the inverse of the operator table
 _INFIX_BY_SYMBOL = {sym: (op, prec) for op, (sym, prec) in INFIX.items()}
@@ -92,24 +65,9 @@ _NAMED_LITERALS: dict[str, Const] = {
 }
 _COMPARISON_PREC = INFIX["lt"][1]
 
-
-def _tokenize(text: str, line: int, offset: int = 0) -> list[_Token]:
-    """Tokens of one line; ``offset`` is the column (0-based) where ``text`` starts."""
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None:
-            ch = text[pos]
-            what = "tab" if ch == "\t" else repr(ch)
-            raise ParseError(line, offset + pos + 1, f"unexpected character {what}")
-        if m.lastgroup != "space":
-            tokens.append(_Token(m.lastgroup, m.group(), offset + pos + 1))
-        pos = m.end()
-    tokens.append(_Token("end", "", offset + len(text) + 1))
-    return tokens
-
 # }}}
+
+
 
 
 # {{{ line parser
@@ -119,15 +77,15 @@ class _LineParser:
 
     def __init__(self, text: str, line: int, offset: int = 0) -> None:
         self.line = line
-        self.tokens = _tokenize(text, line, offset)
+        self.tokens = tokenize(text, line, offset)
         self.pos = 0
 
     # {{{ token helpers
 
-    def peek(self, ahead: int = 0) -> _Token:
+    def peek(self, ahead: int = 0) -> Token:
         return self.tokens[min(self.pos + ahead, len(self.tokens) - 1)]
 
-    def next(self) -> _Token:
+    def next(self) -> Token:
         tok = self.peek()
         if tok.kind != "end":
             self.pos += 1
@@ -137,15 +95,15 @@ class _LineParser:
         tok = self.peek(ahead)
         return tok.kind in ("op", "name") and tok.text == text
 
-    def error(self, message: str, tok: _Token | None = None) -> ParseError:
+    def error(self, message: str, tok: Token | None = None) -> ParseError:
         tok = self.peek() if tok is None else tok
         return ParseError(self.line, tok.column, message)
 
-    def expected(self, what: str, tok: _Token | None = None) -> ParseError:
+    def expected(self, what: str, tok: Token | None = None) -> ParseError:
         tok = self.peek() if tok is None else tok
         return self.error(f"expected {what}, found {tok.describe()}", tok)
 
-    def expect(self, text: str, context: str = "") -> _Token:
+    def expect(self, text: str, context: str = "") -> Token:
         if not self.at(text):
             raise self.expected(f"'{text}'" + (f" {context}" if context else ""))
         return self.next()
@@ -359,7 +317,7 @@ class _LineParser:
 
     # {{{ expressions
 
-    def build(self, tok: _Token, op: str, *args: Expr) -> Expr:
+    def build(self, tok: Token, op: str, *args: Expr) -> Expr:
         """``call(op, *args)``, reporting builder errors at ``tok``."""
         try:
             return call(op, *args)
