@@ -47,7 +47,7 @@ witness or the failed lemma.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import islpy as isl
@@ -56,14 +56,16 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
-from flashlight.ir.isl_build import Term, is_affine_condition, isl_name, schedule_map
-from flashlight.ir.nodes import Guard, Loop, Node, OnlineState, Program, Proof, Stmt, TensorDecl, walk_stmts
-from flashlight.ir.poly import PolyView, set_to_condition
+from flashlight.ir.isl_build import isl_name
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl
+from flashlight.ir.poly import PolyView
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
-from flashlight.passes.tree import fresh_tensor_name, is_nan_fixup, nan_fixup
+from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
+from flashlight.passes.online_rescale import _fold_safe, _guard_first_rescale, _safe
+from flashlight.passes.fusion_plan import Group, Layout, Phase, Rec, Running, _records, _roles, analysis_program
 
 
 BLOCK_LIMIT = 256
@@ -72,232 +74,6 @@ BLOCK_LIMIT = 256
 # columns a row. Differential attention at D128 keeps two accumulators of 256 columns: fused in
 # one kernel 4.68 ms, best of 24 tile configurations 4.84, where two FlexAttention calls take 3.3.
 STATE_LIMIT = 256
-
-
-# {{{ statements in their own nests
-
-@dataclass(frozen=True)
-class Rec:
-    stmt: Stmt
-    loops: tuple[Loop, ...]
-    guards: tuple[Expr, ...]
-
-    @property
-    def name(self) -> str:
-        return self.stmt.name
-
-    @property
-    def its(self) -> tuple[str, ...]:
-        return tuple(l.iterator for l in self.loops)
-
-    def extent(self, it: str) -> int:
-        return int(self.loop(it).upper.value)  # type: ignore[union-attr]
-
-    def loop(self, it: str) -> Loop:
-        return next(l for l in self.loops if l.iterator == it)
-
-    @property
-    def parallel(self) -> tuple[str, ...]:
-        return tuple(l.iterator for l in self.loops if l.kind == "parallel")
-
-
-def _records(program: Program) -> list[Rec] | None:
-    recs = []
-    for nest in program.body:
-        found = list(walk_stmts((nest,)))
-        if len(found) != 1:
-            return None
-        stmt, loops, guards = found[0]
-        if any(not (isinstance(l.lower, Const) and l.lower.value == 0 and isinstance(l.upper, Const))
-               for l in loops):
-            return None
-        recs.append(Rec(stmt, loops, guards))
-    return recs
-
-# }}}
-
-
-# {{{ plans
-
-@dataclass
-class Phase:
-    loops: tuple[str, ...]
-    members: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Group:
-    grid: tuple[str, ...]
-    phases: list[Phase]
-    recs: list[Rec]
-    serial: dict[str, tuple[str, ...]]  # statement -> its serial iterators
-    block: dict[str, tuple[str, ...]]   # statement -> its block iterators
-
-
-@dataclass(frozen=True)
-class Running:
-    """A reduction whose running value is read inside its own loop by rewritten statements."""
-
-    stmt: str
-    tensor: str
-    loop: str
-    extent: int
-    prev: str       # temporary holding the value before the current step
-    readers: frozenset[str]
-
-
-def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, dict] | None:
-    """Grid iterators and, per statement, serial and block iterators.
-
-    An iterator is serial (a loop over tiles inside the program) if it is too large for one block,
-    or if it *couples* the statements: some statement reduces over it while reading, at an index
-    that varies with it, a tensor another statement of the group produces (the key index of
-    attention: the softmax reductions read the score tile ``s[i, j]``).
-    """
-    first = recs[0]
-    grid = tuple(it for it in first.its
-                 if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
-    if len(recs) > 1 and not grid and any(r.parallel for r in recs):
-        return None  # one program would do what several did in parallel (a reduction to a scalar has none)
-    extents: dict[str, int] = {}
-    for r in recs:  # one name, one extent: a kernel's axes are named by their iterators
-        for it in r.its:
-            if extents.setdefault(it, r.extent(it)) != r.extent(it):
-                return None
-    produced = {r.stmt.target.tensor: r.name for r in recs}
-    coupling: set[str] = set()
-    for r in recs:
-        reduced = {l.iterator for l in r.loops if l.kind == "reduce"}
-        for ld in E.loads(r.stmt.expr):
-            writer = produced.get(ld.tensor)
-            if writer is not None and writer != r.name:
-                coupling |= reduced & {i for x in ld.indices for i in E.free_iters(x)}
-    serial, block = {}, {}
-    for r in recs:
-        rest = [it for it in r.its if it not in grid]
-        # a seq loop carries a dependence from one point to the next: it is walked, never a block
-        s = tuple(it for it in rest if it in coupling or r.extent(it) > block_limit or r.loop(it).kind == "seq")
-        serial[r.name] = s
-        block[r.name] = tuple(it for it in rest if it not in s)
-    return grid, serial, block
-
-# }}}
-
-
-# {{{ the analysed program: rewritten statements with running values expanded
-
-def _guarded(guards: tuple[Expr, ...], value: Expr, identity: Expr) -> Expr:
-    for g in guards:
-        value = E.call("where", g, value, identity)
-    return value
-
-
-def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt],
-                     running: dict[str, Running]) -> Program:
-    """The program whose dependences license the fused schedule.
-
-    Rewritten statements replace their originals, and each running value ``y`` becomes the
-    single-assignment ``y_run[p, j]`` (the value after ``j`` steps): the running reduction writes
-    ``y_run[p, j+1]`` from ``y_run[p, j]`` at every ``j``; inside the loop, rewritten readers read
-    ``y_run[p, j+1]`` for ``y`` and ``y_run[p, j]`` for ``y_prev``; everyone else reads the final
-    ``y_run[p, N]``.
-    """
-    if not running:
-        body = tuple(_nest(r.loops, r.guards, rewrites.get(r.name, r.stmt)) for r in recs)
-        return program.replace(body=body)
-    tensors = list(program.tensors)
-    run_of = {}
-    for y, info in running.items():
-        decl = program.tensor(y)
-        rname = fresh_tensor_name(program.replace(tensors=tuple(tensors)), y + "_run")
-        tensors.append(TensorDecl(rname, decl.dtype, decl.shape + (info.extent + 1,), "temp"))
-        run_of[y] = rname
-        tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
-    body: list[Node] = []
-    for r in recs:
-        stmt = rewrites.get(r.name, r.stmt)
-        by_stmt = {info.stmt: (y, info) for y, info in running.items()}
-        if r.name in by_stmt:
-            y, info = by_stmt[r.name]
-            p = stmt.target.indices
-            j = Iter(info.loop)
-            old = Load(run_of[y], p + (j,))
-            new = Load(run_of[y], p + (E.add(j, E.index(1)),))
-            ident = E.const(COMBINERS[stmt.op].identity(program.tensor(y).dtype), program.tensor(y).dtype)
-            term = _guarded(r.guards, _redirect(stmt.expr, running, run_of, r.name), ident)
-            if stmt.scale is not None:
-                scale = _redirect(stmt.scale, running, run_of, r.name)
-                old = E.call("mul" if stmt.op == "+=" else "add", old, scale)
-            body.append(_nest(r.loops, (), Stmt(stmt.name, new, "=", E.call(COMBINERS[stmt.op].combine, old, term))))
-            continue
-
-        def redirect(e: Expr, name: str = r.name) -> Expr:
-            return _redirect(e, running, run_of, name)
-        new_stmt = replace(stmt, expr=redirect(stmt.expr),
-                           scale=None if stmt.scale is None else redirect(stmt.scale))
-        body.append(_nest(r.loops, r.guards, new_stmt))
-    return program.replace(tensors=tuple(tensors), body=tuple(body))
-
-
-def _redirect(e: Expr, running: dict[str, Running], run_of: dict[str, str], reader: str) -> Expr:
-    prev_of = {info.prev: y for y, info in running.items()}
-
-    def fold(x: Expr) -> Expr | None:
-        if not isinstance(x, Load):
-            return None
-        if x.tensor in running:
-            info = running[x.tensor]
-            if reader in info.readers or reader == info.stmt:
-                return Load(run_of[x.tensor], x.indices + (E.add(Iter(info.loop), E.index(1)),))
-            return Load(run_of[x.tensor], x.indices + (E.index(info.extent),))
-        if x.tensor in prev_of:
-            y = prev_of[x.tensor]
-            return Load(run_of[y], x.indices + (Iter(running[y].loop),))
-        return None
-
-    return E.rewrite(e, fold)
-
-
-def _nest(loops: tuple[Loop, ...], guards: tuple[Expr, ...], stmt: Stmt) -> Node:
-    node: Node = stmt
-    for g in reversed(guards):
-        node = Guard(g, (node,))
-    for l in reversed(loops):
-        node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
-    return node
-
-# }}}
-
-
-# {{{ schedules
-
-@dataclass
-class Layout:
-    """Where every statement goes: planned groups, then the rest in their own nests."""
-
-    groups: list[Group]
-    rest: list[Rec]
-
-    def schedule(self, view: PolyView) -> isl.UnionMap:
-        """``[group, grid..., phase, serial..., position, block...]`` for every statement, each of
-        the three sections padded with zeros to a common width."""
-        rows: list[tuple[str, list[list[Term]]]] = []
-        for g, grp in enumerate(self.groups):
-            for p, phase in enumerate(grp.phases):
-                for k, s in enumerate(phase.members):
-                    rows.append((s, [[g, *grp.grid], [p, *grp.serial[s]], [k, *grp.block[s]]]))
-        for r in self.rest:
-            g = len(self.groups) + self.rest.index(r)
-            rows.append((r.name, [[g, *r.its], [0], [0]]))
-        widths = [max(len(sections[k]) for _, sections in rows) for k in range(3)]
-        out = isl.UnionMap("{ }")
-        for stmt, sections in rows:
-            terms = [t for part, w in zip(sections, widths) for t in part + [0] * (w - len(part))]
-            sv = view.stmts[stmt]
-            out = out.union(isl.UnionMap.from_map(schedule_map(stmt, sv.iterators, terms, sv.domain)))
-        return out
-
-# }}}
 
 
 @dataclass
@@ -441,19 +217,7 @@ class _Fuser:
             return None, None, [refusal, Proof(
                 f"online rewrite of {stmt.name}", False,
                 f"the lemma fails for F = {stmt.expr} in y = {', '.join(str(y) for y in ys)}: {why}")]
-        new_running = dict(running)
-        prev_loads, safe_loads = [], []
-        for y in ys:
-            src = candidates[y.tensor]
-            info = new_running.get(y.tensor)
-            if info is None:
-                prev = self.fresh_prev(y.tensor)
-                info = Running(src.name, y.tensor, j, rec.extent(j) if j in rec.its else src.extent(j),
-                               prev, frozenset())
-            info = replace(info, readers=info.readers | {stmt.name})
-            new_running[y.tensor] = info
-            prev_loads.append(Load(info.prev, y.indices))
-            safe_loads.append(_safe(y, src.stmt.op, self.program.tensor(y.tensor).dtype))
+        new_running, prev_loads, safe_loads = self.running_values(ys, candidates, running, rec, j)
         subst = dict(zip(ys, safe_loads))
         acc_dtype = self.program.tensor(stmt.target.tensor).dtype
         try:
@@ -483,8 +247,8 @@ class _Fuser:
                 f"online rewrite of {stmt.name}", False, "the rewritten program still violates a dependence",
                 relation=str(rel), witness=witness(rel), lemma=lemma.statement())]
         try:
-            _empty_fixup(self.program, rec, new_stmt, group, new_running)
-        except _RowsUnknown as why:
+            empty_fixup(self.program, rec, new_stmt, group, new_running)
+        except RowsUnknown as why:
             return None, None, [refusal, Proof(
                 f"online rewrite of {stmt.name}", False, "a row where it folds no term (eager gives the identity) "
                 f"cannot be told from one whose running max stays -inf (eager gives NaN): {why}")]
@@ -494,6 +258,26 @@ class _Fuser:
             "program runs backwards under the fused schedule: deps ∩ lex_ge(fused) = ∅",
             relation="∅", lemma=lemma.statement())
         return new_rewrites, new_running, [refusal, accepted]
+
+    def running_values(self, ys: tuple[Load, ...], candidates: dict[str, Rec], running: dict[str, Running],
+                       rec: Rec, j: str) -> tuple[dict[str, Running], list[Load], list[Expr]]:
+        """The running reductions ``rec`` reads (new ones get a ``prev`` copy), and per ``y`` its
+        previous value and its value made a finite reference (``where(y == -inf, 0, y)``)."""
+        new_running = dict(running)
+        prev_loads: list[Load] = []
+        safe_loads: list[Expr] = []
+        for y in ys:
+            src = candidates[y.tensor]
+            info = new_running.get(y.tensor)
+            if info is None:
+                prev = self.fresh_prev(y.tensor)
+                info = Running(src.name, y.tensor, j, rec.extent(j) if j in rec.its else src.extent(j),
+                               prev, frozenset())
+            info = replace(info, readers=info.readers | {rec.stmt.name})
+            new_running[y.tensor] = info
+            prev_loads.append(Load(info.prev, y.indices))
+            safe_loads.append(_safe(y, src.stmt.op, self.program.tensor(y.tensor).dtype))
+        return new_running, prev_loads, safe_loads
 
     def fresh_prev(self, y: str) -> str:
         if y not in self.prev_names:
@@ -733,200 +517,6 @@ def _maps(u: isl.UnionMap) -> list[isl.Map]:
     out: list[isl.Map] = []
     u.foreach_map(out.append)
     return out
-
-
-def _safe(y: Load, op: str, dtype: str) -> Expr:
-    """The reference value for a running ``max``: finite even before any element arrives."""
-    if op != "max=" or not dtypes.is_float(dtype):
-        return y
-    return E.call("where", E.call("eq", y, E.const(-float("inf"), dtype)), E.const(0.0, dtype), y)
-
-
-def _guard_first_rescale(stmt: Stmt, sources: list[Stmt], prev: list[Load], c: Expr,
-                         dt: dict[str, str]) -> Expr | None:
-    """``where(y_prev == -inf, 0, c)``: the rescale of the running state before its first term.
-
-    With opaque functions ``h`` of the running maxima, ``c = exp(h(y_prev) - h(y))`` is finite
-    only where ``h`` is: ``h(-inf)`` is a finite reference (``where(|m| == inf, 0, m)``), and
-    ``exp(0 - h(y))`` overflows for a row maximum below -88 (0 * inf: NaN, fuzz seed 493). While a
-    running maximum is still -inf every element it folded was -inf, so every term ``F`` folded so
-    far was ``F(-inf, ·)``; where that is the identity (abstract evaluation), the accumulator is
-    the identity and any factor, 0 included, leaves it so. None if that cannot be shown."""
-    if any(src.op != "max=" for src in sources):
-        return None
-    minus_inf = E.const(-math.inf, "f32")
-    args = {src.expr for src in sources}
-    probe = E.rewrite(stmt.expr, lambda x: minus_inf if x in args else None)
-    identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
-    value = algebra.abstract_eval(probe)
-    if value is algebra.UNKNOWN or not algebra.same_value(float(value), float(identity)):  # type: ignore[arg-type]
-        return None
-    first, finite = None, {}
-    for y_prev, src in zip(prev, sources):
-        cond = E.call("eq", y_prev, E.const(-math.inf, dt[src.target.tensor]))
-        first = cond if first is None else E.call("or", first, cond)
-        finite[cond] = y_prev
-    # where the guard fails y_prev is not -inf: a select on that condition takes its else branch
-    c = E.rewrite(c, lambda x: x.args[2] if isinstance(x, E.Call) and x.op == "where" and x.args[0] in finite
-                  else None)
-    return E.call("where", first, E.const(0.0, dt[stmt.target.tensor]), c)  # 0 * identity, or -inf + 0
-
-
-def _fold_safe(e: Expr, safe: list[Expr]) -> Expr:
-    """``where(r == -inf, 0, r)`` is ``r`` where ``r`` is a reference value that is never -inf
-    (the program guarded its maximum the way the rewrite does: SDPA's decomposition)."""
-    def fold(x: Expr) -> Expr | None:
-        if isinstance(x, E.Call) and x.op == "where" and x.args[2] in safe and isinstance(x.args[1], Const) and \
-                x.args[1].value == 0 and isinstance(x.args[0], E.Call) and x.args[0].op == "eq" and \
-                x.args[0].args[0] == x.args[2] and isinstance(x.args[0].args[1], Const) and \
-                x.args[0].args[1].value == -float("inf"):
-            return x.args[2]
-        return None
-    return E.rewrite(e, fold)
-
-
-def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> Node:
-    by_name = {r.name: r for r in group.recs}
-    running_by_stmt = {info.stmt: info for info in running.values()}
-    first = group.recs[0]
-    phase_nodes: list[Node] = []
-    for phase in group.phases:
-        members: list[Node] = []
-        for s in phase.members:
-            r = by_name[s]
-            stmt = rewrites.get(s, r.stmt)
-            info = running_by_stmt.get(s)
-            if info is not None:
-                members.append(_copy_prev(r, stmt, info, group, [by_name[x] for x in info.readers if x in by_name]))
-            node: Node = stmt
-            for g in reversed(r.guards):
-                node = Guard(g, (node,))
-            for it in reversed(group.block[s]):
-                l = r.loop(it)
-                node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="block")
-            members.append(node)
-        fixups = [_empty_fixup(program, by_name[s], rewrites[s], group, running)
-                   for s in phase.members if s in rewrites and rewrites[s].scale is not None]
-        fixups = [f for f in fixups if f is not None]
-        if phase.loops:
-            recs = [by_name[s] for s in phase.members]
-            state_loop, state = _online_state(phase.members, rewrites, running_by_stmt)
-            node = None
-            for it in reversed(phase.loops):
-                owner = next(r for r in recs if it in r.its)
-                kinds = {r.loop(it).kind for r in recs if it in r.its}
-                kind = "seq" if "seq" in kinds else "reduce" if "reduce" in kinds else "parallel"
-                node = Loop(it, E.index(0), E.index(owner.extent(it)), kind,
-                            tuple(members) if node is None else (node,), mapping="serial",
-                            state=state if it == state_loop else None)
-            phase_nodes.append(node)  # type: ignore[arg-type]
-        else:
-            phase_nodes.extend(members)
-        phase_nodes.extend(fixups)
-    body: tuple[Node, ...] = tuple(phase_nodes)
-    for it in reversed(group.grid):
-        body = (Loop(it, E.index(0), E.index(first.extent(it)), "parallel", body, mapping="grid"),)
-    if len(body) > 1:  # statements without a parallel iterator: one program, a grid of one
-        used = {l.iterator for r in group.recs for l in r.loops}
-        it = next(f"p{k}" for k in range(len(used) + 1) if f"p{k}" not in used)
-        body = (Loop(it, E.index(0), E.index(1), "parallel", body, mapping="grid"),)
-    return body[0]
-
-
-def _online_state(members: tuple[str, ...] | list[str], rewrites: dict[str, Stmt],
-                  running_by_stmt: dict[str, Running]) -> tuple[str | None, OnlineState | None]:
-    """The loop of a phase's running reductions and the state it carries: their targets, their
-    previous values' copies, and the accumulators rescaled as they change."""
-    infos = [running_by_stmt[s] for s in members if s in running_by_stmt]
-    rescaled = [rewrites[s].target.tensor for s in members if s in rewrites and rewrites[s].scale is not None]
-    if not infos and not rescaled:
-        return None, None
-    loops = {info.loop for info in infos}
-    if len(loops) != 1:
-        raise AssertionError(f"running reductions of one phase over several loops: {sorted(loops)}")
-    state = OnlineState(tuple(dict.fromkeys(i.tensor for i in infos)), tuple(dict.fromkeys(i.prev for i in infos)),
-                        tuple(dict.fromkeys(rescaled)))
-    return next(iter(loops)), state
-
-
-class _RowsUnknown(Exception):
-    """isl cannot state exactly in which rows a statement has terms (a data-dependent guard)."""
-
-
-def _empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: dict[str, Running]) -> Node | None:
-    """``z = where(y == -inf, nan, z)`` after the loop, where eager gives NaN and the online form 0.
-
-    While a running max ``y`` stays ``-inf`` the online form folds with a finite reference, so a
-    row whose every term is ``-inf`` ends at the identity. Eager folds ``F(-inf, y = -inf)``
-    there: the lemma's side condition (finite ``y``) fails. Evaluating ``F`` with ``y`` and the
-    max's own argument at ``-inf`` says what eager gets; if that is NaN, this restores it, in the
-    rows where the statement has a term at all: a row it has none of folds nothing in eager
-    either, whatever ``y`` is there (-inf too where restrict-to-demand left it uncomputed).
-    Raises :class:`_RowsUnknown` if isl cannot say which rows those are.
-    """
-    if any(is_nan_fixup(s) and s.target.tensor == r.stmt.target.tensor for s, _, _ in walk_stmts(program.body)):
-        return None  # masks-to-domains already restores such rows (in this kernel or a later one)
-    recs = {x.name: x for x in group.recs}
-    for y, info in running.items():
-        if r.name not in info.readers or info.stmt not in recs or recs[info.stmt].stmt.op != "max=":
-            continue
-        g = recs[info.stmt].stmt.expr
-        minus_inf = E.const(-float("inf"), "f32")
-        probe = E.rewrite(r.stmt.expr, lambda x: minus_inf if (x == g or (isinstance(x, Load) and x.tensor == y))
-                          else None)
-        value = algebra.abstract_eval(probe)
-        if not (isinstance(value, float) and math.isnan(value)):
-            continue
-        y_load = next(ld for ld in E.loads(r.stmt.expr) if ld.tensor == y)
-        rows = _rows_with_terms(program, r, tuple(i.name for i in stmt.target.indices if isinstance(i, Iter)))
-        node: Node = nan_fixup(f"{stmt.name}_empty", stmt.target, y_load, program.dtypes, rows)
-        for it in reversed(group.block[r.name]):
-            if any(isinstance(i, Iter) and i.name == it for i in stmt.target.indices):
-                l = r.loop(it)
-                node = Loop(it, l.lower, l.upper, "parallel", (node,), mapping="block")
-        return node
-    return None
-
-
-def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | None:
-    """The condition on ``rows`` (the iterators of ``r``'s target) under which ``r`` has an
-    instance: its guarded domain with the other iterators projected out; None if every row has."""
-    def projected(guards: tuple[Expr, ...]) -> isl.Set:
-        dom = PolyView.of(program.replace(body=(_nest(r.loops, guards, r.stmt),))).stmts[r.name].domain
-        for k in reversed(range(len(r.its))):
-            if r.its[k] not in rows:
-                dom = dom.project_out(isl.dim_type.set, k, 1)
-        return dom
-    if any(not is_affine_condition(g) for g in r.guards):
-        raise _RowsUnknown(f"{r.name} has a data-dependent guard")
-    domain, box = projected(r.guards), projected(())
-    if domain.is_equal(box):
-        return None
-    kept = tuple(it for it in r.its if it in rows)
-    cond = set_to_condition(domain.gist(box), kept)
-    if cond is None:
-        raise _RowsUnknown(f"the rows where {r.name} has terms need existential variables: {domain}")
-    return cond
-
-
-def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:
-    """``y_prev = y`` before the running reduction; it runs where its readers do (only they
-    read the copy, in the same iteration), so it carries their guards when they share them and
-    read only iterators bound where the copy runs (a guard on a reader's own block iterator,
-    ``if i3 == 0`` of a sliced P @ V, would be unbound there: then it runs unguarded)."""
-    target = stmt.target
-    node: Node = Stmt(f"{stmt.name}_prev", Load(info.prev, target.indices), "=", target)
-    shared = {rd.guards for rd in readers}
-    bound = set(r.its) - {it for it in group.block[r.name] if not any(
-        isinstance(i, Iter) and i.name == it for i in target.indices)}
-    if len(shared) == 1 and all(E.free_iters(g) <= bound for g in next(iter(shared))):
-        for g in reversed(next(iter(shared))):
-            node = Guard(g, (node,))
-    for it in reversed(group.block[r.name]):
-        if any(isinstance(i, Iter) and i.name == it for i in target.indices):
-            l = r.loop(it)
-            node = Loop(it, l.lower, l.upper, "parallel", (node,), mapping="block")
-    return node
 
 
 def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT, state_limit: int = STATE_LIMIT) -> Program:
