@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from flashlight.codegen.kernel_source import CodegenError
-from flashlight.codegen.walks import nested_loops, statements_with_guards, statements_with_loops
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
-from flashlight.ir.nodes import Loop, Node, Program, Stmt, TileBound, grid_chain
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TileBound, grid_chain, walk_loops, walk_stmts
 
 INT32_LIMIT = 2**31 - 1
 
@@ -62,10 +61,10 @@ class KernelState:
         for l in self.grid:
             self.add_axis(l, "grid")
         for m in ("serial", "block"):
-            for l in nested_loops(self.phases):
+            for l in walk_loops(self.phases):
                 if l.mapping == m:
                     self.add_axis(l, m)
-        for l in nested_loops(self.phases):
+        for l in walk_loops(self.phases):
             if l.mapping not in ("serial", "block"):
                 raise CodegenError(f"loop {l.iterator} has no mapping; run fuse-reductions and tile first")
         self.params: list[str] = []
@@ -144,26 +143,26 @@ class KernelState:
     @cached_property
     def produced(self) -> set[str]:
         """Tensors this kernel writes: reads of them inside the kernel come from registers."""
-        return {s.target.tensor for s, _ in statements_with_loops(self.phases, ())}
+        return {s.target.tensor for s, _, _ in walk_stmts(self.phases)}
 
     @cached_property
     def read_here(self) -> set[str]:
         """Tensors some statement of this kernel reads."""
-        return {ld.tensor for s, _ in statements_with_loops(self.phases, ())
+        return {ld.tensor for s, _, _ in walk_stmts(self.phases)
                 for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
 
     @cached_property
     def guards_of(self) -> dict[str, tuple[Expr, ...]]:
-        return {s.name: g for s, g in statements_with_guards(self.phases, ())}
+        return {s.name: g for s, _, g in walk_stmts(self.phases)}
 
     @cached_property
     def stmt_block_axes(self) -> dict[str, set[str]]:
         return {s.name: {l.iterator for l in loops if l.iterator in self.axes}
-                for s, loops in statements_with_loops(self.phases, ())}
+                for s, loops, _ in walk_stmts(self.phases)}
 
     def read_only_under(self, tensor: str, guards: tuple[Expr, ...]) -> bool:
         """Every statement reading ``tensor`` in this kernel runs under ``guards`` (or stronger)."""
-        for s, _ in statements_with_loops(self.phases, ()):
+        for s, _, _ in walk_stmts(self.phases):
             if any(ld.tensor == tensor for ld in E.loads(s.expr) + (E.loads(s.scale) if s.scale else [])):
                 if not set(guards) <= set(self.guards_of[s.name]):
                     return False

@@ -14,11 +14,11 @@ import math
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import TL_DTYPE, literal
-from flashlight.codegen.walks import assigned_again, statements
+from flashlight.codegen.walks import assigned_again
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter
-from flashlight.ir.nodes import Loop, Stmt
+from flashlight.ir.nodes import Loop, Stmt, walk_stmts
 
 # converts a run-time loop bound under the interpreter (see SerialLoops.loop_bound)
 INDEX_HELPER = ["", "", "def _index(x):  # not jitted: the interpreter runs it as Python",
@@ -94,7 +94,7 @@ class SerialLoops(KernelState):
         """One ``for`` over the tiles ``[lo, hi)`` of ``loop``; with ``test``, a tile runs the body
         only if its bounds say the data-dependent guards may hold somewhere in it."""
         it = loop.iterator
-        written = {s.target.tensor for s in statements(loop)}
+        written = {s.target.tensor for s, _, _ in walk_stmts((loop,))}
         inner = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         inner.written = written
         self.full_tiles = not masked
@@ -140,7 +140,7 @@ class SerialLoops(KernelState):
     def carried(self, loop: Loop) -> list[Stmt]:
         """Reductions in ``loop`` whose target does not vary with it: their accumulators carry."""
         seen, out = set(), []
-        for s in statements(loop):
+        for s, _, _ in walk_stmts((loop,)):
             if s.is_reduction and loop.iterator not in E.free_iters(s.target) and s.target.tensor not in seen:
                 seen.add(s.target.tensor)
                 out.append(s)

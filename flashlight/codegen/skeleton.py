@@ -16,7 +16,7 @@ from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.kernel_state import KernelState, Scope
 from flashlight.codegen.serial_loops import INDEX_HELPER
 from flashlight.codegen.statements import fold_helpers
-from flashlight.codegen.walks import is_affine
+from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.expr import Expr
 from flashlight.ir.nodes import Guard, Node, Stmt
 
@@ -75,7 +75,7 @@ class Skeleton(KernelState):
         elif isinstance(node, Guard):
             # inside tiles proved full, every affine guard holds; inside tiles whose bounds prove a
             # data-dependent guard, it holds too: no mask code for them
-            affine = is_affine(node.cond)
+            affine = is_affine_condition(node.cond)
             dropped = (affine and self.full_tiles) or (not affine and self.drop_data_guards)
             extra = () if dropped else (node.cond,)
             for c in node.body:

@@ -17,11 +17,11 @@ import math
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import literal
-from flashlight.codegen.walks import is_affine, statements_with_loops
+from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Loop, TileBound
+from flashlight.ir.nodes import Loop, TileBound, walk_stmts
 
 SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
 
@@ -113,18 +113,18 @@ class TileScan(KernelState):
 
     def guard_loads(self, loop: Loop) -> list[Load]:
         """Loads along ``loop`` in the data-dependent guards of its statements."""
-        stmts = [s for s, _ in statements_with_loops((loop,), ())]
-        return [ld for s in stmts for g in self.guards_of[s.name] if not is_affine(g)
+        stmts = [s for s, _, _ in walk_stmts((loop,))]
+        return [ld for s in stmts for g in self.guards_of[s.name] if not is_affine_condition(g)
                 for ld in E.loads(g) if loop.iterator in E.free_iters(ld)]
 
     def tile_predicate(self, loop: Loop, scope: Scope) -> tuple[str | None, str | None]:
         """``(certain, possible)`` scalars for the data-dependent guards every statement of the
         loop runs under, from interval bounds over the current tile: ``certain`` is true only if
         they hold at every point of the tile, ``possible`` false only if they hold at none."""
-        stmts = [s for s, _ in statements_with_loops((loop,), ())]
+        stmts = [s for s, _, _ in walk_stmts((loop,))]
         common = set.intersection(*(set(self.guards_of[s.name]) for s in stmts)) if stmts else set()
-        data = [g for g in sorted(common, key=str) if not is_affine(g)]
-        every = {g for s in stmts for g in self.guards_of[s.name] if not is_affine(g)}
+        data = [g for g in sorted(common, key=str) if not is_affine_condition(g)]
+        every = {g for s in stmts for g in self.guards_of[s.name] if not is_affine_condition(g)}
         possible, certain = [], []
         for g in data:
             p = self.bound(g, scope, certain=False)

@@ -34,10 +34,11 @@ import islpy as isl
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call
 from flashlight.ir.isl_build import Term, TileOf, schedule_map
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_loops, walk_stmts
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
+from flashlight.passes.tree import map_stmts
 
 
 MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
@@ -130,7 +131,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         n = int(node.upper.value)  # type: ignore[union-attr]
         if node.mapping == "grid":
             t = sizes.get(node.iterator, 1)
-        elif node.mapping == "serial" and any(l.mapping == "serial" for c in node.body for l in _loops(c)):
+        elif node.mapping == "serial" and any(l.mapping == "serial" for l in walk_loops(node.body)):
             t = 1  # the tiles of nested serial loops multiply in registers: only the innermost is tiled
         elif node.mapping == "serial" and node.kind == "seq":
             t = 1  # it carries a dependence from each point to the next: walked one point at a time
@@ -158,8 +159,8 @@ def _mark_matrix_products(nest: Node) -> tuple[Node, list[str]]:
     sums the same terms; only their order within the tile changes, which a ``+=`` reduction
     allows (associative, as the tiling proof says)."""
     grid = grid_chain(nest)
-    tile = {l.iterator: l.tile or 1 for l in _loops(nest)}
-    axes = {l.iterator for l in _loops(nest) if l.mapping in ("serial", "block")}
+    tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}
+    axes = {l.iterator for l in walk_loops((nest,)) if l.mapping in ("serial", "block")}
     axes |= {l.iterator for l in grid if (l.tile or 1) > 1}
     marked: dict[str, str] = {}
     for s, loops, guards in walk_stmts((nest,)):
@@ -169,12 +170,8 @@ def _mark_matrix_products(nest: Node) -> tuple[Node, list[str]]:
     if not marked:
         return nest, []
 
-    def mark(node: Node) -> Node:
-        if isinstance(node, Stmt):
-            return replace(node, dot=marked[node.name]) if node.name in marked else node
-        return replace(node, body=tuple(mark(c) for c in node.body))
-
-    return mark(nest), [f"{n} over {r}" for n, r in marked.items()]
+    (marked_nest,) = map_stmts((nest,), lambda s: replace(s, dot=marked[s.name]) if s.name in marked else s)
+    return marked_nest, [f"{n} over {r}" for n, r in marked.items()]
 
 
 def _reduced_axis_of_product(s: Stmt, loops: tuple[Loop, ...], guards: tuple, axes: set[str],
@@ -206,7 +203,7 @@ def _one_tile_per_iterator(nest: Node) -> Node:
     kernel has one tile size per axis (the offsets ``o_i`` and tile counts of the codegen, the
     register budget below). The smallest keeps both the nested-serial rule and the budget."""
     tile: dict[str, int] = {}
-    for l in _loops(nest):
+    for l in walk_loops((nest,)):
         tile[l.iterator] = min(tile.get(l.iterator, l.tile or 1), l.tile or 1)
     return _with_tiles(nest, tile)
 
@@ -222,10 +219,10 @@ def _with_tiles(node: Node, tile: dict[str, int]) -> Node:
 def _within_budget(nest: Node, k: int) -> Node:
     """Halve tiles until every statement's register tile, the product of the tiles of its enclosing
     loops, holds at most ``MAX_TILE_ELEMENTS``: whatever the number of tiled dimensions."""
-    tile = {l.iterator: l.tile or 1 for l in _loops(nest)}  # one tile per iterator in a kernel
-    whole = {l.iterator: next_pow2(int(l.upper.value)) for l in _loops(nest)}  # type: ignore[union-attr]
+    tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}  # one tile per iterator in a kernel
+    whole = {l.iterator: next_pow2(int(l.upper.value)) for l in walk_loops((nest,))}  # type: ignore[union-attr]
     floor = {it: 1 for it in tile}
-    for l in _loops(nest):
+    for l in walk_loops((nest,)):
         if l.mapping == "block":  # a block loop is kept whole inside a program
             floor[l.iterator] = whole[l.iterator]
     chains = {tuple(dict.fromkeys(l.iterator for l in loops)) for _, loops, _ in walk_stmts((nest,))}
@@ -275,7 +272,7 @@ def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) ->
             strict = strict.union(without_self_reductions(nest, t, d))
     strict = strict.intersect_domain(mine).intersect_range(mine)
     bad = violations(strict, sched)
-    tiles = ", ".join(dict.fromkeys(f"{l.iterator}:{l.tile}" for l in _loops(nest) if l.tile and l.tile > 1))
+    tiles = ", ".join(dict.fromkeys(f"{l.iterator}:{l.tile}" for l in walk_loops((nest,)) if l.tile and l.tile > 1))
     if not bad.is_empty():
         raise TilingError(f"tiling kernel {k} ({tiles}) would violate {witness(bad)}")
     relaxed = ", ".join(sorted(state)) or "none"
@@ -284,14 +281,6 @@ def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) ->
                  "except a reduction's dependences on itself (its combiner is associative) and those "
                  f"through the online state ({relaxed}), reordered within a tile because the merge of "
                  "the running state is a monoid", relation="∅")
-
-
-def _loops(node: Node):
-    if isinstance(node, Loop):
-        yield node
-    if not isinstance(node, Stmt):
-        for c in node.body:
-            yield from _loops(c)
 
 
 @dataclass(frozen=True)
