@@ -125,7 +125,8 @@ program two_chains(S: f32[4,6], T: f32[4,6], V: f32[6,2]) -> (o: f32[4,2])
 def test_wide_running_state_splits_into_two_kernels():
     """Two accumulators of 2 columns a row over a limit of 3: the first chain (O1 with the max
     and sum it reads) becomes a kernel of its own, run first; the rest reads its per-row results."""
-    prog = fuse_reductions(ir.parse(TWO_CHAINS), block_limit=4, state_limit=3)
+    fused = fuse_reductions(ir.parse(TWO_CHAINS), block_limit=4)
+    prog = passes.split_wide_state(fused, state_limit=3)
     split = _proof(prog, "split")
     assert split.legal and "into [M1, L1, O1] and [M2, L2, O2, N1]" in split.transformation
     assert "4 running values a row (O1: 2, O2: 2; limit 3)" in split.reason
@@ -134,7 +135,8 @@ def test_wide_running_state_splits_into_two_kernels():
     tiled = passes.run_pipeline(prog, "contract-buffers")
     assert {t.name for t in tiled.tensors if t.role == "temp"} >= {"acc", "l"}, "crossing values stay buffers"
     np.testing.assert_allclose(_run(prog)["o"], _run(ir.parse(TWO_CHAINS))["o"], rtol=1e-5, atol=1e-6)
-    whole = fuse_reductions(ir.parse(TWO_CHAINS), block_limit=4, state_limit=4)
+    assert str(fused).count("@serial") == 1, "fuse-reductions itself forms one kernel"
+    whole = passes.split_wide_state(fused, state_limit=4)
     assert len(whole.body) == 1 and not any(p.transformation.startswith("split") for p in whole.proofs)
 
 

@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,spread-conversions,tile-ranges,"
+                    "fuse-reductions,split-wide-state,factor-scales,rebase-exponentials,contract-buffers,tile,spread-conversions,tile-ranges,"
                     "hoist-tile-bounds,order-launches")
 
 OPTION_TYPES = (int, float, bool, str)

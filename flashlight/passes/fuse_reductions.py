@@ -21,12 +21,14 @@ rewritten program with its running values expanded into single-assignment form
 (``y_run[p, j+1] = y_run[p, j] ⊕ g(x_j)``; readers use ``y_run[p, j]`` and ``y_run[p, j+1]``).
 Otherwise the statement opens a new phase: a second pass over the same loop in the same kernel.
 
-A kernel whose running vectors per row (accumulators such as ``P @ V``'s) add up to more than
-``state_limit`` columns cannot keep them in registers. It is split in two when a slice of the
-statements can run first as a kernel of its own: one wide accumulator, what it reads, whoever
-reads a tile of the slice, and whoever reads only the slice's results; the rest follows and reads
-the slice's final per-row values from memory (differential attention at D128: one softmax chain
-per kernel). isl checks that running the slice first runs no dependence backwards.
+Why forming kernels, the online rewrite and the loop roles are one pass: a statement joins a
+phase either as written or through the online rewrite, whether a kernel can keep its tiles in
+registers depends on which (the score tile stays in registers only if its readers share its
+loop), and the grid and serial roles are what isl's check of the fused schedule is about. Taken
+apart, the program between two passes would either read running values outside their loop or a
+pass would have to run the next to learn whether fusing pays. Splitting a kernel whose running
+state is too wide for registers needs none of that: :mod:`flashlight.passes.split_wide_state`
+does it afterwards, on the kernels this pass forms.
 
 The rewritten statement reads the running value and carries the repair factor as its
 ``rescale``; a copy ``y_prev = y`` before the running reduction keeps the old value. For a
@@ -34,7 +36,7 @@ running ``max``, the new value enters ``F`` and the rescale through ``where(y ==
 any finite reference keeps the invariant ``z = ⊕ G(x_j) ⊗ H(ref)``, and while ``y`` is still
 ``-inf`` the accumulator is the identity, so ``exp(-inf - ref) = 0`` repairs it safely.
 
-Legality: fusing, mapping and splitting only reorder statement instances, and each order is
+Legality: fusing and mapping only reorder statement instances, and each order is
 checked with isl against the memory dependences (RAW, WAR, WAW): no dependence runs backwards
 under the fused schedule (``deps ∩ lex_ge(fused) = ∅``) or links two grid points, which run in
 different programs with no order between them. The online rewrite also changes what a statement
@@ -46,7 +48,6 @@ witness or the failed lemma.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -64,16 +65,14 @@ from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
 from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
+from flashlight.passes.residency import local_temps
 from flashlight.passes.online_rescale import _fold_safe, _guard_first_rescale, _safe
 from flashlight.passes.fusion_plan import Group, Layout, Phase, Rec, Running, _records, _roles, analysis_program
 
 
 BLOCK_LIMIT = 256
-# Running vectors a row one kernel may keep (fp32 accumulators summed over its statements). An H100
-# thread holds at most 255 registers; a program of 64 rows on 4 warps spends W/2 of them on W
-# columns a row. Differential attention at D128 keeps two accumulators of 256 columns: fused in
-# one kernel 4.68 ms, best of 24 tile configurations 4.84, where two FlexAttention calls take 3.3.
-STATE_LIMIT = 256
+# A kernel's plan: its group, the rewrites and running values it adds, its proofs.
+Plan = tuple[Group, dict[str, Stmt], dict[str, Running], list[Proof]]
 
 
 @dataclass
@@ -84,9 +83,8 @@ class _Verdict:
 
 
 class _Fuser:
-    def __init__(self, program: Program, recs: list[Rec], block_limit: int, state_limit: int) -> None:
+    def __init__(self, program: Program, recs: list[Rec], block_limit: int) -> None:
         self.program = program
-        self.state_limit = state_limit
         self.recs = recs
         self.block_limit = block_limit
         self.groups: list[Group] = []
@@ -152,7 +150,7 @@ class _Fuser:
         rel = flow if not flow.is_empty() else bad
         return str(rel), witness(rel)
 
-    def plan(self, recs: list[Rec]) -> tuple[Group, dict[str, Stmt], dict[str, Running], list[Proof]] | None:
+    def plan(self, recs: list[Rec]) -> Plan | None:
         roles = _roles(recs, self.block_limit)
         if roles is None:
             return None
@@ -290,8 +288,6 @@ class _Fuser:
 
     def contractible(self, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> bool:
         """Temporaries written and read inside the group must stay in one program's registers."""
-        from flashlight.passes.contract_buffers import local_temps
-
         members = {r.name for r in group.recs}
         mine = {y: info for y, info in running.items() if info.stmt in members}
         nest = emit_group(self.program, group, rewrites, mine)
@@ -306,68 +302,6 @@ class _Fuser:
                 return False
         return True
 
-    def split_state(self, recs: list[Rec]) -> tuple[list[Rec], list[Rec]] | None:
-        """Two kernels for a group whose wide running state exceeds ``state_limit``: the first
-        takes one wide accumulator with its slice (see below), the second the rest, run after it.
-        Legal if the reordered sequence of nests runs no dependence backwards (isl) and both parts
-        plan as kernels; the second reads from the first only per-row values (final reductions,
-        stored to memory: O(rows x columns)), since a statement that reads a tile of the slice's
-        serial loop is taken into the slice."""
-        group = self.groups_pending[0]  # type: ignore[has-type]
-        wide = _wide_state(group)
-        if sum(wide.values()) <= self.state_limit:
-            return None
-        produced = {r.stmt.target.tensor: r for r in recs}
-        by_name = {r.name: r for r in recs}
-
-        def tiled(r: Rec) -> bool:  # its result is a tile of the serial loop, not a value per row
-            return bool(set(group.serial[r.name]) & {i for x in r.stmt.target.indices for i in E.free_iters(x)})
-
-        def reads(r: Rec) -> set[str]:  # the statements of the group whose results r reads
-            return {produced[ld.tensor].name for ld in E.loads(r.stmt.expr) if ld.tensor in produced}
-
-        for w in wide:
-            # the slice: w, what it reads, whoever reads a tile of the slice (tiles never leave the
-            # kernel), and whoever reads the slice's results and nothing of the rest, to a fixed point
-            need: set[str] = set()
-            todo = [w]
-            while todo:
-                n = todo.pop()
-                if n not in need:
-                    need.add(n)
-                    todo += reads(by_name[n])
-                    if tiled(by_name[n]):
-                        todo += [x.name for x in recs if n in reads(x)]
-                if not todo:
-                    todo = [x.name for x in recs if x.name not in need and reads(x) and reads(x) <= need]
-            first = [r for r in recs if r.name in need]
-            rest = [r for r in recs if r.name not in need]
-            if not rest:
-                continue
-            view, deps = self._analysis({r.name for r in recs}, {}, {})
-            order = Layout([], first + rest).schedule(view)
-            bad = violations(deps, order)
-            if not bad.is_empty():
-                self.proofs.append(Proof(
-                    f"split [{', '.join(r.name for r in recs)}] before {rest[0].name}", False,
-                    f"running the slice of {w} first would run a dependence backwards", relation=str(bad),
-                    witness=witness(bad)))
-                continue
-            plans = self.plan(first), self.plan(rest)
-            if plans[0] is None or plans[1] is None:
-                continue
-            crossing = sorted({ld.tensor for r in rest for ld in E.loads(r.stmt.expr)
-                               if ld.tensor in produced and produced[ld.tensor].name in need})
-            self.proofs.append(Proof(
-                f"split [{', '.join(r.name for r in recs)}] into [{', '.join(r.name for r in first)}] "
-                f"and [{', '.join(r.name for r in rest)}]", True,
-                f"one kernel would hold {sum(wide.values())} running values a row "
-                f"({', '.join(f'{s}: {n}' for s, n in wide.items())}; limit {self.state_limit}); the reordered nests "
-                f"run no dependence backwards, and the second kernel reads {', '.join(crossing) or 'nothing'} "
-                "of the first from memory", relation="∅"))
-            return first, rest
-        return None
-
     def program_with(self, nest: Node, running: dict[str, Running]) -> Program:
         tensors = list(self.program.tensors)
         for info in running.values():
@@ -378,65 +312,57 @@ class _Fuser:
 
     def run(self) -> Program:
         current: list[Rec] = []
+        pending: Plan | None = None  # the plan of ``current``
         aside: list[Rec] = []  # statements no dependence connects with the open kernel: they run first
+        aside_plan: Plan | None = None
         for rec in self.recs:
-            if current and _unrelated(current, rec) and not self.keeps_grid(current, rec):
+            if current and _unrelated(current, rec) and not self.keeps_grid(current, rec, pending):
                 # fusing it would only share loads and cost the kernel its grid: it goes aside, into
                 # a kernel of its own before the open one (with the statements set aside after it)
                 joined = self.plan(aside + [rec]) if aside else None
                 if joined is None and aside:
-                    self.hoist(aside, current)
+                    self.hoist(aside, aside_plan, current)
                     aside = []
                 aside = aside + [rec]
-                self.aside_pending = joined or self.plan([rec])
-                assert self.aside_pending is not None, f"{rec.name} cannot even form its own kernel"
+                aside_plan = joined or self.plan([rec])
+                assert aside_plan is not None, f"{rec.name} cannot even form its own kernel"
                 continue
             attempt = self.plan(current + [rec]) if current else None
             if attempt is not None:
-                current = current + [rec]
-                self.groups_pending = attempt
+                current, pending = current + [rec], attempt
                 continue
             if aside:
-                self.hoist(aside, current)
+                self.hoist(aside, aside_plan, current)
                 aside = []
             if current:
-                self.commit(current)
-            current = [rec]
-            single = self.plan(current)
-            assert single is not None, f"{rec.name} cannot even form its own kernel"
-            self.groups_pending = single
+                self.commit(pending)
+            current, pending = [rec], self.plan([rec])
+            assert pending is not None, f"{rec.name} cannot even form its own kernel"
         if aside:
-            self.hoist(aside, current)
+            self.hoist(aside, aside_plan, current)
         if current:
-            self.commit(current)
+            self.commit(pending)
         return self.emit()
 
-    def keeps_grid(self, current: list[Rec], rec: Rec) -> bool:
+    def keeps_grid(self, current: list[Rec], rec: Rec, pending: Plan | None) -> bool:
         roles = _roles(current + [rec], self.block_limit)
-        return roles is not None and roles[0] == self.groups_pending[0].grid
+        return roles is not None and pending is not None and roles[0] == pending[0].grid
 
-    def hoist(self, aside: list[Rec], current: list[Rec]) -> None:
+    def hoist(self, aside: list[Rec], plan: Plan | None, current: list[Rec]) -> None:
         """The statements set aside, as a kernel before the open one: legal because no dependence
         connects them with it (they read nothing it writes and write nothing it touches), and the
         open kernel stays open for the statements after them that continue it (a score matrix and
-        the softmax that reads it, with unrelated projections written between them)."""
-        pending = self.groups_pending
-        self.groups_pending = self.aside_pending
+        the softmax that reads it, with unrelated projections written between them). The open
+        kernel's plan stays valid: a plan adds only its own members' rewrites (commit merges them)."""
         self.proofs.append(Proof(
             f"hoist [{', '.join(r.name for r in aside)}] before [{', '.join(r.name for r in current)}]", True,
             "they read nothing those write and write nothing those read or write: no dependence orders "
             "them, and fusing them would only share loads", relation="∅"))
-        self.commit(aside)
-        self.groups_pending = pending  # a plan adds only its own members' rewrites (commit merges them)
+        self.commit(plan)
 
-    def commit(self, recs: list[Rec]) -> None:
-        split = self.split_state(recs)
-        if split is not None:
-            for part in split:  # planned again: a plan carries the rewrites of the kernels before it
-                self.groups_pending = self.plan(part)
-                self.commit(part)
-            return
-        group, rewrites, running, proofs = self.groups_pending  # type: ignore[has-type]
+    def commit(self, plan: Plan | None) -> None:
+        assert plan is not None
+        group, rewrites, running, proofs = plan
         self.groups.append(group)
         # plans of the kernel set aside and of the open one start from the same committed rewrites
         # and add their own members' (disjoint): the union is what both committed
@@ -496,30 +422,13 @@ def _exprs(r: Rec) -> list[Expr]:
     return [r.stmt.expr, *r.stmt.target.indices, *r.guards] + ([r.stmt.scale] if r.stmt.scale is not None else [])
 
 
-def _wide_state(group: Group) -> dict[str, int]:
-    """Per running reduction over a serial loop that keeps a vector a row (an attention
-    accumulator), the length of that vector: its block iterators' extents."""
-    out = {}
-    for r in group.recs:
-        serial = set(group.serial[r.name])
-        if not serial or not r.stmt.is_reduction:
-            continue
-        target = {i for x in r.stmt.target.indices for i in E.free_iters(x)}
-        if target & serial:
-            continue
-        cols = math.prod(r.extent(it) for it in group.block[r.name] if it in target)
-        if cols > 1:
-            out[r.name] = cols
-    return out
-
-
 def _maps(u: isl.UnionMap) -> list[isl.Map]:
     out: list[isl.Map] = []
     u.foreach_map(out.append)
     return out
 
 
-def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT, state_limit: int = STATE_LIMIT) -> Program:
+def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT) -> Program:
     """Group the program's nests into kernels (see the module docstring)."""
     recs = _records(program)
     if recs is None:
@@ -530,7 +439,7 @@ def fuse_reductions(program: Program, block_limit: int = BLOCK_LIMIT, state_limi
             "seq loops walked (the tiled schedule is checked by tile)"))
     if not recs:
         return program
-    return _Fuser(program, recs, block_limit, state_limit).run()
+    return _Fuser(program, recs, block_limit).run()
 
 
 def map_nest(nest: Node, block_limit: int) -> Node:
@@ -564,9 +473,6 @@ class FuseReductions(Pass):
     name: ClassVar[str] = "fuse-reductions"
     block_limit: int = option(BLOCK_LIMIT, "largest extent of an iterator kept whole inside one program (a "
                                            "@block loop); a longer one is walked in tiles (@serial)")
-    state_limit: int = option(STATE_LIMIT, "most columns of running vectors (accumulators) a row that one kernel "
-                                           "keeps in registers; a kernel that needs more is split in two where "
-                                           "isl allows")
 
     def apply(self, program: Program) -> Program:
-        return fuse_reductions(program, block_limit=self.block_limit, state_limit=self.state_limit)
+        return fuse_reductions(program, block_limit=self.block_limit)
