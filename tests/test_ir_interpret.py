@@ -161,6 +161,25 @@ def test_online_max_rescale() -> None:
     assert run1(prog, x=x)[()] == expected == 2.0
 
 
+def test_fold_scale_folds_then_scales() -> None:
+    """``m max= x then * c`` is ``max(x) * c``, bit for bit the fold of ``x * c`` (c > 0: rounding
+    is monotonic); NaN propagates, and min= scales its fold too."""
+    from dataclasses import replace
+
+    x = (np.random.default_rng(7).standard_normal((3, 7)) * 1e3).astype(np.float32)
+    x[2, 4] = np.nan
+    c = f32(0.1)
+    for op, fold in (("max=", np.max), ("min=", np.min)):
+        scaled = stmt("S", ld("m", "i"), op, mul(ld("x", "i", "j"), c))
+        prog = program([inp("x", "f32", 3, 7), out("m", "f32", 3)], loop("i", 0, 3, loop("j", 0, 7, scaled, kind="reduce")))
+        after = program(list(prog.tensors), loop("i", 0, 3, loop("j", 0, 7, replace(scaled, expr=ld("x", "i", "j"),
+                                                                                      fold_scale=c), kind="reduce")))
+        got = run1(after, x=x)
+        np.testing.assert_array_equal(got, run1(prog, x=x))
+        np.testing.assert_array_equal(got[:2], fold(x[:2], axis=1) * np.float32(0.1))
+        assert np.isnan(got[2])
+
+
 def test_causal_guard_restricts_max() -> None:
     x = np.random.default_rng(3).standard_normal((5, 5)).astype(np.float32)
     guarded = program(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 
@@ -364,8 +365,8 @@ HEAD = "program p(x: f32[4]) -> (o: f32[4])\n"
     (HEAD + "  S1: o[0] -= 1.0", 2, 12,
      "expected an assignment operator (=, +=, *=, max=, min=), found '-'"),
     (HEAD + "  S1: o = 1.0", 2, 7, "expected a target 'tensor[indices]', found 'o'"),
-    (HEAD + "  S1: o[0] = 1.0 scale 2.0", 2, 18, "expected 'rescale', 'as dot over', end of line, found 'scale'"),
-    (HEAD + "  S1: o[0] = 1.0 rescale 2.0)", 2, 29, "expected 'as dot over', end of line, found ')'"),
+    (HEAD + "  S1: o[0] = 1.0 scale 2.0", 2, 18, "expected 'then *', 'rescale', 'as dot over', 'as nan fixup', end of line, found 'scale'"),
+    (HEAD + "  S1: o[0] = 1.0 rescale 2.0)", 2, 29, "expected 'then *', 'as dot over', 'as nan fixup', end of line, found ')'"),
     (HEAD + "  S1: o[0] = foo(1.0)", 2, 14, "unknown function 'foo'; expected one of exp,"),
     (HEAD + "  S1: o[0] = add(1.0, 2.0)", 2, 14, "unknown function 'add'; write the operator '+' instead"),
     (HEAD + "  S1: o[0] = exp(1.0, 2.0)", 2, 14, "function 'exp' takes 1 argument, found 2"),
@@ -446,3 +447,64 @@ program p(x: f32[4,8]) -> (out: f32[4,8])
     with pytest.raises(VerificationError, match="local tensor 'n' is touched by top-level nests 0, 1"):
         verify(parse_program(text))
     verify(parse_program(text.replace("local n", "buffer n")))
+
+
+SCALED_MAX_AND_FIXUP = """\
+program p(S: f32[2,8,8]) -> (o: f32[2,8])
+  buffer m: f32[2,8]
+  buffer l: f32[2,8]
+  for h in 0:2 parallel tile 1 @grid, i in 0:8 parallel tile 4 @grid
+    for j in 0:8 reduce tile 4 @serial state [running m] superseded [l]
+      if j < i
+        M: m[h,i] max= S[h,i,j] then * 0.125
+      if j < i
+        L: l[h,i] += exp(S[h,i,j] * 0.125 - m[h,i])
+    L_empty: l[h,i] = where(i >= 1 & m[h,i] == -inf, nan, l[h,i]) as nan fixup
+    O: o[h,i] = l[h,i]"""
+
+
+def test_fold_scales_fixup_tags_and_superseded_stores_round_trip_and_verify() -> None:
+    from flashlight.ir import verify
+    from flashlight.ir.nodes import NanFixup, walk_loops
+
+    prog = verify(parse_program(SCALED_MAX_AND_FIXUP))
+    assert str(prog) == SCALED_MAX_AND_FIXUP
+    stmts = {s.name: s for s in prog.statements()}
+    assert stmts["M"].fold_scale == Const(0.125, "f32") and stmts["M"].expr == Load("S", (Iter("h"), Iter("i"), Iter("j")))
+    assert stmts["L_empty"].tag == NanFixup() and stmts["L"].tag is None
+    assert [l.superseded for l in walk_loops(prog.body) if l.mapping == "serial"] == [("l",)]
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("then * 0.125", "then * -0.125", "'then * -0.125' needs a max= or min= of floats and a positive finite constant"),
+    ("then * 0.125", "then * inf", "needs a max= or min= of floats and a positive finite constant"),
+    ("L: l[h,i] += exp(S[h,i,j] * 0.125 - m[h,i])", "L: l[h,i] += exp(S[h,i,j] - m[h,i]) then * 0.125",
+     "'then * 0.125' needs a max= or min="),
+    ("m[h,i] == -inf, nan", "m[h,i] == 0.0, nan", "tagged 'as nan fixup' but not of the form"),
+    ("where(i >= 1 & m[h,i] == -inf, nan, l[h,i])", "where(m[h,i] == -inf, 0.0, l[h,i])", "not of the form"),
+    ("where(i >= 1 & m[h,i] == -inf, nan, l[h,i])", "where(m[h,i] == -inf, nan, l[h,0])", "not of the form"),
+    # the fixup's tag, not its shape, makes it one: untagged, it supersedes nothing
+    (" as nan fixup", "", "no NaN fixup of all of l[h,i] follows the loop"),
+    ("    L_empty:", "    P: o[h,i] = l[h,i]\n    L_empty:", "no NaN fixup of all of l[h,i] follows the loop"),
+    ("    L_empty:", "    if i >= 2\n      L_empty:", "no NaN fixup of all of l[h,i] follows the loop"),
+    ("superseded [l]", "superseded [m, o]", "superseded o is no accumulator the loop carries"),
+])
+def test_verifier_rejects_malformed_fold_scales_fixups_and_superseded_stores(old: str, new: str, message: str) -> None:
+    from flashlight.ir import VerificationError, verify
+
+    assert old in SCALED_MAX_AND_FIXUP
+    with pytest.raises(VerificationError, match=re.escape(message)):
+        verify(parse_program(SCALED_MAX_AND_FIXUP.replace(old, new)))
+
+
+def test_a_fixup_after_an_enclosing_loop_supersedes_no_store() -> None:
+    """The loop runs again in the next iteration of a loop around it, before the fixup: the fixup
+    does not follow each of its runs, so each run's store is needed."""
+    from flashlight.ir import VerificationError, verify
+
+    lines = SCALED_MAX_AND_FIXUP.splitlines()
+    k = next(n for n, line in enumerate(lines) if line.startswith("    for j"))
+    nested = lines[:k] + ["    for k in 0:2 seq"] + ["  " + line for line in lines[k:k + 5]] + lines[k + 5:]
+    text = "\n".join(nested)
+    with pytest.raises(VerificationError, match=re.escape("no NaN fixup of all of l[h,i] follows the loop")):
+        verify(parse_program(text))

@@ -27,9 +27,9 @@ program row_max(S: f32[64,128]) -> (m: f32[64])
       M: m[i] max= S[i,j]
 """
 BUILT_IN = ["inline", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
-            "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "tile", "spread-conversions",
-            "tile-ranges",
-            "hoist-tile-bounds", "order-launches"]
+            "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "tile",
+            "scale-after-fold", "spread-conversions", "tile-ranges", "hoist-tile-bounds", "order-launches",
+            "supersede-stores"]
 
 
 # {{{ what every registered pass has

@@ -155,6 +155,7 @@ def test_differential_with_wide_values_takes_one_kernel_per_softmax_chain():
     assert sorted(b.shape for b in ex.buffers) == [(1, 2, 40), (2, 40, 160)], "a sum and an accumulator per row"
     stores = [line.split("_ptr")[0] for line in ex.kernels[0].source.splitlines() if "tl.store(" in line]
     assert sorted(stores) == sorted(set(stores)) and len(stores) == 2, "each stored once, after its NaN fixup"
+    assert "superseded [sum_1, bmm_2_sum]" in ex.stages[-1][1], "supersede-stores decided it, code generation read it"
     ref = differential(*[a.double() for a in args])
     assert relerr(flashlight.compile(differential)(*args), ref) < 1e-5
 

@@ -4,7 +4,7 @@ One ``for`` per tile range the tile pass listed (tiles where every affine guard 
 without affine mask code), split further where data-dependent guards are bounded per tile at
 run time (:mod:`flashlight.codegen.tile_scan`). Reductions whose target does not vary along the
 loop carry an accumulator: it starts at the combiner's identity before the first tile and is
-stored after the last.
+stored after the last, unless the loop lists it as superseded (the NaN fixup after it stores it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import TL_DTYPE, literal
-from flashlight.codegen.walks import assigned_again
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Const, Expr, Iter
@@ -78,8 +77,8 @@ class SerialLoops(KernelState):
         self.tile_bounds = {}
         for acc in carried:  # a global accumulator is stored once it is complete
             self.open_accumulators.discard(acc.target.tensor)
-            if self.program.tensor(acc.target.tensor).storage != "local" \
-                    and not assigned_again(self.phases, loop, acc.target):
+            # a superseded accumulator is stored by the NaN fixup after the loop (supersede-stores)
+            if self.program.tensor(acc.target.tensor).storage != "local" and acc.target.tensor not in loop.superseded:
                 self.store(acc, self.registers[acc.target.tensor], scope, ())
 
     def open_tile(self, loop: Loop, scope: Scope) -> Scope:

@@ -1,7 +1,8 @@
 """Statements: an assignment (to a register, to memory or both), or a reduction: a tile folded
 along the reduced axes (``tl.sum``/``_nanmax``/...) after points outside the domain (tails,
 guards) are replaced by the combiner's identity, then combined into its accumulator
-(``acc = acc * rescale + tile`` for an online sum) or assigned.
+(``acc = acc * rescale + tile`` for an online sum) or assigned. A fold scale
+(scale-after-fold) multiplies the folded tile.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from flashlight.codegen.operators import TL_DTYPE, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Call, Const, Expr
+from flashlight.ir.expr import Const, Expr
 from flashlight.ir.nodes import Stmt
 
 # Triton's fold of a whole axis for each combiner's reduction (NaN-propagating max and min, as torch's
@@ -65,11 +66,7 @@ class Statements(KernelState):
     def fold(self, s: Stmt, red: tuple[str, ...], scope: Scope, guards: tuple[Expr, ...]) -> Value:
         """The tile of ``s``'s expression folded along the reduced axes ``red``."""
         dt = self.program.tensor(s.target.tensor).dtype
-        expr, post = s.expr, None
-        if s.op in ("max=", "min=") and isinstance(expr, Call) and expr.op == "mul" and \
-                isinstance(expr.args[1], Const) and float(expr.args[1].value) > 0:
-            # max_j(x_j * c) == max_j(x_j) * c exactly for c > 0 (rounding is monotonic)
-            expr, post = expr.args[0], expr.args[1]
+        expr = s.expr
         v = self.value(expr, scope)
         # the folded tile spans the value's axes, the reduced ones and those its guards read
         guard_axes = {a for g in guards for a in E.free_iters(g) if a in self.axes}
@@ -90,8 +87,8 @@ class Statements(KernelState):
             k = axes.index(a)
             code = f"{fold}({code}, axis={k})"
             axes = axes[:k] + axes[k + 1:]
-        if post is not None:
-            code = f"{code} * {literal(post)}"
+        if s.fold_scale is not None:  # scale-after-fold: the fold, then the scale
+            code = f"{code} * {literal(s.fold_scale)}"
         return Value(code, axes, dt)
 
     def accumulate(self, s: Stmt, tile: Value, scope: Scope) -> None:

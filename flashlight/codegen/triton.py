@@ -28,7 +28,6 @@ The kernel is one class made of mixins over a shared state, one module per part:
 * :mod:`~flashlight.codegen.memory`: indices, pointers, masked loads and stores;
 * :mod:`~flashlight.codegen.expressions`: values, hoisting, pointwise calls and casts;
 * :mod:`~flashlight.codegen.operators`: Triton's spelling of dtypes, constants and operators;
-* :mod:`~flashlight.codegen.walks`: walks of the loop nest;
 * :mod:`~flashlight.codegen.kernel_source`: what code generation hands back (and its error).
 """
 

@@ -13,7 +13,8 @@ Semantics, exactly as the tree says (see :mod:`flashlight.ir.nodes`):
   A ``Stmt`` evaluates its target's indices, its expression and its scale, reads the target
   element and writes the combined value: ``=`` overwrites; ``+=``, ``*=``, ``max=``, ``min=``
   fold; with a scale, ``t = t*scale + expr`` for ``+=`` and ``t = max(t + scale, expr)`` for
-  ``max=``.
+  ``max=``. A fold scale ``c`` multiplies each fold of ``expr``: the interpreter folds one instance
+  at a time, so it folds ``expr * c``.
 * Initial contents: every element of a tensor that some reduction statement targets starts at
   that combiner's identity (:meth:`flashlight.ir.combiners.Combiner.identity`) for the tensor's dtype;
   every other temporary and output starts as NaN (floats), 0 (integers) or false (``b1``), so
@@ -440,7 +441,11 @@ class _Machine:
         index = self.index(s.target, where)
         dtype = self.dtypes[s.target.tensor]
         arr = self.arrays[s.target.tensor]
-        value = self.expr(s.expr, where, dtype)
+        if s.fold_scale is not None and s.op not in ("max=", "min="):
+            raise ValueError(f"{where}: only max= and min= fold, then scale")
+        # the fold of one instance is its value: folding, then scaling, one instance at a time is
+        # folding ``expr * c`` (in expr's dtype, as code generation multiplies the folded tile)
+        value = self.expr(s.expr if s.fold_scale is None else Call("mul", (s.expr, s.fold_scale)), where, dtype)
         if s.op == "=":
             if s.scale is not None:
                 raise ValueError(f"{where}: an assignment cannot be rescaled")

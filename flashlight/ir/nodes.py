@@ -11,7 +11,12 @@ combiner (``+=``, ``*=``, ``max=``, ``min=``) folds. Every element that a reduct
 folds into starts at the combiner's identity. A reduction with a ``scale`` is an *online*
 reduction: each step first rescales the accumulator, ``t = t*scale + expr`` for ``+=`` and
 ``t = max(t + scale, expr)`` for ``max=`` (the partner operation of the combiner). A statement
-marked ``as dot over r`` is a matrix product of two tiles summed over ``r`` (after tiling).
+marked ``as dot over r`` is a matrix product of two tiles summed over ``r`` (after tiling). A
+``max=``/``min=`` reduction with a ``fold_scale`` (``m[i] max= x[i,j] then * 0.125``) multiplies
+every fold of ``expr`` by that positive constant (scale-after-fold): a tile is folded, then
+scaled, which is what folding ``expr * c`` gives, exactly. A statement tagged ``as nan fixup``
+is the assignment ``z = where(... y == -inf, nan, z)`` that gives a row whose maximum ``y``
+stayed ``-inf`` eager's NaN (:class:`NanFixup`).
 
 After tiling, a loop carries its tile size (one per iterator within a top-level nest, which
 becomes one kernel: sibling loops over one iterator share their tile), and after mapping it
@@ -20,8 +25,9 @@ says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over til
 and which of them need no masks: a proved fact about the domain, not a change of meaning; it may
 also list per-tile bounds of data that its guards read, another fact. A grid loop may say in
 which order its programs are launched (``launch heaviest-first group G``), and a serial loop
-what online state it carries (``state [running m; previous m_prev; rescaled l, acc]``). A ``local`` tensor lives in registers of one program;
-every other temporary is a global ``buffer``.
+what online state it carries (``state [running m; previous m_prev; rescaled l, acc]``), and
+which of its accumulators the NaN fixup after it stores (``superseded [l]``: another fact). A
+``local`` tensor lives in registers of one program; every other temporary is a global ``buffer``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from functools import cached_property
 from typing import Union
 
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Expr, Load, loads
+from flashlight.ir.expr import Const, Expr, Load, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
 MAPPINGS = ("grid", "serial", "block")
@@ -57,6 +63,16 @@ class TensorDecl:
 
 
 @dataclass(frozen=True)
+class NanFixup:
+    """Tags ``z = where(c, nan, z)`` with ``c`` ending in ``y == -inf`` (``rows & y == -inf``): the
+    statement that gives eager's NaN to the rows of a reduction ``z`` where the maximum ``y`` it
+    reads stayed -inf (a row with no unmasked point), which the rewritten reduction left at its
+    identity. Only :func:`flashlight.passes.tree.nan_fixup` makes one; passes recognise the
+    statement by this tag, never by its shape, and the verifier checks that the tagged statement
+    has the builder's form."""
+
+
+@dataclass(frozen=True)
 class Stmt:
     name: str
     target: Load
@@ -66,6 +82,11 @@ class Stmt:
     # After tiling: the reduced iterator of a matrix product of two tiles (``acc[m,n] += A[m,r] *
     # B[r,n]``), which the code generator emits as one tl.dot (the tile pass marks it).
     dot: str | None = None
+    # For max=/min=: a positive constant that every fold of ``expr`` is multiplied by after the
+    # fold (scale-after-fold): ``max_j(x_j * c) = max_j(x_j) * c``, one multiply per row, not per point.
+    fold_scale: Const | None = None
+    # What the statement is for, where passes must know it (only NanFixup, from tree.nan_fixup).
+    tag: NanFixup | None = None
 
     @property
     def is_reduction(self) -> bool:
@@ -143,6 +164,9 @@ class Loop:
     launch: HeaviestFirst | None = None
     # For a serial loop: the online state it carries (fuse-reductions).
     state: OnlineState | None = None
+    # For a serial loop: the global accumulators it carries whose store after the last tile
+    # is left to the NaN fixup that overwrites all of them next (supersede-stores).
+    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,12 +275,14 @@ def walk_loops(body: tuple[Node, ...]) -> Iterator[Loop]:
 
 def node_exprs(node: Node) -> Iterator[Expr]:
     """Every expression a node and its descendants evaluate: loop bounds, tile ranges and bounds,
-    guard conditions, statement targets, values and rescales."""
+    guard conditions, statement targets, values, rescales and fold scales."""
     if isinstance(node, Stmt):
         yield node.target
         yield node.expr
         if node.scale is not None:
             yield node.scale
+        if node.fold_scale is not None:
+            yield node.fold_scale
         return
     if isinstance(node, Loop):
         yield node.lower
@@ -287,3 +313,38 @@ def grid_chain(nest: Node) -> list[Loop]:
             break
         node = node.body[0]
     return chain
+
+
+def fixup_after(nest: Node, loop: Loop, target: Load) -> Stmt | None:
+    """The NaN fixup that overwrites all of ``target`` right after ``loop``, a loop of the kernel
+    ``nest`` (a top-level nest): the first statement after the loop that touches ``target``'s
+    tensor, if it is an unguarded statement tagged :class:`NanFixup` that assigns exactly
+    ``target``, within the loops that enclose ``loop`` below the grid (which may repeat it); None
+    otherwise. That fixup stores every element the loop's accumulator would, before anything
+    reads it: what lets supersede-stores drop the accumulator's store, and the verifier check it."""
+    grid = grid_chain(nest)
+    after = False
+
+    def walk(nodes: tuple[Node, ...], guarded: bool) -> Stmt | bool | None:
+        nonlocal after
+        for n in nodes:
+            if n is loop:
+                after = True
+            elif isinstance(n, Stmt) and after:
+                if isinstance(n.tag, NanFixup) and n.target == target and not guarded:
+                    return n
+                if target.tensor in tensors_touched(n):
+                    return False  # read or written first: the accumulator's store is needed
+            elif isinstance(n, Guard) and after and any(ld.tensor == target.tensor for ld in loads(n.cond)):
+                return False
+            elif isinstance(n, (Loop, Guard)):
+                before = after
+                found = walk(n.body, guarded or isinstance(n, Guard))
+                if found is not None:
+                    return found
+                if isinstance(n, Loop) and after and not before:
+                    return False  # leaving a loop around ``loop``: its next iteration comes first
+        return None
+
+    found = walk(grid[-1].body if grid else (nest,), False)
+    return found if isinstance(found, Stmt) else None

@@ -5,9 +5,9 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ tiles [...]][ bounds [...]], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ superseded [...]][ tiles [...]][ bounds [...]], IT2 in ...
         if COND
-          NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]
+          NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup]
 
 Indentation is two spaces per level; a ``for`` or ``if`` line opens a block (empty when no
 deeper line follows, as the printer prints an empty body), and several comma-separated items
@@ -34,7 +34,9 @@ expected and what was found.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
@@ -44,12 +46,13 @@ from flashlight.ir.expr import (
 )
 from flashlight.ir.lexer import ParseError, Token, tokenize
 from flashlight.ir.nodes import (
-    LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, Node, OnlineState, Program, Stmt, TensorDecl, TileBound, TileRange,
+    LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, NanFixup, Node, OnlineState, Program, Stmt, TensorDecl, TileBound, TileRange,
 )
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
 INDENT = 2  # spaces per nesting level
+T = TypeVar("T")
 
 
 # {{{ operator tables
@@ -66,8 +69,6 @@ _NAMED_LITERALS: dict[str, Const] = {
 _COMPARISON_PREC = INFIX["lt"][1]
 
 # }}}
-
-
 
 
 # {{{ line parser
@@ -224,39 +225,10 @@ class _LineParser:
             self.expect("group", "after 'launch heaviest-first'")
             launch = HeaviestFirst(self.expect_int("the number of interleaved outer grid indices"))
         state = self.online_state() if self.at("state") else None
-        ranges: list[TileRange] = []
-        if self.at("tiles"):
-            self.next()
-            self.expect("[", "before the tile ranges")
-            while True:
-                lo = self.expr()
-                self.expect(":", "between a tile range's bounds")
-                hi = self.expr()
-                tok = self.peek()
-                if not (tok.kind == "name" and tok.text in ("full", "masked")):
-                    raise self.expected("'full' or 'masked' after a tile range")
-                ranges.append(TileRange(lo, hi, self.next().text == "masked"))
-                if self.at(","):
-                    self.next()
-                    continue
-                self.expect("]", "after the tile ranges")
-                break
-        bounds: list[TileBound] = []
-        if self.at("bounds"):
-            self.next()
-            self.expect("[", "before the tile bounds")
-            while True:
-                operand = self.load_expr("a tile bound's operand 'tensor[indices]'")
-                self.expect("in", "after a tile bound's operand")
-                least = self.load_expr("a tile bound's lower bound 'tensor[indices]'")
-                self.expect(":", "between a tile bound's lower and upper bound")
-                most = self.load_expr("a tile bound's upper bound 'tensor[indices]'")
-                bounds.append(TileBound(operand, least, most))
-                if self.at(","):
-                    self.next()
-                    continue
-                self.expect("]", "after the tile bounds")
-                break
+        superseded = self.bracketed("superseded accumulators", lambda: self.expect_name("an accumulator")) \
+            if self.at("superseded") else []
+        ranges = self.bracketed("tile ranges", self.tile_range) if self.at("tiles") else []
+        bounds = self.bracketed("tile bounds", self.tile_bound) if self.at("bounds") else []
         if not (self.at(",") or self.peek().kind == "end"):
             what = "',' or end of line"
             if tile is None and mapping is None:
@@ -264,7 +236,45 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state)
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state,
+                    tuple(superseded))
+
+    def names(self, what: str) -> list[str]:
+        """``A, B, ...``: one name or more, separated by commas."""
+        out = [self.expect_name(what)]
+        while self.at(","):
+            self.next()
+            out.append(self.expect_name(what))
+        return out
+
+    def bracketed(self, what: str, item: Callable[[], T]) -> list[T]:
+        """``KEYWORD [ITEM, ...]``: a loop annotation of one item or more."""
+        self.expect("[", f"after '{self.next().text}'")
+        out = [item()]
+        while self.at(","):
+            self.next()
+            out.append(item())
+        self.expect("]", f"after the {what}")
+        return out
+
+    def tile_range(self) -> TileRange:
+        """``A:B full`` or ``A:B masked``."""
+        lo = self.expr()
+        self.expect(":", "between a tile range's bounds")
+        hi = self.expr()
+        tok = self.peek()
+        if not (tok.kind == "name" and tok.text in ("full", "masked")):
+            raise self.expected("'full' or 'masked' after a tile range")
+        return TileRange(lo, hi, self.next().text == "masked")
+
+    def tile_bound(self) -> TileBound:
+        """``X in L:H``."""
+        operand = self.load_expr("a tile bound's operand 'tensor[indices]'")
+        self.expect("in", "after a tile bound's operand")
+        least = self.load_expr("a tile bound's lower bound 'tensor[indices]'")
+        self.expect(":", "between a tile bound's lower and upper bound")
+        most = self.load_expr("a tile bound's upper bound 'tensor[indices]'")
+        return TileBound(operand, least, most)
 
     def online_state(self) -> OnlineState:
         """``state [running A, ...; previous B, ...; rescaled C, ...]`` (each part optional, in order)."""
@@ -275,17 +285,14 @@ class _LineParser:
             if not self.at(key):
                 continue
             self.next()
-            parts[key] = [self.expect_name(f"a {key} tensor")]
-            while self.at(","):
-                self.next()
-                parts[key].append(self.expect_name(f"a {key} tensor"))
+            parts[key] = self.names(f"a {key} tensor")
             if not self.at("]"):
                 self.expect(";", "between the parts of a loop's state")
         self.expect("]", "after the loop's state (running ...; previous ...; rescaled ...)")
         return OnlineState(*(tuple(parts.get(k, ())) for k in ("running", "previous", "rescaled")))
 
     def stmt(self) -> Stmt:
-        """``NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]``."""
+        """``NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup]``."""
         name = self.expect_name("a statement name")
         self.expect(":", "after the statement name")
         tok = self.peek()
@@ -298,20 +305,37 @@ class _LineParser:
         else:
             raise self.expected(f"an assignment operator ({', '.join(ASSIGN_OPS)})")
         value = self.expr()
+        fold_scale = self.fold_scale() if self.at("then") else None
         scale = None
         if self.at("rescale"):
             self.next()
             scale = self.expr()
-        dot = None
-        if self.at("as"):
+        dot, tag = None, None
+        if self.at("as") and self.at("dot", 1):
             self.next()
-            self.expect("dot", "after 'as' (a statement is marked 'as dot over ITERATOR')")
+            self.next()
             self.expect("over", "in 'as dot over ITERATOR'")
             dot = self.expect_name("the reduced iterator of the matrix product")
+        if self.at("as"):
+            self.next()
+            self.expect("nan", "after 'as' (a statement is marked 'as dot over ITERATOR' or 'as nan fixup')")
+            self.expect("fixup", "in 'as nan fixup'")
+            tag = NanFixup()
         if self.peek().kind != "end":
-            raise self.expected(("'rescale', " if scale is None else "") + ("'as dot over', " if dot is None else "")
-                                + "end of line")
-        return Stmt(name, target, op, value, scale, dot)
+            missing = [w for w, v in (("'then *'", fold_scale), ("'rescale'", scale), ("'as dot over'", dot),
+                                      ("'as nan fixup'", tag)) if v is None]
+            raise self.expected(", ".join(missing + ["end of line"]))
+        return Stmt(name, target, op, value, scale, dot, fold_scale, tag)
+
+    def fold_scale(self) -> Const:
+        """``then * C``: the constant a reduction's folds are multiplied by."""
+        self.next()
+        self.expect("*", "after 'then' (a reduction's folds are scaled by 'then * CONSTANT')")
+        tok = self.peek()
+        c = self.unary()
+        if not isinstance(c, Const):
+            raise self.error("expected a constant after 'then *'", tok)
+        return c
 
     # }}}
 

@@ -8,7 +8,7 @@
       for i0 in 0:2 parallel, i1 in 0:7 parallel
         for i2 in 0:5 reduce
           if i2 <= i1
-            S1: m[i0,i1] max= s[i0,i1,i2] * 0.5
+            S1: m[i0,i1] max= s[i0,i1,i2] then * 0.5
 
 Perfectly nested loops of the same kind and mapping share one ``for`` line. Operators use
 the precedence ``| < & < comparisons < + - < * / // % < unary``; a literal whose dtype is not
@@ -92,6 +92,8 @@ def _loop_item(loop: Loop) -> str:
                  (("running", loop.state.running), ("previous", loop.state.previous), ("rescaled", loop.state.rescaled))
                  if names]
         text += f" state [{'; '.join(parts)}]"
+    if loop.superseded:
+        text += f" superseded [{', '.join(loop.superseded)}]"
     if loop.ranges:
         items = [f"{format_expr(r.lower)}:{format_expr(r.upper)} {'masked' if r.masked else 'full'}"
                  for r in loop.ranges]
@@ -104,10 +106,14 @@ def _loop_item(loop: Loop) -> str:
 
 def format_stmt(s: Stmt) -> str:
     text = f"{s.name}: {format_expr(s.target)} {s.op} {format_expr(s.expr)}"
+    if s.fold_scale is not None:
+        text += f" then * {format_expr(s.fold_scale)}"
     if s.scale is not None:
         text += f" rescale {format_expr(s.scale)}"
     if s.dot is not None:
         text += f" as dot over {s.dot}"
+    if s.tag is not None:
+        text += " as nan fixup"
     return text
 
 

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import math
+
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
-from flashlight.ir.expr import Call, Expr, Iter, Load, dtype_of, free_iters, walk
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load, dtype_of, free_iters, walk
 from flashlight.ir.isl_build import is_quasi_affine, isl_name
-from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, Node, Program, Stmt,
-                                 tensors_touched, walk_stmts)
+from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, NanFixup, Node, Program, Stmt,
+                                 fixup_after, tensors_touched, walk_loops, walk_stmts)
 
 
 class VerificationError(ValueError):
@@ -44,6 +46,7 @@ def verify(program: Program) -> Program:
     for nest in program.body:
         _verify_one_tile_per_iterator(nest, errors)
     _verify_locals_stay_in_one_nest(program, errors)
+    _verify_superseded(program, errors)
     for t in program.outputs:
         if t.name not in written:
             errors.append(f"output {t.name!r} is never written")
@@ -66,6 +69,24 @@ def _verify_locals_stay_in_one_nest(program: Program, errors: list[str]) -> None
         if len(nests) > 1:
             errors.append(f"local tensor {t!r} is touched by top-level nests {', '.join(map(str, nests))}: "
                           "registers of one kernel cannot be read by another")
+
+
+def _verify_superseded(program: Program, errors: list[str]) -> None:
+    """A loop leaves an accumulator's store to a NaN fixup only if it carries the accumulator and
+    the fixup overwrites all of it right after the loop, in the same kernel (a top-level nest)."""
+    for nest in program.body:
+        for loop in walk_loops((nest,)):
+            where = f"loop {loop.iterator}"
+            if loop.superseded and loop.mapping != "serial":
+                errors.append(f"{where}: only serial loops leave accumulators to a fixup")
+            for name in loop.superseded:
+                carried = [s.target for s, _, _ in walk_stmts(loop.body) if s.is_reduction
+                           and s.target.tensor == name and loop.iterator not in free_iters(s.target)]
+                if not carried:
+                    errors.append(f"{where}: superseded {name} is no accumulator the loop carries")
+                elif fixup_after(nest, loop, carried[0]) is None:
+                    errors.append(f"{where}: no NaN fixup of all of {carried[0]} follows the loop before "
+                                  f"{name} is read or written: its store is not superseded")
 
 
 def _verify_one_tile_per_iterator(nest: Node, errors: list[str]) -> None:
@@ -187,9 +208,39 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
         if not product or s.dot not in bound or not all(s.dot in free_iters(a) for a in s.expr.args):
             errors.append(f"{where}: 'as dot over {s.dot}' needs a sum (+=) of a product whose two factors "
                           f"read {s.dot}, an enclosing loop's iterator")
+    if s.fold_scale is not None:
+        _verify_fold_scale(s, t.dtype, where, errors)
+    if s.tag is not None:
+        _verify_nan_fixup(program, s, where, errors)
     try:
         et = dtype_of(s.expr, program.dtypes)
     except KeyError:
         return
     if et != t.dtype:
         errors.append(f"{where}: assigns a {et} value to {t.name}: {t.dtype}; insert a cast")
+
+
+def _verify_fold_scale(s: Stmt, dtype: str, where: str, errors: list[str]) -> None:
+    """``then * c`` is exact only where scaling commutes with the fold: a max or min of floats
+    (rounding is monotonic) by a positive finite constant (a negative one swaps max and min,
+    inf makes 0 * inf = nan, and integers wrap around)."""
+    c = s.fold_scale
+    positive = isinstance(c, Const) and isinstance(c.value, float) and math.isfinite(c.value) and c.value > 0
+    if s.op not in ("max=", "min=") or not dtypes.is_float(dtype) or not positive:
+        errors.append(f"{where}: 'then * {c}' needs a max= or min= of floats and a positive finite constant")
+
+
+def _verify_nan_fixup(program: Program, s: Stmt, where: str, errors: list[str]) -> None:
+    """A statement tagged as the NaN fixup has the form :func:`flashlight.passes.tree.nan_fixup`
+    builds: ``z = where(y == -inf, nan, z)`` or ``z = where(rows & y == -inf, nan, z)``."""
+    e = s.expr
+    ok = isinstance(s.tag, NanFixup) and s.op == "=" and isinstance(e, Call) and e.op == "where" \
+        and isinstance(e.args[1], Const) and isinstance(e.args[1].value, float) and math.isnan(e.args[1].value) \
+        and e.args[2] == s.target
+    cond = e.args[0] if ok else None
+    if isinstance(cond, Call) and cond.op == "and":
+        cond = cond.args[1]
+    ok = ok and isinstance(cond, Call) and cond.op == "eq" and isinstance(cond.args[0], Load) \
+        and cond.args[1] == Const(-math.inf, program.dtypes.get(cond.args[0].tensor, ""))
+    if not ok:
+        errors.append(f"{where}: tagged 'as nan fixup' but not of the form z = where([rows &] y == -inf, nan, z)")

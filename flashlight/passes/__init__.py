@@ -25,8 +25,10 @@ from flashlight.passes.masks_to_domains import masks_to_domains
 from flashlight.passes.order_launches import order_launches
 from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
+from flashlight.passes.scale_after_fold import scale_after_fold
 from flashlight.passes.split_wide_state import split_wide_state
 from flashlight.passes.spread_conversions import spread_conversions
+from flashlight.passes.supersede_stores import supersede_stores
 from flashlight.passes.tile import tile
 from flashlight.passes.tile_ranges import tile_ranges
 
@@ -38,5 +40,6 @@ __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "Pass", "configure", "contract_buffers", "defer_normalization", "elide_roundings",
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
     "masks_to_domains", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
-    "resolve_pipeline", "restrict_to_demand", "run_pipeline", "split_wide_state", "spread_conversions", "tile", "tile_ranges",
+    "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_wide_state",
+    "spread_conversions", "supersede_stores", "tile", "tile_ranges",
 ]

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, NanFixup, Node, Program, Stmt, walk_stmts
 
 
 def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ...] | None]) -> tuple[Node, ...]:
@@ -39,20 +39,21 @@ def map_exprs(stmt: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
 
 
 def is_nan_fixup(stmt: Stmt) -> bool:
-    """``z = where(c, nan, z)``: a statement that gives rows eager's NaN and leaves the others
-    (masks-to-domains and fuse-reductions write one after a sum whose rows may fold nothing)."""
-    e = stmt.expr
-    return (stmt.op == "=" and isinstance(e, E.Call) and e.op == "where" and isinstance(e.args[1], E.Const)
-            and isinstance(e.args[1].value, float) and math.isnan(e.args[1].value) and e.args[2] == stmt.target)
+    """Whether ``stmt`` is the statement :func:`nan_fixup` built, ``z = where(... y == -inf, nan, z)``,
+    which gives rows eager's NaN and leaves the others: read off its tag, never its shape."""
+    return isinstance(stmt.tag, NanFixup)
 
 
 def nan_fixup(name: str, target: Load, maximum: Load, dtypes: dict[str, str], rows: Expr | None = None) -> Stmt:
-    """``z = where(y == -inf, nan, z)`` (``and rows`` if given): the one builder of the statement
-    that gives eager's NaN to the rows where the maximum ``y`` stayed -inf."""
+    """``z = where(y == -inf, nan, z)`` (``rows & y == -inf`` if ``rows`` is given), tagged
+    :class:`~flashlight.ir.nodes.NanFixup`: the one builder of the statement that gives eager's NaN
+    to the rows where the maximum ``y`` stayed -inf (masks-to-domains and fuse-reductions write
+    one after a sum whose rows may fold nothing)."""
     cond = E.call("eq", maximum, E.const(-math.inf, dtypes[maximum.tensor]))
     if rows is not None:
         cond = E.call("and", rows, cond)
-    return Stmt(name, target, "=", E.call("where", cond, E.const(math.nan, dtypes[target.tensor]), target))
+    value = E.call("where", cond, E.const(math.nan, dtypes[target.tensor]), target)
+    return Stmt(name, target, "=", value, tag=NanFixup())
 
 
 def writers(program: Program) -> dict[str, list[Stmt]]:
