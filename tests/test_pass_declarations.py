@@ -29,7 +29,7 @@ program row_max(S: f32[64,128]) -> (m: f32[64])
 BUILT_IN = ["inline", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
             "fuse-reductions", "factor-scales", "rebase-exponentials", "contract-buffers", "tile", "spread-conversions",
             "tile-ranges",
-            "hoist-tile-bounds", "order-launches"]
+            "hoist-tile-bounds", "bound-guard-tiles", "order-launches"]
 
 
 # {{{ what every registered pass has

@@ -5,7 +5,7 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ tiles [...]][ bounds [...]], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ tiles [...]][ bounds [...]][ test [...]], IT2 in ...
         if COND
           NAME: TENSOR[INDICES] OP EXPR[ rescale EXPR][ as dot over IT]
 
@@ -39,12 +39,13 @@ from dataclasses import dataclass
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import (
-    ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
-    Load, call,
+    ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, TILE_BOUNDS, UNARY_FUNCS, Call, Const, Expr,
+    Iter, Load, call,
 )
 from flashlight.ir.lexer import ParseError, Token, tokenize
 from flashlight.ir.nodes import (
     LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, Node, OnlineState, Program, Stmt, TensorDecl, TileBound, TileRange,
+    TileTest,
 )
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
@@ -57,7 +58,7 @@ INDENT = 2  # spaces per nesting level
 #: infix symbol -> (op, precedence), the inverse of the operator table
 _INFIX_BY_SYMBOL = {sym: (op, prec) for op, (sym, prec) in INFIX.items()}
 _PREFIX_BY_SYMBOL = {sym: op for op, (sym, _) in PREFIX.items()}
-_FUNCTIONS = UNARY_FUNCS + BINARY_FUNCS + TERNARY_FUNCS + CASTS
+_FUNCTIONS = UNARY_FUNCS + BINARY_FUNCS + TERNARY_FUNCS + CASTS + TILE_BOUNDS
 #: names that are literals unless followed by ``[`` (a load) or ``(``
 _NAMED_LITERALS: dict[str, Const] = {
     "true": Const(True, dtypes.BOOL), "false": Const(False, dtypes.BOOL),
@@ -257,6 +258,7 @@ class _LineParser:
                     continue
                 self.expect("]", "after the tile bounds")
                 break
+        tile_test = self.tile_test() if self.at("test") else None
         if not (self.at(",") or self.peek().kind == "end"):
             what = "',' or end of line"
             if tile is None and mapping is None:
@@ -264,7 +266,21 @@ class _LineParser:
             elif mapping is None:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
-        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state)
+        return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state,
+                    tile_test)
+
+    def tile_test(self) -> TileTest:
+        """``test [possible EXPR; certain EXPR]`` (the certain part optional)."""
+        self.next()
+        self.expect("[", "after 'test'")
+        self.expect("possible", "first in a tile test")
+        possible, certain = self.expr(), None
+        if self.at(";"):
+            self.next()
+            self.expect("certain", "after ';' in a tile test")
+            certain = self.expr()
+        self.expect("]", "after the tile test (possible ...; certain ...)")
+        return TileTest(possible, certain)
 
     def online_state(self) -> OnlineState:
         """``state [running A, ...; previous B, ...; rescaled C, ...]`` (each part optional, in order)."""

@@ -62,7 +62,7 @@ __all__ = [
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
                     "fuse-reductions,factor-scales,rebase-exponentials,contract-buffers,tile,spread-conversions,tile-ranges,"
-                    "hoist-tile-bounds,order-launches")
+                    "hoist-tile-bounds,bound-guard-tiles,order-launches")
 
 OPTION_TYPES = (int, float, bool, str)
 OptionValue = int | float | bool | str
