@@ -228,7 +228,8 @@ def _tile_test(program: Program, nest: Node, loop: Loop, around: tuple[Loop, ...
         unproved = sorted(str(g) for g in every - set(data)) + [str(g) for g, c in zip(data, certain) if c is None]
         reason += f"; no certain part (its tiles would run without guard code): {', '.join(unproved)} not proved"
     lemma = ("lo(a) <= a <= hi(a) and lo(b) <= b <= hi(b) on a tile: a == b somewhere only if "
-             "lo(a) <= hi(b) & lo(b) <= hi(a), everywhere if lo(a) == hi(a) == lo(b) == hi(b)")
+             "lo(a) <= hi(b) & lo(b) <= hi(a), everywhere if lo(a) == hi(a) == lo(b) == hi(b); "
+             "a < b somewhere only if lo(a) < hi(b), everywhere if hi(a) < lo(b)")
     return TileTest(test_possible, test_certain), Proof(what, True, reason, lemma=lemma)
 
 
