@@ -32,8 +32,8 @@ class NotChunkable(Exception):
 
 
 class TileScan(KernelState):
-    """Bounds of data-dependent guards over tiles, and the scan that narrows a serial loop by them.
-    Uses ``open_tile`` and ``loop_bound`` of the serial loops, ``value``, ``home``, ``index`` and
+    """A serial loop's tile test printed over a tile (or a chunk of tiles), and the scan that
+    narrows the loop by it. Uses ``open_tile`` and ``loop_bound`` of the serial loops, ``value``, ``home``, ``index`` and
     ``pointer`` of expressions and memory access."""
 
     def narrow(self, loop: Loop, scope: Scope, lo: str, hi: str, runs: bool) -> tuple[str, str, str, str]:

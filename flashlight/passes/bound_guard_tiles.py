@@ -198,24 +198,23 @@ def _exact_cast(src: str, dst: str) -> bool:
     return dtypes.INT_RANGE[dst][0] <= lo and hi <= dtypes.INT_RANGE[dst][1]
 
 
-def _tile_test(program: Program, nest: Node, loop: Loop, around: tuple[Loop, ...]) -> tuple[TileTest | None, Proof | None]:
+def _tile_test(program: Program, nest: Node, loop: Loop,
+               around: tuple[Loop, ...]) -> tuple[TileTest | None, Proof | None]:
     """The test of ``loop``'s data-dependent guards and the decision behind it (None, None where
     its statements run under none)."""
     names = {s.name for s, _, _ in walk_stmts((loop,))}
-    guards = [g for s, _, g in walk_stmts((nest,)) if s.name in names]
-    if not guards:
-        return None, None
+    guards = [g for s, _, g in walk_stmts((nest,)) if s.name in names]  # with those around the loop
     every = {g for gs in guards for g in gs if not is_affine_condition(g)}
-    common = set.intersection(*(set(gs) for gs in guards))
-    data = [g for g in sorted(common, key=str) if not is_affine_condition(g)]  # the order the kernel tests them in
     if not every:
         return None, None
+    common = set.intersection(*(set(gs) for gs in guards))
+    data = [g for g in sorted(common, key=str) if not is_affine_condition(g)]  # in a deterministic order
     what = f"bound the data-dependent guards of loop {loop.iterator} per tile"
     bounds = _Bounds(program, nest, loop, around)
     possible = [(g, p) for g in data if (p := bounds.bound(g, certain=False)) is not None]
     certain = [bounds.bound(g, certain=True) for g in data]
     if not possible:
-        why = "; ".join(dict.fromkeys(bounds.why)) or "no guard runs every statement of the loop"
+        why = "; ".join(dict.fromkeys(bounds.why)) or "no data-dependent guard is common to every statement"
         return None, Proof(what, False, f"no tile can be skipped: {why}")
     test_possible = _conjunction([p for _, p in possible])
     covered = ", ".join(str(g) for g, _ in possible)
