@@ -28,8 +28,8 @@ program row_max(S: f32[64,128]) -> (m: f32[64])
 """
 BUILT_IN = ["inline", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
             "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "tile",
-            "scale-after-fold", "spread-conversions", "tile-ranges", "hoist-tile-bounds", "order-launches",
-            "supersede-stores"]
+            "scale-after-fold", "spread-conversions", "tile-ranges", "hoist-tile-bounds", "bound-guard-tiles",
+            "order-launches", "supersede-stores"]
 
 
 # {{{ what every registered pass has

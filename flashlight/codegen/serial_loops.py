@@ -1,10 +1,11 @@
 """Serial loops: a ``@serial`` loop becomes Python ``for`` loops over its tiles.
 
 One ``for`` per tile range the tile pass listed (tiles where every affine guard holds run
-without affine mask code), split further where data-dependent guards are bounded per tile at
-run time (:mod:`flashlight.codegen.tile_scan`). Reductions whose target does not vary along the
-loop carry an accumulator: it starts at the combiner's identity before the first tile and is
-stored after the last, unless the loop lists it as superseded (the NaN fixup after it stores it).
+without affine mask code), split further by the loop's tile test of data-dependent guards
+(bound-guard-tiles; printed by :mod:`flashlight.codegen.tile_scan`). Reductions whose target
+does not vary along the loop carry an accumulator: it starts at the combiner's identity before
+the first tile and is stored after the last, unless the loop lists it as superseded (the NaN
+fixup after it stores it).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class SerialLoops(KernelState):
         self.tile_bounds = {b.operand: b for b in loop.bounds}  # precomputed per-tile bounds of guard data
         for lo, hi, masked in ranges:
             self.full_tiles = not masked
-            # which data-dependent guards can be bounded over a tile; the probe's lines are dropped
-            # (each loop below bounds its own tiles), invariant loads it hoists stay where they went
+            # the loop's tile test (bound-guard-tiles), printed once to place what it reads: the probe's
+            # lines are dropped (each loop below bounds its own tiles), invariant loads it hoists stay
             probe = Scope([], scope, loop_iter=it, depth=scope.depth + 1)
             certain, possible = self.tile_predicate(loop, self.open_tile(loop, probe))
             self.full_tiles = False
@@ -97,7 +98,7 @@ class SerialLoops(KernelState):
         inner = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         inner.written = written
         self.full_tiles = not masked
-        possible = self.tile_predicate(loop, inner)[1] if test else None
+        possible = self.tile_predicate(loop, inner, with_certain=False)[1] if test else None
         body = inner if possible is None else Scope([], inner, loop_iter=it, depth=inner.depth, branch=True)
         body.written = written
         for c in loop.body:

@@ -1,13 +1,15 @@
-"""The run-time tile test of data-dependent guards.
+"""The run-time tile test of data-dependent guards, printed.
 
 A guard such as ``doc[i] == doc[j]`` is no affine condition: isl cannot say which tiles it
-holds in. Each tile bounds it instead from interval bounds of its operands over the tile
-(``tile_predicate``): ``possible`` is false only where the guard holds at no point of the tile,
-``certain`` true only where it holds at every point. Before the loop, a scan over the guard data
-alone (``narrow``) finds the first and last tile where the guards may hold and the run of tiles
-where they hold everywhere: the loop then skips the tiles outside and runs those of the run
-without guard code. Where ``hoist-tile-bounds`` precomputed per-tile bounds (``loop.bounds``),
-the scan reads them instead of the data.
+holds in. The pass bound-guard-tiles gives the loop a test over interval bounds of the guards'
+operands per tile (``Loop.tile_test``): ``possible`` is false only where the guards hold at no
+point of the tile, ``certain`` true only where every data-dependent guard holds at every point.
+This module prints it: ``tile_lo(x)``/``tile_hi(x)`` of a load become a minimum and maximum of the
+loaded tile (or the per-tile bounds that hoist-tile-bounds precomputed, ``loop.bounds``), of an
+iterator the first and last offset of its tile. Before the loop, a scan over the guard data
+alone (``narrow``) finds the first and last tile where ``possible`` holds and the run of tiles
+where ``certain`` holds: the loop then skips the tiles outside and runs those of the run without
+guard code.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import math
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import literal
-from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Loop, TileBound, walk_stmts
+from flashlight.ir.expr import INFIX, TILE_BOUNDS, Call, Const, Expr, Iter, Load
+from flashlight.ir.nodes import Loop, TileBound
 
 SCAN_ELEMENTS = 1024  # guard data per step of a chunked scan of tile bounds
 
@@ -31,8 +32,8 @@ class NotChunkable(Exception):
 
 
 class TileScan(KernelState):
-    """Bounds of data-dependent guards over tiles, and the scan that narrows a serial loop by them.
-    Uses ``open_tile`` and ``loop_bound`` of the serial loops, ``value``, ``home``, ``index`` and
+    """A serial loop's tile test printed over a tile (or a chunk of tiles), and the scan that
+    narrows the loop by it. Uses ``open_tile`` and ``loop_bound`` of the serial loops, ``value``, ``home``, ``index`` and
     ``pointer`` of expressions and memory access."""
 
     def narrow(self, loop: Loop, scope: Scope, lo: str, hi: str, runs: bool) -> tuple[str, str, str, str]:
@@ -112,68 +113,55 @@ class TileScan(KernelState):
         return lines
 
     def guard_loads(self, loop: Loop) -> list[Load]:
-        """Loads along ``loop`` in the data-dependent guards of its statements."""
-        stmts = [s for s, _, _ in walk_stmts((loop,))]
-        return [ld for s in stmts for g in self.guards_of[s.name] if not is_affine_condition(g)
-                for ld in E.loads(g) if loop.iterator in E.free_iters(ld)]
+        """Loads along ``loop`` whose tile bounds the loop's tile test reads."""
+        test = loop.tile_test
+        exprs = () if test is None else (test.possible,) + (() if test.certain is None else (test.certain,))
+        return [x.args[0] for e in exprs for x in E.walk(e) if isinstance(x, Call) and x.op in TILE_BOUNDS
+                and isinstance(x.args[0], Load) and loop.iterator in E.free_iters(x.args[0])]
 
-    def tile_predicate(self, loop: Loop, scope: Scope) -> tuple[str | None, str | None]:
-        """``(certain, possible)`` scalars for the data-dependent guards every statement of the
-        loop runs under, from interval bounds over the current tile: ``certain`` is true only if
-        they hold at every point of the tile, ``possible`` false only if they hold at none."""
-        stmts = [s for s, _, _ in walk_stmts((loop,))]
-        common = set.intersection(*(set(self.guards_of[s.name]) for s in stmts)) if stmts else set()
-        data = [g for g in sorted(common, key=str) if not is_affine_condition(g)]
-        every = {g for s in stmts for g in self.guards_of[s.name] if not is_affine_condition(g)}
-        possible, certain = [], []
-        for g in data:
-            p = self.bound(g, scope, certain=False)
-            if p is not None:
-                possible.append(p)
-            c = self.bound(g, scope, certain=True)
-            certain.append(c)
-        pos = " & ".join(f"({p})" for p in possible) if possible else None
-        # dropping the guards needs every data-dependent guard of every statement proved
-        cer = None
-        if possible and set(data) == every and all(c is not None for c in certain):
-            cer = " & ".join(f"({c})" for c in certain)
-        return cer, pos
+    def tile_predicate(self, loop: Loop, scope: Scope, with_certain: bool = True) -> tuple[str | None, str | None]:
+        """``(certain, possible)``: the loop's tile test (bound-guard-tiles) printed as scalars of
+        the current tile (vectors over the tiles of a chunk), None where the test has no such part."""
+        test = loop.tile_test
+        if test is None:
+            return None, None
+        possible = f"({self.tile_code(test.possible, scope)})"
+        if test.certain is None or not with_certain:
+            return None, possible
+        return f"({self.tile_code(test.certain, scope)})", possible
 
-    def bound(self, c: Expr, scope: Scope, certain: bool) -> str | None:
-        if isinstance(c, Call) and c.op in ("and", "or"):
-            a, b = self.bound(c.args[0], scope, certain), self.bound(c.args[1], scope, certain)
-            if (c.op == "and") != certain:  # possible(and) is weaker than possible of each part
-                if a is None and b is None:
-                    return None
-                return " & ".join(f"({x})" for x in (a, b) if x) if c.op == "and" else \
-                    " | ".join(f"({x})" for x in (a, b) if x)
-            if a is None or b is None:
-                return None
-            return f"({a}) & ({b})" if c.op == "and" else f"({a}) | ({b})"
-        if not (isinstance(c, Call) and c.op in ("eq", "ne", "lt", "le", "gt", "ge")):
-            return None
-        a, b = self.interval(c.args[0], scope), self.interval(c.args[1], scope)
-        if a is None or b is None:
-            return None
-        (alo, ahi), (blo, bhi) = a, b
-        if certain:
-            return {
-                "eq": f"({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo})",
-                "ne": f"({ahi} < {blo}) | ({bhi} < {alo})",
-                "lt": f"{ahi} < {blo}", "le": f"{ahi} <= {blo}",
-                "gt": f"{alo} > {bhi}", "ge": f"{alo} >= {bhi}",
-            }[c.op]
-        return {
-            "eq": f"({alo} <= {bhi}) & ({blo} <= {ahi})",
-            "ne": f"~(({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo}))",
-            "lt": f"{alo} < {bhi}", "le": f"{alo} <= {bhi}",
-            "gt": f"{ahi} > {blo}", "ge": f"{ahi} >= {blo}",
-        }[c.op]
-
-    def interval(self, e: Expr, scope: Scope) -> tuple[str, str] | None:
-        """Scalar bounds of ``e`` over the current tile, or None."""
+    def tile_code(self, e: Expr, scope: Scope) -> str:
+        """A tile test's expression: ``tile_lo``/``tile_hi`` of an operand are its bounds over the
+        current tile; casts are the exact ones (bound-guard-tiles keeps no other), left to Triton's
+        promotion."""
         if isinstance(e, Const):
-            return literal(e), literal(e)
+            return literal(e)
+        if isinstance(e, Iter):
+            if e.name in self.axes:
+                raise CodegenError(f"a tile test reads iterator {e.name} of a tiled loop outside tile_lo/tile_hi")
+            return e.name
+        if not isinstance(e, Call):
+            raise CodegenError(f"a tile test reads {e} outside tile_lo/tile_hi")
+        if e.op in TILE_BOUNDS:
+            return self.interval(e.args[0], scope)[e.op == "tile_hi"]
+        if e.op in E.CASTS:
+            return self.tile_code(e.args[0], scope)
+        a = [self.tile_code(x, scope) for x in e.args]
+        if e.op == "neg":
+            return f"(-{a[0]})"
+        if e.op == "not":
+            return f"~({a[0]})"
+        sym = INFIX.get(e.op, ("",))[0]
+        if e.op in ("add", "sub"):
+            return f"({a[0]} {sym} {a[1]})"
+        if e.op in ("and", "or"):
+            return f"({a[0]}) {sym} ({a[1]})"
+        if e.op in E.COMPARISONS:
+            return f"{a[0]} {sym} {a[1]}"
+        raise CodegenError(f"operator {e.op} has no place in a tile test")
+
+    def interval(self, e: Expr, scope: Scope) -> tuple[str, str]:
+        """Scalar bounds of an iterator or a load over the current tile (for each tile of a chunk)."""
         if isinstance(e, Iter):
             x = e.name
             if x not in self.axes:
@@ -185,46 +173,33 @@ class TileScan(KernelState):
             if base is None:
                 return "0", str(self.extent[x] - 1)
             return f"({base} * {t})", f"({base} * {t} + {t - 1})"
-        if isinstance(e, Load) and e in self.tile_bounds:
+        if not isinstance(e, Load):
+            raise CodegenError(f"tile bounds of {e}: only of an iterator or a load")
+        if e in self.tile_bounds:
             return self.precomputed_interval(self.tile_bounds[e], scope)
-        if isinstance(e, Load):
-            if e.tensor in self.produced or any(E.loads(i) for i in e.indices):
-                return None
-            hit = self.cache.get(("interval", e))
-            if hit is not None and scope.inside(hit[1]):
-                return hit[0]  # type: ignore[return-value]
-            v = self.value(e, scope)
-            if not v.axes:
-                return v.code, v.code
-            big = "float('inf')" if dtypes.is_float(v.dtype) else str(2**31 - 1 if v.dtype != "i64" else 2**62)
-            m = self.mask_of(v.axes)
-            lo_in = v.code if m is None else f"tl.where({m.code}, {v.code}, {big})"
-            hi_in = v.code if m is None else f"tl.where({m.code}, {v.code}, -{big})"
-            lo, hi = lo_in, hi_in
-            if self.chunked in v.axes:  # rows are the tiles of the chunk: reduce each row
-                if v.axes != (self.chunked,):
-                    raise NotChunkable
-                lo, hi = f"tl.min({lo}, axis=1)", f"tl.max({hi}, axis=1)"
-            for k in reversed(range(len(v.axes) if self.chunked not in v.axes else 0)):
-                lo, hi = f"tl.min({lo}, axis={k})", f"tl.max({hi}, axis={k})"
-            home = self.home(e, scope, set())
-            lv, hv = self.fresh("lo"), self.fresh("hi")
-            home.lines += [f"{lv} = {lo}", f"{hv} = {hi}"]
-            self.cache[("interval", e)] = ((lv, hv), home, frozenset())  # type: ignore[assignment]
-            return lv, hv
-        if isinstance(e, Call) and e.op in dtypes.ALL and e.op != "b1":
-            return self.interval(e.args[0], scope)
-        if isinstance(e, Call) and e.op in ("add", "sub", "neg"):
-            xs = [self.interval(a, scope) for a in e.args]
-            if any(x is None for x in xs):
-                return None
-            if e.op == "neg":
-                return f"(-{xs[0][1]})", f"(-{xs[0][0]})"
-            (alo, ahi), (blo, bhi) = xs
-            if e.op == "add":
-                return f"({alo} + {blo})", f"({ahi} + {bhi})"
-            return f"({alo} - {bhi})", f"({ahi} - {blo})"
-        return None
+        if e.tensor in self.produced:
+            raise CodegenError(f"a tile test bounds {e}, which this kernel writes")
+        hit = self.cache.get(("interval", e))
+        if hit is not None and scope.inside(hit[1]):
+            return hit[0]  # type: ignore[return-value]
+        v = self.value(e, scope)
+        if not v.axes:
+            return v.code, v.code
+        big = "float('inf')" if dtypes.is_float(v.dtype) else str(2**31 - 1 if v.dtype != "i64" else 2**62)
+        m = self.mask_of(v.axes)
+        lo = v.code if m is None else f"tl.where({m.code}, {v.code}, {big})"
+        hi = v.code if m is None else f"tl.where({m.code}, {v.code}, -{big})"
+        if self.chunked in v.axes:  # rows are the tiles of the chunk: reduce each row
+            if v.axes != (self.chunked,):
+                raise NotChunkable
+            lo, hi = f"tl.min({lo}, axis=1)", f"tl.max({hi}, axis=1)"
+        for k in reversed(range(len(v.axes) if self.chunked not in v.axes else 0)):
+            lo, hi = f"tl.min({lo}, axis={k})", f"tl.max({hi}, axis={k})"
+        home = self.home(e, scope, set())
+        lv, hv = self.fresh("lo"), self.fresh("hi")
+        home.lines += [f"{lv} = {lo}", f"{hv} = {hi}"]
+        self.cache[("interval", e)] = ((lv, hv), home, frozenset())  # type: ignore[assignment]
+        return lv, hv
 
     def precomputed_interval(self, b: TileBound, scope: Scope) -> tuple[str, str]:
         """The bounds of ``b.operand`` over the current tile (or each tile of a chunk), read from

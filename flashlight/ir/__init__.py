@@ -5,7 +5,8 @@ This package knows nothing of torch or triton. See ``docs/ir.md`` for the syntax
 
 from flashlight.ir import dtypes
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load, affine_form, const, index
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, TileRange, walk_stmts
+from flashlight.ir.nodes import (Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, TileBound, TileRange, TileTest,
+                                 walk_stmts)
 from flashlight.ir.printer import format_expr, format_program
 from flashlight.ir.verify import VerificationError, verify
 
@@ -19,6 +20,6 @@ def parse(text: str) -> Program:
 
 __all__ = [
     "Call", "Const", "Expr", "Guard", "Iter", "Load", "Loop", "Node", "Program", "Proof", "Stmt",
-    "TensorDecl", "TileBound", "TileRange", "VerificationError", "affine_form", "const", "dtypes", "format_expr",
-    "format_program", "index", "parse", "verify", "walk_stmts",
+    "TensorDecl", "TileBound", "TileRange", "TileTest", "VerificationError", "affine_form", "const", "dtypes",
+    "format_expr", "format_program", "index", "parse", "verify", "walk_stmts",
 ]

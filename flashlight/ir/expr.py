@@ -39,12 +39,16 @@ UNARY_FUNCS = (
 BINARY_FUNCS = ("max", "min", "pow", "atan2")
 TERNARY_FUNCS = ("where", "fma")  # fma(a, b, c) = a * b + c rounded once
 CASTS = dtypes.ALL
+#: the least and greatest value of an operand over the current tile of a serial loop: they appear
+#: only in a loop's tile test (``Loop.tile_test``), whose loop gives "the current tile" its meaning
+TILE_BOUNDS = ("tile_lo", "tile_hi")
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 LOGICAL = ("and", "or", "not")
 
 ARITY: dict[str, int] = {
     **{op: 2 for op in INFIX}, **{op: 1 for op in PREFIX}, **{op: 1 for op in UNARY_FUNCS},
     **{op: 2 for op in BINARY_FUNCS}, **{op: 3 for op in TERNARY_FUNCS}, **{op: 1 for op in CASTS},
+    **{op: 1 for op in TILE_BOUNDS},
 }
 
 # }}}

@@ -43,7 +43,11 @@ Semantics, exactly as the tree says (see :mod:`flashlight.ir.nodes`):
 * The facts that loops state are checked where they are claimed, and a false one raises
   :class:`ValueError`: per-tile bounds of guard data (``bounds [...]``) at every point, and tile
   ranges (``tiles [...]``): every tile of the loop where a statement instance runs lies in a
-  listed range, and in a tile of a ``full`` range every affine guard inside holds.
+  listed range, and in a tile of a ``full`` range every affine guard inside holds; and the tile
+  test (``test [possible P; certain C]``): no statement instance runs in a tile where ``P`` is
+  false, every data-dependent guard inside holds in a tile where ``C`` is true
+  (:mod:`flashlight.ir.claims`). ``tile_lo(x)``/``tile_hi(x)`` are the least and greatest value of
+  ``x`` over the points of the current tile; anywhere but in a tile test they are an error.
 
 Execution is element by element through closures compiled once per call; programs in tests
 are small (thousands of statement instances), for which this takes milliseconds.
@@ -59,9 +63,10 @@ import numpy as np
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import CASTS, COMPARISONS, Call, Const, Expr, Iter, Load, dtype_of, loads
+from flashlight.ir.claims import Box, LoopClaims, point_text as _point
+from flashlight.ir.expr import CASTS, COMPARISONS, TILE_BOUNDS, Call, Const, Expr, Iter, Load, dtype_of, loads
+from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
-from flashlight.ir.printer import format_expr
 
 # {{{ dtypes and conversions
 
@@ -235,11 +240,7 @@ def _online_combiner(op: str, dtype: str, where: str) -> Callable[[Value, Value,
 
 # {{{ compilation
 
-def _point(env: Env) -> str:
-    return ", ".join(f"{k}={int(v)}" for k, v in env.items()) or "top level"
-
-
-class _Machine:
+class _Machine(LoopClaims):
     """Storage of one run and the compiler of a program into closures over it."""
 
     def __init__(self, program: Program, arrays: dict[str, np.ndarray]):
@@ -248,6 +249,10 @@ class _Machine:
         self.dtypes = program.dtypes
         self.instances = 0  # statement instances run so far: tells which tiles held work
         self.full_tiles: list[str] = []  # the claims of the enclosing loops now in a tile stated full
+        self.certain_tiles: list[str] = []  # the claims of the enclosing loops' tile tests now certain
+        self.around: list[Loop] = []  # while compiling: the loops around the node being compiled
+        self.extents: dict[str, tuple[int, int]] = {}  # while running: the bounds of each loop entered
+        self.tile_box: Box | None = None  # while compiling a tile test: the points of its tile
 
     # {{{ expressions
 
@@ -315,6 +320,8 @@ class _Machine:
         arg_dtypes = [self.dtype(a, where) for a in e.args]
         if op in CASTS:
             return self.expr(e.args[0], where, op)
+        if op in TILE_BOUNDS:
+            return self.tile_bound(e, where)
         if op in COMPARISONS:
             cmp = _COMPARE_OPS[op]
             a, b = (self.expr(x, where) for x in e.args)
@@ -369,6 +376,7 @@ class _Machine:
             cond = self.expr(node.cond, f"guard {node.cond}")
             inner = self.body(node.body)
             affine = not loads(node.cond)  # tile ranges state facts about affine guards only
+            data = not is_affine_condition(node.cond)  # a tile test's certain part, about the others
 
             def guard(env: Env) -> None:
                 if cond(env):
@@ -376,21 +384,31 @@ class _Machine:
                 elif affine and self.full_tiles:
                     raise ValueError(f"{self.full_tiles[-1]} claims every guard holds, but {node.cond} "
                                      f"fails at {_point(env)}")
+                elif data and self.certain_tiles:
+                    raise ValueError(f"{self.certain_tiles[-1]} claims every data-dependent guard holds, "
+                                     f"but {node.cond} fails at {_point(env)}")
 
             return guard
         assert isinstance(node, Loop), node
         where = f"bound of loop {node.iterator}"
         lower, upper = self.expr(node.lower, where), self.expr(node.upper, where)
         name = node.iterator
-        inner = self.body(node.body)
+        self.around.append(node)
+        try:
+            inner = self.body(node.body)
+        finally:
+            self.around.pop()
         i64 = np.int64
         # the per-tile bounds a loop states are facts: checked at every point, as they are claimed
         facts = [tuple(self.expr(e, f"tile bound of loop {name}") for e in (b.operand, b.lower, b.upper))
                  + (b,) for b in node.bounds]
         body = self.ranged_body(node, inner) if node.ranges else inner
+        body = self.tested_body(node, body) if node.tile_test is not None else body
 
         def loop(env: Env) -> None:
-            for v in range(int(lower(env)), int(upper(env))):
+            start, stop = int(lower(env)), int(upper(env))
+            self.extents[name] = (start, stop)
+            for v in range(start, stop):
                 env[name] = i64(v)
                 for x, lo, hi, b in facts:
                     if not lo(env) <= x(env) <= hi(env):
@@ -399,33 +417,6 @@ class _Machine:
             env.pop(name, None)
 
         return loop
-
-    def ranged_body(self, node: Loop, inner: Callable[[Env], None]) -> Callable[[Env], None]:
-        """The body of a loop that lists its tile ranges, checking the claims at every point: a
-        tile where a statement instance runs lies in a range, and in a tile of a ``full`` range
-        every affine guard inside holds (data-dependent guards are decided at run time)."""
-        name, tile = node.iterator, node.tile or 1
-        where = f"tile range of loop {name}"
-        ranges = [(self.expr(r.lower, where), self.expr(r.upper, where), r.masked) for r in node.ranges]
-        listed = ", ".join(f"{format_expr(r.lower)}:{format_expr(r.upper)}" for r in node.ranges)
-
-        def body(env: Env) -> None:
-            t = int(env[name]) // tile
-            held = [masked for lo, hi, masked in ranges if int(lo(env)) <= t < int(hi(env))]
-            full = bool(held) and not all(held)
-            if full:
-                self.full_tiles.append(f"the full tile range of loop {name} (tile {t})")
-            before = self.instances
-            try:
-                inner(env)
-            finally:
-                if full:
-                    self.full_tiles.pop()
-            if self.instances != before and not held:
-                raise ValueError(f"loop {name} runs statements in tile {t} at {_point(env)}, which none "
-                                 f"of its tile ranges lists ({listed})")
-
-        return body
 
     def stmt(self, s: Stmt) -> Callable[[Env], None]:
         run = self._stmt(s)

@@ -23,7 +23,8 @@ becomes one kernel: sibling loops over one iterator share their tile), and after
 says where it runs: ``grid`` (one program per tile), ``serial`` (a loop over tiles inside a program) or ``block``
 (all of it at once inside a tile). A serial loop may list the tile ranges that hold instances,
 and which of them need no masks: a proved fact about the domain, not a change of meaning; it may
-also list per-tile bounds of data that its guards read, another fact. A grid loop may say in
+also list per-tile bounds of data that its guards read, another fact, and the test of its
+data-dependent guards per tile (``test [possible P; certain C]``), a third. A grid loop may say in
 which order its programs are launched (``launch heaviest-first group G``), and a serial loop
 what online state it carries (``state [running m; previous m_prev; rescaled l, acc]``), and
 which of its accumulators the NaN fixup after it stores (``superseded [l]``: another fact). A
@@ -119,6 +120,21 @@ class TileBound:
 
 
 @dataclass(frozen=True)
+class TileTest:
+    """The run-time test of a tiled serial loop's data-dependent guards, per tile. ``possible`` is
+    false only on a tile where those guards hold at no point (the tile holds no statement
+    instance: it may be skipped); ``certain``, where given, is true only on a tile where every
+    data-dependent guard of every statement of the loop holds at every point (the tile may run
+    without them). Both read ``tile_lo(x)``/``tile_hi(x)``, the least and greatest value of an
+    operand ``x`` over the current tile (the loop's tile, and the tile of each tiled loop around
+    it; loops inside it over their whole range), and iterators of untiled loops around it.
+    Declared by bound-guard-tiles; the interpreter checks both claims on every tile."""
+
+    possible: Expr
+    certain: Expr | None = None
+
+
+@dataclass(frozen=True)
 class HeaviestFirst:
     """Launch order of a tiled grid loop whose tiles hold more work the later they come (causal
     attention: later query tiles see more keys): its tiles go in reverse, so that the lightest
@@ -167,6 +183,8 @@ class Loop:
     # For a serial loop: the global accumulators it carries whose store after the last tile
     # is left to the NaN fixup that overwrites all of them next (supersede-stores).
     superseded: tuple[str, ...] = ()
+    # For a tiled serial loop: the run-time test of its data-dependent guards (bound-guard-tiles).
+    tile_test: TileTest | None = None
 
 
 @dataclass(frozen=True)
@@ -274,8 +292,8 @@ def walk_loops(body: tuple[Node, ...]) -> Iterator[Loop]:
 
 
 def node_exprs(node: Node) -> Iterator[Expr]:
-    """Every expression a node and its descendants evaluate: loop bounds, tile ranges and bounds,
-    guard conditions, statement targets, values, rescales and fold scales."""
+    """Every expression a node and its descendants evaluate: loop bounds, tile ranges, bounds and
+    tests, guard conditions, statement targets, values, rescales and fold scales."""
     if isinstance(node, Stmt):
         yield node.target
         yield node.expr
@@ -292,6 +310,10 @@ def node_exprs(node: Node) -> Iterator[Expr]:
             yield r.upper
         for b in node.bounds:
             yield from (b.operand, b.lower, b.upper)
+        if node.tile_test is not None:
+            yield node.tile_test.possible
+            if node.tile_test.certain is not None:
+                yield node.tile_test.certain
     else:
         yield node.cond
     for child in node.body:

@@ -5,7 +5,7 @@
     program NAME(in: DTYPE[SHAPE], ...) -> (out: DTYPE[SHAPE], ...)
       buffer NAME: DTYPE[SHAPE]          # a global temporary
       local NAME: DTYPE[SHAPE]           # a temporary in registers
-      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ superseded [...]][ tiles [...]][ bounds [...]], IT2 in ...
+      for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ superseded [...]][ tiles [...]][ bounds [...]][ test [...]], IT2 in ...
         if COND
           NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup]
 
@@ -34,25 +34,23 @@ expected and what was found.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import (
-    ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, UNARY_FUNCS, Call, Const, Expr, Iter,
-    Load, call,
+    ARITY, BINARY_FUNCS, CASTS, INFIX, PREFIX, TERNARY_FUNCS, TILE_BOUNDS, UNARY_FUNCS, Call, Const, Expr,
+    Iter, Load, call,
 )
 from flashlight.ir.lexer import ParseError, Token, tokenize
+from flashlight.ir.loop_annotations import LoopAnnotationParser
 from flashlight.ir.nodes import (
-    LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, NanFixup, Node, OnlineState, Program, Stmt, TensorDecl, TileBound, TileRange,
+    LOOP_KINDS, MAPPINGS, Guard, HeaviestFirst, Loop, NanFixup, Node, Program, Stmt, TensorDecl,
 )
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
 
 INDENT = 2  # spaces per nesting level
-T = TypeVar("T")
 
 
 # {{{ operator tables
@@ -60,7 +58,7 @@ T = TypeVar("T")
 #: infix symbol -> (op, precedence), the inverse of the operator table
 _INFIX_BY_SYMBOL = {sym: (op, prec) for op, (sym, prec) in INFIX.items()}
 _PREFIX_BY_SYMBOL = {sym: op for op, (sym, _) in PREFIX.items()}
-_FUNCTIONS = UNARY_FUNCS + BINARY_FUNCS + TERNARY_FUNCS + CASTS
+_FUNCTIONS = UNARY_FUNCS + BINARY_FUNCS + TERNARY_FUNCS + CASTS + TILE_BOUNDS
 #: names that are literals unless followed by ``[`` (a load) or ``(``
 _NAMED_LITERALS: dict[str, Const] = {
     "true": Const(True, dtypes.BOOL), "false": Const(False, dtypes.BOOL),
@@ -73,7 +71,7 @@ _COMPARISON_PREC = INFIX["lt"][1]
 
 # {{{ line parser
 
-class _LineParser:
+class _LineParser(LoopAnnotationParser):
     """Recursive descent over the tokens of one line."""
 
     def __init__(self, text: str, line: int, offset: int = 0) -> None:
@@ -229,6 +227,7 @@ class _LineParser:
             if self.at("superseded") else []
         ranges = self.bracketed("tile ranges", self.tile_range) if self.at("tiles") else []
         bounds = self.bracketed("tile bounds", self.tile_bound) if self.at("bounds") else []
+        tile_test = self.tile_test() if self.at("test") else None
         if not (self.at(",") or self.peek().kind == "end"):
             what = "',' or end of line"
             if tile is None and mapping is None:
@@ -237,59 +236,7 @@ class _LineParser:
                 what = "'@', " + what
             raise self.expected(what + " after the loop")
         return Loop(iterator, lower, upper, kind, (), tile, mapping, tuple(ranges), tuple(bounds), launch, state,
-                    tuple(superseded))
-
-    def names(self, what: str) -> list[str]:
-        """``A, B, ...``: one name or more, separated by commas."""
-        out = [self.expect_name(what)]
-        while self.at(","):
-            self.next()
-            out.append(self.expect_name(what))
-        return out
-
-    def bracketed(self, what: str, item: Callable[[], T]) -> list[T]:
-        """``KEYWORD [ITEM, ...]``: a loop annotation of one item or more."""
-        self.expect("[", f"after '{self.next().text}'")
-        out = [item()]
-        while self.at(","):
-            self.next()
-            out.append(item())
-        self.expect("]", f"after the {what}")
-        return out
-
-    def tile_range(self) -> TileRange:
-        """``A:B full`` or ``A:B masked``."""
-        lo = self.expr()
-        self.expect(":", "between a tile range's bounds")
-        hi = self.expr()
-        tok = self.peek()
-        if not (tok.kind == "name" and tok.text in ("full", "masked")):
-            raise self.expected("'full' or 'masked' after a tile range")
-        return TileRange(lo, hi, self.next().text == "masked")
-
-    def tile_bound(self) -> TileBound:
-        """``X in L:H``."""
-        operand = self.load_expr("a tile bound's operand 'tensor[indices]'")
-        self.expect("in", "after a tile bound's operand")
-        least = self.load_expr("a tile bound's lower bound 'tensor[indices]'")
-        self.expect(":", "between a tile bound's lower and upper bound")
-        most = self.load_expr("a tile bound's upper bound 'tensor[indices]'")
-        return TileBound(operand, least, most)
-
-    def online_state(self) -> OnlineState:
-        """``state [running A, ...; previous B, ...; rescaled C, ...]`` (each part optional, in order)."""
-        self.next()
-        self.expect("[", "after 'state'")
-        parts: dict[str, list[str]] = {}
-        for key in ("running", "previous", "rescaled"):
-            if not self.at(key):
-                continue
-            self.next()
-            parts[key] = self.names(f"a {key} tensor")
-            if not self.at("]"):
-                self.expect(";", "between the parts of a loop's state")
-        self.expect("]", "after the loop's state (running ...; previous ...; rescaled ...)")
-        return OnlineState(*(tuple(parts.get(k, ())) for k in ("running", "previous", "rescaled")))
+                    tuple(superseded), tile_test)
 
     def stmt(self) -> Stmt:
         """``NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup]``."""

@@ -101,6 +101,10 @@ def _loop_item(loop: Loop) -> str:
     if loop.bounds:
         items = [f"{format_expr(b.operand)} in {format_expr(b.lower)}:{format_expr(b.upper)}" for b in loop.bounds]
         text += f" bounds [{', '.join(items)}]"
+    if loop.tile_test is not None:
+        test = loop.tile_test
+        certain = "" if test.certain is None else f"; certain {format_expr(test.certain)}"
+        text += f" test [possible {format_expr(test.possible)}{certain}]"
     return text
 
 

@@ -10,7 +10,7 @@ import math
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load, dtype_of, free_iters, walk
+from flashlight.ir.expr import TILE_BOUNDS, Call, Const, Expr, Iter, Load, children, dtype_of, free_iters, walk
 from flashlight.ir.isl_build import is_quasi_affine, isl_name
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, NanFixup, Node, Program, Stmt,
                                  fixup_after, tensors_touched, walk_loops, walk_stmts)
@@ -45,6 +45,7 @@ def verify(program: Program) -> Program:
     _verify_body(program, program.body, (), errors, stmt_names, written)
     for nest in program.body:
         _verify_one_tile_per_iterator(nest, errors)
+        _verify_tile_tests(program, nest, (), errors)
     _verify_locals_stay_in_one_nest(program, errors)
     _verify_superseded(program, errors)
     for t in program.outputs:
@@ -103,8 +104,51 @@ def _verify_one_tile_per_iterator(nest: Node, errors: list[str]) -> None:
         stack.extend(node.body)
 
 
-def _verify_expr(program: Program, e: Expr, bound: tuple[str, ...], where: str, errors: list[str]) -> None:
+def _verify_tile_tests(program: Program, node: Node, around: tuple[Loop, ...], errors: list[str]) -> None:
+    """A tile test sits on a tiled serial loop and is a boolean of tile bounds: ``tile_lo(x)`` and
+    ``tile_hi(x)`` of a load or an iterator (of the loop, a loop around it or one inside it), and
+    iterators of untiled loops around it, whose value is the same over the tile."""
+    if isinstance(node, Stmt):
+        return
+    if isinstance(node, Loop) and node.tile_test is not None:
+        where = f"tile test of loop {node.iterator}"
+        if node.mapping != "serial" or node.tile is None:
+            errors.append(f"{where}: only tiled serial loops have a tile test")
+        fixed = {l.iterator for l in around if not l.tile or l.tile == 1}
+        tiled = {l.iterator for l in around} | {l.iterator for l in walk_loops((node,))}
+        test = node.tile_test
+        for e in (test.possible,) + (() if test.certain is None else (test.certain,)):
+            if dtype_of(e, program.dtypes) != dtypes.BOOL:
+                errors.append(f"{where}: {e} is not boolean")
+            _verify_tile_expr(program, e, fixed, tiled, where, errors)
+    inner = around + (node,) if isinstance(node, Loop) else around
+    for child in node.body:
+        _verify_tile_tests(program, child, inner, errors)
+
+
+def _verify_tile_expr(program: Program, e: Expr, fixed: set[str], tiled: set[str], where: str,
+                      errors: list[str]) -> None:
+    if isinstance(e, Call) and e.op in TILE_BOUNDS:
+        operand = e.args[0]
+        if not isinstance(operand, (Load, Iter)):
+            errors.append(f"{where}: {e} bounds {operand}, which is neither a load nor an iterator")
+        if any(isinstance(x, Call) and x.op in TILE_BOUNDS for x in walk(operand)):
+            errors.append(f"{where}: {e} nests tile bounds")
+        _verify_expr(program, operand, tuple(tiled), where, errors, tile_ops=True)
+        return
+    if isinstance(e, Load):
+        errors.append(f"{where}: {e} is read outside tile_lo/tile_hi: its value varies over the tile")
+    elif isinstance(e, Iter) and e.name not in fixed:
+        errors.append(f"{where}: iterator {e.name} outside tile_lo/tile_hi is not an untiled loop's around it")
+    for c in children(e):
+        _verify_tile_expr(program, c, fixed, tiled, where, errors)
+
+
+def _verify_expr(program: Program, e: Expr, bound: tuple[str, ...], where: str, errors: list[str],
+                 tile_ops: bool = False) -> None:
     for x in walk(e):
+        if isinstance(x, Call) and x.op in TILE_BOUNDS and not tile_ops:
+            errors.append(f"{where}: {x.op} is meaningful only in a loop's tile test")
         if isinstance(x, Iter) and x.name not in bound:
             errors.append(f"{where}: iterator {x.name!r} is not bound by an enclosing loop")
         elif isinstance(x, Load):
