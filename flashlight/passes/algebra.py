@@ -248,28 +248,44 @@ def _negative(t: sp.Expr) -> bool:
 UNKNOWN = object()  # a finite real we know nothing else about
 
 
+# an undetermined value that may be infinite or NaN: a ``where`` on an unknown condition with a
+# non-finite branch (``where(mask, 0, -inf)``), and anything computed from one. Unlike UNKNOWN it
+# decides nothing: ``0 * x`` is NaN for an infinite x, and ``-inf - x`` is NaN for x = -inf (fuzz
+# seeds 7226696, 7320082: a -inf mask read twice, or multiplied).
+_MAYBE_NONFINITE = object()
+
+
 def abstract_eval(e: Expr) -> object:
     """Evaluate with loads and iterators as unknown finite reals; UNKNOWN where undetermined."""
+    value = _abstract(e)
+    return UNKNOWN if value is _MAYBE_NONFINITE else value
+
+
+def _abstract(e: Expr) -> object:
     if isinstance(e, Const):
         return e.value
     if isinstance(e, (Load, Iter)):
         return UNKNOWN
     assert isinstance(e, Call)
-    args = [abstract_eval(a) for a in e.args]
+    args = [_abstract(a) for a in e.args]
     op = e.op
+    if op == "where":
+        c, a, b = args
+        if c is not UNKNOWN and c is not _MAYBE_NONFINITE:
+            return a if c else b
+        if a is not UNKNOWN and b is not UNKNOWN and same_value(a, b):
+            return a
+        return _MAYBE_NONFINITE if any(x is _MAYBE_NONFINITE or _nonfinite(x) for x in (a, b)) else UNKNOWN
+    if op in ("add", "sub", "mul", "div", "neg", "exp", "exp2") and any(
+            isinstance(a, float) and math.isnan(a) for a in args):
+        return math.nan  # NaN absorbs every operand
+    if any(a is _MAYBE_NONFINITE for a in args):
+        return _MAYBE_NONFINITE
     if op in E.CASTS:
         x = args[0]
         return x if (x is UNKNOWN or dtypes.is_float(op)) else UNKNOWN
-    if op == "where":
-        c, a, b = args
-        if c is not UNKNOWN:
-            return a if c else b
-        return a if (a is not UNKNOWN and b is not UNKNOWN and same_value(a, b)) else UNKNOWN
     if all(a is not UNKNOWN for a in args):
         return _concrete(op, args)
-    if op in ("add", "sub", "mul", "div", "neg", "exp", "exp2") and any(
-            isinstance(a, float) and math.isnan(a) for a in args):
-        return math.nan  # NaN absorbs every finite operand
     # one side unknown but finite: infinities and zeros still decide some results
     if op in ("add", "sub"):  # a finite unknown does not change an infinity
         x, y = args
@@ -292,6 +308,10 @@ def abstract_eval(e: Expr) -> object:
             return -math.inf
         return UNKNOWN
     return UNKNOWN
+
+
+def _nonfinite(x: object) -> bool:
+    return isinstance(x, float) and not math.isfinite(x)
 
 
 def same_value(a: object, b: object) -> bool:
