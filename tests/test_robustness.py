@@ -313,3 +313,15 @@ def test_compile_time_is_bounded_on_a_200_op_program():
     inline = next(p for p in ex.proofs if p.transformation.startswith("inline"))
     assert "kept" in inline.reason and "more than 400 nodes" in inline.reason
     _same(_long_program, x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_a_real_scalar_is_compared_in_the_tensors_dtype():
+    """Eager converts a Python real to the comparison's dtype first: ``fp16(x) != 1e-3`` compares
+    with fp16(1e-3) = 0.0010004, so a value clamped to 1e-3 in fp16 equals it (fuzz seed 7480580)."""
+    def prog(x):
+        t = x.clamp(max=1e-3)
+        return (t != 1e-3).float() + (t < 1e-3).float() * 2 + (x >= 0.1).float() * 4
+
+    for dt in (torch.float16, torch.bfloat16):
+        x = torch.tensor([0.5, 1e-3, 0.0999, 0.1, -1.0]).to(dt)
+        torch.testing.assert_close(flashlight.compile(prog)(x), prog(x), rtol=0, atol=0)

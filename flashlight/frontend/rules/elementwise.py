@@ -22,7 +22,7 @@ from flashlight.frontend.builder import literal
 from flashlight.frontend.rules.base import RuleContext, Rules, aten, overload_packet, prims
 from flashlight.frontend.rules.indices import iterator_ranges, nonnegative
 from flashlight.frontend.rules.pointwise import operand, pointwise
-from flashlight.frontend.torch_dtypes import ir_dtype, opmath
+from flashlight.frontend.torch_dtypes import IR_TO_TORCH, ir_dtype, opmath
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Value
 
@@ -43,14 +43,25 @@ def _promoted(c: RuleContext, args: Sequence[object]) -> str:
     return ir_dtype(torch.result_type(vals[0], vals[1]))
 
 
+def _rounded(a: object, promoted: str) -> object:
+    """A Python real compared with a tensor is first converted to the comparison's dtype, as
+    eager's comparison kernels (CPU and CUDA) take it: ``fp16(x) != 1e-3`` compares with
+    ``fp16(1e-3)``, not with 1e-3 (fuzz seed 7480580)."""
+    if isinstance(a, float) and dtypes.is_float(promoted):
+        return torch.tensor(a, dtype=IR_TO_TORCH[promoted]).item()
+    return a
+
+
 def elementwise(op: str, arity: int) -> Callable[[RuleContext], Value]:
     """The rule of an operator that is the IR operator ``op`` of its first ``arity`` arguments."""
     def handler(c: RuleContext) -> Value:
         args = list(c.node.args[:arity])
         if op in E.COMPARISONS:
-            compute = opmath(_promoted(c, args))
+            promoted = _promoted(c, args)
+            compute = opmath(promoted)
             fn = lambda xs: E.call(op, *xs)  # noqa: E731
-            return pointwise(c, [operand(c, a, compute, c.out_shape) for a in args], fn, None)
+            rounded = [_rounded(a, promoted) for a in args]
+            return pointwise(c, [operand(c, a, compute, c.out_shape) for a in rounded], fn, None)
         compute = opmath(c.out_dtype)
         name = op
         if compute == dtypes.BOOL:  # arithmetic on booleans is logic (True + True is True)
