@@ -70,7 +70,10 @@ def _split_nest(program: Program, nest: Node, state_limit: int) -> tuple[list[No
         return None, None
     stmts = [s for s, _, _ in entries]
     serial = {s.name: {l.iterator for l in loops if l.mapping == "serial"} for s, loops, _ in entries}
-    listed = [s.name for s in stmts if not _auxiliary(s, entries)]
+    previous = {t for _, loops, _ in entries for l in loops if l.state for t in l.state.previous}
+    # copies of running values and empty-row fixups follow the statement they serve: not listed
+    listed = [s.name for s in stmts if not (s.target.tensor in previous or is_nan_fixup(s))]
+    deps = memory_dependences(PolyView.of(program.replace(body=(nest,)))).all  # of the fused kernel
     refusals: list[Proof] = []
     for w in wide:
         need = _slice(w, stmts, serial)
@@ -79,9 +82,8 @@ def _split_nest(program: Program, nest: Node, state_limit: int) -> tuple[list[No
             continue
         first = map_stmts((nest,), lambda s: s if s.name in need else None)
         second = map_stmts((nest,), lambda s: None if s.name in need else s)
-        fused = PolyView.of(program.replace(body=(nest,)))
         split = PolyView.of(program.replace(body=_with_own_state(first + second)))
-        bad = violations(memory_dependences(fused).all, split.schedule)
+        bad = violations(deps, split.schedule)
         head = [n for n in listed if n in need]
         tail = [n for n in listed if n not in need]
         if not bad.is_empty():
@@ -153,13 +155,6 @@ def _slice(w: str, stmts: list[Stmt], serial: dict[str, set[str]]) -> set[str]:
 def _loads(s: Stmt) -> list[E.Load]:
     exprs = [s.expr, *s.target.indices] + ([s.scale] if s.scale is not None else [])
     return [ld for e in exprs for ld in E.loads(e)]
-
-
-def _auxiliary(s: Stmt, entries: list) -> bool:
-    """A copy of a running value before each step, or an empty-row fixup: they follow the
-    statement they serve and are not listed in the decision."""
-    previous = {t for _, loops, _ in entries for l in loops if l.state for t in l.state.previous}
-    return s.target.tensor in previous or is_nan_fixup(s)
 
 
 def _with_own_state(body: tuple[Node, ...]) -> tuple[Node, ...]:
