@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from flashlight import autotune, cache, passes
+from flashlight.counting import count_eager_call, counters
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.debug_dump import debug_dir, dump_segment
@@ -104,9 +105,14 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
     report = SegmentReport(seg.program)
     strides = {d.name: tuple(int(s) for s in n.meta["val"].stride()) for d, n in zip(seg.program.inputs, seg.inputs)}
 
+    counted = [reports is not None]  # explain compiles nothing to run: it counts nothing
+
     def build(o: Options, rep: SegmentReport | None = None) -> CompiledProgram:
         use_cache = rep is None  # a report (explain, debug dumps) needs every stage
         cached = cache.load_segment(seg, o, target) if use_cache else None
+        if cached is None and not counted[0]:  # once per program, however many candidates it tunes
+            counted[0] = True
+            counters["programs_compiled"] += 1
         final, kernels = cached if cached is not None else compile_segment(seg, o, target, rep)
         if use_cache and cached is None:
             cache.store_segment(seg, o, target, final, kernels)
@@ -170,6 +176,7 @@ class CompiledFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         target_of([a for a in args if isinstance(a, torch.Tensor)])
         if self.eager_reason is not None:
+            count_eager_call(self._name, self.eager_reason)
             return self.fn(*args, **kwargs)
         try:
             with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
@@ -181,6 +188,8 @@ class CompiledFunction:
                 log.warning("flashlight: %s was compiled for %d input signatures, Dynamo's recompile limit "
                             "(torch._dynamo.config.recompile_limit): calls with new shapes, dtypes or strides "
                             "run in eager PyTorch", self._name, torch._dynamo.config.recompile_limit)
+            count_eager_call(self._name, "Dynamo's recompile limit: a new input signature after "
+                             f"{torch._dynamo.config.recompile_limit}")
             return self.fn(*args, **kwargs)
         except Exception as exc:
             if not raised_while_tracing(exc):
@@ -191,6 +200,7 @@ class CompiledFunction:
             result = self.fn(*args, **kwargs)
             self.eager_reason = f"capture failed inside Dynamo: {type(exc).__name__}: {exc}".splitlines()[0]
             log.warning("flashlight: %s runs eagerly: %s", self._name, self.eager_reason)
+            count_eager_call(self._name, self.eager_reason)
             return result
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from flashlight.codegen.launcher import Launch
+from flashlight.counting import counters
 from flashlight.frontend.segments import EagerSegment, LiftedGraph
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir.nodes import Program
@@ -128,6 +129,7 @@ class CompiledGraph:
                     self.fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
                     self.compiled[k] = prog = None
             if prog is None:
+                counters["eager_segments"] += 1
                 for n in seg.nodes:
                     env[n] = _run_node(n, env)
                 continue

@@ -191,3 +191,24 @@ def test_explain_reads_top_down():
     x = _x(4, 5).requires_grad_()
     saved = flashlight.explain(lambda x: torch.softmax(x, -1) * 2, x).saved
     assert [(s.shape, s.dtype) for s in saved] == [((4, 5), "f32")] and "backward" in saved[0].why
+
+
+def test_counters_say_what_compiled_and_what_ran_eagerly(tmp_path, monkeypatch):
+    """``programs_compiled`` counts pipeline runs (not disk-cache hits), ``eager_calls`` the calls
+    that ran entirely in eager PyTorch."""
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    flashlight.counters.clear()
+    f = flashlight.compile(lambda x: torch.softmax(x * 2, -1))
+    f(_x(3, 5))
+    f(_x(3, 5))  # the same shape: nothing new
+    assert flashlight.counters["programs_compiled"] == 1
+    f(_x(4, 5))
+    assert flashlight.counters["programs_compiled"] == 2
+    g = flashlight.compile(lambda x: torch.softmax(x * 2, -1))  # a new function, the same programs
+    g(_x(3, 5))
+    assert flashlight.counters["programs_compiled"] == 2, "the disk cache served it"
+    assert flashlight.counters["eager_calls"] == 0
+    limit = torch._dynamo.config.recompile_limit
+    for n in range(5, 5 + limit + 1):
+        torch.testing.assert_close(f(_x(n, 5)), torch.softmax(_x(n, 5) * 2, -1))
+    assert flashlight.counters["eager_calls"] == 3, "the shapes past the recompile limit ran eagerly"
