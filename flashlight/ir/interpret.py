@@ -243,9 +243,10 @@ def _online_combiner(op: str, dtype: str, where: str) -> Callable[[Value, Value,
 class _Machine(LoopClaims):
     """Storage of one run and the compiler of a program into closures over it."""
 
-    def __init__(self, program: Program, arrays: dict[str, np.ndarray]):
+    def __init__(self, program: Program, arrays: dict[str, np.ndarray], sizes: Mapping[str, int] | None = None):
         self.program = program
         self.arrays = arrays
+        self.sizes = dict(sizes or {})  # the size parameters, bound by the inputs' shapes
         self.dtypes = program.dtypes
         self.instances = 0  # statement instances run so far: tells which tiles held work
         self.full_tiles: list[str] = []  # the claims of the enclosing loops now in a tile stated full
@@ -298,7 +299,7 @@ class _Machine(LoopClaims):
             raise ValueError(f"{where}: {ref.tensor} has {len(decl.shape)} dimensions, "
                              f"indexed with {len(ref.indices)}: {ref}")
         fns = tuple(self.expr(i, where) for i in ref.indices)
-        shape = decl.shape
+        shape = _resolved(decl.shape, self.sizes)
 
         def index(env: Env) -> tuple[int, ...]:
             idx = tuple(int(f(env)) for f in fns)
@@ -490,7 +491,8 @@ def _initial(program: Program) -> dict[str, float | int | bool]:
     return {name: ident for name, (_, ident) in start.items()}
 
 
-def _check_inputs(program: Program, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+def _check_inputs(program: Program, inputs: Mapping[str, object]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The inputs as arrays of their declared dtypes, and the size parameters their shapes bind."""
     declared = {t.name: t for t in program.inputs}
     unknown = sorted(set(inputs) - set(declared))
     if unknown:
@@ -500,20 +502,34 @@ def _check_inputs(program: Program, inputs: Mapping[str, object]) -> dict[str, n
     if missing:
         raise ValueError(f"program {program.name}: missing input {', '.join(map(repr, missing))}")
     arrays = {}
+    sizes: dict[str, int] = {}
     for name, decl in declared.items():
         value = np.asarray(inputs[name])
-        if value.shape != decl.shape:
+        if len(value.shape) == len(decl.shape):
+            for dim, n in zip(decl.shape, value.shape):
+                if isinstance(dim, str):
+                    sizes.setdefault(dim, int(n))
+        if value.shape != _resolved(decl.shape, sizes):
             raise ValueError(f"program {program.name}: input {name!r} has shape {list(value.shape)}, "
-                             f"expected {list(decl.shape)} ({decl.dtype})")
+                             f"expected {list(decl.shape)} ({decl.dtype})"
+                             + (f" with {', '.join(f'{k} = {v}' for k, v in sizes.items())}" if sizes else ""))
         arrays[name] = to_numpy(value, decl.dtype)
-    return arrays
+    unbound = [p for p in program.params if p not in sizes]
+    if unbound:
+        raise ValueError(f"program {program.name}: no input's shape binds the size parameter {', '.join(unbound)}")
+    return arrays, sizes
 
 
-def _fresh(decl: TensorDecl, start: float | int | bool | None) -> np.ndarray:
+def _resolved(shape: tuple[int | str, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """``shape`` with its size parameters replaced by their values (-1 for one not yet bound)."""
+    return tuple(d if isinstance(d, int) else sizes.get(d, -1) for d in shape)
+
+
+def _fresh(decl: TensorDecl, start: float | int | bool | None, sizes: Mapping[str, int]) -> np.ndarray:
     """Storage of a temp or output: ``start`` everywhere, else NaN (floats) or zero."""
     if start is None:
         start = math.nan if dtypes.is_float(decl.dtype) else 0
-    return np.full(decl.shape, start, dtype=numpy_dtype(decl.dtype))
+    return np.full(_resolved(decl.shape, sizes), start, dtype=numpy_dtype(decl.dtype))
 
 
 def interpret(program: Program, inputs: Mapping[str, np.ndarray], *,
@@ -525,15 +541,15 @@ def interpret(program: Program, inputs: Mapping[str, np.ndarray], *,
     Results come back as ``float64``, ``float32``, ``float16``, ``float32`` (bf16, rounded),
     ``int64``, ``int32``, ``int16``, ``int8``, ``uint8`` or ``bool`` arrays.
     """
-    arrays = _check_inputs(program, inputs)
+    arrays, sizes = _check_inputs(program, inputs)
     start = _initial(program)
     for decl in program.tensors:
         if decl.role != "input":
-            arrays[decl.name] = _fresh(decl, start.get(decl.name))
-    machine = _Machine(program, arrays)
+            arrays[decl.name] = _fresh(decl, start.get(decl.name), sizes)
+    machine = _Machine(program, arrays, sizes)
     run = machine.body(program.body)
     with np.errstate(all="ignore"):
-        run({})
+        run({name: np.int64(n) for name, n in sizes.items()})
     wanted = ("output", "temp") if return_temps else ("output",)
     return {t.name: arrays[t.name] for t in program.tensors if t.role in wanted}
 

@@ -95,15 +95,18 @@ def _aff_vars(space: isl.Space) -> dict:
     """Each dimension of a set space as an (unpieced) affine function, keyed as :func:`_vars`:
     the terms of a :class:`islpy.MultiAff`, the map isl's parser makes of ``S[i] -> [i, 0]``."""
     ls = isl.LocalSpace.from_space(space)
-    names = space.get_var_names(isl.dim_type.set)
-    v: dict = {name: isl.Aff.var_on_domain(ls, isl.dim_type.set, k) for k, name in enumerate(names)}
+    v: dict = {name: isl.Aff.var_on_domain(ls, kind, k)
+               for kind in (isl.dim_type.param, isl.dim_type.set)
+               for k, name in enumerate(space.get_var_names(kind))}
     v[0] = isl.Aff.zero_on_domain(ls)
     return v
 
 
 def _multi_aff_map(src: isl.Space, terms: Sequence[isl.Aff]) -> isl.Map:
     """``{ src -> [terms] }``."""
-    dst = isl.Space.set_alloc(isl.DEFAULT_CONTEXT, 0, len(terms))
+    # an anonymous tuple of len(terms) dimensions over src's size parameters
+    dst = (src.drop_dims(isl.dim_type.set, 0, src.dim(isl.dim_type.set)).reset_tuple_id(isl.dim_type.set)
+           .add_dims(isl.dim_type.set, len(terms)))
     affs = isl.AffList.alloc(isl.DEFAULT_CONTEXT, len(terms))
     for t in terms:
         affs = affs.add(t)
@@ -130,6 +133,7 @@ def _term(v: dict, term: Term):
 
 def _all(sets: Sequence[isl.Set], space: isl.Space) -> isl.Set:
     return reduce(lambda a, b: a & b, sets, isl.Set.universe(space))
+
 
 # }}}
 
@@ -305,11 +309,12 @@ def is_affine_condition(e: Expr) -> bool:
 
 
 def statement_domain(name: str, bounds: Sequence[tuple[str, Expr, Expr]],
-                     guards: Sequence[Expr]) -> tuple[isl.Set, bool]:
-    """``{ name[iterators] : lower <= iterator < upper and guards }`` for ``bounds`` of
-    ``(iterator, lower, upper)``, outermost first, and whether it is exact: a guard that is not
-    affine is left out (the domain over-approximates). Bounds must be quasi-affine."""
-    space = set_space(name, [it for it, _, _ in bounds])
+                     guards: Sequence[Expr], params: Sequence[str] = ()) -> tuple[isl.Set, bool]:
+    """``[params] -> { name[iterators] : lower <= iterator < upper and guards }`` for ``bounds``
+    of ``(iterator, lower, upper)``, outermost first, and whether it is exact: a guard that is not
+    affine is left out (the domain over-approximates). Bounds must be quasi-affine in the
+    enclosing iterators and the size parameters ``params``."""
+    space = set_space(name, [it for it, _, _ in bounds], params)
     v = _vars(space)
     parts = []
     for it, lower, upper in bounds:
@@ -322,7 +327,7 @@ def statement_domain(name: str, bounds: Sequence[tuple[str, Expr, Expr]],
 
 
 def access_map(domain: isl.Set, tensor: str, indices: Sequence[Expr],
-               shape: Sequence[int]) -> tuple[isl.Map, bool]:
+               shape: Sequence[int | str]) -> tuple[isl.Map, bool]:
     """``{ S[iterators] -> tensor[indices] }`` on ``domain`` (whose space is ``S[iterators]``),
     and whether it is exact: an index that is not quasi-affine ranges over the whole dimension
     ``o<k>`` of the tensor."""
@@ -333,8 +338,16 @@ def access_map(domain: isl.Set, tensor: str, indices: Sequence[Expr],
     for k, a in enumerate(affs):
         if a is None:  # a gather: the dimension ranges over the tensor
             out = (out.insert_dims(isl.dim_type.out, k, 1).set_dim_name(isl.dim_type.out, k, f"o{k}")
-                   .lower_bound_val(isl.dim_type.out, k, 0).upper_bound_val(isl.dim_type.out, k, shape[k] - 1))
+                   .lower_bound_val(isl.dim_type.out, k, 0))
+            out = _below(out, k, shape[k])
     exact = all(a is not None for a in affs)
     return out.set_tuple_name(isl.dim_type.out, isl_name(tensor)).intersect_domain(domain), exact
+
+def _below(m: isl.Map, k: int, extent: int | str) -> isl.Map:
+    """``m`` with output dimension ``k`` below ``extent``, a size or a size parameter."""
+    if isinstance(extent, int):
+        return m.upper_bound_val(isl.dim_type.out, k, extent - 1)
+    v = isl.affs_from_space(m.get_space().range())
+    return m.intersect_range(v[m.get_dim_name(isl.dim_type.out, k)].lt_set(v[isl_name(extent)]))
 
 # }}}

@@ -51,7 +51,9 @@ STORAGES = ("global", "local")
 class TensorDecl:
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    # a dimension is a size or a size parameter of the program (``S``), the same at every call
+    # within one compilation for the former, bound by each call's inputs for the latter
+    shape: tuple[int | str, ...]
     role: str  # input | output | temp
     storage: str = "global"  # global | local (registers of one program)
 
@@ -59,6 +61,8 @@ class TensorDecl:
     def numel(self) -> int:
         n = 1
         for s in self.shape:
+            if isinstance(s, str):
+                raise TypeError(f"{self.name} has a symbolic shape {self.shape}: its size depends on {s}")
             n *= s
         return n
 
@@ -220,6 +224,9 @@ class Program:
     body: tuple[Node, ...]
     # Decisions of the passes that produced this program; not part of the printed IR.
     proofs: tuple[Proof, ...] = field(default=(), compare=False)
+    # Size parameters (``program f[S, T](...)``): names that shapes and loop bounds may use, and
+    # isl parameters in every analysis, so that one program holds for every size.
+    params: tuple[str, ...] = ()
 
     @cached_property
     def tensor_map(self) -> dict[str, TensorDecl]:

@@ -133,18 +133,22 @@ class _LineParser(LoopAnnotationParser):
             raise self.error(f"unknown dtype {tok.text!r}; expected one of {', '.join(dtypes.ALL)}")
         return self.next().text
 
-    def tensor_type(self) -> tuple[str, tuple[int, ...]]:
-        """``DTYPE[SHAPE]``."""
+    def tensor_type(self) -> tuple[str, tuple[int | str, ...]]:
+        """``DTYPE[SHAPE]``, each dimension a size or a size parameter."""
         dtype = self.dtype()
         self.expect("[", "after the dtype")
-        shape: list[int] = []
+        shape: list[int | str] = []
         if not self.at("]"):
-            shape.append(self.expect_int("a dimension size"))
+            shape.append(self.dimension())
             while self.at(","):
                 self.next()
-                shape.append(self.expect_int("a dimension size"))
+                shape.append(self.dimension())
         self.expect("]", "after the shape")
         return dtype, tuple(shape)
+
+    def dimension(self) -> int | str:
+        tok = self.peek()
+        return self.expect_name("a dimension size") if tok.kind == "name" else self.expect_int("a dimension size")
 
     def tensor_decl(self, role: str, storage: str = "global") -> TensorDecl:
         """``NAME: DTYPE[SHAPE]``."""
@@ -165,17 +169,22 @@ class _LineParser(LoopAnnotationParser):
         self.expect(")", f"after the {role}s")
         return decls
 
-    def header(self) -> tuple[str, list[TensorDecl]]:
-        """``program NAME(INPUTS) -> (OUTPUTS)``."""
+    def header(self) -> tuple[str, list[str], list[TensorDecl]]:
+        """``program NAME[SIZES](INPUTS) -> (OUTPUTS)``, the size parameters optional."""
         if not self.at("program"):
             raise self.expected("the header 'program NAME(...) -> (...)'")
         self.next()
         name = self.expect_name("a program name")
+        sizes: list[str] = []
+        if self.at("["):
+            self.next()
+            sizes = self.names("a size parameter")
+            self.expect("]", "after the size parameters")
         inputs = self.params("input")
         self.expect("->", "between inputs and outputs")
         outputs = self.params("output")
         self.expect_end()
-        return name, inputs + outputs
+        return name, sizes, inputs + outputs
 
     # }}}
 
@@ -459,7 +468,7 @@ class _ProgramParser:
         if head.depth != 0:
             raise ParseError(head.number, head.indent + 1, "expected the header 'program NAME(...) -> (...)' "
                                                            f"without indentation, found {head.indent} spaces")
-        name, tensors = head.parser().header()
+        name, sizes, tensors = head.parser().header()
         self.pos += 1
         tensors += self.declarations()
         body = self.block(1)
@@ -468,7 +477,7 @@ class _ProgramParser:
             first = line.parser().peek()
             raise ParseError(line.number, 1, f"expected a body line indented by {INDENT} spaces or end of "
                                              f"input, found {first.describe()}")
-        return Program(name, tuple(tensors), tuple(body))
+        return Program(name, tuple(tensors), tuple(body), params=tuple(sizes))
 
     def declarations(self) -> list[TensorDecl]:
         """``buffer NAME: TYPE`` and ``local NAME: TYPE`` lines right after the header."""

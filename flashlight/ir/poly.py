@@ -7,7 +7,8 @@ quasi-affine indices are exact; an index that is not (a gather) makes that dimen
 access range over the whole tensor. The schedule is the 2d+1 form of the program's tree,
 padded to one length, since isl silently ignores pairs of schedules of different lengths.
 
-Shapes are static, so every set is parameter-free and every witness is a concrete instance.
+A program's size parameters (``program f[S](...)``) are isl parameters of every set and map:
+an analysis of such a program holds for every size, and a witness may be a parametric instance.
 The sets and maps are built by :mod:`flashlight.ir.isl_build`, as are those of the passes.
 
 .. autoclass:: PolyView
@@ -122,7 +123,8 @@ def _collect(body: tuple[Node, ...], loops: tuple[Loop, ...], guards: tuple[Expr
 def _stmt_view(program: Program, stmt: Stmt, loops: tuple[Loop, ...], guards: tuple[Expr, ...],
                positions: tuple[int, ...], depth: int) -> StmtView:
     its = tuple(l.iterator for l in loops)
-    domain, exact = statement_domain(stmt.name, [(l.iterator, l.lower, l.upper) for l in loops], guards)
+    domain, exact = statement_domain(stmt.name, [(l.iterator, l.lower, l.upper) for l in loops], guards,
+                                     program.params)
 
     def access(load: Load) -> isl.Map:
         nonlocal exact

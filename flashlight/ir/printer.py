@@ -141,7 +141,8 @@ def _format_body(body: tuple[Node, ...], depth: int, out: list[str]) -> None:
 def format_program(p: Program) -> str:
     ins = ", ".join(f"{t.name}: {format_type(t)}" for t in p.inputs)
     outs = ", ".join(f"{t.name}: {format_type(t)}" for t in p.outputs)
-    lines = [f"program {p.name}({ins}) -> ({outs})"]
+    sizes = f"[{', '.join(p.params)}]" if p.params else ""
+    lines = [f"program {p.name}{sizes}({ins}) -> ({outs})"]
     for t in p.temps:
         lines.append(f"  {'local' if t.storage == 'local' else 'buffer'} {t.name}: {format_type(t)}")
     _format_body(p.body, 1, lines)

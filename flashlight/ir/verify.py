@@ -38,11 +38,14 @@ def verify(program: Program) -> Program:
             errors.append(f"tensor {t.name!r} has unknown storage {t.storage!r}")
         if t.storage == "local" and t.role != "temp":
             errors.append(f"tensor {t.name!r} is a {t.role} and cannot be local")
-        if any((not isinstance(s, int)) or s < 0 for s in t.shape):
+        if any(not (isinstance(s, int) and s >= 0 or isinstance(s, str) and s in program.params) for s in t.shape):
             errors.append(f"tensor {t.name!r} has an invalid shape {t.shape}")
+    for p in program.params:
+        if not p.isidentifier() or program.params.count(p) > 1 or p in seen:
+            errors.append(f"size parameter {p!r} is not an identifier, or declared twice, or a tensor's name")
     stmt_names: set[str] = set()
     written: set[str] = set()
-    _verify_body(program, program.body, (), errors, stmt_names, written)
+    _verify_body(program, program.body, program.params, errors, stmt_names, written)
     for nest in program.body:
         _verify_one_tile_per_iterator(nest, errors)
         _verify_tile_tests(program, nest, (), errors)

@@ -1,0 +1,101 @@
+"""Size parameters in the IR (``program f[S, T](...)``): printed and parsed, verified, isl
+parameters in every analysis, bound by the inputs' shapes in the interpreter. The groundwork of
+one compilation for every sequence length; the frontend and the passes do not produce or keep
+them yet."""
+
+from __future__ import annotations
+
+import islpy as isl
+import numpy as np
+import pytest
+
+from flashlight import ir
+from flashlight.ir.interpret import interpret
+from flashlight.ir.poly import PolyView
+from flashlight.ir.verify import VerificationError, verify
+from flashlight.passes.dependences import flow_dependences, memory_dependences, violations
+
+SOFTMAX = """\
+program softmax_rows[S, T](x: f32[S,T]) -> (out0: f32[S,T])
+  buffer m: f32[S]
+  buffer l: f32[S]
+  for i in 0:S parallel
+    for j in 0:T reduce
+      M: m[i] max= x[i,j]
+  for i in 0:S parallel
+    for j in 0:T reduce
+      L: l[i] += exp(x[i,j] - m[i])
+  for i in 0:S parallel, j in 0:T parallel
+    O: out0[i,j] = exp(x[i,j] - m[i]) / l[i]"""
+
+
+def test_a_parametric_program_round_trips_and_verifies():
+    p = ir.parse(SOFTMAX)
+    assert p.params == ("S", "T") and p.tensor("x").shape == ("S", "T")
+    assert str(p) == SOFTMAX and ir.parse(str(p)) == p
+    verify(p)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("program p[S](x: f32[N]) -> (o: f32[N])\n  for i in 0:N parallel\n    A: o[i] = x[i]", "invalid shape"),
+    ("program p[S, S](x: f32[S]) -> (o: f32[S])\n  for i in 0:S parallel\n    A: o[i] = x[i]", "declared twice"),
+    ("program p[x](x: f32[x]) -> (o: f32[x])\n  for i in 0:x parallel\n    A: o[i] = x[i]", "a tensor's name"),
+    ("program p[S](x: f32[S]) -> (o: f32[S])\n  for S in 0:S parallel\n    A: o[S] = x[S]", "shadows"),
+])
+def test_the_verifier_names_a_bad_size_parameter(text, error):
+    with pytest.raises(VerificationError, match=error):
+        verify(ir.parse(text))
+
+
+def test_the_dependence_that_forbids_fusing_holds_for_every_size():
+    """isl's witness of design section 4, for all S and T at once: every step of the sum needs the
+    last step of the max, ``M[i, j = T - 1] -> L[i, j']``."""
+    view = PolyView.of(ir.parse(SOFTMAX))
+    assert str(view.domain).startswith("[S, T] -> {")
+    flow = flow_dependences(view)
+    m_to_l = [str(m) for m in _maps(flow)
+              if m.get_tuple_name(isl.dim_type.in_) == "M" and m.get_tuple_name(isl.dim_type.out) == "L"]
+    assert m_to_l == ["[S, T] -> { M[i, j = -1 + T] -> L[i' = i, j'] : 0 <= i < S and 0 <= j' < T }"]
+    # fused into one loop over j, that dependence runs backwards for every T >= 2, and for T = 1 not
+    fused = _fused_schedule(view)
+    bad = violations(memory_dependences(view).all, fused)
+    assert not bad.is_empty()
+    assert str(bad.params()) == "[S, T] -> {  : S > 0 and T >= 2 }"
+
+
+def test_a_gather_over_a_symbolic_dimension_ranges_below_its_size():
+    p = ir.parse("program g[S](x: f32[S], idx: i64[4]) -> (o: f32[4])\n"
+                 "  for i in 0:4 parallel\n    A: o[i] = x[idx[i]]")
+    reads = str(PolyView.of(p).reads)
+    assert "A[i] -> x[o0] : 0 <= i <= 3 and 0 <= o0 < S" in reads
+
+
+@pytest.mark.parametrize("S, T", [(1, 1), (3, 5), (7, 2)])
+def test_the_interpreter_binds_sizes_from_the_inputs(S, T):
+    x = np.random.default_rng(S * T).standard_normal((S, T)).astype(np.float32)
+    out = interpret(ir.parse(SOFTMAX), {"x": x})["out0"]
+    e = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(out, e / e.sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_inputs_that_disagree_on_a_size_are_refused():
+    p = ir.parse("program p[S](x: f32[S], y: f32[S]) -> (o: f32[S])\n"
+                 "  for i in 0:S parallel\n    A: o[i] = x[i] + y[i]")
+    with pytest.raises(ValueError, match="with S = 3"):
+        interpret(p, {"x": np.zeros(3, np.float32), "y": np.zeros(4, np.float32)})
+
+
+def _maps(u):
+    out = []
+    u.foreach_map(out.append)
+    return out
+
+
+def _fused_schedule(view: PolyView):
+    """M, L, O of one row in one loop over j: ``S[i, j] -> [i, j, k]`` (O's j is its own)."""
+    order = {"M": 0, "L": 1, "O": 2}
+    out = isl.UnionMap("{ }")
+    for name, sv in view.stmts.items():
+        m = isl.Map(f"[S, T] -> {{ {name}[i, j] -> [i, j, {order[name]}] }}").intersect_domain(sv.domain)
+        out = out.union(isl.UnionMap.from_map(m))
+    return out
