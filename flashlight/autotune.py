@@ -8,7 +8,9 @@ the first call's real inputs (``data_steers``): those inputs decide how much wor
 (document ids, masks, key lengths let whole tiles be skipped), and no made-up data stands in for
 them (document ids all zero make every tile full, and the configuration that wins there lost
 1.9x on real documents on the H100). The choice is cached on disk, keyed by the program's text,
-the device and the software versions, so a warm compile reads it back. Every configuration is a
+the device and the software versions, so a warm compile reads it back. The text is the program's
+*size class*: every extent rounded up to a power of two, so that one choice serves every sequence
+length of a bucket (a new length in a known bucket compiles without timing anything). Every configuration is a
 legal one: tiling is proved by the passes whatever the sizes. :func:`build_tuned` applies this to
 a program segment being compiled; :func:`tune` measures.
 """
@@ -32,7 +34,8 @@ import torch
 from flashlight.cache import code_version
 from flashlight.codegen.launcher import cache_dir
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
-from flashlight.ir.nodes import Program
+from flashlight.ir.expr import Const
+from flashlight.ir.nodes import Guard, Node, Program, Stmt
 from flashlight.log import progress
 from flashlight.options import Options
 from flashlight.passes import DEFAULT_PIPELINE
@@ -50,10 +53,34 @@ CANDIDATES = [(128, 64, 3, None), (64, 64, 3, None), (128, 128, 3, None), (128, 
 ROUNDS = 2
 
 
+def _bucket(n: int) -> int:
+    return n if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def size_class(program: Program) -> Program:
+    """``program`` with every tensor dimension and loop extent rounded up to a power of two: the
+    programs that one tuning choice serves. Tiles are padded to powers of two, so the kernels of
+    one class have the same tiles and differ only in their masks and trip counts."""
+    def resize(node: Node) -> Node:
+        if isinstance(node, Stmt):
+            return node
+        body = tuple(resize(c) for c in node.body)
+        if isinstance(node, Guard):
+            return replace(node, body=body)
+        upper = node.upper
+        if isinstance(upper, Const) and isinstance(upper.value, int):
+            upper = replace(upper, value=_bucket(upper.value))
+        return replace(node, upper=upper, body=body)
+
+    tensors = tuple(replace(t, shape=tuple(_bucket(d) if isinstance(d, int) else d for d in t.shape))
+                    for t in program.tensors)
+    return program.replace(tensors=tensors, body=tuple(resize(n) for n in program.body))
+
+
 def _key(program: Program, device: str, pipeline: str) -> str:
     import triton
 
-    text = "\n".join([str(program), device, pipeline, torch.__version__, triton.__version__, code_version()])
+    text = "\n".join([str(size_class(program)), device, pipeline, torch.__version__, triton.__version__, code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -130,3 +130,31 @@ def test_a_choice_is_kept_per_pipeline(tmp_path, monkeypatch):
     autotune.store(PROGRAM, "cpu", {"block_m": 128, "block_n": 64, "num_stages": 2}, reduced)
     assert autotune.lookup(PROGRAM, "cpu", reduced)["block_m"] == 128
     assert autotune.lookup(PROGRAM, "cpu")["block_m"] == 64
+
+
+def _rows(n: int) -> ir.Program:
+    return ir.parse(f"program p(x: f32[{n},8]) -> (out0: f32[{n}])\n"
+                    f"  for i in 0:{n} parallel\n    for j in 0:8 reduce\n      S: out0[i] += x[i,j]")
+
+
+def test_one_choice_serves_every_length_of_a_power_of_two_bucket(tmp_path, monkeypatch):
+    """A new sequence length in a bucket that was tuned before is timed no more (issue 19)."""
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    timed = []
+
+    def clock(fn):
+        timed.append(fn())
+        return 1.0
+
+    def build(*config):
+        return lambda inputs: config
+
+    autotune.tune(_rows(600), torch.device("cpu"), build, timer=clock)
+    first = len(timed)
+    assert first >= len(autotune.CANDIDATES)
+    for length in (513, 1000, 1024):
+        autotune.tune(_rows(length), torch.device("cpu"), build, timer=clock)
+    assert len(timed) == first, "lengths 513..1024 share the choice tuned at 600"
+    autotune.tune(_rows(1025), torch.device("cpu"), build, timer=clock)
+    assert len(timed) == 2 * first, "1025 is in the next bucket: tuned anew"
+    assert str(autotune.size_class(_rows(600))).startswith("program p(x: f32[1024,8]) -> (out0: f32[1024])")

@@ -99,3 +99,11 @@ def _fused_schedule(view: PolyView):
         m = isl.Map(f"[S, T] -> {{ {name}[i, j] -> [i, j, {order[name]}] }}").intersect_domain(sv.domain)
         out = out.union(isl.UnionMap.from_map(m))
     return out
+
+
+def test_rebuilding_a_program_keeps_its_size_parameters():
+    from flashlight.ir.nodes import Proof
+
+    p = ir.parse(SOFTMAX)
+    assert p.replace(name="q").params == ("S", "T")
+    assert p.with_proofs(Proof("x", True, "y")).params == ("S", "T")

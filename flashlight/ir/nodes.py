@@ -258,10 +258,11 @@ class Program:
         return [s for s, _, _ in walk_stmts(self.body)]
 
     def with_proofs(self, *proofs: Proof) -> Program:
-        return Program(self.name, self.tensors, self.body, self.proofs + tuple(proofs))
+        return self.replace(proofs=self.proofs + tuple(proofs))
 
     def replace(self, **changes) -> Program:
-        fields = {"name": self.name, "tensors": self.tensors, "body": self.body, "proofs": self.proofs}
+        fields = {"name": self.name, "tensors": self.tensors, "body": self.body, "proofs": self.proofs,
+                  "params": self.params}
         fields.update(changes)
         return Program(**fields)
 
