@@ -103,12 +103,15 @@ class KernelInfo:
 @dataclass
 class BufferInfo:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
     dtype: str
 
     @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * dtypes.BYTES[self.dtype]
+    def nbytes(self) -> int | None:
+        """Bytes, or None where a dimension is a size parameter (the size varies between calls)."""
+        if any(isinstance(d, str) for d in self.shape):
+            return None
+        return math.prod(self.shape) * dtypes.BYTES[self.dtype]  # type: ignore[arg-type]
 
 
 @dataclass
@@ -144,7 +147,8 @@ class Explanation:
                f"{'s' * (len(self.fallbacks) != 1)} to eager PyTorch", "", "-- kernels --"]
         out += [f"{k.name}: {k.grid} program{'s' * (k.grid != 1)}; {k.computes}" for k in self.kernels] or ["(none)"]
         out += ["", "-- buffers in global memory --"]
-        out += [f"{b.name}: {b.dtype}{list(b.shape)} ({_bytes(b.nbytes)})" for b in self.buffers] or ["(none)"]
+        out += [f"{b.name}: {b.dtype}[{', '.join(map(str, b.shape))}] "
+                f"({'size varies' if b.nbytes is None else _bytes(b.nbytes)})" for b in self.buffers] or ["(none)"]
         if self.saved:
             out += ["", "-- saved for the backward --"]
             out += [f"{s.name}: {s.dtype}{list(s.shape)}: {s.why}" for s in self.saved]

@@ -1,7 +1,7 @@
 """Size parameters in the IR (``program f[S, T](...)``): printed and parsed, verified, isl
-parameters in every analysis, bound by the inputs' shapes in the interpreter. The groundwork of
-one compilation for every sequence length; the frontend and the passes do not produce or keep
-them yet."""
+parameters in every analysis, bound by the inputs' shapes in the interpreter, lifted from
+dimensions marked varying, and kept by the passes before ``tile``. The groundwork of one
+compilation for every sequence length."""
 
 from __future__ import annotations
 
@@ -107,3 +107,91 @@ def test_rebuilding_a_program_keeps_its_size_parameters():
     p = ir.parse(SOFTMAX)
     assert p.replace(name="q").params == ("S", "T")
     assert p.with_proofs(Proof("x", True, "y")).params == ("S", "T")
+
+
+# {{{ lifting: a dimension marked varying becomes a size parameter
+
+def _rms(x, w):
+    import torch
+
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def _causal(q, k, v):
+    import torch
+
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def _marked(*tensors_and_dims):
+    import torch
+
+    for t, d in tensors_and_dims:
+        torch._dynamo.mark_dynamic(t, d)
+    return [t for t, _ in tensors_and_dims]
+
+
+def test_trace_lifts_a_dimension_marked_dynamic_as_a_size_parameter():
+    import torch
+
+    import flashlight
+
+    x, w = _marked((torch.randn(37, 64), 0)), torch.randn(64)
+    prog = flashlight.trace(_rms, *x, w)
+    assert prog.params == ("S",)
+    assert str(prog).startswith("program rms[S](x: f32[S,64], w: f32[64]) -> (out0: f32[S,64])")
+    assert "for i0 in 0:S parallel" in str(prog)
+    assert ir.parse(str(prog)) == prog
+    verify(prog)
+
+
+def test_causal_attention_over_varying_lengths_runs_the_passes_before_tile_and_matches_eager():
+    """One parametric program, analysed once (the causal mask is a domain and the online rewrite
+    holds for every length), interpreted at lengths on both sides of every tile size."""
+    import torch
+
+    import flashlight
+    from flashlight import passes
+
+    qkv = _marked(*[(torch.randn(1, 2, 37, 16), 2) for _ in range(3)])
+    prog = flashlight.trace(_causal, *qkv)
+    assert set(prog.params) == {"S", "T"}  # Dynamo gives the query and the key length a symbol each
+    before_tile = passes.DEFAULT_PIPELINE.split(",tile,")[0]
+    out = passes.run_pipeline(prog, before_tile)
+    assert "if i2 <= i1" in str(out) and "as nan fixup" in str(out)
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 37, 70):
+        ins = {name: rng.standard_normal((1, 2, n, 16)).astype(np.float32) for name in "qkv"}
+        ref = _causal(*[torch.from_numpy(ins[name]) for name in "qkv"]).numpy()
+        np.testing.assert_allclose(interpret(out, ins)["out0"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_that_needs_known_sizes_says_so_and_the_program_runs_eagerly():
+    import torch
+
+    import flashlight
+
+    x = _marked((torch.randn(37, 64), 0))
+    ex = flashlight.explain(_rms, *x, torch.randn(64))
+    [(what, why)] = ex.fallbacks
+    assert "runs to S, a size that varies between calls: this pass needs known sizes" in why
+    assert "(size varies)" in str(ex)
+
+# }}}
+
+
+def test_a_reshape_keeps_a_size_parameter_as_its_own_dimension_and_refuses_to_merge_it():
+    from flashlight.frontend.unsupported import Unsupported
+    from flashlight.frontend.values import Value, placeholders
+    from flashlight.ir.expr import Load
+
+    x = Value(Load("x", placeholders(3)), (1, "S", 6), "f32")
+    split = x.reshape(("S", 2, 3))
+    assert split.shape == ("S", 2, 3)
+    assert str(split.expr) == "x[0,_p0,3 * _p1 + _p2]"
+    with pytest.raises(Unsupported, match="merges or splits a size parameter"):
+        x.reshape((-1,))
+    with pytest.raises(Unsupported, match="merges or splits a size parameter"):
+        x.reshape(("S", "T", 6))

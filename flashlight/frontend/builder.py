@@ -25,7 +25,9 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, walk_stmts
-from flashlight.frontend.values import Value, placeholder, placeholders
+from flashlight.frontend.values import Size, Value, index_ranges, placeholder, placeholders
+
+PARAM_NAMES = ("S", "T", "U", "V", "W")
 
 
 @dataclass
@@ -33,6 +35,8 @@ class ProgramBuilder:
     name: str
     tensors: dict[str, TensorDecl] = field(default_factory=dict)
     body: list[Node] = field(default_factory=list)
+    # symbolic sizes met so far (Dynamo's symbol, ``s77``) and the size parameter each became
+    params: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
 
     # {{{ names and tensors
@@ -46,12 +50,19 @@ class ProgramBuilder:
             name, k = f"{base}_{k}", k + 1
         return name
 
-    def add_tensor(self, hint: str, dtype: str, shape: Sequence[int], role: str) -> str:
+    def param(self, symbol: str) -> str:
+        """The size parameter for a symbolic size: ``S``, ``T``, ... in order of first use."""
+        if symbol not in self.params:
+            k = len(self.params)
+            self.params[symbol] = PARAM_NAMES[k] if k < len(PARAM_NAMES) else f"S{k}"
+        return self.params[symbol]
+
+    def add_tensor(self, hint: str, dtype: str, shape: Sequence[Size], role: str) -> str:
         name = self.fresh(hint)
-        self.tensors[name] = TensorDecl(name, dtype, tuple(int(s) for s in shape), role)
+        self.tensors[name] = TensorDecl(name, dtype, tuple(s if isinstance(s, str) else int(s) for s in shape), role)
         return name
 
-    def input(self, hint: str, shape: Sequence[int], dtype: str) -> Value:
+    def input(self, hint: str, shape: Sequence[Size], dtype: str) -> Value:
         name = self.add_tensor(hint, dtype, shape, "input")
         return Value(Load(name, placeholders(len(shape))), tuple(shape), dtype)
 
@@ -68,7 +79,7 @@ class ProgramBuilder:
 
     # }}}
 
-    def emit(self, hint: str, dtype: str, extents: Sequence[int], kinds: Sequence[str],
+    def emit(self, hint: str, dtype: str, extents: Sequence[Size], kinds: Sequence[str],
              target_dims: Sequence[int], op: str, make_expr: Callable[[list[Iter]], Expr],
              role: str = "temp") -> Value:
         """One statement in its own nest.
@@ -79,7 +90,7 @@ class ProgramBuilder:
         """
         its = [Iter(f"x{self._counter}_{k}") for k in range(len(extents))]
         self._counter += 1
-        ranges = {it.name: (0, max(n - 1, 0)) for it, n in zip(its, extents)}
+        ranges = index_ranges([it.name for it in its], extents)
         # a dimension of extent one is no loop: its iterator is the constant 0
         unit = {it.name: E.index(0) for it, n in zip(its, extents) if n == 1}
         rhs = E.simplify_index(E.substitute(make_expr(its), unit), ranges)
@@ -89,7 +100,7 @@ class ProgramBuilder:
         # delinearise merged dimensions
         splits: dict[str, list[tuple[str, int, int]]] = {}  # iterator -> digits (name, extent, radix)
         for it, n, _ in list(loops):
-            digits = _digits(it, n, rhs)
+            digits = _digits(it, n, rhs) if isinstance(n, int) else None
             if digits is None:
                 continue
             mapping = {it: _join_digits(digits)}
@@ -130,7 +141,7 @@ class ProgramBuilder:
         stmt = Stmt(f"S{len(self.body)}", Load(tname, tuple(new_target)), op, rhs)
         node: Node = stmt
         for it, n, kind in reversed(loops):
-            node = Loop(it, E.index(0), E.index(n), kind, (node,))
+            node = Loop(it, E.index(0), E.index(n) if isinstance(n, int) else Iter(n), kind, (node,))
         self.body.append(node)
         logical_shape = tuple(extents[d] for d in target_dims)
         return Value(Load(tname, tuple(value_idx)), logical_shape, dtype)
@@ -142,7 +153,7 @@ class ProgramBuilder:
                       lambda its, v=v: v.at(its), role="output")
         order = {"input": 0, "output": 1, "temp": 2}
         tensors = tuple(sorted(self.tensors.values(), key=lambda t: order[t.role]))
-        prog = Program(self.name, tensors, tuple(self.body))
+        prog = Program(self.name, tensors, tuple(self.body), params=tuple(self.params.values()))
         return name_statements(name_iterators(prog))
 
 

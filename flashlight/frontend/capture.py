@@ -200,9 +200,13 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
 
     def record(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
         graphs.append(CapturedGraph(gm, list(example_inputs), names))
-        return make_eager_runner(gm) if execute else make_placeholder_runner(gm)
+        # zeros need concrete shapes: a graph with varying sizes runs to give its outputs theirs
+        symbolic = any(isinstance(x, torch.SymInt) for x in example_inputs)
+        return make_eager_runner(gm) if execute or symbolic else make_placeholder_runner(gm)
 
-    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=False)
+    # sizes stay concrete unless an input marks them varying (torch._dynamo.mark_dynamic): then
+    # they are lifted as size parameters
+    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=None)
     try:
         result = compiled(*args, **(kwargs or {}))
     except Exception as exc:

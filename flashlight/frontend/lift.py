@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.rules import RULES, RuleContext, op_name, overload_packet
+from flashlight.frontend.rules.base import size_of
 from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
@@ -44,7 +45,8 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     scratch = ProgramBuilder(name)
     env: dict[fx.Node, Value] = {}
     for n in phs:
-        env[n] = _input_value(scratch, n, ph_name[n])
+        if not _is_size(n):  # a size Dynamo made symbolic: read through the shapes it sizes
+            env[n] = _input_value(scratch, n, ph_name[n])
     for n in graph.nodes:  # tensor constants are inputs of the programs that read them
         if n.op == "get_attr" and _is_tensor(n):
             env[n] = _input_value(scratch, n, n.name.lstrip("_"))
@@ -87,7 +89,7 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     members = set(run)
     for n in run:
         for a in n.all_input_nodes:
-            if a not in members and a not in env:
+            if a not in members and a not in env and not _is_size(a):
                 env[a] = _input_value(b, a, ph_name.get(a, a.name.lstrip("_") or "t"))
                 inputs.append(a)
         reason = _try_lift(b, env, n)
@@ -95,10 +97,10 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     outs = [(f"out{k}", env[n]) for k, n in enumerate(outputs)]
     prog = b.program(outs)
     # an empty input is only ever dropped (a cache of length 0 concatenated with new keys)
-    keep = [k for k, d in enumerate(prog.inputs) if d.numel > 0]
+    keep = [k for k, d in enumerate(prog.inputs) if 0 not in d.shape]
     if len(keep) < len(prog.inputs):
         inputs = [inputs[k] for k in keep]
-        prog = prog.replace(tensors=tuple(t for t in prog.tensors if t.role != "input" or t.numel > 0))
+        prog = prog.replace(tensors=tuple(t for t in prog.tensors if t.role != "input" or 0 not in t.shape))
     rank = {n: arg_order.index(n) if n in arg_order else len(arg_order) + k
             for k, n in enumerate(d.name for d in prog.inputs)}
     pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
@@ -117,7 +119,11 @@ def _input_value(b: ProgramBuilder, n: fx.Node, name: str) -> Value:
     val = n.meta.get("val")
     if not isinstance(val, torch.Tensor):
         raise Unsupported(f"input {name} is not a tensor")
-    return b.input(name, tuple(int(s) for s in val.shape), ir_dtype(val.dtype))
+    return b.input(name, tuple(size_of(b, s) for s in val.shape), ir_dtype(val.dtype))
+
+
+def _is_size(n: fx.Node) -> bool:
+    return isinstance(n.meta.get("val"), torch.SymInt)
 
 
 def _is_tensor(n: fx.Node) -> bool:
@@ -143,6 +149,8 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
         if val.numel() == 0:
             raise Unsupported("its result is empty: nothing to compute")
         for a in n.all_input_nodes:
+            if _is_size(a):
+                continue  # a symbolic size the rule reads from the shapes
             if env.get(a) is None:
                 raise Unsupported(f"its input {a.name} is not a tensor the IR can hold")
             if _is_empty(a) and not rule.reads_empty:
@@ -152,6 +160,12 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
     except Unsupported as exc:
         b.rollback(snap)
         return f"{op_name(n.target)}: {exc}"
+    except TypeError as exc:
+        if not b.params:
+            raise
+        # a rule that computes with sizes met a size parameter (``"S" < 4``): it needs a known size
+        b.rollback(snap)
+        return f"{op_name(n.target)}: needs known sizes, and a size varies ({exc})"
 
 
 def _is_view_like(n: fx.Node) -> bool:

@@ -13,11 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
+from flashlight.frontend.unsupported import Unsupported
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 
 PLACEHOLDER = "_p"
+
+# A dimension: a size, or a size parameter of the program (a length that varies between calls)
+Size = Union[int, str]
+# what index simplification may assume of an index below a size parameter: it is not bounded
+UNBOUNDED = 2**62
+
+
+def index_ranges(names: Sequence[str], sizes: Sequence[Size]) -> dict[str, tuple[int, int]]:
+    """The range of each index below its size, for index simplification."""
+    return {x: (0, max(n - 1, 0) if isinstance(n, int) else UNBOUNDED) for x, n in zip(names, sizes)}
 
 
 def placeholder(k: int) -> Iter:
@@ -31,7 +43,7 @@ def placeholders(n: int) -> tuple[Iter, ...]:
 @dataclass(frozen=True)
 class Value:
     expr: Expr
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]
     dtype: str
 
     @property
@@ -43,10 +55,10 @@ class Value:
         assert len(idx) == self.rank, (idx, self.shape)
         return E.substitute(self.expr, {f"{PLACEHOLDER}{k}": x for k, x in enumerate(idx)})
 
-    def reindex(self, shape: Sequence[int], idx: Sequence[Expr]) -> Value:
+    def reindex(self, shape: Sequence[Size], idx: Sequence[Expr]) -> Value:
         """A view of shape ``shape`` whose element ``p`` is this value's element ``idx(p)``."""
-        shape = tuple(int(s) for s in shape)
-        ranges = {f"{PLACEHOLDER}{k}": (0, max(s - 1, 0)) for k, s in enumerate(shape)}
+        shape = tuple(s if isinstance(s, str) else int(s) for s in shape)
+        ranges = index_ranges([placeholder(k).name for k in range(len(shape))], shape)
         return Value(E.simplify_index(self.at(idx), ranges), shape, self.dtype)
 
     # {{{ view operations
@@ -66,7 +78,7 @@ class Value:
 
     def expand(self, sizes: Sequence[int]) -> Value:
         n, r = len(sizes), self.rank
-        shape = [self.shape[k - (n - r)] if s == -1 else int(s) for k, s in enumerate(sizes)]
+        shape = [self.shape[k - (n - r)] if s == -1 else s for k, s in enumerate(sizes)]
         idx = []
         for a in range(r):
             k = a + n - r
@@ -95,6 +107,10 @@ class Value:
     def slice(self, dim: int, start: int | None, end: int | None, step: int = 1) -> Value:
         dim = dim % self.rank
         n = self.shape[dim]
+        if isinstance(n, str):  # a varying length: only the whole of it (``x[:, :]``) is a view we can name
+            if (start or 0) == 0 and (end is None or end >= UNBOUNDED) and step == 1:
+                return self
+            raise Unsupported(f"a slice {start}:{end}:{step} of the varying size {n}")
         start = 0 if start is None else (start + n if start < 0 else start)
         end = n if end is None else (end + n if end < 0 else end)
         start, end = min(max(start, 0), n), min(max(end, 0), n)
@@ -110,7 +126,10 @@ class Value:
         idx[dim] = E.index(i)
         return self.reindex(self.shape[:dim] + self.shape[dim + 1:], idx)
 
-    def reshape(self, sizes: Sequence[int]) -> Value:
+    def reshape(self, sizes: Sequence[Size]) -> Value:
+        if any(isinstance(s, str) for s in (*self.shape, *sizes)):
+            shape = tuple(sizes)
+            return self.reindex(shape, _symbolic_reshape_index(self.shape, shape))
         sizes = list(sizes)
         numel = 1
         for s in self.shape:
@@ -165,4 +184,34 @@ def _reshape_index(src: tuple[int, ...], dst: tuple[int, ...]) -> list[Expr]:
             x = lin if stride == 1 else E.floordiv(lin, stride)
             idx[d] = x if d == gi[0] else E.mod(x, src[d])
         i, j = gi[-1] + 1, gj[-1] + 1
+    return idx
+
+
+def _symbolic_reshape_index(src: tuple[Size, ...], dst: tuple[Size, ...]) -> list[Expr]:
+    """:func:`_reshape_index` where some sizes are parameters: each parameter must stay a
+    dimension of its own, in order (``[1, H, S, D] -> [H, S, D]``), and the sizes between two
+    of them regroup as in a reshape of known sizes. Merging a parameter with another dimension
+    would need division by a size, which is not affine."""
+    def symbols(shape: tuple[Size, ...]) -> list[int]:
+        return [k for k, s in enumerate(shape) if isinstance(s, str)]
+
+    ks, kd = symbols(src), symbols(dst)
+    if [src[k] for k in ks] != [dst[k] for k in kd]:
+        raise Unsupported(f"a reshape from {list(src)} to {list(dst)} merges or splits a size parameter")
+    idx: list[Expr] = [E.index(0)] * len(src)
+    bounds = list(zip([-1] + ks, ks + [len(src)], [-1] + kd, kd + [len(dst)]))
+    for a, b, c, d in bounds:
+        seg_src, seg_dst = src[a + 1:b], dst[c + 1:d]
+        n_src = n_dst = 1
+        for x in seg_src:
+            n_src *= x  # type: ignore[operator]
+        for x in seg_dst:
+            n_dst *= x  # type: ignore[operator]
+        if n_src != n_dst:
+            raise Unsupported(f"a reshape from {list(src)} to {list(dst)} moves elements across a size parameter")
+        shift = {placeholder(k).name: placeholder(k + c + 1) for k in range(len(seg_dst))}
+        for k, x in enumerate(_reshape_index(seg_src, seg_dst)):  # type: ignore[arg-type]
+            idx[a + 1 + k] = E.substitute(x, shift)
+        if b < len(src):
+            idx[b] = placeholder(d)
     return idx

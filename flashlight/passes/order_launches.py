@@ -27,6 +27,7 @@ from typing import ClassVar
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import HeaviestFirst, Loop, Node, Program, Proof, grid_chain, walk_loops
 from flashlight.passes.declare import Pass, option
+from flashlight.passes.tree import known_extent
 
 GROUP = 16  # outer grid indices (heads) interleaved with the reversed tiles
 
@@ -86,7 +87,7 @@ def _work_per_tile(g: Loop, grid: list[Loop], ranged: list[Loop]) -> list[int] |
 
 
 def _tiles(l: Loop) -> int:
-    return math.ceil(int(l.upper.value) / (l.tile or 1))  # type: ignore[union-attr]
+    return math.ceil(known_extent(l) / (l.tile or 1))  # type: ignore[union-attr]
 
 
 def _set_launch(nest: Node, iterator: str, launch: HeaviestFirst) -> Node:

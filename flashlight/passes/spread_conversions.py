@@ -23,7 +23,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_loops
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import map_exprs
+from flashlight.passes.tree import known_extent, map_exprs
 
 EXACT_INTEGERS = 2 ** 24  # fp32 represents every integer below this in magnitude
 
@@ -38,7 +38,7 @@ def spread_conversions(program: Program) -> Program:
             continue
         axes = {l.iterator for l in loops if l.mapping in ("serial", "block")}
         axes |= {l.iterator for l in grid_chain(nest) if (l.tile or 1) > 1}
-        span = {l.iterator: -(-int(l.upper.value) // l.tile) * l.tile - 1 for l in loops}  # type: ignore[union-attr,operator]
+        span = {l.iterator: -(-known_extent(l) // l.tile) * l.tile - 1 for l in loops}  # type: ignore[union-attr,operator]
         body.append(_rewrite_nest(nest, lambda e: _spread(e, axes, span), spread))
     if not spread:
         return program

@@ -38,7 +38,7 @@ from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_ch
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
-from flashlight.passes.tree import map_stmts
+from flashlight.passes.tree import known_extent, map_stmts
 
 
 MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
@@ -95,7 +95,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
     stmts = list(walk_stmts((nest,)))
     has_serial = any(l.mapping == "serial" for _, loops, _ in stmts for l in loops)
     has_block = any(l.mapping == "block" for _, loops, _ in stmts for l in loops)
-    extent = {l.iterator: int(l.upper.value) for l in grid}  # type: ignore[union-attr]
+    extent = {l.iterator: known_extent(l) for l in grid}  # type: ignore[union-attr]
     tiled: dict[str, int] = {}
     for s, loops, _ in stmts:
         inner = {l.iterator for l in loops if l.mapping in ("serial", "block")}
@@ -128,7 +128,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             return node
         if isinstance(node, Guard):
             return replace(node, body=tuple(retile(c) for c in node.body))
-        n = int(node.upper.value)  # type: ignore[union-attr]
+        n = known_extent(node)  # type: ignore[union-attr]
         if node.mapping == "grid":
             t = sizes.get(node.iterator, 1)
         elif node.mapping == "serial" and any(l.mapping == "serial" for l in walk_loops(node.body)):
@@ -220,7 +220,7 @@ def _within_budget(nest: Node, k: int) -> Node:
     """Halve tiles until every statement's register tile, the product of the tiles of its enclosing
     loops, holds at most ``MAX_TILE_ELEMENTS``: whatever the number of tiled dimensions."""
     tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}  # one tile per iterator in a kernel
-    whole = {l.iterator: next_pow2(int(l.upper.value)) for l in walk_loops((nest,))}  # type: ignore[union-attr]
+    whole = {l.iterator: next_pow2(known_extent(l)) for l in walk_loops((nest,))}  # type: ignore[union-attr]
     floor = {it: 1 for it in tile}
     for l in walk_loops((nest,)):
         if l.mapping == "block":  # a block loop is kept whole inside a program

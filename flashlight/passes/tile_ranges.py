@@ -36,7 +36,7 @@ from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, gri
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions, witness
-from flashlight.passes.tree import with_grid_body
+from flashlight.passes.tree import known_extent, with_grid_body
 
 
 def tile_ranges(program: Program) -> Program:
@@ -60,7 +60,7 @@ def tile_ranges(program: Program) -> Program:
 
 
 def _extent(l: Loop) -> int:
-    return int(l.upper.value)  # type: ignore[union-attr]
+    return known_extent(l)
 
 
 def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.UnionMap], nest: Node,

@@ -31,6 +31,19 @@ def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ..
     return tuple(out)
 
 
+class VaryingSize(ValueError):
+    """A pass that needs a loop's extent as a number met a size parameter."""
+
+
+def known_extent(loop: Loop) -> int:
+    """The extent of a loop from 0, which a pass needs as a number (tile sizes, tile counts); a
+    loop over a size parameter (``0:S``) has none yet, and the pass says so."""
+    if not (isinstance(loop.upper, E.Const) and isinstance(loop.lower, E.Const)):
+        raise VaryingSize(f"loop {loop.iterator} runs to {loop.upper}, a size that varies between calls: "
+                          "this pass needs known sizes (size parameters reach only the passes before tile)")
+    return int(loop.upper.value) - int(loop.lower.value)
+
+
 def map_exprs(stmt: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
     """Apply ``fn`` to the right-hand side, the scale and the target's indices."""
     target = E.Load(stmt.target.tensor, tuple(fn(i) for i in stmt.target.indices))

@@ -18,7 +18,21 @@ import torch.fx as fx
 from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
-from flashlight.frontend.values import Value
+from flashlight.frontend.values import Size, Value
+
+
+def size_of(b: ProgramBuilder, s: object) -> Size:
+    """A dimension of a traced tensor: its size, or the size parameter that a symbolic size (a
+    SymInt Dynamo made for a varying length) is. A size that is an expression of parameters
+    (``2*s0``, ``s0 + s1``) has no place in the IR's shapes yet."""
+    if isinstance(s, torch.SymInt):
+        expr = s.node.expr
+        if expr.is_Integer:
+            return int(expr)
+        if not expr.is_Symbol:
+            raise Unsupported(f"a size that is an expression of varying sizes ({expr}) is not a size parameter")
+        return b.param(str(expr))
+    return int(s)  # type: ignore[call-overload]
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -31,8 +45,8 @@ class RuleContext:
     node: fx.Node
 
     @property
-    def out_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.node.meta["val"].shape)
+    def out_shape(self) -> tuple[Size, ...]:
+        return tuple(size_of(self.b, s) for s in self.node.meta["val"].shape)
 
     @property
     def out_dtype(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.fx as fx
 
 from flashlight.ir import dtypes
@@ -38,6 +39,8 @@ def _arange(c: RuleContext) -> Value:
     else:
         start, end, step = args[0], args[1], (args[2] if len(args) > 2 else 1)
     dt = c.out_dtype
+    if isinstance(end, fx.Node) and isinstance(end.meta.get("val"), torch.SymInt):
+        end = 0  # a varying length: the values do not depend on it, the shape says how many
     if not all(isinstance(x, int) for x in (start, end, step)):
         if not dtypes.is_float(dt):
             raise Unsupported("non-integer arange bounds")

@@ -9,6 +9,7 @@ from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.frontend.unsupported import Unsupported
+from flashlight.frontend.values import Size, index_ranges
 
 
 def as_index(e: Expr, dtype: str, wrap_size: int | None = None,
@@ -24,9 +25,9 @@ def as_index(e: Expr, dtype: str, wrap_size: int | None = None,
     return E.call("where", E.call("lt", i, E.index(0)), E.add(i, E.index(wrap_size)), i)
 
 
-def iterator_ranges(its: Sequence[Iter], shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+def iterator_ranges(its: Sequence[Iter], shape: Sequence[Size]) -> dict[str, tuple[int, int]]:
     """The range of each iterator over ``shape`` (for :func:`nonnegative`)."""
-    return {it.name: (0, max(n - 1, 0)) for it, n in zip(its, shape)}
+    return index_ranges([it.name for it in its], shape)
 
 
 def nonnegative(e: Expr, ranges: dict[str, tuple[int, int]]) -> bool:

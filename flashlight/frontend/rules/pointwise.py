@@ -17,7 +17,7 @@ from flashlight.ir.expr import Expr, Iter
 from flashlight.frontend.builder import broadcast_index, literal
 from flashlight.frontend.rules.base import RuleContext
 from flashlight.frontend.unsupported import Unsupported
-from flashlight.frontend.values import Value, placeholder
+from flashlight.frontend.values import Value, index_ranges, placeholder
 
 
 def operand(c: RuleContext, a: object, compute: str, out_shape: Sequence[int]) -> Callable[[list[Iter]], Expr]:
@@ -58,6 +58,6 @@ def pointwise(c: RuleContext, operands: Sequence[Callable[[list[Iter]], Expr] | 
     ps = [placeholder(k) for k in range(len(shape))]
     pure = make(ps)
     if not E.loads(pure):
-        ranges = {p.name: (0, max(n - 1, 0)) for p, n in zip(ps, shape)}
+        ranges = index_ranges([p.name for p in ps], shape)
         return Value(E.simplify_index(pure, ranges), shape, out)
     return c.b.emit(c.hint(), out, shape, ["parallel"] * len(shape), list(range(len(shape))), "=", make)
