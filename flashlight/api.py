@@ -63,6 +63,9 @@ def compile_segment(seg: ProgramSegment, options: Options, target: str,
 
     record("lifted", seg.program)
     final = passes.run_pipeline(seg.program, options.pipeline, on_stage=record, overrides=pass_overrides(options))
+    if final.params:
+        raise CodegenError(f"size parameters ({', '.join(final.params)}) reach code generation, which "
+                           "does not take sizes as kernel arguments yet")
     strides = {}
     for decl, node in zip(final.inputs, seg.inputs):
         strides[decl.name] = tuple(int(s) for s in node.meta["val"].stride())

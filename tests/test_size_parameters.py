@@ -1,7 +1,7 @@
 """Size parameters in the IR (``program f[S, T](...)``): printed and parsed, verified, isl
 parameters in every analysis, bound by the inputs' shapes in the interpreter, lifted from
-dimensions marked varying, and kept by the passes before ``tile``. The groundwork of one
-compilation for every sequence length."""
+dimensions marked varying, and kept by every pass. The groundwork of one compilation for every
+sequence length."""
 
 from __future__ import annotations
 
@@ -147,9 +147,11 @@ def test_trace_lifts_a_dimension_marked_dynamic_as_a_size_parameter():
     verify(prog)
 
 
-def test_causal_attention_over_varying_lengths_runs_the_passes_before_tile_and_matches_eager():
-    """One parametric program, analysed once (the causal mask is a domain and the online rewrite
-    holds for every length), interpreted at lengths on both sides of every tile size."""
+def test_causal_attention_over_varying_lengths_runs_the_whole_pipeline_once_and_matches_eager():
+    """One parametric program through every pass (the causal mask a domain, the online rewrite,
+    tiles, tile ranges as functions of the lengths): one analysis, interpreted at query and key
+    lengths on both sides of every tile size, equal or not. The interpreter checks every tile
+    range claim at every point."""
     import torch
 
     import flashlight
@@ -158,17 +160,73 @@ def test_causal_attention_over_varying_lengths_runs_the_passes_before_tile_and_m
     qkv = _marked(*[(torch.randn(1, 2, 37, 16), 2) for _ in range(3)])
     prog = flashlight.trace(_causal, *qkv)
     assert set(prog.params) == {"S", "T"}  # Dynamo gives the query and the key length a symbol each
-    before_tile = passes.DEFAULT_PIPELINE.split(",tile,")[0]
-    out = passes.run_pipeline(prog, before_tile)
-    assert "if i2 <= i1" in str(out) and "as nan fixup" in str(out)
+    out = passes.run_pipeline(prog, passes.DEFAULT_PIPELINE)
+    text = str(out)
+    assert out.params == prog.params and len(out.body) == 1, "one fused kernel for every length"
+    assert "state [running amax" in text and "as nan fixup" in text and "tiles [0:where(" in text
     rng = np.random.default_rng(0)
-    for n in (1, 5, 37, 70):
-        ins = {name: rng.standard_normal((1, 2, n, 16)).astype(np.float32) for name in "qkv"}
+    for tq, tk in ((1, 1), (5, 5), (37, 37), (70, 70), (3, 70), (70, 3), (64, 65)):
+        ins = {"q": rng.standard_normal((1, 2, tq, 16)).astype(np.float32),
+               "k": rng.standard_normal((1, 2, tk, 16)).astype(np.float32),
+               "v": rng.standard_normal((1, 2, tk, 16)).astype(np.float32)}
         ref = _causal(*[torch.from_numpy(ins[name]) for name in "qkv"]).numpy()
         np.testing.assert_allclose(interpret(out, ins)["out0"], ref, rtol=1e-5, atol=1e-6)
 
 
-def test_a_pass_that_needs_known_sizes_says_so_and_the_program_runs_eagerly():
+def test_rmsnorm_over_any_number_of_rows_is_one_kernel_with_the_rows_on_the_grid():
+    import torch
+
+    import flashlight
+    from flashlight import passes
+
+    prog = flashlight.trace(_rms, *_marked((torch.randn(37, 64), 0)), torch.randn(64))
+    out = passes.run_pipeline(prog, passes.DEFAULT_PIPELINE)
+    assert len(out.body) == 1 and "for i0 in 0:S parallel tile 64 @grid" in str(out)
+    rng = np.random.default_rng(1)
+    for rows in (1, 2, 63, 64, 65, 200):
+        ins = {"x": rng.standard_normal((rows, 64)).astype(np.float32),
+               "w": rng.standard_normal(64).astype(np.float32)}
+        ref = _rms(torch.from_numpy(ins["x"]), torch.from_numpy(ins["w"])).numpy()
+        np.testing.assert_allclose(interpret(out, ins)["out0"], ref, rtol=1e-5, atol=1e-6)
+
+
+def _documents(q, k, v, doc):
+    import torch
+
+    s = (q @ k.transpose(-1, -2)) * 0.25
+    return torch.softmax(s.masked_fill(doc[:, None] != doc[None, :], float("-inf")), -1) @ v
+
+
+def _loss(x, y):
+    import torch
+
+    return torch.nn.functional.cross_entropy(x, y)
+
+
+@pytest.mark.parametrize("fn, make, dims", [
+    (_documents, lambda g, n: [*(g.standard_normal((1, 2, n, 16)).astype(np.float32) for _ in range(3)),
+                               np.sort(g.integers(0, 3, n))], [2, 2, 2, 0]),
+    (_loss, lambda g, n: [g.standard_normal((n, 40)).astype(np.float32), g.integers(0, 40, n)], [0, 0]),
+], ids=["document-mask", "cross-entropy"])
+def test_data_dependent_masks_and_losses_hold_for_every_length(fn, make, dims):
+    import torch
+
+    import flashlight
+    from flashlight import passes
+
+    rng = np.random.default_rng(2)
+    example = [torch.from_numpy(a) for a in make(rng, 37)]
+    prog = flashlight.trace(fn, *_marked(*zip(example, dims)))
+    assert prog.params == ("S",)
+    out = passes.run_pipeline(prog, passes.DEFAULT_PIPELINE)
+    for n in (1, 5, 64, 70):
+        args = make(rng, n)
+        ref = fn(*[torch.from_numpy(a) for a in args]).numpy()
+        got = interpret(out, dict(zip([d.name for d in prog.inputs], args)))["out0"]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_code_generation_without_sizes_as_arguments_says_so_and_the_program_runs_eagerly():
     import torch
 
     import flashlight
@@ -176,8 +234,9 @@ def test_a_pass_that_needs_known_sizes_says_so_and_the_program_runs_eagerly():
     x = _marked((torch.randn(37, 64), 0))
     ex = flashlight.explain(_rms, *x, torch.randn(64))
     [(what, why)] = ex.fallbacks
-    assert "runs to S, a size that varies between calls: this pass needs known sizes" in why
+    assert "size parameters (S) reach code generation" in why
     assert "(size varies)" in str(ex)
+
 
 # }}}
 

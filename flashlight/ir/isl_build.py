@@ -150,20 +150,31 @@ def empty(name: str | None, dims: Sequence[str], params: Sequence[str] = ()) -> 
     return isl.Set.empty(set_space(name, dims, params))
 
 
-def box(dims: Sequence[str], extents: Sequence[int], name: str | None = None) -> isl.Set:
-    """``{ name[dims] : 0 <= dims[k] < extents[k] }``."""
-    space = set_space(name, dims)
-    v = _vars(space)
-    return _all([v[0].le_set(v[isl_name(d)]) & v[isl_name(d)].lt_set(v[0] + e) for d, e in zip(dims, extents)],
-                space)
+def _sizes(extents: Sequence[int | str]) -> list[str]:
+    return list(dict.fromkeys(e for e in extents if isinstance(e, str)))
 
 
-def param_box(params: Sequence[str], extents: Sequence[int]) -> isl.Set:
-    """``[params] -> { : 0 <= params[k] < extents[k] }``: a context of parameters."""
-    space = _param_space(params)
+def _below_extent(v: dict, x: str, extent: int | str, per: int = 1):
+    """``0 <= x`` and ``per * x < extent``, an extent being a size or a size parameter."""
+    bound = v[0] + extent if isinstance(extent, int) else v[isl_name(extent)]
+    return v[0].le_set(v[isl_name(x)]) & (v[isl_name(x)] * per).lt_set(bound)
+
+
+def box(dims: Sequence[str], extents: Sequence[int | str], name: str | None = None) -> isl.Set:
+    """``[sizes] -> { name[dims] : 0 <= dims[k] < extents[k] }`` (the size parameters among the
+    extents are the set's parameters)."""
+    space = set_space(name, dims, _sizes(extents))
     v = _vars(space)
-    return _all([v[0].le_set(v[isl_name(p)]) & v[isl_name(p)].lt_set(v[0] + e) for p, e in zip(params, extents)],
-                space).params()
+    return _all([_below_extent(v, d, e) for d, e in zip(dims, extents)], space)
+
+
+def param_box(params: Sequence[str], extents: Sequence[int | str], per: Sequence[int] | None = None) -> isl.Set:
+    """``[params, sizes] -> { : 0 <= params[k] and per[k] * params[k] < extents[k] }``: a context
+    of parameters (with ``per``, the indices of tiles of ``per[k]`` points over an extent)."""
+    space = _param_space([*params, *_sizes(extents)])
+    v = _vars(space)
+    per = per or [1] * len(params)
+    return _all([_below_extent(v, p, e, t) for p, e, t in zip(params, extents, per)], space).params()
 
 
 def constant(params: Sequence[str], value: int) -> isl.PwAff:

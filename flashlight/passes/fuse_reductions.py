@@ -66,6 +66,7 @@ from flashlight.passes.dependences import (flow_dependences, memory_dependences,
                                            violations, witness)
 from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
 from flashlight.passes.residency import local_temps
+from flashlight.passes.tree import fits_block, loop_extent
 from flashlight.passes.online_rescale import _fold_safe, _guard_first_rescale, _safe
 from flashlight.passes.fusion_plan import Group, Layout, Phase, Rec, Running, _records, _roles, analysis_program
 
@@ -452,13 +453,13 @@ def map_nest(nest: Node, block_limit: int) -> Node:
         body = tuple(inner(c) for c in node.body)
         if isinstance(node, Guard):
             return replace(node, body=body)
-        whole = isinstance(node.upper, Const) and node.upper.value <= block_limit
+        whole = isinstance(node.upper, Const) and fits_block(loop_extent(node), block_limit)
         mapping = "block" if node.kind != "seq" and whole else "serial"
         return replace(node, body=body, mapping=mapping)
 
     def top(node: Node) -> Node:
         if isinstance(node, Loop) and node.kind == "parallel" and isinstance(node.lower, Const) and \
-                isinstance(node.upper, Const):
+                isinstance(node.upper, (Const, Iter)):
             body = (top(node.body[0]),) if len(node.body) == 1 else tuple(inner(c) for c in node.body)
             return replace(node, body=body, mapping="grid")
         return inner(node)

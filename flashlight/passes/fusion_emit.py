@@ -20,7 +20,7 @@ from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.nodes import Guard, Loop, Node, OnlineState, Program, Stmt, walk_stmts
 from flashlight.ir.poly import PolyView, set_to_condition
 from flashlight.passes import algebra
-from flashlight.passes.tree import is_nan_fixup, nan_fixup
+from flashlight.passes.tree import extent_expr, is_nan_fixup, nan_fixup
 from flashlight.passes.fusion_plan import Group, Rec, Running, _nest
 
 
@@ -55,7 +55,7 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
                 owner = next(r for r in recs if it in r.its)
                 kinds = {r.loop(it).kind for r in recs if it in r.its}
                 kind = "seq" if "seq" in kinds else "reduce" if "reduce" in kinds else "parallel"
-                node = Loop(it, E.index(0), E.index(owner.extent(it)), kind,
+                node = Loop(it, E.index(0), extent_expr(owner.extent(it)), kind,
                             tuple(members) if node is None else (node,), mapping="serial",
                             state=state if it == state_loop else None)
             phase_nodes.append(node)  # type: ignore[arg-type]
@@ -64,7 +64,7 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
         phase_nodes.extend(fixups)
     body: tuple[Node, ...] = tuple(phase_nodes)
     for it in reversed(group.grid):
-        body = (Loop(it, E.index(0), E.index(first.extent(it)), "parallel", body, mapping="grid"),)
+        body = (Loop(it, E.index(0), extent_expr(first.extent(it)), "parallel", body, mapping="grid"),)
     if len(body) > 1:  # statements without a parallel iterator: one program, a grid of one
         used = {l.iterator for r in group.recs for l in r.loops}
         it = next(f"p{k}" for k in range(len(used) + 1) if f"p{k}" not in used)

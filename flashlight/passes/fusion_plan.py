@@ -18,7 +18,7 @@ from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.isl_build import Term, schedule_map
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
 from flashlight.ir.poly import PolyView
-from flashlight.passes.tree import fresh_tensor_name
+from flashlight.passes.tree import Extent, extent_expr, fits_block, fresh_tensor_name, loop_extent
 
 
 # {{{ statements in their own nests
@@ -37,8 +37,8 @@ class Rec:
     def its(self) -> tuple[str, ...]:
         return tuple(l.iterator for l in self.loops)
 
-    def extent(self, it: str) -> int:
-        return int(self.loop(it).upper.value)  # type: ignore[union-attr]
+    def extent(self, it: str) -> Extent:
+        return loop_extent(self.loop(it))
 
     def loop(self, it: str) -> Loop:
         return next(l for l in self.loops if l.iterator == it)
@@ -55,7 +55,7 @@ def _records(program: Program) -> list[Rec] | None:
         if len(found) != 1:
             return None
         stmt, loops, guards = found[0]
-        if any(not (isinstance(l.lower, Const) and l.lower.value == 0 and isinstance(l.upper, Const))
+        if any(not (isinstance(l.lower, Const) and l.lower.value == 0 and isinstance(l.upper, (Const, Iter)))
                for l in loops):
             return None
         recs.append(Rec(stmt, loops, guards))
@@ -88,7 +88,7 @@ class Running:
     stmt: str
     tensor: str
     loop: str
-    extent: int
+    extent: Extent
     prev: str       # temporary holding the value before the current step
     readers: frozenset[str]
 
@@ -123,7 +123,8 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
     for r in recs:
         rest = [it for it in r.its if it not in grid]
         # a seq loop carries a dependence from one point to the next: it is walked, never a block
-        s = tuple(it for it in rest if it in coupling or r.extent(it) > block_limit or r.loop(it).kind == "seq")
+        s = tuple(it for it in rest
+                  if it in coupling or not fits_block(r.extent(it), block_limit) or r.loop(it).kind == "seq")
         serial[r.name] = s
         block[r.name] = tuple(it for it in rest if it not in s)
     return grid, serial, block
@@ -157,7 +158,7 @@ def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt
     for y, info in running.items():
         decl = program.tensor(y)
         rname = fresh_tensor_name(program.replace(tensors=tuple(tensors)), y + "_run")
-        tensors.append(TensorDecl(rname, decl.dtype, decl.shape + (info.extent + 1,), "temp"))
+        tensors.append(TensorDecl(rname, decl.dtype, decl.shape + (_after_last_step(info.extent),), "temp"))
         run_of[y] = rname
         tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
     body: list[Node] = []
@@ -186,6 +187,14 @@ def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt
     return program.replace(tensors=tuple(tensors), body=tuple(body))
 
 
+def _after_last_step(extent: Extent) -> int | str:
+    """The length of a running value's history, ``y_run[p, 0..N]``: ``N + 1``. For a size
+    parameter the declared length is the parameter itself: isl reads a declared length only to
+    bound a gather, and every access of the history is affine (``y_run[p, j + 1]``, ``y_run[p,
+    N]``), so the analysis sees the accesses exactly either way."""
+    return extent + 1 if isinstance(extent, int) else extent
+
+
 def _redirect(e: Expr, running: dict[str, Running], run_of: dict[str, str], reader: str) -> Expr:
     prev_of = {info.prev: y for y, info in running.items()}
 
@@ -196,7 +205,7 @@ def _redirect(e: Expr, running: dict[str, Running], run_of: dict[str, str], read
             info = running[x.tensor]
             if reader in info.readers or reader == info.stmt:
                 return Load(run_of[x.tensor], x.indices + (E.add(Iter(info.loop), E.index(1)),))
-            return Load(run_of[x.tensor], x.indices + (E.index(info.extent),))
+            return Load(run_of[x.tensor], x.indices + (extent_expr(info.extent),))
         if x.tensor in prev_of:
             y = prev_of[x.tensor]
             return Load(run_of[y], x.indices + (Iter(running[y].loop),))

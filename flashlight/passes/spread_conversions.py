@@ -7,7 +7,8 @@ does not vary in) and one add per element.
 
 Legality: exact, bit for bit. Every term and every partial sum of the spread form is an integer
 whose magnitude is below 2^24 (bounded with each iterator at the last point of its padded tile
-range, ``ceil(extent / tile) * tile - 1``, since tails are evaluated too and masked later), and
+range, ``ceil(extent / tile) * tile - 1``, since tails are evaluated too and masked later; a
+sum over a size parameter's iterator has no such bound and is left alone), and
 fp32 represents every such integer exactly, so each conversion and each addition is exact and the
 sum equals the conversion of the integer sum. Applied only where at least two of the iterators
 are vector axes of the kernel (tiled grid, serial or block loops): elsewhere the value is one
@@ -23,7 +24,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_chain, walk_loops
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import known_extent, map_exprs
+from flashlight.passes.tree import loop_extent, map_exprs
 
 EXACT_INTEGERS = 2 ** 24  # fp32 represents every integer below this in magnitude
 
@@ -38,7 +39,9 @@ def spread_conversions(program: Program) -> Program:
             continue
         axes = {l.iterator for l in loops if l.mapping in ("serial", "block")}
         axes |= {l.iterator for l in grid_chain(nest) if (l.tile or 1) > 1}
-        span = {l.iterator: -(-known_extent(l) // l.tile) * l.tile - 1 for l in loops}  # type: ignore[union-attr,operator]
+        # an iterator over a size parameter has no bound for every size: a sum it is in stays whole
+        span = {l.iterator: -(-n // l.tile) * l.tile - 1 for l in loops  # type: ignore[operator]
+                if isinstance(n := loop_extent(l), int)}
         body.append(_rewrite_nest(nest, lambda e: _spread(e, axes, span), spread))
     if not spread:
         return program

@@ -38,7 +38,7 @@ from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, grid_ch
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, violations, witness, without_self_reductions
-from flashlight.passes.tree import known_extent, map_stmts
+from flashlight.passes.tree import Extent, known_extent, loop_extent, map_stmts
 
 
 MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
@@ -55,8 +55,16 @@ def next_pow2(n: int) -> int:
     return p
 
 
-def _fit(extent: int, size: int, minimum: int = 16) -> int:
+def _fit(extent: Extent, size: int, minimum: int = 16) -> int:
+    """A tile of about ``size`` for a loop of ``extent``: no more than the extent padded to a power of
+    two, which a size parameter does not bound (its tile serves every length, tails masked)."""
+    if isinstance(extent, str):
+        return max(minimum, next_pow2(size))
     return max(minimum, min(next_pow2(max(extent, 1)), next_pow2(size)))
+
+
+def _longer_than_one(extent: Extent) -> bool:
+    return isinstance(extent, str) or extent > 1
 
 
 def _strip_casts(e):
@@ -95,7 +103,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
     stmts = list(walk_stmts((nest,)))
     has_serial = any(l.mapping == "serial" for _, loops, _ in stmts for l in loops)
     has_block = any(l.mapping == "block" for _, loops, _ in stmts for l in loops)
-    extent = {l.iterator: known_extent(l) for l in grid}  # type: ignore[union-attr]
+    extent = {l.iterator: loop_extent(l) for l in grid}
     tiled: dict[str, int] = {}
     for s, loops, _ in stmts:
         inner = {l.iterator for l in loops if l.mapping in ("serial", "block")}
@@ -107,11 +115,11 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         # the innermost grid iterator only A uses is M, the innermost only B uses is N; other
         # one-operand iterators are batch dimensions like the shared ones
         for mine, other in ((fa, fb), (fb, fa)):
-            own = [it for it in grid_its if it in mine and it not in other and extent[it] > 1]
+            own = [it for it in grid_its if it in mine and it not in other and _longer_than_one(extent[it])]
             if own:
                 tiled[own[-1]] = bm
     if not tiled:
-        candidates = [it for it in grid_its if extent[it] > 1]
+        candidates = [it for it in grid_its if _longer_than_one(extent[it])]
         if candidates:
             if has_serial or has_block:
                 tiled[candidates[-1]] = bm
@@ -128,7 +136,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             return node
         if isinstance(node, Guard):
             return replace(node, body=tuple(retile(c) for c in node.body))
-        n = known_extent(node)  # type: ignore[union-attr]
+        n = loop_extent(node)
         if node.mapping == "grid":
             t = sizes.get(node.iterator, 1)
         elif node.mapping == "serial" and any(l.mapping == "serial" for l in walk_loops(node.body)):
@@ -138,7 +146,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         elif node.mapping == "serial":
             t = _fit(n, bn)
         else:
-            t = _fit(n, n)
+            t = _fit(n, known_extent(node))  # a block is the whole loop: its extent must be known
         return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
 
     new, dots = _mark_matrix_products(_within_budget(_one_tile_per_iterator(retile(nest)), k))
@@ -220,7 +228,9 @@ def _within_budget(nest: Node, k: int) -> Node:
     """Halve tiles until every statement's register tile, the product of the tiles of its enclosing
     loops, holds at most ``MAX_TILE_ELEMENTS``: whatever the number of tiled dimensions."""
     tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}  # one tile per iterator in a kernel
-    whole = {l.iterator: next_pow2(known_extent(l)) for l in walk_loops((nest,))}  # type: ignore[union-attr]
+    # the padded extent; a loop over a size parameter is never a block, and its tile pads nothing known
+    whole = {l.iterator: next_pow2(n) if isinstance(n := loop_extent(l), int) else tile[l.iterator]
+             for l in walk_loops((nest,))}
     floor = {it: 1 for it in tile}
     for l in walk_loops((nest,)):
         if l.mapping == "block":  # a block loop is kept whole inside a program

@@ -36,7 +36,7 @@ from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, gri
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions, witness
-from flashlight.passes.tree import known_extent, with_grid_body
+from flashlight.passes.tree import Extent, loop_extent, with_grid_body
 
 
 def tile_ranges(program: Program) -> Program:
@@ -59,8 +59,19 @@ def tile_ranges(program: Program) -> Program:
     return program.replace(body=tuple(body)).with_proofs(*proofs)
 
 
-def _extent(l: Loop) -> int:
-    return known_extent(l)
+def _extent(l: Loop) -> Extent:
+    return loop_extent(l)
+
+
+def _tile_context(params: list[str], grid: list[Loop]) -> isl.Set:
+    """The grid's tile indices: below the tile count of a known extent, and for a size parameter
+    ``tile * t < S`` (ranges then hold for every size)."""
+    known = [(p, g) for p, g in zip(params, grid) if isinstance(_extent(g), int)]
+    ctx = param_box([p for p, _ in known], [-(-_extent(g) // g.tile) for _, g in known])  # type: ignore[operator]
+    varying = [(p, g) for p, g in zip(params, grid) if not isinstance(_extent(g), int)]
+    if varying:
+        ctx = ctx & param_box([p for p, _ in varying], [_extent(g) for _, g in varying], [g.tile for _, g in varying])
+    return ctx
 
 
 def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.UnionMap], nest: Node,
@@ -90,13 +101,13 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     nonempty = union.apply(to_tiles).coalesce()
     full = nonempty.subtract(bad).coalesce()
     masked = nonempty.subtract(full).coalesce()
-    ctx = param_box(params, [-(-_extent(g) // g.tile) for g in grid])
+    ctx = _tile_context(params, grid)
     crossing = _crossing_dependence(stmts, nest, deps, view, loop)
     if crossing is not None:
         full = empty(None, ["jt"], params)
         masked = nonempty
-    to_ir = {t: (E.floordiv(Iter(g.iterator), g.tile) if g.tile > 1 else Iter(g.iterator))
-             for g, t in zip(grid, params)}
+    to_ir: dict[str, Expr] = {t: (E.floordiv(Iter(g.iterator), g.tile) if g.tile > 1 else Iter(g.iterator))
+                              for g, t in zip(grid, params)}
     ranges: list[TileRange] = []
     for s, is_masked in ((full, False), (masked, True)):
         for piece in s.make_disjoint().get_basic_sets():
@@ -106,12 +117,16 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
             lo = _total(piece_set.dim_min(0), ctx, 0)
             hi = _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)
             ranges.append(TileRange(_ast_to_ir(lo, ctx, to_ir), _ast_to_ir(hi, ctx, to_ir), is_masked))
-    visited, with_mask, total = _count(ranges, grid, bn, n)
     new = replace(loop, ranges=tuple(ranges))
+    if all(isinstance(_extent(x), int) for x in (*grid, loop)):
+        visited, with_mask, total = _count(ranges, grid, bn, n)  # type: ignore[arg-type]
+        counted = (f"visits {visited} of {total} tiles (all query tiles, one point of the other grid "
+                   f"dimensions), {with_mask} of them with mask code; ")
+    else:
+        counted = "ranges as functions of the sizes, for every size; "
     proof = Proof(
         f"tile ranges of kernel {k}, loop {j}", True,
-        f"visits {visited} of {total} tiles (all query tiles, one point of the other grid dimensions), "
-        f"{with_mask} of them with mask code; "
+        counted +
         "skipped tiles hold no instance, full tiles satisfy every guard (isl), tiles are visited out "
         "of order only through the online state, whose merge commutes",
         relation=f"nonempty = {nonempty}; full = {full}")
@@ -154,7 +169,8 @@ def _convert(e: isl.AstExpr, params: dict[str, Expr]) -> Expr:
     if t == isl.ast_expr_type.int:
         return E.index(e.get_val().to_python())
     if t == isl.ast_expr_type.id:
-        return params[e.get_id().get_name()]
+        name = e.get_id().get_name()
+        return params[name] if name in params else Iter(name)  # else a size parameter of the program
     op = e.get_op_type()
     args = [_convert(e.get_op_arg(k), params) for k in range(e.get_op_n_arg())]
     T = isl.ast_expr_op_type

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Union
 from dataclasses import replace
 
 from flashlight.ir import expr as E
@@ -31,6 +32,27 @@ def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ..
     return tuple(out)
 
 
+# A loop's extent from 0: a number, or a size parameter (``for j in 0:S``)
+Extent = Union[int, str]
+
+
+def loop_extent(loop: Loop) -> Extent:
+    """The extent of a loop from 0 over a constant or a size parameter."""
+    if isinstance(loop.upper, E.Iter):
+        return loop.upper.name
+    return int(loop.upper.value) - int(loop.lower.value)  # type: ignore[union-attr]
+
+
+def extent_expr(extent: Extent) -> Expr:
+    return E.index(extent) if isinstance(extent, int) else E.Iter(extent)
+
+
+def fits_block(extent: Extent, limit: int) -> bool:
+    """Whether a loop of this extent may be whole inside one program: a size parameter may be any
+    length, so it never is."""
+    return isinstance(extent, int) and extent <= limit
+
+
 class VaryingSize(ValueError):
     """A pass that needs a loop's extent as a number met a size parameter."""
 
@@ -39,8 +61,8 @@ def known_extent(loop: Loop) -> int:
     """The extent of a loop from 0, which a pass needs as a number (tile sizes, tile counts); a
     loop over a size parameter (``0:S``) has none yet, and the pass says so."""
     if not (isinstance(loop.upper, E.Const) and isinstance(loop.lower, E.Const)):
-        raise VaryingSize(f"loop {loop.iterator} runs to {loop.upper}, a size that varies between calls: "
-                          "this pass needs known sizes (size parameters reach only the passes before tile)")
+        raise VaryingSize(f"loop {loop.iterator} runs to {loop.upper}, a size that varies between calls, "
+                          "where a known size is needed")
     return int(loop.upper.value) - int(loop.lower.value)
 
 
