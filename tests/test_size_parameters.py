@@ -226,6 +226,36 @@ def test_data_dependent_masks_and_losses_hold_for_every_length(fn, make, dims):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def _plain(q, k, v):
+    import torch
+
+    return torch.softmax(q @ k.transpose(-2, -1) / 8.0, -1) @ v
+
+
+def test_every_dimension_varying_keeps_every_statement_that_a_nonempty_output_needs():
+    """Heads, lengths and head dims all varying: the row sum is read only where the value head
+    dim W is at least 1, and restrict-to-demand says exactly that (``if W >= 1``), not a
+    condition with the parameter dropped (``-1 >= 0`` was once printed: no sum at all)."""
+    import torch
+
+    import flashlight
+    from flashlight import passes
+
+    example = [torch.randn(1, 2, 40, 80) for _ in range(3)]
+    _marked(*[(t, d) for t in example for d in (1, 2, 3)])
+    prog = flashlight.trace(_plain, *example)
+    assert len(prog.params) == 5
+    out = passes.run_pipeline(prog, passes.DEFAULT_PIPELINE)
+    assert "if W >= 1" in str(out) and "-1 >= 0" not in str(out)
+    rng = np.random.default_rng(3)
+    for h, sq, sk, d, dv in ((1, 3, 5, 8, 4), (3, 17, 2, 16, 24)):
+        ins = {"q": rng.standard_normal((1, h, sq, d)).astype(np.float32),
+               "k": rng.standard_normal((1, h, sk, d)).astype(np.float32),
+               "v": rng.standard_normal((1, h, sk, dv)).astype(np.float32)}
+        ref = _plain(*[torch.from_numpy(ins[name]) for name in "qkv"]).numpy()
+        np.testing.assert_allclose(interpret(out, ins)["out0"], ref, rtol=1e-5, atol=1e-6)
+
+
 def test_code_generation_without_sizes_as_arguments_says_so_and_the_program_runs_eagerly():
     import torch
 

@@ -205,8 +205,11 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
         return make_eager_runner(gm) if execute or symbolic else make_placeholder_runner(gm)
 
     # sizes stay concrete unless an input marks them varying (torch._dynamo.mark_dynamic): then
-    # they are lifted as size parameters
-    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=None)
+    # they are lifted as size parameters. Not Dynamo's automatic dynamic shapes: it remembers a
+    # function's sizes by its source location, so tracing one function at two shapes would make
+    # the second trace symbolic in every dimension that differed
+    marked = any(getattr(a, "_dynamo_dynamic_indices", None) for a in [*args, *(kwargs or {}).values()])
+    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=None if marked else False)
     try:
         result = compiled(*args, **(kwargs or {}))
     except Exception as exc:

@@ -157,8 +157,8 @@ def _loads_in(e: Expr) -> list[Load]:
 # {{{ isl sets back to IR conditions
 
 def set_to_condition(s: isl.Set, iterators: tuple[str, ...]) -> Expr | None:
-    """An IR condition equal to ``s`` (a set over ``iterators``), or None if it needs
-    existential variables. Each basic set is a conjunction of affine constraints; a union is a
+    """An IR condition equal to ``s`` (a set over ``iterators`` and size parameters), or None if
+    it needs existential variables. Each basic set is a conjunction of affine constraints; a union is a
     disjunction."""
     from flashlight.ir import expr as E
 
@@ -171,6 +171,9 @@ def set_to_condition(s: isl.Set, iterators: tuple[str, ...]) -> Expr | None:
         for c in bs.get_constraints():
             coeffs = {iterators[k]: c.get_coefficient_val(isl.dim_type.set, k).to_python()
                       for k in range(len(iterators))}
+            # a size parameter is read as an iterator is (``if W >= 1``: a loop over W runs at all)
+            for k in range(bs.dim(isl.dim_type.param)):
+                coeffs[bs.get_dim_name(isl.dim_type.param, k)] = c.get_coefficient_val(isl.dim_type.param, k).to_python()
             const = c.get_constant_val().to_python()
             form = E.from_affine({k: v for k, v in coeffs.items() if v}, 0)
             rel = E.Call("eq" if c.is_equality() else "ge", (E.add(form, E.index(const)), E.index(0)))
