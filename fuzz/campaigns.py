@@ -37,6 +37,8 @@ class Summary:
     seconds: float = 0.0
     programs: int = 0
     families: Counter = field(default_factory=Counter)  # (tag, outcome): programs (see :func:`tags`)
+    # ``--jobs`` children that did not exit cleanly: their share's later seeds never ran
+    lost_jobs: list[str] = field(default_factory=list)
 
     def add(self, kind: str, fallbacks: list, program_tags: list[str]) -> None:
         self.programs += 1
@@ -66,6 +68,8 @@ class Summary:
         lines.append(f"fallback to eager in {self.fallback_programs} of {ran} programs ({100 * rate:.1f}%)")
         for reason, n in self.fallback_reasons.most_common(12):
             lines.append(f"  {n:5d}  {reason}")
+        for job in self.lost_jobs:
+            lines.append(f"lost job: {job}")
         for f in self.failures:
             lines.append(f"{f['kind']}: seed {f['seed']} [{f['signature']}] {f['detail'][:150]!r}"
                          + (f" -> {f['reproducer']}" if f.get("reproducer") else ""))
@@ -166,13 +170,20 @@ def campaign_in_processes(seeds: range, jobs: int, argv: list[str], jsonl: Path 
             sub = seeds[k * share:(k + 1) * share]
             if len(sub):
                 cmd = [sys.executable, "-m", "fuzz", "--seeds", f"{sub.start}:{sub.stop}", "--jsonl", str(part), *own]
-                children.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
-        for c in children:
-            c.wait()
+                children.append((sub, part, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)))
+        lost = []
+        for sub, part, c in children:
+            # a child killed by a signal (the out-of-memory killer, a crash in native code) says
+            # nothing itself; its share is cut short, and the summary must say so
+            if c.wait() != 0:
+                done = len(part.read_text().splitlines()) if part.exists() else 0
+                lost.append(f"seeds {sub.start}:{sub.stop} exited with code {c.returncode} after {done} programs")
         lines = [line for part in parts if part.exists() for line in part.read_text().splitlines()]
         if jsonl is not None:
             with open(jsonl, "a") as f:
                 f.writelines(line + "\n" for line in lines)
             for part in parts:
                 part.unlink(missing_ok=True)
-    return summarize([json.loads(line) for line in lines], time.monotonic() - t0)
+    summary = summarize([json.loads(line) for line in lines], time.monotonic() - t0)
+    summary.lost_jobs = lost
+    return summary

@@ -55,4 +55,4 @@ def main(argv: list[str] | None = None) -> int:
         s = campaign(seeds, args.time_budget, Path(args.out), not args.no_minimize, args.timeout, args.max_minimize,
                      Path(args.jsonl) if args.jsonl else None, args.verbose)
     print(s.text())
-    return 1 if s.counts["mismatch"] or s.counts["crash"] else 0
+    return 1 if s.counts["mismatch"] or s.counts["crash"] or s.lost_jobs else 0

@@ -15,6 +15,7 @@ import ast
 import importlib.util
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def test_jobs_split_the_seeds_and_merge_the_records(tmp_path, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["seed"] for r in records) == [0, 1, 2]
     assert "programs: 3 in" in capsys.readouterr().out
+
+
+def test_a_job_that_dies_is_reported_and_fails_the_campaign(tmp_path, capsys, monkeypatch):
+    """A child killed by a signal writes nothing; its share must not vanish from the summary."""
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # each child exits at once, with code 1
+    assert fuzz.main(["--seeds", "0:4", "--jobs", "2", "--no-minimize", "--jsonl", str(tmp_path / "r.jsonl")]) == 1
+    out = capsys.readouterr().out
+    assert "lost job: seeds 0:2 exited with code 1 after 0 programs" in out
+    assert "lost job: seeds 2:4 exited with code 1 after 0 programs" in out
 
 # }}}
 
