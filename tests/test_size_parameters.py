@@ -284,3 +284,28 @@ def test_a_reshape_keeps_a_size_parameter_as_its_own_dimension_and_refuses_to_me
         x.reshape((-1,))
     with pytest.raises(Unsupported, match="merges or splits a size parameter"):
         x.reshape(("S", "T", 6))
+
+
+def test_a_graph_with_varying_sizes_lifts_bound_to_one_calls_sizes_as_the_static_program():
+    """What a parametric program falls back to where it cannot be compiled for every size: the
+    same graph lifted at one call's sizes, which is the program a static capture lifts."""
+    import torch
+
+    import flashlight
+    from flashlight.frontend.capture import capture_graphs
+    from flashlight.frontend.lift import lift_graph
+
+    qkv = [torch.randn(1, 2, 37, 16) for _ in range(3)]
+    static = flashlight.trace(_causal, *qkv)
+    [g], _ = capture_graphs(_causal, _marked(*[(t, 2) for t in qkv]))
+    symbols = {str(x.node.expr): int(x.node.hint) for x in g.example_inputs if isinstance(x, torch.SymInt)}
+    assert symbols and set(symbols.values()) == {37}
+    [bound] = lift_graph(g.graph_module, g.input_names, "causal", ["q", "k", "v"], sizes=symbols).programs
+    assert not bound.params
+    # the same program up to the names of temporaries (the symbolic graph names its nodes apart)
+    assert [(t.name, t.shape) for t in bound.inputs + bound.outputs] == \
+        [(t.name, t.shape) for t in static.inputs + static.outputs]
+    assert sorted(t.shape for t in bound.temps) == sorted(t.shape for t in static.temps)
+    assert len(bound.statements()) == len(static.statements())
+    ins = {name: t.numpy() for name, t in zip("qkv", qkv)}
+    np.testing.assert_array_equal(interpret(bound, ins)["out0"], interpret(static, ins)["out0"])

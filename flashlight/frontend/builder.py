@@ -37,6 +37,8 @@ class ProgramBuilder:
     body: list[Node] = field(default_factory=list)
     # symbolic sizes met so far (Dynamo's symbol, ``s77``) and the size parameter each became
     params: dict[str, str] = field(default_factory=dict)
+    # symbolic sizes to lift as these numbers instead (a program specialized to one call's sizes)
+    bound: dict[str, int] = field(default_factory=dict)
     _counter: int = 0
 
     # {{{ names and tensors

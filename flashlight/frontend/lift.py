@@ -11,7 +11,7 @@ unsupported dtype or argument) runs in eager PyTorch: the graph is split into *s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -28,11 +28,12 @@ __all__ = ["EagerSegment", "LiftedGraph", "ProgramSegment", "lift_graph"]
 
 
 def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, name: str = "program",
-               arg_order: Sequence[str] = ()) -> LiftedGraph:
+               arg_order: Sequence[str] = (), sizes: Mapping[str, int] | None = None) -> LiftedGraph:
     """Lift ``gm`` (an aten graph with ``val`` metadata on every node) into segments.
 
     ``input_names`` name the graph's placeholders; program inputs are declared in the order of
-    ``arg_order`` (the user's parameter names), then in order of first use.
+    ``arg_order`` (the user's parameter names), then in order of first use. A symbolic size
+    (Dynamo's ``s77``) becomes a size parameter of the programs, or the number ``sizes`` gives it.
     """
     graph = gm.graph
     phs = [n for n in graph.nodes if n.op == "placeholder"]
@@ -42,7 +43,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
 
     # pass 1: classify every node by lifting it into a scratch program
     reasons: dict[fx.Node, str] = {}
-    scratch = ProgramBuilder(name)
+    scratch = ProgramBuilder(name, bound=dict(sizes or {}))
     env: dict[fx.Node, Value] = {}
     for n in phs:
         if not _is_size(n):  # a size Dynamo made symbolic: read through the shapes it sizes
@@ -77,13 +78,13 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
             members = set(run)
             outputs = [n for n in run if _is_tensor(n) and any(u not in members for u in n.users)]
             prog_name = name if len(programs) == 1 else f"{name}_{programs.index(run)}"
-            lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order)))
+            lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order), dict(sizes or {})))
     return lifted
 
 
 def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str,
-              arg_order: list[str]) -> ProgramSegment:
-    b = ProgramBuilder(name)
+              arg_order: list[str], sizes: dict[str, int]) -> ProgramSegment:
+    b = ProgramBuilder(name, bound=sizes)
     env: dict[fx.Node, Value] = {}
     inputs: list[fx.Node] = []
     members = set(run)

@@ -27,6 +27,8 @@ def size_of(b: ProgramBuilder, s: object) -> Size:
     (``2*s0``, ``s0 + s1``) has no place in the IR's shapes yet."""
     if isinstance(s, torch.SymInt):
         expr = s.node.expr
+        if b.bound and expr.free_symbols <= {sym for sym in expr.free_symbols if str(sym) in b.bound}:
+            expr = expr.subs({sym: b.bound[str(sym)] for sym in expr.free_symbols})
         if expr.is_Integer:
             return int(expr)
         if not expr.is_Symbol:
@@ -54,10 +56,19 @@ class RuleContext:
 
     def arg(self, k: int, default: object = None) -> object:
         args = self.node.args
-        return args[k] if k < len(args) else default
+        return self._sized(args[k]) if k < len(args) else default
 
     def kwarg(self, key: str, default: object = None) -> object:
-        return self.node.kwargs.get(key, default)
+        return self._sized(self.node.kwargs.get(key, default))
+
+    def _sized(self, a: object) -> object:
+        """An argument with each symbolic size in it (a node whose value is a SymInt) read as
+        :func:`size_of` reads it: a number if the lift binds it, else a size parameter."""
+        if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.SymInt):
+            return size_of(self.b, a.meta["val"])
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._sized(x) for x in a)
+        return a
 
     def value(self, a: object) -> Value:
         if isinstance(a, fx.Node):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.fx as fx
 
 from flashlight.ir import dtypes
@@ -33,13 +32,13 @@ def _full(c: RuleContext) -> Value:
 
 @RULES.handles(aten.arange)
 def _arange(c: RuleContext) -> Value:
-    args = [a for a in c.node.args]
+    args = [c.arg(k) for k in range(len(c.node.args))]
     if len(args) == 1:
         start, end, step = 0, args[0], 1
     else:
         start, end, step = args[0], args[1], (args[2] if len(args) > 2 else 1)
     dt = c.out_dtype
-    if isinstance(end, fx.Node) and isinstance(end.meta.get("val"), torch.SymInt):
+    if isinstance(end, str):
         end = 0  # a varying length: the values do not depend on it, the shape says how many
     if not all(isinstance(x, int) for x in (start, end, step)):
         if not dtypes.is_float(dt):
