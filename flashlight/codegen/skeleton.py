@@ -61,14 +61,19 @@ class Skeleton(KernelState):
             var = f"pid_{l.iterator}" if self.tile[l.iterator] > 1 else l.iterator
             if l.launch is not None:  # reversed, interleaved with `group` outer indices
                 outer = [counts[x.iterator] for x in list(reversed(self.grid))[k + 1:]]
-                if any(isinstance(c, str) for c in outer + [n]):
-                    raise CodegenError(f"launch order of {l.iterator} over a grid whose size is a size parameter")
-                others = math.prod(outer)  # type: ignore[arg-type]
                 group = l.launch.group
+                if group > 1 and any(isinstance(c, str) for c in outer):
+                    raise CodegenError(f"launch group {group} of {l.iterator}: the outer programs depend on a size")
+                others = math.prod(c for c in outer if isinstance(c, int))
                 if others % group:
                     raise CodegenError(f"launch group {group} of {l.iterator} does not divide {others} outer programs")
-                lines.append(f"{var} = {n - 1} - (pid % {n * group}) // {group}")
-                lines.append(f"pid = (pid // {n * group}) * {group} + pid % {group}")
+                if isinstance(n, str):  # the same order, its count an expression of the size
+                    ng = n if group == 1 else f"({n} * {group})"
+                    lines.append(f"{var} = {n} - 1 - (pid % {ng}) // {group}")
+                    lines.append(f"pid = (pid // {ng}) * {group} + pid % {group}")
+                else:
+                    lines.append(f"{var} = {n - 1} - (pid % {n * group}) // {group}")
+                    lines.append(f"pid = (pid // {n * group}) * {group} + pid % {group}")
             else:
                 lines.append(f"{var} = pid % {n}")
                 lines.append(f"pid = pid // {n}")
