@@ -48,7 +48,7 @@ def symbolic_strides(shape: tuple[int | str, ...]) -> tuple[int | Expr, ...]:
         strides.append(acc)
         if isinstance(d, int) and isinstance(acc, int):
             acc *= max(d, 1)
-        else:  # a size of 0 leaves nothing to address: its strides need no max(d, 1)
+        else:  # with a size parameter after it (which may be 0: then nothing is addressed)
             a = E.index(acc) if isinstance(acc, int) else acc
             acc = E.mul(a, E.index(d) if isinstance(d, int) else Iter(d))
     return tuple(reversed(strides))

@@ -232,6 +232,30 @@ def test_causal_attention_launches_heaviest_first_over_a_parametric_length():
     same_kernels(compiled, kernels, sources)
 
 
+# keys past a batch's length (a data-dependent guard) over a parametric length, with the tile
+# test bound-guard-tiles writes (tests/filecheck/bound-guard-tiles/key-lengths.fl, 40 -> S):
+# the scan of guard bounds per tile and the loop over the tiles it leaves run to sizes of S
+KEY_LENGTHS = """\
+program key_lengths[S](x: f32[2,3,S], lens: i64[2], seg: i64[2,S]) -> (out: f32[2,3,S], cnt: f32[2,3,S])
+  for b in 0:2 parallel tile 1 @grid, h in 0:3 parallel tile 1 @grid, i in 0:S parallel tile 16 @grid
+    for j in 0:S reduce tile 16 @serial test [possible tile_lo(j) < tile_hi(lens[b])]
+      if j < lens[b]
+        S0: out[b,h,i] += x[b,h,j]
+        if seg[b,i] == seg[b,j]
+          T0: cnt[b,h,i] += 1.0"""
+
+
+def test_a_tile_test_scans_the_tiles_of_a_parametric_loop():
+    p, kernels, compiled = compile_once(KEY_LENGTHS)
+    (k,) = kernels
+    assert "c_j = tl.minimum(c_j, ((S + 15) // 16) - 1)" in k.source
+    sources = [k.source]
+    for s in SIZES:
+        seg = (torch.arange(s) // 4).repeat(2, 1)
+        check(p, compiled, [rnd(2, 3, s), torch.tensor([min(s, 3), s]), seg])
+    same_kernels(compiled, kernels, sources)
+
+
 def test_inputs_that_disagree_on_a_size_are_refused():
     p, kernels, compiled = compile_once(ONLINE)
     with pytest.raises(ValueError, match="input v has shape"):

@@ -142,7 +142,7 @@ class TileScan(KernelState):
         if isinstance(e, Iter):
             if e.name in self.axes:
                 raise CodegenError(f"a tile test reads iterator {e.name} of a tiled loop outside tile_lo/tile_hi")
-            return e.name
+            return self.size(e.name) if e.name in self.program.params else e.name
         if not isinstance(e, Call):
             raise CodegenError(f"a tile test reads {e} outside tile_lo/tile_hi")
         if e.op in TILE_BOUNDS:
@@ -168,6 +168,7 @@ class TileScan(KernelState):
         if isinstance(e, Iter):
             x = e.name
             if x not in self.axes:
+                x = self.size(x) if x in self.program.params else x
                 return x, x
             t = self.tile[x]
             if x == self.chunked:  # a vector: the bounds of each tile of the chunk
