@@ -27,11 +27,12 @@ from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import ProgramSegment
 from flashlight.frontend.torch_dtypes import ir_dtype
+from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
 from flashlight.options import Options, make_options, pass_overrides
 from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, SegmentReport, describe_kernel
-from flashlight.runtime import CompiledGraph, CompiledProgram, TunedOnFirstCall, contiguous_strides
+from flashlight.runtime import CompiledGraph, CompiledProgram, TunedOnFirstCall, symbolic_strides
 
 log = logging.getLogger("flashlight")
 
@@ -63,19 +64,22 @@ def compile_segment(seg: ProgramSegment, options: Options, target: str,
 
     record("lifted", seg.program)
     final = passes.run_pipeline(seg.program, options.pipeline, on_stage=record, overrides=pass_overrides(options))
-    if final.params:
-        raise CodegenError(f"size parameters ({', '.join(final.params)}) reach code generation, which "
-                           "does not take sizes as kernel arguments yet")
-    strides = {}
-    for decl, node in zip(final.inputs, seg.inputs):
-        strides[decl.name] = tuple(int(s) for s in node.meta["val"].stride())
+    strides = input_layout(final, seg)
     for decl in final.tensors:
         if decl.role != "input":
-            strides[decl.name] = contiguous_strides(decl.shape)
+            strides[decl.name] = symbolic_strides(decl.shape)
     kernels = generate(final, strides, target, num_warps=options.num_warps, num_stages=options.num_stages)
     if report is not None:
         report.program, report.kernels = final, kernels
     return final, kernels
+
+
+def input_layout(program: Program, seg: ProgramSegment) -> dict[str, tuple[int | E.Expr, ...]]:
+    """The strides kernels read each input with: as traced for a program of static sizes; for one
+    with size parameters, contiguous at each call's sizes (inputs laid out otherwise are copied)."""
+    if program.params:
+        return {d.name: symbolic_strides(d.shape) for d in program.inputs}
+    return {d.name: tuple(int(s) for s in n.meta["val"].stride()) for d, n in zip(program.inputs, seg.inputs)}
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
@@ -106,7 +110,7 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
     if it cannot be: then it runs eagerly, and ``fallbacks`` says why."""
     opts = options.for_target(target)
     report = SegmentReport(seg.program)
-    strides = {d.name: tuple(int(s) for s in n.meta["val"].stride()) for d, n in zip(seg.program.inputs, seg.inputs)}
+    strides = input_layout(seg.program, seg)
 
     counted = [reports is not None]  # explain compiles nothing to run: it counts nothing
 
@@ -262,7 +266,8 @@ def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: 
                 continue
             ex.programs.append(r.program)
             ex.proofs += list(r.program.proofs)
-            ex.kernels += [KernelInfo(k.name, k.source, k.grid, describe_kernel(r.program, nest))
+            ex.kernels += [KernelInfo(k.name, k.source, k.grid if not k.grid_factors else k.grid_text,
+                                      describe_kernel(r.program, nest))
                            for k, nest in zip(r.kernels, r.program.body)]
             ex.buffers += [BufferInfo(t.name, t.shape, t.dtype) for t in r.program.temps if t.storage == "global"]
     return ex

@@ -96,7 +96,7 @@ class SegmentReport:
 class KernelInfo:
     name: str
     source: str
-    grid: int
+    grid: int | str  # a number, or a formula of the size parameters (ceil(S/64))
     computes: str = ""  # a line: grid, loops, reductions, what it writes
 
 

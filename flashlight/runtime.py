@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from flashlight.codegen.kernel_state import INT32_LIMIT
 from flashlight.codegen.launcher import Launch
 from flashlight.counting import counters
 from flashlight.frontend.segments import EagerSegment, LiftedGraph
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Iter
 from flashlight.ir.nodes import Program
 
 log = logging.getLogger("flashlight")
@@ -32,6 +35,49 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= max(s, 1)
     return tuple(reversed(strides))
+
+
+def symbolic_strides(shape: tuple[int | str, ...]) -> tuple[int | Expr, ...]:
+    """Contiguous strides of a shape with size parameters: a number where the dimensions after it
+    are numbers, else an expression of the sizes (``16 * S`` for ``[2, S, 16]``)."""
+    if all(isinstance(d, int) for d in shape):
+        return contiguous_strides(shape)  # type: ignore[arg-type]
+    strides: list[int | Expr] = []
+    acc: int | Expr = 1
+    for d in reversed(shape):
+        strides.append(acc)
+        if isinstance(d, int) and isinstance(acc, int):
+            acc *= max(d, 1)
+        else:  # with a size parameter after it (which may be 0: then nothing is addressed)
+            a = E.index(acc) if isinstance(acc, int) else acc
+            acc = E.mul(a, E.index(d) if isinstance(d, int) else Iter(d))
+    return tuple(reversed(strides))
+
+
+def bind_sizes(program: Program, inputs: list[torch.Tensor]) -> dict[str, int]:
+    """The size parameters bound by the inputs' shapes: each from the first input that has it (as
+    the interpreter binds them); an input whose shape disagrees is refused."""
+    sizes: dict[str, int] = {}
+    for decl, t in zip(program.inputs, inputs):
+        if len(decl.shape) != t.dim():
+            raise ValueError(f"program {program.name}: input {decl.name} has {t.dim()} dimensions, "
+                             f"expected {len(decl.shape)}")
+        for d, n in zip(decl.shape, t.shape):
+            if isinstance(d, str):
+                sizes.setdefault(d, int(n))
+        if tuple(t.shape) != resolve(decl.shape, sizes):
+            raise ValueError(f"program {program.name}: input {decl.name} has shape {list(t.shape)}, expected "
+                             f"{list(decl.shape)} with {', '.join(f'{k} = {v}' for k, v in sizes.items())}")
+    unbound = [p for p in program.params if p not in sizes]
+    if unbound:
+        raise ValueError(f"program {program.name}: no input's shape binds {', '.join(unbound)}")
+    return sizes
+
+
+def resolve(dims: tuple[int | str | Expr, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """Shape or strides at these sizes."""
+    return tuple(d if isinstance(d, int) else sizes[d] if isinstance(d, str) else E.evaluate(d, sizes)
+                 for d in dims)
 
 
 def restride(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
@@ -52,23 +98,31 @@ class CompiledProgram:
 
     program: Program
     launches: list[Launch]
-    input_strides: dict[str, tuple[int, ...]]
+    # the layout the kernels read each input in; with size parameters, a stride may be an
+    # expression of them (see symbolic_strides), evaluated at each call's sizes
+    input_strides: dict[str, tuple[int | Expr, ...]]
     device: torch.device = torch.device("cpu")
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
+        sizes = bind_sizes(self.program, inputs) if self.program.params else {}
         for decl, t in zip(self.program.inputs, inputs):
-            want = self.input_strides[decl.name]
+            want = resolve(self.input_strides[decl.name], sizes)
             if tuple(t.stride()) != want and t.numel() > 1:
                 t = restride(t, want)
             tensors[decl.name] = t
         for decl in self.program.tensors:
             if decl.role == "input" or decl.storage == "local":
                 continue
-            tensors[decl.name] = torch.empty(decl.shape, dtype=IR_TO_TORCH[decl.dtype], device=device)
+            tensors[decl.name] = torch.empty(resolve(decl.shape, sizes), dtype=IR_TO_TORCH[decl.dtype], device=device)
+        if sizes:  # kernels over size parameters form offsets in 32 bits (codegen's is_wide)
+            big = [n for n, t in tensors.items() if t.numel() > INT32_LIMIT]
+            if big:
+                raise ValueError(f"program {self.program.name}: {', '.join(big)} exceed 2**31 - 1 elements "
+                                 f"at {sizes}, beyond 32-bit offsets")
         for launch in self.launches:
-            launch(tensors)
+            launch(tensors, sizes)
         return [tensors[d.name] for d in self.program.outputs]
 
 

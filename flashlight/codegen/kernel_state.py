@@ -8,15 +8,25 @@ tile scan and the skeleton. The mixins share the state below and call each other
 
 from __future__ import annotations
 
+import keyword
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Load
-from flashlight.ir.nodes import Loop, Node, Program, Stmt, TileBound, grid_chain, walk_loops, walk_stmts
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, TileBound, grid_chain, walk_loops, walk_stmts
 
 INT32_LIMIT = 2**31 - 1
+
+# a tensor's strides: numbers, or expressions of the size parameters (``16 * S``) where the
+# layout depends on them
+Strides = dict[str, tuple["int | Expr", ...]]
+
+# names a kernel defines itself: a size parameter (a kernel argument) may not be one of them
+_KERNEL_NAMES = re.compile(r"(pid|tl|triton|libdevice|range|float|int|_.*|(pid|o|m|t|c|r)_.*|.*_ptr|"
+                           r"(v|a|b|t|lo|hi|first|last|sure_first|sure_last|sure_count|run|run_lo|run_hi|held|ok)\d+)")
 
 
 @dataclass
@@ -49,13 +59,16 @@ class Scope:
 
 
 class KernelState:
-    def __init__(self, program: Program, nest: Node, name: str, strides: dict[str, tuple[int, ...]],
-                 target: str) -> None:
+    def __init__(self, program: Program, nest: Node, name: str, strides: Strides, target: str) -> None:
         self.program, self.nest, self.name, self.strides, self.target = program, nest, name, strides, target
+        for p in program.params:
+            if keyword.iskeyword(p) or _KERNEL_NAMES.fullmatch(p):
+                raise CodegenError(f"size parameter {p} has the name of a variable of the kernel")
         self.grid: list[Loop] = grid_chain(nest)
         self.phases: tuple[Node, ...] = self.grid[-1].body if self.grid else (nest,)
         self.tile: dict[str, int] = {}
-        self.extent: dict[str, int] = {}
+        self.extent: dict[str, int | str] = {}  # a number, or the size parameter the loop runs to
+        self.sizes: set[str] = set()  # size parameters the kernel reads (its int arguments)
         self.role: dict[str, str] = {}
         self.axes: list[str] = []
         for l in self.grid:
@@ -72,7 +85,7 @@ class KernelState:
         self.written: dict[str, tuple[Expr, ...]] = {}  # tensors whose statements were emitted: where
         self.counter = 0
         self.cache: dict[tuple, tuple[Value, Scope, frozenset[str]]] = {}
-        self.wide = any(t.numel > INT32_LIMIT for t in program.tensors if t.storage == "global")
+        self.wide = any(self.is_wide(t) for t in program.tensors if t.storage == "global")
         self.uses_libdevice = False
         self.uses_index = False
         self.open_accumulators: set[str] = set()
@@ -83,7 +96,13 @@ class KernelState:
 
     def add_axis(self, l: Loop, role: str) -> None:
         it = l.iterator
-        n = int(l.upper.value)  # type: ignore[union-attr]
+        n: int | str
+        if isinstance(l.upper, Const):
+            n = int(l.upper.value)
+        elif isinstance(l.upper, Iter) and l.upper.name in self.program.params:
+            n = l.upper.name
+        else:
+            raise CodegenError(f"loop {it} runs to {l.upper}: only a number or a size parameter")
         if l.tile is None:
             raise CodegenError(f"loop {it} is not tiled; run the tile pass first")
         if it in self.role and (self.role[it] != role or self.extent[it] != n):
@@ -121,11 +140,47 @@ class KernelState:
         return "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
 
     def needs_mask(self, it: str) -> bool:
-        return self.extent[it] % self.tile[it] != 0
+        """Whether the tiles of ``it`` have a tail: always, for an extent known only at launch."""
+        n = self.extent[it]
+        return isinstance(n, str) or n % self.tile[it] != 0
+
+    def size(self, name: str) -> str:
+        """A size parameter read by the kernel: it becomes an argument."""
+        self.sizes.add(name)
+        return name
+
+    def extent_code(self, it: str) -> str:
+        n = self.extent[it]
+        return self.size(n) if isinstance(n, str) else str(n)
+
+    def tile_count(self, it: str) -> str:
+        """The number of tiles of ``it``: a number, or an expression of its size parameter."""
+        n, t = self.extent[it], self.tile[it]
+        if not isinstance(n, str):
+            return str(-(-n // t))
+        return self.size(n) if t == 1 else f"(({self.size(n)} + {t - 1}) // {t})"
+
+    def is_wide(self, decl: TensorDecl) -> bool:
+        """Offsets into ``decl`` need 64 bits. A shape of size parameters is taken to fit in 32:
+        the runtime refuses sizes that would not (it checks every call)."""
+        return all(isinstance(d, int) for d in decl.shape) and decl.numel > INT32_LIMIT
+
+    def size_code(self, e: Expr) -> str:
+        """An integer expression of size parameters (a stride such as ``16 * S``)."""
+        if isinstance(e, Const):
+            return str(int(e.value))
+        if isinstance(e, Iter) and e.name in self.program.params:
+            return self.size(e.name)
+        if isinstance(e, Call) and e.op in ("add", "sub", "mul", "floordiv"):
+            sym = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//"}[e.op]
+            return f"({self.size_code(e.args[0])} {sym} {self.size_code(e.args[1])})"
+        raise CodegenError(f"{e} is no expression of the size parameters")
 
     def offsets(self, it: str) -> Value:
         if it in self.axes:
             return Value(f"o_{it}", (it,), "i32")
+        if it in self.program.params:  # an index or a guard that reads a size
+            return Value(self.size(it), (), "i32")
         return Value(f"{it}", (), "i32")
 
     def mask_of(self, axes: tuple[str, ...]) -> Value | None:

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ def _kernel_path(name: str, digest: str, source: str) -> Path:
         return path
 
 
+def tensors_on_cpu(args: list[Any]) -> bool:
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return first is not None and first.device.type == "cpu"
+
+
 # Triton's interpreter patches triton.language while it runs a kernel: one kernel at a time.
 _interpreter_lock = threading.Lock()
 
@@ -146,12 +152,18 @@ class Launch:
     kernel: KernelSource
     fn: Any
 
-    def __call__(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.kernel.grid == 0:
+    def __call__(self, tensors: dict[str, torch.Tensor], sizes: Mapping[str, int] | None = None) -> None:
+        """Launch over ``tensors``; ``sizes`` binds the size parameters the kernel takes (plain int
+        arguments after the tensors) and counts its grid where they decide it."""
+        sizes = sizes or {}
+        self.kernel.check_sizes(sizes)
+        grid = self.kernel.programs(sizes)
+        if grid == 0:
             return
-        args = [tensors[p] for p in self.kernel.params]
-        launch = self.fn[(self.kernel.grid,)]
-        if args and args[0].device.type == "cpu":
+        args: list[Any] = [tensors[p] for p in self.kernel.params]
+        args += [int(sizes[s]) for s in self.kernel.sizes]
+        launch = self.fn[(grid,)]
+        if tensors_on_cpu(args):
             import numpy as np
 
             with _interpreter_lock, np.errstate(all="ignore"):  # masked-out lanes may overflow

@@ -7,7 +7,7 @@ this kernel computes comes from its register where the value there is the one re
 from __future__ import annotations
 
 from flashlight.codegen.kernel_source import CodegenError
-from flashlight.codegen.kernel_state import INT32_LIMIT, KernelState, Scope, Value
+from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import TL_DTYPE
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
@@ -36,17 +36,19 @@ class MemoryAccess(KernelState):
     def pointer(self, tensor: str, idx: list[Value], axes: tuple[str, ...]) -> str:
         """``tensor_ptr + i0 * s0 + ...``. Offsets of a tensor with more than 2**31 - 1 elements are
         formed in 64 bits: an int32 block offset times a stride would wrap around."""
-        wide = self.program.tensor(tensor).numel > INT32_LIMIT
+        wide = self.is_wide(self.program.tensor(tensor))
         parts = []
         for v, st in zip(idx, self.strides[tensor]):
-            if st == 0 or v.code == "0":
+            if (isinstance(st, int) and st == 0) or v.code == "0":
                 continue
             code = self.bcast(v, axes) if v.axes else v.code
             if wide and v.axes:
                 code = f"({code}).to(tl.int64)"
             elif wide and not code.lstrip("-").isdigit():  # a loop counter: an int in the interpreter
                 code = f"tl.full([], 0, tl.int64) + ({code})"
-            parts.append(f"({code}) * {st}" if st != 1 else f"({code})")
+            if not isinstance(st, int):  # a stride that depends on a size parameter: (16 * S)
+                st = self.size_code(st)
+            parts.append(f"({code}) * {st}" if st not in (1, "1") else f"({code})")
         return f"{tensor}_ptr" + "".join(f" + {p}" for p in parts)
 
     def load(self, e: Load, scope: Scope, order: tuple[str, ...] | None = None) -> Value:

@@ -10,8 +10,6 @@ fixup after it stores it).
 
 from __future__ import annotations
 
-import math
-
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import TL_DTYPE, literal
@@ -41,13 +39,13 @@ class SerialLoops(KernelState):
     def emit_serial(self, loop: Loop, scope: Scope, guards: tuple[Expr, ...]) -> None:
         """One ``for`` over tiles per tile range (all tiles if the loop lists none); accumulators
         start before the first and are stored after the last."""
-        it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
+        it = loop.iterator
         carried = [acc for acc in self.carried(loop) if acc.target.tensor not in self.open_accumulators]
         for acc in carried:  # loop-carried accumulators start at the identity
             self.init_accumulator(acc, scope)
             self.open_accumulators.add(acc.target.tensor)
         ranges = [(self.scalar(r.lower), self.scalar(r.upper), r.masked) for r in loop.ranges] or \
-            [("0", str(math.ceil(n / t)), True)]
+            [("0", self.tile_count(it), True)]
         self.tile_bounds = {b.operand: b for b in loop.bounds}  # precomputed per-tile bounds of guard data
         for lo, hi, masked in ranges:
             self.full_tiles = not masked
@@ -86,7 +84,7 @@ class SerialLoops(KernelState):
         it = loop.iterator
         scope.lines.append(f"o_{it} = t_{it} * {self.tile[it]} + tl.arange(0, {self.tile[it]})")
         if self.needs_mask(it):
-            scope.lines.append(f"m_{it} = o_{it} < {self.extent[it]}")
+            scope.lines.append(f"m_{it} = o_{it} < {self.extent_code(it)}")
         return scope
 
     def emit_tiles(self, loop: Loop, scope: Scope, guards: tuple[Expr, ...], lo: str, hi: str,
@@ -119,6 +117,8 @@ class SerialLoops(KernelState):
             return literal(e)
         if isinstance(e, Iter):
             it = e.name
+            if it in self.program.params:
+                return self.size(it)
             return f"(pid_{it} * {self.tile[it]})" if it in self.axes else it
         assert isinstance(e, Call)
         if e.op == "floordiv" and isinstance(e.args[0], Iter) and isinstance(e.args[1], Const) \

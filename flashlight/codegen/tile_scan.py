@@ -66,7 +66,7 @@ class TileScan(KernelState):
 
     def scan_tiles(self, loop: Loop, scope: Scope, lo: str, hi: str, first: str, last: str,
                    sure: tuple[str, str, str] | None) -> list[str]:
-        it, tiles = loop.iterator, math.ceil(self.extent[loop.iterator] / self.tile[loop.iterator])
+        it, tiles = loop.iterator, self.tile_count(loop.iterator)
         pre = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         certain, possible = self.tile_predicate(loop, pre)
         lines = [f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):  # bounds of the guard over each tile",
@@ -83,20 +83,23 @@ class TileScan(KernelState):
         indices past the last tile are clamped to it, which repeats a real tile's bounds (they
         are not counted: ``ok`` is false past ``hi``)."""
         it, t, n = loop.iterator, self.tile[loop.iterator], self.extent[loop.iterator]
-        tiles = math.ceil(n / t)
+        tiles = self.tile_count(it)
         summarized = all(ld in self.tile_bounds for ld in self.guard_loads(loop))  # one pair of values a tile
-        chunk = min(max(1, SCAN_ELEMENTS // (1 if summarized else t)), 1 << (tiles - 1).bit_length())
+        chunk = max(1, SCAN_ELEMENTS // (1 if summarized else t))
+        if not isinstance(n, str):  # no larger than the tiles there are (a power of two, for tl.arange)
+            chunk = min(chunk, 1 << (math.ceil(n / t) - 1).bit_length())
         if chunk == 1:
             raise NotChunkable
         pre = Scope([], scope, loop_iter=it, depth=scope.depth + 1)
         c, ok = f"c_{it}", self.fresh("ok")
         pre.lines.append(f"{c} = t_{it} * {chunk} + tl.arange(0, {chunk})")
         pre.lines.append(f"{ok} = ({c} >= ({lo})) & ({c} < ({hi}))")
-        pre.lines.append(f"{c} = tl.minimum({c}, {tiles - 1})")
+        pre.lines.append(f"{c} = tl.minimum({c}, {tiles} - 1)" if isinstance(n, str)
+                         else f"{c} = tl.minimum({c}, {int(tiles) - 1})")
         if not summarized:
             pre.lines.append(f"o_{it} = {c}[:, None] * {t} + tl.arange(0, {t})[None, :]")
             if self.needs_mask(it):
-                pre.lines.append(f"m_{it} = o_{it} < {n}")
+                pre.lines.append(f"m_{it} = o_{it} < {self.extent_code(it)}")
         self.chunked = it
         try:
             certain, possible = self.tile_predicate(loop, pre)
@@ -139,7 +142,7 @@ class TileScan(KernelState):
         if isinstance(e, Iter):
             if e.name in self.axes:
                 raise CodegenError(f"a tile test reads iterator {e.name} of a tiled loop outside tile_lo/tile_hi")
-            return e.name
+            return self.size(e.name) if e.name in self.program.params else e.name
         if not isinstance(e, Call):
             raise CodegenError(f"a tile test reads {e} outside tile_lo/tile_hi")
         if e.op in TILE_BOUNDS:
@@ -165,13 +168,15 @@ class TileScan(KernelState):
         if isinstance(e, Iter):
             x = e.name
             if x not in self.axes:
+                x = self.size(x) if x in self.program.params else x
                 return x, x
             t = self.tile[x]
             if x == self.chunked:  # a vector: the bounds of each tile of the chunk
                 return f"(c_{x} * {t})", f"(c_{x} * {t} + {t - 1})"
             base = {"grid": f"pid_{x}", "serial": f"t_{x}"}.get(self.role[x])
             if base is None:
-                return "0", str(self.extent[x] - 1)
+                n = self.extent[x]
+                return "0", f"({self.size(n)} - 1)" if isinstance(n, str) else str(n - 1)
             return f"({base} * {t})", f"({base} * {t} + {t - 1})"
         if not isinstance(e, Load):
             raise CodegenError(f"tile bounds of {e}: only of an iterator or a load")
@@ -223,7 +228,7 @@ class TileScan(KernelState):
         return out[0], out[1]
 
 
-def track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: int, chunked: bool) -> list[str]:
+def track_tiles(names: tuple[str, ...], cond: str, index: str, tiles: str, chunked: bool) -> list[str]:
     """Lines (in a scan's loop body) that lower ``names[0]`` to the first and raise ``names[1]`` to
     the last tile index where ``cond`` holds, and add the number of such tiles to ``names[2]`` if
     given; a chunked scan folds a vector of tiles per step."""

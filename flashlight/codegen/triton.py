@@ -38,6 +38,7 @@ from dataclasses import replace
 from flashlight.codegen.dot import MatrixProducts
 from flashlight.codegen.expressions import Expressions
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
+from flashlight.codegen.kernel_state import Strides
 from flashlight.codegen.memory import MemoryAccess
 from flashlight.codegen.operators import TL_DTYPE
 from flashlight.codegen.serial_loops import SerialLoops
@@ -49,12 +50,14 @@ from flashlight.ir.nodes import Program
 __all__ = ["CodegenError", "KernelSource", "TL_DTYPE", "generate"]
 
 
-def generate(program: Program, strides: dict[str, tuple[int, ...]], target: str = "cuda",
+def generate(program: Program, strides: Strides, target: str = "cuda",
              name_prefix: str = "flashlight", num_warps: int | None = None,
              num_stages: int | None = None) -> list[KernelSource]:
     """One kernel per top-level nest of a tiled, mapped program.
 
-    ``num_warps``/``num_stages`` default to a choice by the kernel's register tiles.
+    ``num_warps``/``num_stages`` default to a choice by the kernel's register tiles. A program
+    with size parameters gives kernels that take them as int arguments (after the tensors); a
+    stride may then be an expression of them (``16 * S``), printed as such.
     """
     if target not in ("cuda", "interpreter"):
         raise ValueError(f"unknown target {target!r}")
