@@ -11,7 +11,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,14 +25,14 @@ from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
-from flashlight.frontend.segments import ProgramSegment
+from flashlight.frontend.segments import LiftedGraph, ProgramSegment
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
 from flashlight.log import progress
 from flashlight.options import Options, make_options, pass_overrides
 from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, SegmentReport, describe_kernel
-from flashlight.runtime import CompiledGraph, CompiledProgram, TunedOnFirstCall, symbolic_strides
+from flashlight.runtime import CompiledGraph, CompiledPerSize, CompiledProgram, TunedOnFirstCall, symbolic_strides
 
 log = logging.getLogger("flashlight")
 
@@ -84,11 +84,17 @@ def input_layout(program: Program, seg: ProgramSegment) -> dict[str, tuple[int |
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
                   name: str = "program", reports: list[SegmentReport] | None = None,
-                  arg_order: Sequence[str] = ()) -> CompiledGraph:
-    """Lift ``gm`` and compile each of its program segments; with ``reports`` (explain), record
-    every stage and load no kernel."""
+                  arg_order: Sequence[str] = (), sizes: Mapping[str, int] | None = None,
+                  lifted: LiftedGraph | None = None) -> CompiledGraph | CompiledPerSize:
+    """Lift ``gm`` (unless ``lifted`` is its lift) and compile each of its program segments; with
+    ``reports`` (explain), record every stage and load no kernel. A graph with varying sizes
+    compiles once, with size parameters, where every program of it can; else at each call's
+    sizes (``sizes``: bound)."""
+    positions = size_positions(gm)
+    if positions and sizes is None and lifted is None and reports is None:
+        return _compile_varying(gm, example_inputs, names, options, name, arg_order, positions)
     target = target_of(example_inputs)
-    lifted = lift_graph(gm, names, name, arg_order)
+    lifted = lifted or lift_graph(gm, names, name, arg_order, sizes)
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     if fallbacks and reports is None:
         log.warning("flashlight: %d op%s of %s run%s in eager PyTorch: %s", len(fallbacks),
@@ -96,16 +102,48 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                     "; ".join(why for _, why in fallbacks))
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device.type)
+    hints = {s: int(example_inputs[i].node.hint) for s, i in positions.items()
+             if isinstance(example_inputs[i], torch.SymInt)}
     compiled: dict[int, CompiledProgram | TunedOnFirstCall | None] = {}
     for k, seg in enumerate(lifted.segments):
         if isinstance(seg, ProgramSegment):
-            compiled[k] = _compile_program(seg, options, target, device, reports, fallbacks)
+            compiled[k] = _compile_program(seg, options, target, device, reports, fallbacks, hints)
     return CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
 
 
+def size_positions(gm: fx.GraphModule) -> dict[str, int]:
+    """The graph's inputs that are sizes Dynamo made symbolic: symbol -> position."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return {str(n.meta["val"].node.expr): k for k, n in enumerate(phs)
+            if isinstance(n.meta.get("val"), torch.SymInt) and n.meta["val"].node.expr.is_Symbol}
+
+
+def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
+                     name: str, arg_order: Sequence[str], positions: dict[str, int]) -> CompiledGraph | CompiledPerSize:
+    """One compilation for every size, if each program of the graph compiles with size parameters
+    and lifting with them cuts out no more ops than lifting at the captured sizes does; else one
+    compilation per size, said once."""
+    hints = {s: int(example_inputs[i].node.hint) for s, i in positions.items()}
+    fixed = {s.node for s in lift_graph(gm, names, name, arg_order, hints).fallbacks}
+    varying = lift_graph(gm, names, name, arg_order)
+    extra = [s.reason for s in varying.fallbacks if s.node not in fixed]
+    if extra:
+        reason = f"{len(extra)} more op{'s' if len(extra) > 1 else ''} would run eagerly ({extra[0]})"
+    else:
+        graph = compile_graph(gm, example_inputs, names, options, name, None, arg_order, lifted=varying)
+        failed = [why for (what, why) in graph.fallbacks if what.startswith("program ")]
+        if not failed:
+            return graph
+        reason = failed[0]
+    log.warning("flashlight: %s is compiled anew for each new size of its inputs: one program for every "
+                "size cannot be made: %s", name, reason)
+    return CompiledPerSize(positions, reason, lambda at: compile_graph(  # type: ignore[arg-type,return-value]
+        gm, example_inputs, names, options, name, None, arg_order, sizes=at))
+
+
 def _compile_program(seg: ProgramSegment, options: Options, target: str, device: torch.device,
-                     reports: list[SegmentReport] | None,
-                     fallbacks: list[tuple[str, str]]) -> CompiledProgram | TunedOnFirstCall | None:
+                     reports: list[SegmentReport] | None, fallbacks: list[tuple[str, str]],
+                     hints: Mapping[str, int] | None = None) -> CompiledProgram | TunedOnFirstCall | None:
     """One program segment compiled (through the cache, tuned where the options say so), or None
     if it cannot be: then it runs eagerly, and ``fallbacks`` says why."""
     opts = options.for_target(target)
@@ -132,7 +170,8 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
     try:
         keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
         if reports is None and options.tunes(target):
-            compiled = autotune.build_tuned(seg.program, device, opts, build, report if keep else None)
+            sizes = {p: hints[sym] for sym, p in seg.params.items() if sym in (hints or {})}
+            compiled = autotune.build_tuned(seg.program, device, opts, build, report if keep else None, sizes)
         else:
             compiled = build(opts, report if keep else None)
         progress("compiled", program=seg.program.name, kernels=len(compiled.launches),
@@ -167,7 +206,8 @@ class CompiledFunction:
         self.eager_reason: str | None = None  # set if capture failed: every call runs fn eagerly
         self._warned_recompile_limit = False
         self._name = _program_name(fn)
-        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph), dynamic=False)
+        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph),
+                                       dynamic=options.dynamic)
         functools.update_wrapper(self, fn)
 
     def _compile_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:

@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ import torch
 from flashlight.cache import code_version
 from flashlight.codegen.launcher import cache_dir
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
-from flashlight.ir.expr import Const
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Const, Iter
 from flashlight.ir.nodes import Guard, Node, Program, Stmt
 from flashlight.log import progress
 from flashlight.options import Options
@@ -57,10 +58,16 @@ def _bucket(n: int) -> int:
     return n if n <= 1 else 1 << (n - 1).bit_length()
 
 
-def size_class(program: Program) -> Program:
-    """``program`` with every tensor dimension and loop extent rounded up to a power of two: the
-    programs that one tuning choice serves. Tiles are padded to powers of two, so the kernels of
-    one class have the same tiles and differ only in their masks and trip counts."""
+def size_class(program: Program, sizes: Mapping[str, int] | None = None) -> Program:
+    """``program`` with every tensor dimension and loop extent rounded up to a power of two, a size
+    parameter at the bucket of its value in ``sizes``: the programs that one tuning choice serves.
+    Tiles are padded to powers of two, so the kernels of one class have the same tiles and differ
+    only in their masks and trip counts."""
+    sizes = sizes or {}
+
+    def dim(d: int | str) -> int | str:
+        return _bucket(d) if isinstance(d, int) else _bucket(sizes[d]) if d in sizes else d
+
     def resize(node: Node) -> Node:
         if isinstance(node, Stmt):
             return node
@@ -70,17 +77,18 @@ def size_class(program: Program) -> Program:
         upper = node.upper
         if isinstance(upper, Const) and isinstance(upper.value, int):
             upper = replace(upper, value=_bucket(upper.value))
+        elif isinstance(upper, Iter) and upper.name in sizes:
+            upper = E.index(_bucket(sizes[upper.name]))
         return replace(node, upper=upper, body=body)
 
-    tensors = tuple(replace(t, shape=tuple(_bucket(d) if isinstance(d, int) else d for d in t.shape))
-                    for t in program.tensors)
+    tensors = tuple(replace(t, shape=tuple(dim(d) for d in t.shape)) for t in program.tensors)
     return program.replace(tensors=tensors, body=tuple(resize(n) for n in program.body))
 
 
-def _key(program: Program, device: str, pipeline: str) -> str:
+def _key(program: Program, device: str, pipeline: str, sizes: Mapping[str, int] | None = None) -> str:
     import triton
 
-    text = "\n".join([str(size_class(program)), device, pipeline, torch.__version__, triton.__version__, code_version()])
+    text = "\n".join([str(size_class(program, sizes)), device, pipeline, torch.__version__, triton.__version__, code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -88,10 +96,11 @@ def _path(key: str) -> Path:
     return cache_dir() / "tuning" / f"{key}.json"
 
 
-def lookup(program: Program, device: str, pipeline: str = DEFAULT_PIPELINE) -> dict | None:
+def lookup(program: Program, device: str, pipeline: str = DEFAULT_PIPELINE,
+           sizes: Mapping[str, int] | None = None) -> dict | None:
     """The stored choice for ``program`` compiled through ``pipeline`` (another pipeline makes other
     kernels, which another choice may suit), or None."""
-    path = _path(_key(program, device, pipeline))
+    path = _path(_key(program, device, pipeline, sizes))
     try:
         data = json.loads(path.read_text())
         return data if {"block_m", "block_n", "num_stages"} <= set(data) else None
@@ -99,8 +108,9 @@ def lookup(program: Program, device: str, pipeline: str = DEFAULT_PIPELINE) -> d
         return None
 
 
-def store(program: Program, device: str, choice: dict, pipeline: str = DEFAULT_PIPELINE) -> None:
-    path = _path(_key(program, device, pipeline))
+def store(program: Program, device: str, choice: dict, pipeline: str = DEFAULT_PIPELINE,
+          sizes: Mapping[str, int] | None = None) -> None:
+    path = _path(_key(program, device, pipeline, sizes))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -116,14 +126,16 @@ def data_steers(program: Program) -> bool:
     return any(not IR_TO_TORCH[d.dtype].is_floating_point for d in program.inputs)
 
 
-def random_inputs(program: Program, device: str) -> list[torch.Tensor]:
+def random_inputs(program: Program, device: str, sizes: Mapping[str, int] | None = None) -> list[torch.Tensor]:
+    """Inputs of the program's shapes (a size parameter at its value in ``sizes``)."""
     out = []
     for d in program.inputs:
         dt = IR_TO_TORCH[d.dtype]
+        shape = tuple(x if isinstance(x, int) else (sizes or {})[x] for x in d.shape)
         if dt.is_floating_point:
-            out.append(torch.randn(d.shape, dtype=dt, device=device))
+            out.append(torch.randn(shape, dtype=dt, device=device))
         else:
-            out.append(torch.zeros(d.shape, dtype=dt, device=device))
+            out.append(torch.zeros(shape, dtype=dt, device=device))
     return out
 
 
@@ -142,16 +154,18 @@ def device_name(device: torch.device) -> str:
 
 def tune(program: Program, device: torch.device, build: Callable[[int, int, int, int | None], Any],
          timer: Callable[[Callable[[], Any]], float] = _do_bench,
-         inputs: list[torch.Tensor] | None = None, pipeline: str = DEFAULT_PIPELINE) -> dict:
+         inputs: list[torch.Tensor] | None = None, pipeline: str = DEFAULT_PIPELINE,
+         sizes: Mapping[str, int] | None = None) -> dict:
     """The fastest configuration; ``build(block_m, block_n, num_stages, num_warps)`` returns a callable
     taking the program's inputs (or raises if that configuration cannot be compiled). Timed on
-    ``inputs`` if given, else on random inputs of the program's shapes."""
-    cached = lookup(program, device_name(device), pipeline)
+    ``inputs`` if given, else on random inputs of the program's shapes (its size parameters at
+    ``sizes``, whose buckets key the choice)."""
+    cached = lookup(program, device_name(device), pipeline, sizes)
     if cached is not None:
         return cached
     with _real_tensors():
-        choice = _measure(program, device, build, timer, inputs)
-    store(program, device_name(device), choice, pipeline)
+        choice = _measure(program, device, build, timer, inputs, sizes)
+    store(program, device_name(device), choice, pipeline, sizes)
     return choice
 
 
@@ -167,8 +181,9 @@ def _real_tensors():
 
 
 def _measure(program: Program, device: torch.device, build: Callable[[int, int, int, int | None], Any],
-             timer: Callable[[Callable[[], Any]], float], inputs: list[torch.Tensor] | None) -> dict:
-    inputs = random_inputs(program, device) if inputs is None else inputs
+             timer: Callable[[Callable[[], Any]], float], inputs: list[torch.Tensor] | None,
+             sizes: Mapping[str, int] | None = None) -> dict:
+    inputs = random_inputs(program, device, sizes) if inputs is None else inputs
     t0 = time.time()
     runs = {}
     for bm, bn, stages, warps in CANDIDATES:
@@ -201,19 +216,22 @@ def _measure(program: Program, device: torch.device, build: Callable[[int, int, 
 
 def build_tuned(program: Program, device: torch.device, opts: Options,
                 build: Callable[..., CompiledProgram],
-                report: SegmentReport | None) -> CompiledProgram | TunedOnFirstCall:
+                report: SegmentReport | None,
+                sizes: Mapping[str, int] | None = None) -> CompiledProgram | TunedOnFirstCall:
     """``build(options, report)`` with the configuration that :func:`tune` picks for ``program``:
     now, or, where the inputs' data steer the work and no choice is stored, on the first call's
-    inputs (until then it runs built with ``opts``). Warps the user set stay."""
+    inputs (until then it runs built with ``opts``). Warps the user set stay. A program with size
+    parameters is tuned at ``sizes`` (the sizes it was captured at)."""
     def tuned(inputs: list[torch.Tensor] | None = None, rep: SegmentReport | None = report) -> CompiledProgram:
         def config(bm: int, bn: int, st: int, w: int | None) -> Options:
             return replace(opts, block_m=bm, block_n=bn, num_stages=st, num_warps=opts.num_warps or w)
 
-        choice = tune(program, device, lambda *c: build(config(*c)), inputs=inputs, pipeline=opts.pipeline)
+        choice = tune(program, device, lambda *c: build(config(*c)), inputs=inputs, pipeline=opts.pipeline,
+                      sizes=sizes)
         chosen = config(choice["block_m"], choice["block_n"], choice["num_stages"], choice.get("num_warps"))
         return build(chosen, rep)
 
-    if data_steers(program) and lookup(program, device_name(device), opts.pipeline) is None:
+    if data_steers(program) and lookup(program, device_name(device), opts.pipeline, sizes) is None:
         # its inputs' data decide the work: the candidates are timed on the first call's inputs
         return TunedOnFirstCall(build(opts, report), functools.partial(tuned, rep=None))
     return tuned()

@@ -43,7 +43,9 @@ def code_version() -> str:
 def segment_key(seg: ProgramSegment, o: Options, target: str) -> str:
     import triton  # only once a segment is compiled: importing flashlight does not load Triton
 
-    strides = [tuple(int(x) for x in n.meta["val"].stride()) for n in seg.inputs]
+    # a symbolic stride is named, never evaluated: int() of a SymInt makes Dynamo specialise it
+    strides = [tuple(str(x) if isinstance(x, torch.SymInt) else int(x) for x in n.meta["val"].stride())
+               for n in seg.inputs]
     text = "\n".join([str(seg.program), repr(o), target, repr(strides), torch.__version__, triton.__version__,
                       code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -27,6 +27,9 @@ class Options:
     num_warps: int | None = None     # Triton launch parameters (None: chosen per kernel)
     num_stages: int | None = None
     autotune: bool | None = None     # measure configurations on the GPU (None: unless sizes are given)
+    # sizes that vary between calls (Dynamo's dynamic shapes): None makes a dimension a size
+    # parameter once a call changes it, True every dimension from the first call, False none
+    dynamic: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "num_warps"):
@@ -39,8 +42,9 @@ class Options:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"flashlight: {name}={value!r} is not a positive integer")
-        if self.autotune not in (None, True, False):
-            raise ValueError(f"flashlight: autotune={self.autotune!r} is not None, True or False")
+        for name in ("autotune", "dynamic"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"flashlight: {name}={getattr(self, name)!r} is not None, True or False")
         try:
             passes.parse_pipeline(self.pipeline)
         except ValueError as exc:

@@ -165,6 +165,11 @@ class CompiledGraph:
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
 
+    def _sizes(self, args: list) -> dict[str, int]:
+        """This call's value of each symbolic size of the graph (its size inputs are numbers)."""
+        return {str(n.meta["val"].node.expr): int(a) for n, a in zip(self.lifted.placeholders, args)
+                if isinstance(n.meta.get("val"), torch.SymInt)}
+
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
         env.update(self.lifted.constants)  # tensor constants of the function (torch.tensor(2.0))
@@ -187,14 +192,27 @@ class CompiledGraph:
                 for n in seg.nodes:
                     env[n] = _run_node(n, env)
                 continue
+            sizes = self._sizes(args)
             for n, t in zip(seg.outputs, outs):
                 # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data;
                 # laid out as the graph traced it (a backward views saved tensors by those strides)
                 val = n.meta["val"]
-                t = t.view(val.shape)
-                env[n] = t if t.stride() == val.stride() or t.numel() <= 1 else restride(t, tuple(val.stride()))
+                shape, stride = concrete(val.shape, sizes), concrete(val.stride(), sizes)
+                t = t.view(shape)
+                env[n] = t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
         out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
         return fx.node.map_arg(out_node.args[0], lambda n: env[n])
+
+
+def concrete(dims: Any, sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """A traced shape or strides at one call's sizes: a symbolic entry evaluated, never guarded."""
+    out = []
+    for d in dims:
+        if isinstance(d, torch.SymInt):
+            expr = d.node.expr
+            d = expr.subs({sym: sizes[str(sym)] for sym in expr.free_symbols})
+        out.append(int(d))
+    return tuple(out)
 
 
 def _run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:
@@ -202,3 +220,29 @@ def _run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:
     kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
     return n.target(*args, **kwargs)  # type: ignore[operator]
 
+
+
+@dataclass
+class CompiledPerSize:
+    """A graph with varying sizes that no one program serves (``reason``): compiled at each
+    call's sizes, which its size inputs (``positions``: Dynamo's symbol -> graph input) give,
+    and kept per sizes."""
+
+    positions: dict[str, int]
+    reason: str
+    compile_at: Callable[[dict[str, int]], CompiledGraph]
+    graphs: dict[tuple[tuple[str, int], ...], CompiledGraph] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def fallbacks(self) -> list[tuple[str, str]]:
+        return [f for g in self.graphs.values() for f in g.fallbacks]
+
+    def __call__(self, args: list) -> Any:
+        sizes = {s: int(args[k]) for s, k in self.positions.items()}
+        key = tuple(sorted(sizes.items()))
+        with self.lock:
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self.graphs[key] = self.compile_at(sizes)
+        return graph(args)

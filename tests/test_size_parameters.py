@@ -256,16 +256,16 @@ def test_every_dimension_varying_keeps_every_statement_that_a_nonempty_output_ne
         np.testing.assert_allclose(interpret(out, ins)["out0"], ref, rtol=1e-5, atol=1e-6)
 
 
-def test_code_generation_without_sizes_as_arguments_says_so_and_the_program_runs_eagerly():
+def test_explain_shows_one_kernel_that_takes_the_size_as_an_argument():
     import torch
 
     import flashlight
 
     x = _marked((torch.randn(37, 64), 0))
     ex = flashlight.explain(_rms, *x, torch.randn(64))
-    [(what, why)] = ex.fallbacks
-    assert "size parameters (S) reach code generation" in why
-    assert "(size varies)" in str(ex)
+    assert not ex.fallbacks and len(ex.kernels) == 1
+    assert "out0_ptr, S):" in ex.kernels[0].source
+    assert "m_i0 = o_i0 < S" in ex.kernels[0].source
 
 
 # }}}

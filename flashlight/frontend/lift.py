@@ -47,15 +47,15 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     env: dict[fx.Node, Value] = {}
     for n in phs:
         if not _is_size(n):  # a size Dynamo made symbolic: read through the shapes it sizes
-            env[n] = _input_value(scratch, n, ph_name[n])
+            env[n] = _try_input(scratch, n, ph_name[n])  # type: ignore[assignment]
     for n in graph.nodes:  # tensor constants are inputs of the programs that read them
         if n.op == "get_attr" and _is_tensor(n):
-            env[n] = _input_value(scratch, n, n.name.lstrip("_"))
+            env[n] = _try_input(scratch, n, n.name.lstrip("_"))  # type: ignore[assignment]
     for n in compute:
         reason = _try_lift(scratch, env, n)
         if reason is not None:
             reasons[n] = reason
-            env[n] = _input_value(scratch, n, n.name) if _is_tensor(n) else None  # type: ignore[assignment]
+            env[n] = _try_input(scratch, n, n.name)  # type: ignore[assignment]
 
     # pass 2: liftable nodes become programs, as few as the eager nodes between them allow. A
     # node's level counts the eager nodes its value waits for: program L holds the liftable nodes
@@ -106,7 +106,7 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
             for k, n in enumerate(d.name for d in prog.inputs)}
     pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
     decls = [d for d, _ in pairs] + [t for t in prog.tensors if t.role != "input"]
-    return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run))
+    return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run), dict(b.params))
 
 
 def _attr(gm: fx.GraphModule, target: str) -> object:
@@ -121,6 +121,15 @@ def _input_value(b: ProgramBuilder, n: fx.Node, name: str) -> Value:
     if not isinstance(val, torch.Tensor):
         raise Unsupported(f"input {name} is not a tensor")
     return b.input(name, tuple(size_of(b, s) for s in val.shape), ir_dtype(val.dtype))
+
+
+def _try_input(b: ProgramBuilder, n: fx.Node, name: str) -> Value | None:
+    """``n``'s value read as a program input, or None where the IR cannot hold it (not a tensor,
+    or a size that is an expression of varying sizes): the nodes that read it then run eagerly."""
+    try:
+        return _input_value(b, n, name)
+    except Unsupported:
+        return None
 
 
 def _is_size(n: fx.Node) -> bool:
@@ -161,7 +170,7 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
     except Unsupported as exc:
         b.rollback(snap)
         return f"{op_name(n.target)}: {exc}"
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         if not b.params:
             raise
         # a rule that computes with sizes met a size parameter (``"S" < 4``): it needs a known size

@@ -62,14 +62,29 @@ def _reduction(c: RuleContext, op: str, v: Value, dims: list[int], keepdim: bool
     if keepdim:
         for d in dims:
             r = r.unsqueeze(d)
-    count = 1
-    for d in dims:
-        count *= v.shape[d]
     if mean:
-        return pointwise(c, [r], lambda xs: E.call("div", xs[0], literal(count, acc)), acc)
+        count = _count(v, dims, acc)
+        return pointwise(c, [r], lambda xs: E.call("div", xs[0], count), acc)
     if acc != out:
         return pointwise(c, [r], lambda xs: E.call(out, xs[0]), None)
     return r
+
+
+def _count(v: Value, dims: list[int], acc: str) -> Expr:
+    """The number of elements reduced over ``dims``, as a literal of ``acc``; with size parameters
+    among them, their product converted to ``acc`` (a mean over a varying length divides by it)."""
+    known, varying = 1, []
+    for d in dims:
+        if isinstance(v.shape[d], str):
+            varying.append(Iter(v.shape[d]))  # type: ignore[arg-type]
+        else:
+            known *= v.shape[d]  # type: ignore[operator]
+    if not varying:
+        return literal(known, acc)
+    n: Expr = E.index(known)
+    for x in varying:
+        n = E.mul(n, x)
+    return E.call(acc, n)
 
 
 def _reduction_nest(v: Value, dims: list[int], acc: str) -> tuple[list[int], list[str], Callable[[list], Expr]]:
@@ -166,9 +181,11 @@ def _prims_var(c: RuleContext) -> Value:
     dims = sorted(d % v.rank for d in c.arg(1))  # type: ignore[union-attr]
     correction = c.kwarg("correction", c.arg(2, 1))
     acc = opmath(c.out_dtype)
+    if any(isinstance(v.shape[d], str) for d in dims):
+        raise Unsupported("a variance over a varying length (its correction may exceed the length)")
     n = 1
     for d in dims:
-        n *= v.shape[d]
+        n *= v.shape[d]  # type: ignore[operator]
     order, kinds, at = _reduction_nest(v, dims, acc)
     kept = len(order) - len(dims)
 

@@ -1,0 +1,120 @@
+"""One compilation serves every length (issue 19): Dynamo makes a dimension a size parameter once
+a call changes it, the program compiles once with that parameter, and every later length runs the
+same kernels. ``flashlight.counters`` says how many programs were compiled and how many calls ran
+eagerly. A length of 1 is Dynamo's own specialisation (its symbolic sizes are at least 2): a first
+call at length 1 compiles statically, and the dynamic program serves the rest."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flashlight
+from flashlight.counting import counters
+
+LENGTHS = (1, 37, 5, 64, 65, 100, 3, 17, 129, 70)  # 1, tails of 64, above the first call's tile
+
+
+def causal(q, k, v):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def documents(q, k, v, doc):
+    s = (q @ k.transpose(-1, -2)) * 0.25
+    return torch.softmax(s.masked_fill(doc[:, None] != doc[None, :], float("-inf")), -1) @ v
+
+
+def rmsnorm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def decode_step(q, k_cache, v_cache):
+    return torch.softmax(q @ k_cache.transpose(-1, -2) * 0.25, -1) @ v_cache
+
+
+def _qkv(n: int, g: torch.Generator, kv: int | None = None) -> tuple[torch.Tensor, ...]:
+    kv = n if kv is None else kv
+    return (torch.randn(1, 2, n, 16, generator=g), torch.randn(1, 2, kv, 16, generator=g),
+            torch.randn(1, 2, kv, 16, generator=g))
+
+
+CASES = {
+    "causal": (causal, lambda n, g: _qkv(n, g)),
+    "causal, Sq != Sk": (causal, lambda n, g: _qkv(n, g, n + 7)),
+    "document mask": (documents, lambda n, g: (*_qkv(n, g), torch.sort(torch.randint(0, 3, (n,), generator=g)).values)),
+    "rmsnorm rows": (rmsnorm, lambda n, g: (torch.randn(n, 64, generator=g), torch.randn(64, generator=g))),
+    "decode, cache grows by one": (decode_step, lambda n, g: (torch.randn(1, 2, 1, 16, generator=g),
+                                                              *_qkv(n, g)[1:])),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_compiled_function_serves_ten_lengths_with_two_programs(name):
+    fn, make = CASES[name]
+    f = flashlight.compile(fn)
+    g = torch.Generator().manual_seed(0)
+    counters.clear()
+    lengths = range(40, 50) if name.startswith("decode") else LENGTHS
+    for n in lengths:
+        args = make(n, g)
+        torch.testing.assert_close(f(*args), fn(*args), rtol=1e-4, atol=1e-5, msg=f"length {n}")
+    assert counters["programs_compiled"] <= 2, dict(counters)
+    assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
+
+
+def test_dynamic_true_compiles_one_program_from_the_first_call():
+    f = flashlight.compile(rmsnorm, dynamic=True)
+    counters.clear()
+    for n in (3, 70, 129):
+        x, w = torch.randn(n, 64), torch.randn(64)
+        torch.testing.assert_close(f(x, w), rmsnorm(x, w), rtol=1e-4, atol=1e-5)
+    assert counters["programs_compiled"] <= 1 and counters["eager_calls"] == 0, dict(counters)
+
+
+def test_dynamic_false_compiles_each_length():
+    f = flashlight.compile(rmsnorm, dynamic=False)
+    counters.clear()
+    for n in (3, 70, 129):
+        x, w = torch.randn(n, 64), torch.randn(64)
+        torch.testing.assert_close(f(x, w), rmsnorm(x, w), rtol=1e-4, atol=1e-5)
+    assert counters["programs_compiled"] == 3, dict(counters)
+
+
+def test_the_dynamic_program_says_its_sizes_in_explain():
+    q, k, v = _qkv(37, torch.Generator().manual_seed(1))
+    for t in (q, k, v):
+        torch._dynamo.mark_dynamic(t, 2)
+    ex = flashlight.explain(causal, q, k, v)
+    assert not ex.fallbacks
+    assert ex.programs[0].params == ("S", "T")
+    assert "ceil(T/" in str(ex), "the grid is counted at launch from the query length"
+    assert any("ranges as functions of the sizes" in p.reason for p in ex.proofs)
+
+
+def test_invalid_dynamic_option_is_refused():
+    with pytest.raises(ValueError, match="dynamic='yes' is not None, True or False"):
+        flashlight.compile(rmsnorm, dynamic="yes")
+
+
+def flat_softmax(x):
+    return torch.softmax(x.reshape(-1), 0).reshape(x.shape) * 2.0
+
+
+def test_a_program_no_one_compilation_serves_is_compiled_per_size_and_says_why(caplog):
+    """Flattening a varying length with another dimension gives a size ``4*S`` that is no size
+    parameter: the graph is compiled at each call's sizes instead (as without dynamic shapes, but
+    with no recompile limit), with one warning."""
+    f = flashlight.compile(flat_softmax)
+    counters.clear()
+    with caplog.at_level("WARNING", logger="flashlight"):
+        for n in (3, 5, 6, 5):
+            x = torch.randn(n, 4)
+            torch.testing.assert_close(f(x), flat_softmax(x), rtol=1e-4, atol=1e-6)
+    assert counters["programs_compiled"] == 3, dict(counters)  # 3 static, then 5 and 6; 5 again is kept
+    assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
+    said = [r.getMessage() for r in caplog.records if "compiled anew for each new size" in r.getMessage()]
+    assert len(said) == 1 and "a size that is an expression of varying sizes" in said[0]
