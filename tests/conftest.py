@@ -13,6 +13,15 @@ import torch
 GOLDEN = Path(__file__).parent / "golden"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test starts with no size history: Dynamo remembers the sizes a function was compiled
+    at by its source location, across compiled instances (automatic dynamic shapes), so a test
+    would otherwise get a program with size parameters because an earlier test used other shapes."""
+    torch._dynamo.reset()
+    yield
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare ``text`` with ``tests/golden/<name>.txt``; FLASHLIGHT_UPDATE_GOLDEN=1 rewrites it."""
     path = GOLDEN / f"{name}.txt"

@@ -153,7 +153,7 @@ def test_user_errors_are_eagers_errors(fn, args):
 
 
 def test_the_recompile_limit_is_said_once():
-    f = flashlight.compile(lambda x: torch.softmax(x, -1))
+    f = flashlight.compile(lambda x: torch.softmax(x, -1), dynamic=False)  # a compilation per shape
     limit = torch._dynamo.config.recompile_limit
     for n in range(1, limit + 1):
         f(_x(n, 5))
@@ -209,6 +209,10 @@ def test_counters_say_what_compiled_and_what_ran_eagerly(tmp_path, monkeypatch):
     assert flashlight.counters["programs_compiled"] == 2, "the disk cache served it"
     assert flashlight.counters["eager_calls"] == 0
     limit = torch._dynamo.config.recompile_limit
-    for n in range(5, 5 + limit + 1):
+    for n in range(5, 5 + limit + 1):  # the program compiled at the second shape serves them all
         torch.testing.assert_close(f(_x(n, 5)), torch.softmax(_x(n, 5) * 2, -1))
+    assert flashlight.counters["programs_compiled"] == 2 and flashlight.counters["eager_calls"] == 0
+    static = flashlight.compile(lambda x: torch.softmax(x * 3, -1), dynamic=False)
+    for n in range(5, 5 + limit + 3):
+        torch.testing.assert_close(static(_x(n, 5)), torch.softmax(_x(n, 5) * 3, -1))
     assert flashlight.counters["eager_calls"] == 3, "the shapes past the recompile limit ran eagerly"

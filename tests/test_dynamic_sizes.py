@@ -17,6 +17,12 @@ from flashlight.counting import counters
 LENGTHS = (1, 37, 5, 64, 65, 100, 3, 17, 129, 70)  # 1, tails of 64, above the first call's tile
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Compilations counted here are compilations: no disk-cache hit from an earlier run."""
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+
+
 def causal(q, k, v):
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]

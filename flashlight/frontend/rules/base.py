@@ -19,6 +19,7 @@ from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Size, Value
+from flashlight.ir.expr import Expr, Iter
 
 
 def size_of(b: ProgramBuilder, s: object) -> Size:
@@ -61,6 +62,17 @@ class RuleContext:
     def kwarg(self, key: str, default: object = None) -> object:
         return self._sized(self.node.kwargs.get(key, default))
 
+    def scalar_size(self, a: fx.Node) -> int | Expr:
+        """A varying integer argument (a SymInt graph input) used as a value: its number where the
+        lift binds it, the size parameter of a tensor dimension it equals, else refused (a
+        parameter no input's shape binds could not be bound when the program runs)."""
+        expr = a.meta["val"].node.expr
+        if self.b.bound and all(str(sym) in self.b.bound for sym in expr.free_symbols):
+            return int(expr.subs({sym: self.b.bound[str(sym)] for sym in expr.free_symbols}))
+        if expr.is_Symbol and str(expr) in self.b.params:
+            return Iter(self.b.params[str(expr)])
+        raise Unsupported(f"a varying integer {expr} that is no input's size")
+
     def _sized(self, a: object) -> object:
         """An argument with each symbolic size in it (a node whose value is a SymInt) read as
         :func:`size_of` reads it: a number if the lift binds it, else a size parameter."""
@@ -71,7 +83,7 @@ class RuleContext:
         return a
 
     def value(self, a: object) -> Value:
-        if isinstance(a, fx.Node):
+        if isinstance(a, fx.Node) and a in self.env:
             return self.env[a]
         raise Unsupported(f"expected a tensor argument, got {a!r}")
 

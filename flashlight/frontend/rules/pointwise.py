@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.fx as fx
 
 from flashlight.ir import dtypes
@@ -22,6 +23,9 @@ from flashlight.frontend.values import Value, index_ranges, placeholder
 
 def operand(c: RuleContext, a: object, compute: str, out_shape: Sequence[int]) -> Callable[[list[Iter]], Expr]:
     """An operand as a function of the output iterators, cast to the compute dtype."""
+    if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.SymInt):
+        n = c.scalar_size(a)  # a varying integer argument: a number where the lift binds it
+        return (lambda its: literal(n, compute)) if isinstance(n, int) else (lambda its: E.call(compute, n))
     if isinstance(a, fx.Node):
         v = c.env[a]
 
