@@ -102,20 +102,20 @@ class CompiledProgram:
     # expression of them (see symbolic_strides), evaluated at each call's sizes
     input_strides: dict[str, tuple[int | Expr, ...]]
     device: torch.device = torch.device("cpu")
+    _layouts: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
         sizes = bind_sizes(self.program, inputs) if self.program.params else {}
+        strides, shapes = self._layout(sizes)
         for decl, t in zip(self.program.inputs, inputs):
-            want = resolve(self.input_strides[decl.name], sizes)
+            want = strides[decl.name]
             if tuple(t.stride()) != want and t.numel() > 1:
                 t = restride(t, want)
             tensors[decl.name] = t
-        for decl in self.program.tensors:
-            if decl.role == "input" or decl.storage == "local":
-                continue
-            tensors[decl.name] = torch.empty(resolve(decl.shape, sizes), dtype=IR_TO_TORCH[decl.dtype], device=device)
+        for name, (shape, dtype) in shapes.items():
+            tensors[name] = torch.empty(shape, dtype=dtype, device=device)
         if sizes:  # kernels over size parameters form offsets in 32 bits (codegen's is_wide)
             big = [n for n, t in tensors.items() if t.numel() > INT32_LIMIT]
             if big:
@@ -124,6 +124,21 @@ class CompiledProgram:
         for launch in self.launches:
             launch(tensors, sizes)
         return [tensors[d.name] for d in self.program.outputs]
+
+
+    def _layout(self, sizes: dict[str, int]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+        """The inputs' strides and the other global tensors' shapes and dtypes at these sizes,
+        evaluated once per sizes (the expressions of parameters cost more than a small kernel)."""
+        key = tuple(sizes.items())
+        hit = self._layouts.get(key)
+        if hit is None:
+            if len(self._layouts) > 4096:  # a long decode loop: keep the memo small
+                self._layouts.clear()
+            strides = {d.name: resolve(self.input_strides[d.name], sizes) for d in self.program.inputs}
+            shapes = {d.name: (resolve(d.shape, sizes), IR_TO_TORCH[d.dtype]) for d in self.program.tensors
+                      if d.role != "input" and d.storage != "local"}
+            hit = self._layouts[key] = (strides, shapes)
+        return hit
 
 
 @dataclass
@@ -164,11 +179,27 @@ class CompiledGraph:
     compiled: dict[int, CompiledProgram | TunedOnFirstCall | None]  # by segment; None runs it eagerly
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
+    _layouts: dict = field(default_factory=dict, repr=False)
+    _size_inputs: list[tuple[int, str]] | None = field(default=None, repr=False)
+
+    def _layout(self, n: fx.Node, sizes: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The traced shape and strides of ``n`` at these sizes, evaluated once per sizes: sympy's
+        evaluation of a symbolic stride costs tens of microseconds, more than a small kernel."""
+        key = (n, tuple(sizes.items()))
+        hit = self._layouts.get(key)
+        if hit is None:
+            if len(self._layouts) > 4096:  # a long decode loop: keep the memo small
+                self._layouts.clear()
+            val = n.meta["val"]
+            hit = self._layouts[key] = (concrete(val.shape, sizes), concrete(val.stride(), sizes))
+        return hit
 
     def _sizes(self, args: list) -> dict[str, int]:
         """This call's value of each symbolic size of the graph (its size inputs are numbers)."""
-        return {str(n.meta["val"].node.expr): int(a) for n, a in zip(self.lifted.placeholders, args)
-                if isinstance(n.meta.get("val"), torch.SymInt)}
+        if self._size_inputs is None:  # printing a sympy symbol costs microseconds: once
+            self._size_inputs = [(k, str(n.meta["val"].node.expr)) for k, n in enumerate(self.lifted.placeholders)
+                                 if isinstance(n.meta.get("val"), torch.SymInt)]
+        return {name: int(args[k]) for k, name in self._size_inputs}
 
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
@@ -196,8 +227,7 @@ class CompiledGraph:
             for n, t in zip(seg.outputs, outs):
                 # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data;
                 # laid out as the graph traced it (a backward views saved tensors by those strides)
-                val = n.meta["val"]
-                shape, stride = concrete(val.shape, sizes), concrete(val.stride(), sizes)
+                shape, stride = self._layout(n, sizes)
                 t = t.view(shape)
                 env[n] = t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
         out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
