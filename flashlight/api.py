@@ -32,7 +32,8 @@ from flashlight.ir.nodes import Program
 from flashlight.log import progress
 from flashlight.options import Options, make_options, pass_overrides
 from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, SegmentReport, describe_kernel
-from flashlight.runtime import CompiledGraph, CompiledPerSize, CompiledProgram, TunedOnFirstCall, symbolic_strides
+from flashlight.runtime import (CompiledGraph, CompiledPerSize, CompiledProgram, TunedOnFirstCall, TunedPerBucket,
+                                symbolic_strides)
 
 log = logging.getLogger("flashlight")
 
@@ -104,7 +105,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     device = torch.device(device.type)
     hints = {s: int(example_inputs[i].node.hint) for s, i in positions.items()
              if isinstance(example_inputs[i], torch.SymInt)}
-    compiled: dict[int, CompiledProgram | TunedOnFirstCall | None] = {}
+    compiled: dict[int, CompiledProgram | TunedOnFirstCall | TunedPerBucket | None] = {}
     for k, seg in enumerate(lifted.segments):
         if isinstance(seg, ProgramSegment):
             compiled[k] = _compile_program(seg, options, target, device, reports, fallbacks, hints)
@@ -143,7 +144,8 @@ def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: l
 
 def _compile_program(seg: ProgramSegment, options: Options, target: str, device: torch.device,
                      reports: list[SegmentReport] | None, fallbacks: list[tuple[str, str]],
-                     hints: Mapping[str, int] | None = None) -> CompiledProgram | TunedOnFirstCall | None:
+                     hints: Mapping[str, int] | None = None
+                     ) -> CompiledProgram | TunedOnFirstCall | TunedPerBucket | None:
     """One program segment compiled (through the cache, tuned where the options say so), or None
     if it cannot be: then it runs eagerly, and ``fallbacks`` says why."""
     opts = options.for_target(target)
@@ -166,12 +168,15 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
         return CompiledProgram(final, launches, strides, device)
 
     started = time.time()
-    compiled: CompiledProgram | TunedOnFirstCall | None = None
+    compiled: CompiledProgram | TunedOnFirstCall | TunedPerBucket | None = None
     try:
         keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
         if reports is None and options.tunes(target):
             sizes = {p: hints[sym] for sym, p in seg.params.items() if sym in (hints or {})}
-            compiled = autotune.build_tuned(seg.program, device, opts, build, report if keep else None, sizes)
+            if seg.program.params and sizes.keys() == set(seg.program.params):
+                compiled = autotune.build_tuned_per_bucket(seg.program, device, opts, build, sizes)
+            else:
+                compiled = autotune.build_tuned(seg.program, device, opts, build, report if keep else None, sizes)
         else:
             compiled = build(opts, report if keep else None)
         progress("compiled", program=seg.program.name, kernels=len(compiled.launches),

@@ -41,7 +41,7 @@ from flashlight.log import progress
 from flashlight.options import Options
 from flashlight.passes import DEFAULT_PIPELINE
 from flashlight.report import SegmentReport
-from flashlight.runtime import CompiledProgram, TunedOnFirstCall
+from flashlight.runtime import CompiledProgram, TunedOnFirstCall, TunedPerBucket
 
 log = logging.getLogger("flashlight")
 
@@ -212,6 +212,22 @@ def _measure(program: Program, device: torch.device, build: Callable[[int, int, 
     choice = best[1]
     choice["tuning_s"] = round(time.time() - t0, 2)
     return choice
+
+
+def size_bucket(sizes: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """The power-of-two bucket of each size: the sizes one tuning choice serves."""
+    return tuple(sorted((p, _bucket(n)) for p, n in sizes.items()))
+
+
+def build_tuned_per_bucket(program: Program, device: torch.device, opts: Options,
+                           build: Callable[..., CompiledProgram], sizes: Mapping[str, int]) -> TunedPerBucket:
+    """A program with size parameters tuned per power-of-two bucket of its sizes: at ``sizes`` now,
+    at a call's sizes when they fall in a bucket not tuned before (a choice on disk is read back,
+    not timed)."""
+    def at(s: Mapping[str, int]) -> CompiledProgram | TunedOnFirstCall:
+        return build_tuned(program, device, opts, build, None, s)
+
+    return TunedPerBucket(at(sizes), size_bucket(sizes), at, size_bucket)
 
 
 def build_tuned(program: Program, device: torch.device, opts: Options,

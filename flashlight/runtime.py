@@ -174,9 +174,50 @@ class TunedOnFirstCall:
 
 
 @dataclass
+class TunedPerBucket:
+    """A program with size parameters whose configuration is chosen per power-of-two bucket of its
+    sizes (``bucket_of``): ``first`` was tuned at the sizes it was compiled at; a call whose sizes
+    fall in another bucket tunes there (or reads the choice back from disk) once, and keeps it."""
+
+    first: CompiledProgram | TunedOnFirstCall
+    first_bucket: tuple
+    tune_at: Callable[[dict[str, int]], CompiledProgram | TunedOnFirstCall]
+    bucket_of: Callable[[dict[str, int]], tuple]
+    chosen: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.chosen.setdefault(self.first_bucket, self.first)
+
+    @property
+    def program(self) -> Program:
+        return self.first.program
+
+    @property
+    def launches(self) -> list[Launch]:
+        return self.first.launches
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = self.bucket_of(bind_sizes(self.program, inputs))
+        prog = self.chosen.get(key)
+        if prog is None:
+            with self.lock:
+                prog = self.chosen.get(key)
+                if prog is None:
+                    try:
+                        prog = self.tune_at(bind_sizes(self.program, inputs))
+                    except Exception as exc:  # noqa: BLE001  (the first configuration is correct too)
+                        log.warning("flashlight: tuning %s for sizes %s failed, keeping the first "
+                                    "configuration: %s", self.program.name, key, exc)
+                        prog = self.first
+                    self.chosen[key] = prog
+        return prog(inputs)
+
+
+@dataclass
 class CompiledGraph:
     lifted: LiftedGraph
-    compiled: dict[int, CompiledProgram | TunedOnFirstCall | None]  # by segment; None runs it eagerly
+    compiled: dict[int, CompiledProgram | TunedOnFirstCall | TunedPerBucket | None]  # by segment; None: eagerly
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
     _layouts: dict = field(default_factory=dict, repr=False)

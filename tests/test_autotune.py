@@ -158,3 +158,30 @@ def test_one_choice_serves_every_length_of_a_power_of_two_bucket(tmp_path, monke
     autotune.tune(_rows(1025), torch.device("cpu"), build, timer=clock)
     assert len(timed) == 2 * first, "1025 is in the next bucket: tuned anew"
     assert str(autotune.size_class(_rows(600))).startswith("program p(x: f32[1024,8]) -> (out0: f32[1024])")
+
+
+def test_a_parametric_program_is_tuned_once_per_bucket_of_its_sizes():
+    """Issue 19: a size in a bucket tuned before launches with that bucket's choice; a size in a
+    new bucket is tuned there once."""
+    from flashlight.runtime import TunedPerBucket
+
+    program = ir.parse("program p[S](x: f32[S,8]) -> (out0: f32[S])\n"
+                       "  for i in 0:S parallel\n    for j in 0:8 reduce\n      A: out0[i] += x[i,j]")
+    tuned_at = []
+
+    class Built:  # what a build returns: a callable program
+        def __init__(self, sizes):
+            self.program, self.bucket = program, autotune.size_bucket(sizes)
+
+        def __call__(self, inputs):
+            return self.bucket
+
+    def at(sizes):
+        tuned_at.append(dict(sizes))
+        return Built(sizes)
+
+    first = {"S": 600}
+    runner = TunedPerBucket(at(first), autotune.size_bucket(first), at, autotune.size_bucket)
+    served = [runner([torch.zeros(n, 8)]) for n in (513, 1000, 1024, 1025, 2000, 4000, 700)]
+    assert tuned_at == [{"S": 600}, {"S": 1025}, {"S": 4000}]
+    assert served == [(("S", 1024),)] * 3 + [(("S", 2048),)] * 2 + [(("S", 4096),), (("S", 1024),)]
