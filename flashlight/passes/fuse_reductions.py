@@ -53,7 +53,6 @@ from typing import ClassVar
 
 import islpy as isl
 
-from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load

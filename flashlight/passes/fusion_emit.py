@@ -9,11 +9,9 @@ schedule) and :func:`empty_fixup` (where eager gives NaN).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import islpy as isl
 
-from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter, Load
 from flashlight.ir.isl_build import is_affine_condition
