@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", str(Path(__file__).parent / "results")))
     args = ap.parse_args()
     opts = {k: int(v) for k, v in (x.split("=") for x in args.options.split(",") if x)}
+    # the kernels compiled for each shape: Dynamo remembers a function's earlier shapes, and would
+    # otherwise give a later shape of a variant the program for every length (dynamic_sizes.py)
+    opts["dynamic"] = False
     dev = torch.device("cuda")
     rows = []
     impls = args.impls.split(",")
