@@ -126,3 +126,25 @@ def test_a_program_no_one_compilation_serves_is_compiled_per_size_and_says_why()
     assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
     assert said.count("compiled anew for each new size") == 1, said
     assert "a size that is an expression of varying sizes" in said
+
+
+@pytest.mark.parametrize("name", ["causal", "rmsnorm rows"])
+def test_gradients_through_the_program_for_every_length_match_eager(name):
+    """Inputs that require grad: the forward is the program with size parameters, the backward
+    eager PyTorch's on what it saved; a generic cotangent at every length."""
+    fn, make = CASES[name]
+    f = flashlight.compile(fn)
+    g = torch.Generator().manual_seed(3)
+    counters.clear()
+    for n in (5, 37, 70, 3):
+        xs = [x.requires_grad_() for x in make(n, g)]
+        ys = [x.detach().clone().requires_grad_() for x in xs]
+        out, ref = f(*xs), fn(*ys)
+        cotangent = torch.randn(out.shape, generator=g)
+        (out * cotangent).sum().backward()
+        (ref * cotangent).sum().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        for a, b in zip(xs, ys):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=f"length {n}")
+    assert 1 <= counters["programs_compiled"] <= 2, dict(counters)
+    assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
