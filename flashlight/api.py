@@ -26,6 +26,7 @@ from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
+from flashlight.frontend.symbolic import captured_sizes, size_inputs
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
@@ -91,7 +92,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     ``reports`` (explain), record every stage and load no kernel. A graph with varying sizes
     compiles once, with size parameters, where every program of it can; else at each call's
     sizes (``sizes``: bound)."""
-    positions = size_positions(gm)
+    positions = size_inputs([n for n in gm.graph.nodes if n.op == "placeholder"])
     if positions and sizes is None and lifted is None and reports is None:
         return _compile_varying(gm, example_inputs, names, options, name, arg_order, positions)
     target = target_of(example_inputs)
@@ -103,8 +104,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
                     "; ".join(why for _, why in fallbacks))
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device.type)
-    hints = {s: int(example_inputs[i].node.hint) for s, i in positions.items()
-             if isinstance(example_inputs[i], torch.SymInt)}
+    hints = captured_sizes(example_inputs, positions)
     compiled: dict[int, CompiledProgram | TunedOnFirstCall | TunedPerBucket | None] = {}
     for k, seg in enumerate(lifted.segments):
         if isinstance(seg, ProgramSegment):
@@ -112,20 +112,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     return CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
 
 
-def size_positions(gm: fx.GraphModule) -> dict[str, int]:
-    """The graph's inputs that are sizes Dynamo made symbolic: symbol -> position."""
-    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    return {str(n.meta["val"].node.expr): k for k, n in enumerate(phs)
-            if isinstance(n.meta.get("val"), torch.SymInt) and n.meta["val"].node.expr.is_Symbol}
-
-
 def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
                      name: str, arg_order: Sequence[str], positions: dict[str, int]) -> CompiledGraph | CompiledPerSize:
     """One compilation for every size, if each program of the graph compiles with size parameters
     and lifting with them cuts out no more ops than lifting at the captured sizes does; else one
     compilation per size, said once."""
-    hints = {s: int(example_inputs[i].node.hint) for s, i in positions.items()}
-    fixed = {s.node for s in lift_graph(gm, names, name, arg_order, hints).fallbacks}
+    at_capture = captured_sizes(example_inputs, positions)
+    fixed = {s.node for s in lift_graph(gm, names, name, arg_order, at_capture).fallbacks}
     varying = lift_graph(gm, names, name, arg_order)
     extra = [s.reason for s in varying.fallbacks if s.node not in fixed]
     if extra:

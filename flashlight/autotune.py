@@ -10,8 +10,8 @@ them (document ids all zero make every tile full, and the configuration that win
 1.9x on real documents on the H100). The choice is cached on disk, keyed by the program's text,
 the device and the software versions, so a warm compile reads it back. The text is the program's
 *size class*: every extent rounded up to a power of two, so that one choice serves every sequence
-length of a bucket (a new length in a known bucket compiles without timing anything). Every configuration is a
-legal one: tiling is proved by the passes whatever the sizes. :func:`build_tuned` applies this to
+length of a bucket (a new length in a known bucket compiles without timing anything). Every
+configuration is a legal one: tiling is proved by the passes whatever the sizes. :func:`build_tuned` applies this to
 a program segment being compiled; :func:`tune` measures.
 """
 
@@ -36,7 +36,7 @@ from flashlight.codegen.launcher import cache_dir
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Iter
-from flashlight.ir.nodes import Guard, Node, Program, Stmt
+from flashlight.ir.nodes import Guard, Node, Program, Stmt, dims_at
 from flashlight.log import progress
 from flashlight.options import Options
 from flashlight.passes import DEFAULT_PIPELINE
@@ -88,7 +88,8 @@ def size_class(program: Program, sizes: Mapping[str, int] | None = None) -> Prog
 def _key(program: Program, device: str, pipeline: str, sizes: Mapping[str, int] | None = None) -> str:
     import triton
 
-    text = "\n".join([str(size_class(program, sizes)), device, pipeline, torch.__version__, triton.__version__, code_version()])
+    text = "\n".join([str(size_class(program, sizes)), device, pipeline, torch.__version__, triton.__version__,
+                      code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -131,7 +132,7 @@ def random_inputs(program: Program, device: str, sizes: Mapping[str, int] | None
     out = []
     for d in program.inputs:
         dt = IR_TO_TORCH[d.dtype]
-        shape = tuple(x if isinstance(x, int) else (sizes or {})[x] for x in d.shape)
+        shape = dims_at(d.shape, sizes or {})
         if dt.is_floating_point:
             out.append(torch.randn(shape, dtype=dt, device=device))
         else:

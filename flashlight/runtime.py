@@ -21,10 +21,11 @@ from flashlight.codegen.kernel_state import INT32_LIMIT
 from flashlight.codegen.launcher import Launch
 from flashlight.counting import counters
 from flashlight.frontend.segments import EagerSegment, LiftedGraph
+from flashlight.frontend.symbolic import size_inputs, value_at
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
-from flashlight.ir.nodes import Program
+from flashlight.ir.nodes import Program, bind_sizes, dims_at
 
 log = logging.getLogger("flashlight")
 
@@ -54,32 +55,6 @@ def symbolic_strides(shape: tuple[int | str, ...]) -> tuple[int | Expr, ...]:
     return tuple(reversed(strides))
 
 
-def bind_sizes(program: Program, inputs: list[torch.Tensor]) -> dict[str, int]:
-    """The size parameters bound by the inputs' shapes: each from the first input that has it (as
-    the interpreter binds them); an input whose shape disagrees is refused."""
-    sizes: dict[str, int] = {}
-    for decl, t in zip(program.inputs, inputs):
-        if len(decl.shape) != t.dim():
-            raise ValueError(f"program {program.name}: input {decl.name} has {t.dim()} dimensions, "
-                             f"expected {len(decl.shape)}")
-        for d, n in zip(decl.shape, t.shape):
-            if isinstance(d, str):
-                sizes.setdefault(d, int(n))
-        if tuple(t.shape) != resolve(decl.shape, sizes):
-            raise ValueError(f"program {program.name}: input {decl.name} has shape {list(t.shape)}, expected "
-                             f"{list(decl.shape)} with {', '.join(f'{k} = {v}' for k, v in sizes.items())}")
-    unbound = [p for p in program.params if p not in sizes]
-    if unbound:
-        raise ValueError(f"program {program.name}: no input's shape binds {', '.join(unbound)}")
-    return sizes
-
-
-def resolve(dims: tuple[int | str | Expr, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
-    """Shape or strides at these sizes."""
-    return tuple(d if isinstance(d, int) else sizes[d] if isinstance(d, str) else E.evaluate(d, sizes)
-                 for d in dims)
-
-
 def restride(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
     """``t`` laid out with ``strides``, the layout the kernels were generated for. A stride of 0
     (an ``expand`` when the program was captured) reads one element along that dimension, which
@@ -107,7 +82,7 @@ class CompiledProgram:
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
-        sizes = bind_sizes(self.program, inputs) if self.program.params else {}
+        sizes = bind_sizes(self.program, [tuple(t.shape) for t in inputs]) if self.program.params else {}
         strides, shapes = self._layout(sizes)
         for decl, t in zip(self.program.inputs, inputs):
             want = strides[decl.name]
@@ -127,18 +102,13 @@ class CompiledProgram:
 
 
     def _layout(self, sizes: dict[str, int]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
-        """The inputs' strides and the other global tensors' shapes and dtypes at these sizes,
-        evaluated once per sizes (the expressions of parameters cost more than a small kernel)."""
-        key = tuple(sizes.items())
-        hit = self._layouts.get(key)
-        if hit is None:
-            if len(self._layouts) > 4096:  # a long decode loop: keep the memo small
-                self._layouts.clear()
-            strides = {d.name: resolve(self.input_strides[d.name], sizes) for d in self.program.inputs}
-            shapes = {d.name: (resolve(d.shape, sizes), IR_TO_TORCH[d.dtype]) for d in self.program.tensors
+        """The inputs' strides and the other global tensors' shapes and dtypes at these sizes."""
+        def make() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+            strides = {d.name: dims_at(self.input_strides[d.name], sizes) for d in self.program.inputs}
+            shapes = {d.name: (dims_at(d.shape, sizes), IR_TO_TORCH[d.dtype]) for d in self.program.tensors
                       if d.role != "input" and d.storage != "local"}
-            hit = self._layouts[key] = (strides, shapes)
-        return hit
+            return strides, shapes
+        return memoised(self._layouts, tuple(sizes.items()), make)
 
 
 @dataclass
@@ -198,14 +168,15 @@ class TunedPerBucket:
         return self.first.launches
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        key = self.bucket_of(bind_sizes(self.program, inputs))
+        sizes = bind_sizes(self.program, [tuple(t.shape) for t in inputs])
+        key = self.bucket_of(sizes)
         prog = self.chosen.get(key)
         if prog is None:
             with self.lock:
                 prog = self.chosen.get(key)
                 if prog is None:
                     try:
-                        prog = self.tune_at(bind_sizes(self.program, inputs))
+                        prog = self.tune_at(sizes)
                     except Exception as exc:  # noqa: BLE001  (the first configuration is correct too)
                         log.warning("flashlight: tuning %s for sizes %s failed, keeping the first "
                                     "configuration: %s", self.program.name, key, exc)
@@ -221,26 +192,19 @@ class CompiledGraph:
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
     _layouts: dict = field(default_factory=dict, repr=False)
-    _size_inputs: list[tuple[int, str]] | None = field(default=None, repr=False)
+    _size_inputs: dict[str, int] | None = field(default=None, repr=False)
 
     def _layout(self, n: fx.Node, sizes: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The traced shape and strides of ``n`` at these sizes, evaluated once per sizes: sympy's
-        evaluation of a symbolic stride costs tens of microseconds, more than a small kernel."""
-        key = (n, tuple(sizes.items()))
-        hit = self._layouts.get(key)
-        if hit is None:
-            if len(self._layouts) > 4096:  # a long decode loop: keep the memo small
-                self._layouts.clear()
-            val = n.meta["val"]
-            hit = self._layouts[key] = (concrete(val.shape, sizes), concrete(val.stride(), sizes))
-        return hit
+        """The traced shape and strides of ``n`` at these sizes (sympy evaluates them: once)."""
+        val = n.meta["val"]
+        return memoised(self._layouts, (n, tuple(sizes.items())),
+                        lambda: (concrete(val.shape, sizes), concrete(val.stride(), sizes)))
 
     def _sizes(self, args: list) -> dict[str, int]:
         """This call's value of each symbolic size of the graph (its size inputs are numbers)."""
-        if self._size_inputs is None:  # printing a sympy symbol costs microseconds: once
-            self._size_inputs = [(k, str(n.meta["val"].node.expr)) for k, n in enumerate(self.lifted.placeholders)
-                                 if isinstance(n.meta.get("val"), torch.SymInt)]
-        return {name: int(args[k]) for k, name in self._size_inputs}
+        if self._size_inputs is None:  # naming a sympy symbol costs microseconds: once
+            self._size_inputs = size_inputs(self.lifted.placeholders)
+        return {name: int(args[k]) for name, k in self._size_inputs.items()}
 
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
@@ -277,13 +241,18 @@ class CompiledGraph:
 
 def concrete(dims: Any, sizes: Mapping[str, int]) -> tuple[int, ...]:
     """A traced shape or strides at one call's sizes: a symbolic entry evaluated, never guarded."""
-    out = []
-    for d in dims:
-        if isinstance(d, torch.SymInt):
-            expr = d.node.expr
-            d = expr.subs({sym: sizes[str(sym)] for sym in expr.free_symbols})
-        out.append(int(d))
-    return tuple(out)
+    return tuple(value_at(d, sizes) for d in dims)  # type: ignore[misc]
+
+
+def memoised(store: dict, key: Any, make: Callable[[], Any]) -> Any:
+    """``store[key]``, made on first use. Evaluating a layout at one call's sizes costs more than
+    a small kernel, and a decode loop meets a new size per step: the store is bounded."""
+    hit = store.get(key)
+    if hit is None:
+        if len(store) > 4096:
+            store.clear()
+        hit = store[key] = make()
+    return hit
 
 
 def _run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:

@@ -258,7 +258,7 @@ def test_a_tile_test_scans_the_tiles_of_a_parametric_loop():
 
 def test_inputs_that_disagree_on_a_size_are_refused():
     p, kernels, compiled = compile_once(ONLINE)
-    with pytest.raises(ValueError, match="input v has shape"):
+    with pytest.raises(ValueError, match=r"input 'v' has shape"):
         compiled([rnd(2, 16), rnd(5, 16), rnd(6, 16)])
 
 

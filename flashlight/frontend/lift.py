@@ -20,6 +20,7 @@ from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.rules import RULES, RuleContext, op_name, overload_packet
 from flashlight.frontend.rules.base import size_of
 from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment
+from flashlight.frontend.symbolic import is_size
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Value
@@ -46,7 +47,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     scratch = ProgramBuilder(name, bound=dict(sizes or {}))
     env: dict[fx.Node, Value] = {}
     for n in phs:
-        if not _is_size(n):  # a size Dynamo made symbolic: read through the shapes it sizes
+        if not is_size(n):  # a size Dynamo made symbolic: read through the shapes it sizes
             env[n] = _try_input(scratch, n, ph_name[n])  # type: ignore[assignment]
     for n in graph.nodes:  # tensor constants are inputs of the programs that read them
         if n.op == "get_attr" and _is_tensor(n):
@@ -90,7 +91,7 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     members = set(run)
     for n in run:
         for a in n.all_input_nodes:
-            if a not in members and a not in env and not _is_size(a):
+            if a not in members and a not in env and not is_size(a):
                 env[a] = _input_value(b, a, ph_name.get(a, a.name.lstrip("_") or "t"))
                 inputs.append(a)
         reason = _try_lift(b, env, n)
@@ -132,10 +133,6 @@ def _try_input(b: ProgramBuilder, n: fx.Node, name: str) -> Value | None:
         return None
 
 
-def _is_size(n: fx.Node) -> bool:
-    return isinstance(n.meta.get("val"), torch.SymInt)
-
-
 def _is_tensor(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), torch.Tensor)
 
@@ -159,7 +156,7 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
         if val.numel() == 0:
             raise Unsupported("its result is empty: nothing to compute")
         for a in n.all_input_nodes:
-            if _is_size(a):
+            if is_size(a):
                 continue  # a symbolic size the rule reads from the shapes
             if env.get(a) is None:
                 raise Unsupported(f"its input {a.name} is not a tensor the IR can hold")

@@ -66,7 +66,7 @@ from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.claims import Box, LoopClaims, point_text as _point
 from flashlight.ir.expr import CASTS, COMPARISONS, TILE_BOUNDS, Call, Const, Expr, Iter, Load, dtype_of, loads
 from flashlight.ir.isl_build import is_affine_condition
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, bind_sizes, dims_at, walk_stmts
 
 # {{{ dtypes and conversions
 
@@ -299,7 +299,7 @@ class _Machine(LoopClaims):
             raise ValueError(f"{where}: {ref.tensor} has {len(decl.shape)} dimensions, "
                              f"indexed with {len(ref.indices)}: {ref}")
         fns = tuple(self.expr(i, where) for i in ref.indices)
-        shape = _resolved(decl.shape, self.sizes)
+        shape = dims_at(decl.shape, self.sizes)
 
         def index(env: Env) -> tuple[int, ...]:
             idx = tuple(int(f(env)) for f in fns)
@@ -501,35 +501,16 @@ def _check_inputs(program: Program, inputs: Mapping[str, object]) -> tuple[dict[
     missing = [n for n in declared if n not in inputs]
     if missing:
         raise ValueError(f"program {program.name}: missing input {', '.join(map(repr, missing))}")
-    arrays = {}
-    sizes: dict[str, int] = {}
-    for name, decl in declared.items():
-        value = np.asarray(inputs[name])
-        if len(value.shape) == len(decl.shape):
-            for dim, n in zip(decl.shape, value.shape):
-                if isinstance(dim, str):
-                    sizes.setdefault(dim, int(n))
-        if value.shape != _resolved(decl.shape, sizes):
-            raise ValueError(f"program {program.name}: input {name!r} has shape {list(value.shape)}, "
-                             f"expected {list(decl.shape)} ({decl.dtype})"
-                             + (f" with {', '.join(f'{k} = {v}' for k, v in sizes.items())}" if sizes else ""))
-        arrays[name] = to_numpy(value, decl.dtype)
-    unbound = [p for p in program.params if p not in sizes]
-    if unbound:
-        raise ValueError(f"program {program.name}: no input's shape binds the size parameter {', '.join(unbound)}")
+    sizes = bind_sizes(program, [np.shape(inputs[name]) for name in declared])
+    arrays = {name: to_numpy(np.asarray(inputs[name]), decl.dtype) for name, decl in declared.items()}
     return arrays, sizes
-
-
-def _resolved(shape: tuple[int | str, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
-    """``shape`` with its size parameters replaced by their values (-1 for one not yet bound)."""
-    return tuple(d if isinstance(d, int) else sizes.get(d, -1) for d in shape)
 
 
 def _fresh(decl: TensorDecl, start: float | int | bool | None, sizes: Mapping[str, int]) -> np.ndarray:
     """Storage of a temp or output: ``start`` everywhere, else NaN (floats) or zero."""
     if start is None:
         start = math.nan if dtypes.is_float(decl.dtype) else 0
-    return np.full(_resolved(decl.shape, sizes), start, dtype=numpy_dtype(decl.dtype))
+    return np.full(dims_at(decl.shape, sizes), start, dtype=numpy_dtype(decl.dtype))
 
 
 def interpret(program: Program, inputs: Mapping[str, np.ndarray], *,

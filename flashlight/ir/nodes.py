@@ -33,13 +33,13 @@ which of its accumulators the NaN fixup after it stores (``superseded [l]``: ano
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Union
 
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Const, Expr, Load, loads
+from flashlight.ir.expr import Const, Expr, Load, evaluate, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
 MAPPINGS = ("grid", "serial", "block")
@@ -276,6 +276,32 @@ class Program:
         from flashlight.ir.printer import format_program
 
         return format_program(self)
+
+
+def dims_at(dims: tuple[int | str | Expr, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """A shape or strides (numbers, size parameters, expressions of them) at these sizes."""
+    return tuple(d if isinstance(d, int) else sizes[d] if isinstance(d, str) else evaluate(d, sizes) for d in dims)
+
+
+def bind_sizes(program: Program, shapes: Sequence[tuple[int, ...]]) -> dict[str, int]:
+    """The value of each size parameter given the inputs' shapes (in declaration order): from the
+    first input whose declared shape has it. An input whose shape disagrees with its declaration
+    at those values is refused, and so is a parameter no input's shape binds."""
+    sizes: dict[str, int] = {}
+    for decl, shape in zip(program.inputs, shapes):
+        same_rank = len(shape) == len(decl.shape)
+        if same_rank:
+            for d, n in zip(decl.shape, shape):
+                if isinstance(d, str):
+                    sizes.setdefault(d, int(n))
+        if not same_rank or tuple(shape) != dims_at(decl.shape, sizes):
+            raise ValueError(f"program {program.name}: input {decl.name!r} has shape {list(shape)}, expected "
+                             f"{list(decl.shape)} ({decl.dtype})"
+                             + (f" with {', '.join(f'{k} = {v}' for k, v in sizes.items())}" if sizes else ""))
+    unbound = [p for p in program.params if p not in sizes]
+    if unbound:
+        raise ValueError(f"program {program.name}: no input's shape binds the size parameter {', '.join(unbound)}")
+    return sizes
 
 
 def walk_stmts(body: tuple[Node, ...], loops: tuple[Loop, ...] = (), guards: tuple[Expr, ...] = ()

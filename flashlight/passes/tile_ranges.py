@@ -36,7 +36,7 @@ from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, gri
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass
 from flashlight.passes.dependences import deps_by_tensor, state_tensors, without_self_reductions, witness
-from flashlight.passes.tree import Extent, loop_extent, with_grid_body
+from flashlight.passes.tree import loop_extent, with_grid_body
 
 
 def tile_ranges(program: Program) -> Program:
@@ -59,24 +59,21 @@ def tile_ranges(program: Program) -> Program:
     return program.replace(body=tuple(body)).with_proofs(*proofs)
 
 
-def _extent(l: Loop) -> Extent:
-    return loop_extent(l)
-
-
 def _tile_context(params: list[str], grid: list[Loop]) -> isl.Set:
     """The grid's tile indices: below the tile count of a known extent, and for a size parameter
     ``tile * t < S`` (ranges then hold for every size)."""
-    known = [(p, g) for p, g in zip(params, grid) if isinstance(_extent(g), int)]
-    ctx = param_box([p for p, _ in known], [-(-_extent(g) // g.tile) for _, g in known])  # type: ignore[operator]
-    varying = [(p, g) for p, g in zip(params, grid) if not isinstance(_extent(g), int)]
+    extents = [loop_extent(g) for g in grid]
+    known = [(p, n, g.tile) for p, n, g in zip(params, extents, grid) if isinstance(n, int)]
+    varying = [(p, n, g.tile) for p, n, g in zip(params, extents, grid) if not isinstance(n, int)]
+    ctx = param_box([p for p, _, _ in known], [-(-n // t) for _, n, t in known])  # type: ignore[operator]
     if varying:
-        ctx = ctx & param_box([p for p, _ in varying], [_extent(g) for _, g in varying], [g.tile for _, g in varying])
+        ctx = ctx & param_box(*map(list, zip(*varying)))  # type: ignore[arg-type]
     return ctx
 
 
 def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.UnionMap], nest: Node,
             k: int) -> tuple[Loop, list[Proof]]:
-    j, bn, n = loop.iterator, loop.tile, _extent(loop)
+    j, bn, n = loop.iterator, loop.tile, loop_extent(loop)
     placed = list(walk_stmts((loop,)))
     stmts = [s for s, _, _ in placed]
     if any(isinstance(x, Loop) and x.mapping == "serial" for x in _inner_loops(loop)):
@@ -84,7 +81,7 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     gits = [g.iterator for g in grid]
     params = [f"t_{g}" for g in gits]
     dims = gits + [j]
-    bounds = box(dims, [_extent(g) for g in grid] + [n])
+    bounds = box(dims, [loop_extent(g) for g in grid] + [n])
     to_tiles = tile_map(dims, [g.tile for g in grid] + [bn], params, ["jt"])
     union = empty(None, dims)
     bad = empty(None, ["jt"], params)
@@ -118,7 +115,7 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
             hi = _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)
             ranges.append(TileRange(_ast_to_ir(lo, ctx, to_ir), _ast_to_ir(hi, ctx, to_ir), is_masked))
     new = replace(loop, ranges=tuple(ranges))
-    if all(isinstance(_extent(x), int) for x in (*grid, loop)):
+    if all(isinstance(loop_extent(x), int) for x in (*grid, loop)):
         visited, with_mask, total = _count(ranges, grid, bn, n)  # type: ignore[arg-type]
         counted = (f"visits {visited} of {total} tiles (all query tiles, one point of the other grid "
                    f"dimensions), {with_mask} of them with mask code; ")
@@ -231,7 +228,7 @@ def _crossing_dependence(stmts: list[Stmt], nest: Node, deps: dict[str, isl.Unio
 def _count(ranges: list[TileRange], grid: list[Loop], bn: int, n: int) -> tuple[int, int, int]:
     """Tiles visited and masked, summed over the grid's tiled dimensions (others at 0)."""
     tiled = [g for g in grid if g.tile and g.tile > 1]
-    counts = [-(-_extent(g) // g.tile) for g in tiled]
+    counts = [-(-loop_extent(g) // g.tile) for g in tiled]
     visited = masked = 0
     total = -(-n // bn)
     points = [()]

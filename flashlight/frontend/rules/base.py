@@ -18,6 +18,7 @@ import torch.fx as fx
 from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
+from flashlight.frontend.symbolic import is_size, symbol, value_at
 from flashlight.frontend.values import Size, Value
 from flashlight.ir.expr import Expr, Iter
 
@@ -26,16 +27,13 @@ def size_of(b: ProgramBuilder, s: object) -> Size:
     """A dimension of a traced tensor: its size, or the size parameter that a symbolic size (a
     SymInt Dynamo made for a varying length) is. A size that is an expression of parameters
     (``2*s0``, ``s0 + s1``) has no place in the IR's shapes yet."""
-    if isinstance(s, torch.SymInt):
-        expr = s.node.expr
-        if b.bound and expr.free_symbols <= {sym for sym in expr.free_symbols if str(sym) in b.bound}:
-            expr = expr.subs({sym: b.bound[str(sym)] for sym in expr.free_symbols})
-        if expr.is_Integer:
-            return int(expr)
-        if not expr.is_Symbol:
-            raise Unsupported(f"a size that is an expression of varying sizes ({expr}) is not a size parameter")
-        return b.param(str(expr))
-    return int(s)  # type: ignore[call-overload]
+    n = value_at(s, b.bound)
+    if n is not None:
+        return n
+    name = symbol(s)  # type: ignore[arg-type]
+    if name is None:
+        raise Unsupported(f"a size that is an expression of varying sizes ({s}) is not a size parameter")
+    return b.param(name)
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -66,17 +64,18 @@ class RuleContext:
         """A varying integer argument (a SymInt graph input) used as a value: its number where the
         lift binds it, the size parameter of a tensor dimension it equals, else refused (a
         parameter no input's shape binds could not be bound when the program runs)."""
-        expr = a.meta["val"].node.expr
-        if self.b.bound and all(str(sym) in self.b.bound for sym in expr.free_symbols):
-            return int(expr.subs({sym: self.b.bound[str(sym)] for sym in expr.free_symbols}))
-        if expr.is_Symbol and str(expr) in self.b.params:
-            return Iter(self.b.params[str(expr)])
-        raise Unsupported(f"a varying integer {expr} that is no input's size")
+        s = a.meta["val"]
+        n = value_at(s, self.b.bound)
+        if n is not None:
+            return n
+        if symbol(s) in self.b.params:
+            return Iter(self.b.params[symbol(s)])  # type: ignore[index]
+        raise Unsupported(f"a varying integer {s} that is no input's size")
 
     def _sized(self, a: object) -> object:
         """An argument with each symbolic size in it (a node whose value is a SymInt) read as
         :func:`size_of` reads it: a number if the lift binds it, else a size parameter."""
-        if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.SymInt):
+        if isinstance(a, fx.Node) and is_size(a):
             return size_of(self.b, a.meta["val"])
         if isinstance(a, (list, tuple)):
             return type(a)(self._sized(x) for x in a)

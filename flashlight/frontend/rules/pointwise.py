@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 import torch.fx as fx
 
 from flashlight.ir import dtypes
@@ -17,13 +16,14 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.frontend.builder import broadcast_index, literal
 from flashlight.frontend.rules.base import RuleContext
+from flashlight.frontend.symbolic import is_size
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Value, index_ranges, placeholder
 
 
 def operand(c: RuleContext, a: object, compute: str, out_shape: Sequence[int]) -> Callable[[list[Iter]], Expr]:
     """An operand as a function of the output iterators, cast to the compute dtype."""
-    if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.SymInt):
+    if isinstance(a, fx.Node) and is_size(a):
         n = c.scalar_size(a)  # a varying integer argument: a number where the lift binds it
         return (lambda its: literal(n, compute)) if isinstance(n, int) else (lambda its: E.call(compute, n))
     if isinstance(a, fx.Node):

@@ -1,0 +1,50 @@
+"""Dynamo's symbolic sizes, read without being evaluated.
+
+When Dynamo makes a dimension symbolic, the graph gets an input holding the size (a node whose
+value is a ``torch.SymInt``, symbol ``s77``) and the shapes of tensors hold expressions of such
+symbols. Asking a SymInt for its value (``int(s)``, ``s == 37``) makes Dynamo specialise the graph
+to that value, so these helpers only name symbols and substitute numbers one chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+
+def is_size(n: fx.Node) -> bool:
+    """Whether ``n`` is a size (an integer Dynamo made symbolic), not a tensor."""
+    return isinstance(n.meta.get("val"), torch.SymInt)
+
+
+def symbol(s: torch.SymInt) -> str | None:
+    """The name of the symbol ``s`` is, or None if it is an expression of symbols (``4*s77``)."""
+    expr = s.node.expr
+    return str(expr) if expr.is_Symbol else None
+
+
+def value_at(s: Any, sizes: Mapping[str, int]) -> int | None:
+    """``s`` (a number or a SymInt) at these values of its symbols; None if one is not given."""
+    if not isinstance(s, torch.SymInt):
+        return int(s)
+    expr = s.node.expr
+    if expr.is_Integer:
+        return int(expr)
+    if any(str(x) not in sizes for x in expr.free_symbols):
+        return None
+    return int(expr.subs({x: sizes[str(x)] for x in expr.free_symbols}))
+
+
+def size_inputs(placeholders: Sequence[fx.Node]) -> dict[str, int]:
+    """The graph inputs that are symbolic sizes: symbol -> position."""
+    return {name: k for k, n in enumerate(placeholders) if is_size(n)
+            and (name := symbol(n.meta["val"])) is not None}
+
+
+def captured_sizes(example_inputs: Sequence[Any], positions: Mapping[str, int]) -> dict[str, int]:
+    """The value of each symbolic size at the call that was captured (Dynamo's hint)."""
+    return {s: int(example_inputs[k].node.hint) for s, k in positions.items()
+            if isinstance(example_inputs[k], torch.SymInt)}
