@@ -58,10 +58,11 @@ def test_flashattention_structure_of_the_kernel():
     q, k, v = qkv(2, 2, 77, 93, 16)
     src = flashlight.explain(attention, q, k, v).kernels[0].source
     pre, loops, after = _split_kernel(src)
-    assert len(loops) == 1, "one loop over key tiles"
+    assert len(loops) == 2, "a loop over the key tiles inside Sk = 93, one over its tail tile"
+    assert "mask=" not in loops[0] and "mask=" in loops[1], "only the tail tile masks its loads"
     loop = loops[0]
-    assert "q_ptr" in pre and "q_ptr" not in loop, "the Q tile is loaded once, before the loop"
-    assert loop.count("tl.dot(") == 2, "QK^T and PV are tile dot products"
+    assert "q_ptr" in pre and "q_ptr" not in "".join(loops), "the Q tile is loaded once, before the loops"
+    assert all(body.count("tl.dot(") == 2 for body in loops), "QK^T and PV are tile dot products"
     state = re.findall(r"^\s+(r_\w+) = tl\.full", pre, re.M)
     assert len(state) == 3, f"running max, sum and accumulator carried by the loop: {state}"
     assert "tl.maximum(r_" in loop and "* " in loop

@@ -220,8 +220,9 @@ def test_document_mask_bounds_per_key_tile_are_computed_once():
         "a kernel computes the min/max document id of every key tile once"
     assert {(b.name, b.shape) for b in ex.buffers} == {("doc_lo", (B, 3)), ("doc_hi", (B, 3))}
     scan = [ln for ln in attention.splitlines() if "bounds of the guard over" in ln or "doc_lo_ptr +" in ln]
-    assert len(scan) == 2 and "4 tiles at a time" in scan[0], \
-        "the attention kernel scans those bounds, all three key tiles (a power of two) in one step"
+    assert len(scan) == 3 and "4 tiles at a time" in scan[0] and "(c_i2)" in scan[1], \
+        "the attention kernel scans those bounds, the two full key tiles (a power of two) in one step"
+    assert "(t_i2)" in scan[2], "and reads them once for the tail tile of S = 70, which it tests"
     got = flashlight.compile(document, block_m=32, block_n=32, pipeline=HOISTED)(*args)
     assert relerr(got, document(*[a.double() if a.is_floating_point() else a for a in args])) < 1e-5
 
@@ -247,7 +248,8 @@ def test_document_mask_runs_tiles_inside_one_document_without_mask_code():
     sure = [body for header, body in loops.items() if "every data-dependent guard holds" in header]
     assert len(sure) == 1 and "tl.dot" in sure[0], loops
     assert "doc_ptr" not in sure[0] and " if " not in sure[0], "the run of certain tiles neither loads ids nor tests"
-    assert sum("tl.dot" in body for body in loops.values()) == 3  # the masked tiles before and after the run
+    # the tiles before and after the run apply the mask; the tail tile of S = 70 is tested on its own
+    assert sum("tl.dot" in body for body in loops.values()) == 4
 
 
 @pytest.mark.parametrize("block,pipeline", [(16, flashlight.passes.DEFAULT_PIPELINE),

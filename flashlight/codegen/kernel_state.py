@@ -90,6 +90,7 @@ class KernelState:
         self.uses_index = False
         self.open_accumulators: set[str] = set()
         self.full_tiles = False
+        self.inside_extent: set[str] = set()  # serial iterators whose current tiles are proved full
         self.drop_data_guards = False
         self.chunked: str | None = None  # the serial iterator a guard-bounds scan takes in chunks
         self.tile_bounds: dict[Load, TileBound] = {}  # of the serial loop being emitted
@@ -140,7 +141,10 @@ class KernelState:
         return "[" + ", ".join(str(self.tile[a]) for a in axes) + "]"
 
     def needs_mask(self, it: str) -> bool:
-        """Whether the tiles of ``it`` have a tail: always, for an extent known only at launch."""
+        """Whether the tiles of ``it`` have a tail: always, for an extent known only at launch, but
+        never in a tile range proved full (tile-ranges: its tiles lie inside the loop's bounds)."""
+        if it in self.inside_extent:
+            return False
         n = self.extent[it]
         return isinstance(n, str) or n % self.tile[it] != 0
 

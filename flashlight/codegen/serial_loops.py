@@ -49,13 +49,19 @@ class SerialLoops(KernelState):
         self.tile_bounds = {b.operand: b for b in loop.bounds}  # precomputed per-tile bounds of guard data
         for lo, hi, masked in ranges:
             self.full_tiles = not masked
+            self.inside_extent = {it} if not masked else set()
             # the loop's tile test (bound-guard-tiles), printed once to place what it reads: the probe's
             # lines are dropped (each loop below bounds its own tiles), invariant loads it hoists stay
             probe = Scope([], scope, loop_iter=it, depth=scope.depth + 1)
             certain, possible = self.tile_predicate(loop, self.open_tile(loop, probe))
-            self.full_tiles = False
+            self.full_tiles, self.inside_extent = False, set()
             if possible is None:
                 self.emit_tiles(loop, scope, guards, lo, hi, masked, False)
+                continue
+            if masked and any(not r.masked for r in loop.ranges):
+                # the masked tiles beside full ones are the few at a boundary (a diagonal, the
+                # tail): each is tested, not scanned for a run (which would copy the body twice)
+                self.emit_tiles(loop, scope, guards, lo, hi, masked, True)
                 continue
             # data-dependent guards, bounded over each tile at run time: a scan over the guard data
             # finds the first and last tile where they may hold (tiles outside are never visited)
@@ -93,6 +99,7 @@ class SerialLoops(KernelState):
         only if its bounds say the data-dependent guards may hold somewhere in it."""
         it = loop.iterator
         written = {s.target.tensor for s, _, _ in walk_stmts((loop,))}
+        self.inside_extent = {it} if not masked else set()  # full tiles have no tail to mask
         inner = self.open_tile(loop, Scope([], scope, loop_iter=it, depth=scope.depth + 1))
         inner.written = written
         self.full_tiles = not masked
@@ -104,12 +111,17 @@ class SerialLoops(KernelState):
         if possible is not None:
             inner.lines.append(f"if {possible}:")
             inner.lines.extend("    " + x for x in body.lines or ["pass"])
-        self.full_tiles = False
+        self.full_tiles, self.inside_extent = False, set()
         notes = ([] if masked else ["every affine guard holds: no affine mask code"]) + ([why] if why else [])
         note = f"  # {'; '.join(notes)}" if notes else ""
         scope.lines.append(f"for t_{it} in range({self.loop_bound(lo)}, {self.loop_bound(hi)}):{note}")
         scope.lines.extend("    " + line for line in inner.lines)
         self.invalidate(written)
+        # a register laid out along the loop's tiles held the last tile's values: past the loop a
+        # read of that tensor is a read of memory (another range's loop reads other tiles)
+        for tensor in [t for t, r in self.registers.items() if it in r.axes]:
+            del self.registers[tensor]
+            self.written.pop(tensor, None)
 
     def scalar(self, e: Expr) -> str:
         """A tile-range bound: grid iterators stand for the first point of the program's tile."""

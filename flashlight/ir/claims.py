@@ -6,8 +6,8 @@ code generator, which skips tiles and drops mask code on their word. The interpr
 (:mod:`flashlight.ir.interpret`) runs the program point by point and checks each claim on every
 tile it visits, so that a wrong one is an error in tests rather than a silently wrong kernel:
 
-* tile ranges: a tile where a statement instance runs lies in a listed range, and in a tile of a
-  ``full`` range every affine guard inside holds;
+* tile ranges: a tile where a statement instance runs lies in a listed range, and a tile of a
+  ``full`` range lies inside the loop's bounds and every affine guard inside it holds;
 * the tile test, evaluated once per tile (with ``tile_lo``/``tile_hi`` the least and greatest
   value of their operand over the tile's points): where ``possible`` is false no statement
   instance runs in the tile, and where ``certain`` is true every data-dependent guard inside the
@@ -50,10 +50,12 @@ class LoopClaims:
 
     def ranged_body(self, node: Loop, inner: Callable[[Env], None]) -> Callable[[Env], None]:
         """The body of a loop that lists its tile ranges, checking the claims at every point: a
-        tile where a statement instance runs lies in a range, and in a tile of a ``full`` range
-        every affine guard inside holds (data-dependent guards are decided at run time)."""
+        tile where a statement instance runs lies in a range, and a tile of a ``full`` range lies
+        inside the loop's bounds and every affine guard inside holds (data-dependent guards are
+        decided at run time)."""
         name, tile = node.iterator, node.tile or 1
         where = f"tile range of loop {name}"
+        upper = self.expr(node.upper, where)
         ranges = [(self.expr(r.lower, where), self.expr(r.upper, where), r.masked) for r in node.ranges]
         listed = ", ".join(f"{format_expr(r.lower)}:{format_expr(r.upper)}" for r in node.ranges)
 
@@ -62,6 +64,9 @@ class LoopClaims:
             held = [masked for lo, hi, masked in ranges if int(lo(env)) <= t < int(hi(env))]
             full = bool(held) and not all(held)
             if full:
+                if (t + 1) * tile > int(upper(env)):
+                    raise ValueError(f"tile {t} of loop {name} is in a full tile range ({listed}) but reaches "
+                                     f"past the loop's bound {format_expr(node.upper)} at {point_text(env)}")
                 self.full_tiles.append(f"the full tile range of loop {name} (tile {t})")
             before = self.instances
             try:

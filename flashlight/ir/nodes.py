@@ -101,9 +101,10 @@ class Stmt:
 @dataclass(frozen=True)
 class TileRange:
     """Tiles ``lower <= t < upper`` of a serial loop (bounds in tiles, functions of the grid
-    iterators through ``x // tile``); ``masked=False`` says that every point of these tiles
-    satisfies the affine guards of the statements inside, so no mask needs evaluating for them
-    (data-dependent guards are not covered: they are decided at run time)."""
+    iterators through ``x // tile``); ``masked=False`` says that every point of these tiles lies
+    inside the loop's bounds and satisfies the affine guards of the statements inside, so no mask
+    needs evaluating for them, not even the tail's (data-dependent guards are not covered: they
+    are decided at run time)."""
 
     lower: Expr
     upper: Expr

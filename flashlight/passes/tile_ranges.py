@@ -6,13 +6,17 @@ isl computes, as sets parameterised by the grid tile indices ``t``:
 * ``nonempty(t) = { jt : some instance of a statement in the loop lies in tile (t, jt) }``
   (the union of the statements' domains, mapped to tiles);
 * ``full(t) = nonempty(t) \\ { jt : some point of the tile, inside the loop bounds, is outside a
-  statement's domain }``: in these tiles every affine guard holds, so no mask code is needed for
-  them (a data-dependent guard, which isl over-approximates, is bounded per tile at run time);
+  statement's domain, or the tile reaches past the loop's extent }``: in these tiles every affine
+  guard holds and there is no tail, so no mask code is needed for them (a data-dependent guard,
+  which isl over-approximates, is bounded per tile at run time). The tail tile is masked even
+  where no guard cuts it: for an extent known only at launch, every tile would otherwise carry
+  the tail's mask;
 * ``masked(t) = nonempty(t) \\ full(t)``.
 
-Each set is split into convex pieces, and each piece's bounds ``min jt``/``max jt`` become
-(piecewise quasi-affine) functions of ``t``, written back in the IR as expressions of the grid
-iterators (``i // 64``): the kernel loops over those ranges only.
+Each set that is, for every ``t`` (and size), the interval between its least and greatest tile
+becomes one range (isl checks it); any other is split into convex pieces. The bounds
+``min jt``/``max jt`` become (piecewise quasi-affine) functions of ``t``, written back in the IR
+as expressions of the grid iterators (``i // 64``): the kernel loops over those ranges only.
 
 Legality: skipped tiles hold no instance; full tiles satisfy every guard; the ranges partition
 ``nonempty``, so every instance still runs exactly once. Visiting full tiles before masked ones reorders tiles, which
@@ -30,8 +34,8 @@ import islpy as isl
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
-from flashlight.ir.isl_build import (affine_map, box, constant, empty, is_affine_condition, param_box, tile_map,
-                                     tiles_differ)
+from flashlight.ir.isl_build import (affine_map, box, constant, empty, is_affine_condition, isl_name, param_box,
+                                     tile_map, tiles_differ)
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TileRange, grid_chain, walk_stmts
 from flashlight.ir.poly import PolyView
 from flashlight.passes.declare import Pass
@@ -95,6 +99,7 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
             bad = bad.union(bounds.apply(to_tiles))
         else:
             bad = bad.union(bounds.subtract(proj).apply(to_tiles))
+    bad = bad.union(_past_extent(params, bn, n))
     nonempty = union.apply(to_tiles).coalesce()
     full = nonempty.subtract(bad).coalesce()
     masked = nonempty.subtract(full).coalesce()
@@ -107,12 +112,10 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
                               for g, t in zip(grid, params)}
     ranges: list[TileRange] = []
     for s, is_masked in ((full, False), (masked, True)):
-        for piece in s.make_disjoint().get_basic_sets():
-            if piece.dim(isl.dim_type.div):
-                return loop, []  # strided pieces: keep every tile
-            piece_set = isl.Set.from_basic_set(piece)
-            lo = _total(piece_set.dim_min(0), ctx, 0)
-            hi = _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)
+        pieces = _intervals(s, ctx)
+        if pieces is None:
+            return loop, []  # strided pieces: keep every tile
+        for lo, hi in pieces:
             ranges.append(TileRange(_ast_to_ir(lo, ctx, to_ir), _ast_to_ir(hi, ctx, to_ir), is_masked))
     new = replace(loop, ranges=tuple(ranges))
     if all(isinstance(loop_extent(x), int) for x in (*grid, loop)):
@@ -124,7 +127,7 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
     proof = Proof(
         f"tile ranges of kernel {k}, loop {j}", True,
         counted +
-        "skipped tiles hold no instance, full tiles satisfy every guard (isl), tiles are visited out "
+        "skipped tiles hold no instance, full tiles lie inside the bounds and satisfy every guard (isl), tiles are visited out "
         "of order only through the online state, whose merge commutes",
         relation=f"nonempty = {nonempty}; full = {full}")
     if crossing is None:
@@ -133,6 +136,34 @@ def _ranges(loop: Loop, grid: list[Loop], view: PolyView, deps: dict[str, isl.Un
         f"visit the full tiles of kernel {k}, loop {j} first", False,
         "a dependence outside the online state links two tiles, so the tiles keep their natural order, "
         "in one masked range", relation=str(crossing), witness=witness(isl.UnionMap.from_map(crossing)))]
+
+
+def _intervals(tiles: isl.Set, ctx: isl.Set) -> list[tuple[isl.PwAff, isl.PwAff]] | None:
+    """``tiles`` as ranges ``[lo, hi)`` of tile indices (piecewise functions of the grid tiles and
+    sizes; empty where undefined): one range if, for every value of the parameters, the set is
+    the interval between its least and greatest tile (isl checks it), else one per convex piece
+    (None if a piece is strided)."""
+    if tiles.is_empty():
+        return []
+    lo, hi = tiles.dim_min(0), tiles.dim_max(0)
+    var = isl.PwAff.var_on_domain(isl.LocalSpace.from_space(tiles.get_space()), isl.dim_type.set, 0)
+    between = lo.add_dims(isl.dim_type.in_, 1).le_set(var) & var.le_set(hi.add_dims(isl.dim_type.in_, 1))
+    if between.intersect_params(ctx).is_equal(tiles.intersect_params(ctx)):
+        return [(_total(lo, ctx, 0), _total(hi.add(_const(ctx, 1)), ctx, 0))]
+    out = []
+    for piece in tiles.make_disjoint().get_basic_sets():
+        if piece.dim(isl.dim_type.div):
+            return None
+        piece_set = isl.Set.from_basic_set(piece)
+        out.append((_total(piece_set.dim_min(0), ctx, 0), _total(piece_set.dim_max(0).add(_const(ctx, 1)), ctx, 0)))
+    return out
+
+
+def _past_extent(params: list[str], tile: int, extent: int | str) -> isl.Set:
+    """The tiles ``jt`` of the loop that reach past its extent (the tail tile, if any)."""
+    names = params + ([extent] if isinstance(extent, str) else [])
+    bound = isl_name(extent) if isinstance(extent, str) else str(extent)
+    return isl.Set(f"[{', '.join(map(isl_name, names))}] -> {{ [jt] : {tile} * jt + {tile} > {bound} }}")
 
 
 def _inner_loops(node: Node):
