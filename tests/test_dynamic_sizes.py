@@ -100,6 +100,9 @@ def test_the_dynamic_program_says_its_sizes_in_explain():
     assert ex.programs[0].params == ("S", "T")
     assert "ceil(T/" in str(ex), "the grid is counted at launch from the query length"
     assert any("ranges as functions of the sizes" in p.reason for p in ex.proofs)
+    heavy = [p for p in ex.proofs if "heaviest first" in p.transformation]
+    assert heavy and "at S=4096, T=4096" in heavy[0].reason, "the work per query tile is weighed at sample sizes"
+    assert "- 1 - (pid %" in ex.kernels[0].source, "the query tiles of a parametric grid launch in reverse"
 
 
 def test_invalid_dynamic_option_is_refused():

@@ -14,6 +14,11 @@ Causal attention on the H100 (B4 H16 S4096 D64, 64x64 tiles) by group: 1 (each h
 the largest divisor of the outer programs' count up to ``GROUP`` (a divisor, so that the order
 is a permutation of the programs).
 
+A grid that depends on a size parameter has no tile count to weigh: its work is weighed at
+sample sizes (``WEIGHED_AT``, every parameter at each), and the order is chosen only where the work
+grows at every one of them; which sizes were weighed is said. Outer programs whose count is a size
+get no interleaving (``group`` 1: no divisor is known before launch).
+
 Legality: the programs of a grid loop are independent (the loop is parallel, which the passes
 that mapped it to the grid proved), so any order of launching them computes the same values.
 """
@@ -27,9 +32,10 @@ from typing import ClassVar
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import HeaviestFirst, Loop, Node, Program, Proof, grid_chain, walk_loops
 from flashlight.passes.declare import Pass, option
-from flashlight.passes.tree import known_extent, loop_extent
+from flashlight.passes.tree import loop_extent
 
 GROUP = 16  # outer grid indices (heads) interleaved with the reversed tiles
+WEIGHED_AT = (256, 1000, 4096)  # sizes at which a parametric grid's work per tile is weighed
 
 
 def order_launches(program: Program, group: int = GROUP) -> Program:
@@ -53,43 +59,52 @@ def _order_nest(nest: Node, group: int) -> tuple[Node, Proof | None]:
     if not grid:
         return nest, None
     ranged = [l for l in walk_loops(grid[-1].body) if l.ranges]
-    if any(not isinstance(loop_extent(g), int) for g in grid):
-        return nest, None  # how the work grows with a size parameter is not weighed yet: launch order stays
+    sizes = sorted({e for e in map(loop_extent, grid) if isinstance(e, str)} |
+                   {p for l in ranged for r in l.ranges for p in E.free_iters(r.lower) | E.free_iters(r.upper)
+                    if p not in {x.iterator for x in grid}})
+    samples = [dict.fromkeys(sizes, n) for n in WEIGHED_AT] if sizes else [{}]
     for k in reversed(range(len(grid))):  # the fastest-varying iterator first
         g = grid[k]
         if not g.tile or g.tile == 1 or not ranged:
             continue
-        work = _work_per_tile(g, grid, ranged)
-        if work is None or not (work[-1] > work[0] and all(a <= b for a, b in zip(work, work[1:]))):
+        works = [_work_per_tile(g, grid, ranged, at) for at in samples]
+        if any(w is None or not (w[-1] > w[0] and all(a <= b for a, b in zip(w, w[1:]))) for w in works):
             continue
-        outer = math.prod(_tiles(x) for x in grid[:k])
+        counts = [_tiles(x, {}) for x in grid[:k]]
+        outer = math.prod(counts) if None not in counts else 1  # type: ignore[arg-type]
         chosen = max(d for d in range(1, min(outer, group) + 1) if outer % d == 0)
         ordered = _set_launch(nest, g.iterator, HeaviestFirst(chosen))
+        grow = "; ".join(f"grow from {w[0]} to {w[-1]}" + (" at " + ", ".join(f"{p}={n}" for p, n in at.items())
+                                                           if at else "")
+                         for w, at in zip(works, samples))  # type: ignore[index]
         return ordered, Proof(
             f"launch the tiles of {g.iterator} heaviest first, {chosen} outer indices interleaved", True,
-            f"the serial loops' key tiles per tile of {g.iterator} grow from {work[0]} to {work[-1]}; "
+            f"the serial loops' key tiles per tile of {g.iterator} {grow}; "
             f"the programs of the parallel grid loop {g.iterator} are independent, so their order "
             "does not change the result")
     return nest, None
 
 
-def _work_per_tile(g: Loop, grid: list[Loop], ranged: list[Loop]) -> list[int] | None:
-    """Tiles visited by the serial loops for each tile of ``g`` (other grid indices at 0)."""
-    extent = known_extent(g)
+def _work_per_tile(g: Loop, grid: list[Loop], ranged: list[Loop], sizes: dict[str, int]) -> list[int] | None:
+    """Tiles visited by the serial loops for each tile of ``g`` (other grid indices at 0), with the
+    size parameters at ``sizes``."""
     work = []
     try:
-        for t in range(math.ceil(extent / g.tile)):  # type: ignore[operator]
-            env = {x.iterator: 0 for x in grid}
+        for t in range(_tiles(g, sizes)):  # type: ignore[arg-type]
+            env = {x.iterator: 0 for x in grid} | sizes
             env[g.iterator] = t * g.tile  # type: ignore[operator]
             work.append(sum(max(0, E.evaluate(r.upper, env) - E.evaluate(r.lower, env))
                             for l in ranged for r in l.ranges))
-    except (ValueError, KeyError):  # a range that reads something other than grid iterators
+    except (ValueError, KeyError, TypeError):  # a range that reads something other than grid iterators
         return None
     return work
 
 
-def _tiles(l: Loop) -> int:
-    return math.ceil(known_extent(l) / (l.tile or 1))  # type: ignore[union-attr]
+def _tiles(l: Loop, sizes: dict[str, int]) -> int | None:
+    """The tile count of a grid loop: None for a size parameter not in ``sizes``."""
+    extent = loop_extent(l)
+    n = sizes.get(extent) if isinstance(extent, str) else extent
+    return None if n is None else math.ceil(n / (l.tile or 1))
 
 
 def _set_launch(nest: Node, iterator: str, launch: HeaviestFirst) -> Node:
