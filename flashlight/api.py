@@ -23,7 +23,8 @@ from flashlight.counting import count_eager_call, counters
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.debug_dump import debug_dir, dump_segment
-from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
+from flashlight.frontend.capture import (capture_graphs, fresh_copy, make_backend, make_eager_runner, raised_while_tracing,
+                                         saved_for_backward)
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
 from flashlight.frontend.symbolic import captured_sizes, size_inputs
@@ -193,6 +194,15 @@ def _op(n: fx.Node) -> str:
 
 # {{{ compile
 
+def boxed_runner(graph: Callable[[list], Any]) -> Callable:
+    """A runner AOT autograd calls with its list of arguments."""
+    def run(args: list) -> Any:
+        return graph(args)
+
+    run._boxed_call = True  # type: ignore[attr-defined]
+    return run
+
+
 class CompiledFunction:
     """``fn`` compiled by flashlight; call it like ``fn``. Recompiles for new shapes, dtypes,
     devices or strides (Dynamo's guards)."""
@@ -204,19 +214,22 @@ class CompiledFunction:
         self.eager_reason: str | None = None  # set if capture failed: every call runs fn eagerly
         self._warned_recompile_limit = False
         self._name = _program_name(fn)
-        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph),
+        self.backward_graphs: list[CompiledGraph | CompiledPerSize] = []
+        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph, self._compile_backward),
                                        dynamic=options.dynamic)
         functools.update_wrapper(self, fn)
 
     def _compile_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
         graph = compile_graph(gm, example_inputs, names, self.options, self._name, arg_order=_params(self.fn))
         self.graphs.append(graph)
+        return boxed_runner(graph)
 
-        def run(args: list) -> Any:
-            return graph(args)
-
-        run._boxed_call = True  # type: ignore[attr-defined]
-        return run
+    def _compile_backward(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
+        if not self.options.compile_backward:
+            return make_eager_runner(gm)
+        graph = compile_graph(gm, example_inputs, names, self.options, f"{self._name}_backward")
+        self.backward_graphs.append(graph)
+        return boxed_runner(graph)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         target_of([a for a in args if isinstance(a, torch.Tensor)])
@@ -290,14 +303,22 @@ def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: 
     no kernel is launched and nothing is timed."""
     opts = options or Options()
     name = _program_name(fn)
-    graphs, _ = capture_graphs(fn, args, kwargs)
+    graphs, _ = capture_graphs(fn, args, kwargs, backward=True)
+    ex = _explain_graphs(name, [g for g in graphs if not g.backward], opts, _params(fn))
+    if any(g.backward for g in graphs):
+        ex.backward = _explain_graphs(f"{name}_backward", [g for g in graphs if g.backward], opts, ())
+    return ex
+
+
+def _explain_graphs(name: str, graphs: list, opts: Options, arg_order: Sequence[str]) -> Explanation:
     ex = Explanation(name, [], [], [], [], [], [])
     for g in graphs:
         reports: list[SegmentReport] = []
-        cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports, _params(fn))
+        cg = compile_graph(g.graph_module, g.example_inputs, g.input_names, opts, name, reports, arg_order)
         ex.fallbacks += cg.fallbacks
+        why = g.graph_module.meta.get("flashlight_saved_reasons", {})
         ex.saved += [SavedInfo(n.name, tuple(n.meta["val"].shape), ir_dtype(n.meta["val"].dtype),
-                               "read by the backward (AOT autograd's partition)") for n in cg.saved]
+                               why.get(n.name, "read by the backward")) for n in cg.saved]
         for r in reports:
             ex.stages += r.stages
             if r.program is None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch.fx as fx
 
-from flashlight.api import compile_graph
-from flashlight.frontend.capture import make_backend
+from flashlight.api import boxed_runner, compile_graph
+from flashlight.frontend.capture import make_backend, make_eager_runner
 from flashlight.options import make_options
 
 
@@ -21,13 +21,12 @@ def flashlight_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwar
     """A Dynamo backend: each graph is lifted, fused and compiled by flashlight."""
     opts = make_options(kwargs.get("options") or {})
 
-    def compile_one(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str]) -> Callable:
-        graph = compile_graph(aten_gm, inputs, names, opts, "graph")
+    def compile_one(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str], name: str = "graph") -> Callable:
+        return boxed_runner(compile_graph(aten_gm, inputs, names, opts, name))
 
-        def run(args: list) -> Any:
-            return graph(args)
+    def compile_backward(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str]) -> Callable:
+        if not opts.compile_backward:
+            return make_eager_runner(aten_gm)
+        return compile_one(aten_gm, inputs, names, "graph_backward")
 
-        run._boxed_call = True  # type: ignore[attr-defined]
-        return run
-
-    return make_backend(compile_one)(gm, example_inputs)
+    return make_backend(compile_one, compile_backward)(gm, example_inputs)

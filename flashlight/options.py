@@ -30,6 +30,9 @@ class Options:
     # sizes that vary between calls (Dynamo's dynamic shapes): None makes a dimension a size
     # parameter once a call changes it, True every dimension from the first call, False none
     dynamic: bool | None = None
+    # the backward of a graph whose inputs require grad: compiled (True) or run by eager PyTorch
+    # (False); the forward keeps the same row statistics either way (frontend/partition.py)
+    compile_backward: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "num_warps"):
@@ -42,6 +45,8 @@ class Options:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"flashlight: {name}={value!r} is not a positive integer")
+        if self.compile_backward not in (True, False):
+            raise ValueError(f"flashlight: compile_backward={self.compile_backward!r} is not True or False")
         for name in ("autotune", "dynamic"):
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"flashlight: {name}={getattr(self, name)!r} is not None, True or False")

@@ -139,6 +139,7 @@ class Explanation:
     fallbacks: list[tuple[str, str]]
     programs: list[Program]
     saved: list[SavedInfo] = field(default_factory=list)
+    backward: Explanation | None = None  # for inputs that require grad: the backward's report
 
     def summary(self) -> str:
         out = [f"== flashlight explain: {self.name} ==",
@@ -154,8 +155,13 @@ class Explanation:
             out += [f"{s.name}: {s.dtype}{list(s.shape)}: {s.why}" for s in self.saved]
         out += ["", "-- fallbacks to eager PyTorch --"]
         out += [f"{op}: {why}" for op, why in self.fallbacks] or ["(none)"]
-        out += ["", "-- legality decisions --", format_proofs(self.proofs, evidence=False), "",
-                "(ex.full(): the IR after every pass, the evidence of each decision, the kernels' source)"]
+        out += ["", "-- legality decisions --", format_proofs(self.proofs, evidence=False)]
+        if self.backward is not None:
+            b = self.backward
+            out += ["", f"-- backward (ex.backward) --", f"{len(b.kernels)} kernels, {len(b.buffers)} buffers in "
+                    f"global memory ({', '.join(x.name + str(list(x.shape)) for x in b.buffers) or 'none'}), "
+                    f"{len(b.fallbacks)} fallbacks to eager PyTorch"]
+        out += ["", "(ex.full(): the IR after every pass, the evidence of each decision, the kernels' source)"]
         return "\n".join(out)
 
     def full(self) -> str:
@@ -166,6 +172,8 @@ class Explanation:
         out += ["", "-- kernels --"]
         for k in self.kernels:
             out += [f"# {k.name}: {k.grid} programs", k.source]
+        if self.backward is not None:
+            out += ["", "== the backward ==", self.backward.full()]
         return "\n".join(out)
 
     def __str__(self) -> str:

@@ -133,8 +133,9 @@ def test_a_program_no_one_compilation_serves_is_compiled_per_size_and_says_why()
 
 @pytest.mark.parametrize("name", ["causal", "rmsnorm rows"])
 def test_gradients_through_the_program_for_every_length_match_eager(name):
-    """Inputs that require grad: the forward is the program with size parameters, the backward
-    eager PyTorch's on what it saved; a generic cotangent at every length."""
+    """Inputs that require grad: the forward and the backward are each a program with size
+    parameters (after a static one each: at most 4 compilations); a generic cotangent at every
+    length."""
     fn, make = CASES[name]
     f = flashlight.compile(fn)
     g = torch.Generator().manual_seed(3)
@@ -149,5 +150,5 @@ def test_gradients_through_the_program_for_every_length_match_eager(name):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
         for a, b in zip(xs, ys):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=f"length {n}")
-    assert 1 <= counters["programs_compiled"] <= 2, dict(counters)
+    assert 2 <= counters["programs_compiled"] <= 4, dict(counters)
     assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)

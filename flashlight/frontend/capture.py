@@ -3,8 +3,9 @@
 Dynamo turns a Python function into FX graphs (breaking the graph where Python does something
 it cannot trace), guards each graph on the shapes, dtypes, devices and strides of its inputs,
 and recompiles when they change. AOT autograd functionalises each graph and decomposes it to
-aten with :func:`decompositions` (softmax becomes ``amax, sub, exp, sum, div``); we compile its
-forward graph and run its backward graph eagerly, so gradients stay correct.
+aten with :func:`decompositions` (softmax becomes ``amax, sub, exp, sum, div``), traces the
+backward with it and partitions the two with :func:`~flashlight.frontend.partition.partition_statistics`
+(the forward keeps row statistics, the backward recomputes the rest); we compile both graphs.
 
 .. autofunction:: make_backend
 .. autofunction:: capture_graphs
@@ -25,6 +26,7 @@ import torch.fx as fx
 from torch._dynamo.exc import TorchDynamoException
 
 from flashlight.frontend import attention
+from flashlight.frontend.partition import partition_statistics
 
 aten = torch.ops.aten
 
@@ -104,8 +106,9 @@ def _input_names(gm: fx.GraphModule) -> list[str]:
     return names
 
 
-def make_backend(compile_graph: GraphCompiler) -> Callable:
-    """A Dynamo backend that hands each forward aten graph to ``compile_graph``."""
+def make_backend(compile_graph: GraphCompiler, compile_backward: GraphCompiler | None = None) -> Callable:
+    """A Dynamo backend that hands each forward aten graph to ``compile_graph`` and each backward
+    graph to ``compile_backward`` (the same by default), partitioned by :mod:`.partition`."""
     from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
 
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
@@ -122,11 +125,13 @@ def make_backend(compile_graph: GraphCompiler) -> Callable:
             return make_boxed_func(runner) if not getattr(runner, "_boxed_call", False) else runner
 
         def bw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
-            return make_boxed_func(aten_gm.forward)
+            names = [n.name for n in aten_gm.graph.nodes if n.op == "placeholder"]
+            runner = (compile_backward or compile_graph)(aten_gm, aten_inputs, names)
+            return make_boxed_func(runner) if not getattr(runner, "_boxed_call", False) else runner
 
         with attention.decompose_attention():
             return aot_module_simplified(gm, example_inputs, fw_compiler=fw, bw_compiler=bw,
-                                         decompositions=decompositions())
+                                         partition_fn=partition_statistics, decompositions=decompositions())
 
     return backend
 
@@ -157,6 +162,7 @@ class CapturedGraph:
     graph_module: fx.GraphModule
     example_inputs: list[Any]
     input_names: list[str]
+    backward: bool = False  # a backward graph (its inputs: saved values and cotangents)
 
 
 def fresh_copy(fn: Callable) -> Callable:
@@ -190,8 +196,9 @@ def _register_source_file(fn: types.FunctionType) -> None:
 
 
 def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None,
-                   execute: bool = False) -> tuple[list[CapturedGraph], Any]:
-    """The aten graphs of ``fn(*args, **kwargs)``, and its result.
+                   execute: bool = False, backward: bool = False) -> tuple[list[CapturedGraph], Any]:
+    """The aten graphs of ``fn(*args, **kwargs)``, and its result; with ``backward``, also the
+    backward graphs of the outputs that require grad (run once, on a cotangent of ones).
 
     Python code between graphs runs; the graphs themselves only run (eagerly) if ``execute``,
     else they return zeros of the right shapes, so that capturing a large program costs nothing.
@@ -200,16 +207,19 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
 
     def record(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
         graphs.append(CapturedGraph(gm, list(example_inputs), names))
-        # zeros need concrete shapes: a graph with varying sizes runs to give its outputs theirs
-        symbolic = any(isinstance(x, torch.SymInt) for x in example_inputs)
-        return make_eager_runner(gm) if execute or symbolic else make_placeholder_runner(gm)
+        return _runner(gm, example_inputs, execute)
+
+    def record_backward(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
+        graphs.append(CapturedGraph(gm, list(example_inputs), names, backward=True))
+        return _runner(gm, example_inputs, execute)
 
     # sizes stay concrete unless an input marks them varying (torch._dynamo.mark_dynamic): then
     # they are lifted as size parameters. Not Dynamo's automatic dynamic shapes: it remembers a
     # function's sizes by its source location, so tracing one function at two shapes would make
     # the second trace symbolic in every dimension that differed
     marked = any(getattr(a, "_dynamo_dynamic_indices", None) for a in [*args, *(kwargs or {}).values()])
-    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record), dynamic=None if marked else False)
+    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record, record_backward),
+                             dynamic=None if marked else False)
     try:
         result = compiled(*args, **(kwargs or {}))
     except Exception as exc:
@@ -217,7 +227,17 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
             raise
         fn(*args, **(kwargs or {}))  # fn's own error (a shape mismatch): raise it as eager does
         raise  # else Dynamo's
+    if backward:  # AOT autograd traces the backward when it first runs
+        outs = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if outs:
+            torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
     return graphs, result
+
+
+def _runner(gm: fx.GraphModule, example_inputs: Sequence[Any], execute: bool) -> Callable[[list], Any]:
+    # zeros need concrete shapes: a graph with varying sizes runs to give its outputs theirs
+    symbolic = any(isinstance(x, torch.SymInt) for x in example_inputs)
+    return make_eager_runner(gm) if execute or symbolic else make_placeholder_runner(gm)
 
 
 def raised_while_tracing(exc: BaseException) -> bool:

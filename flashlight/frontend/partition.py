@@ -1,0 +1,138 @@
+"""Partition a joint forward/backward graph: the forward keeps row statistics, not S x S tensors.
+
+AOT autograd traces the forward and the backward of a graph as one joint graph and asks a
+partition function which forward values the backward reads from memory (saved) and which it
+computes again (recomputed). PyTorch's partitions save the attention probabilities (an
+``Sq x Sk`` tensor per batch and head). Ours saves only:
+
+* the graph's inputs and outputs (alive anyway),
+* row statistics: the results of reductions (``amax``, ``sum``, ...) no larger than the largest
+  input or output (for softmax: the row max and the row sum, ``O(B*H*S)``): recomputing them
+  would take another pass over the reduced dimension,
+* what cannot be recomputed: the results of impure operations (random numbers).
+
+Every other forward value the backward reads is recomputed in the backward from those, which is
+legal because each recomputed node is a pure function of saved values (AOT autograd's graphs
+are functional; impure nodes are saved, never recomputed). Each saved value carries its reason,
+which ``explain`` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+ATEN = torch.ops.aten
+REDUCTIONS = {ATEN.sum, ATEN.amax, ATEN.amin, ATEN.max, ATEN.min, ATEN.mean, ATEN.prod, ATEN.logsumexp,
+              ATEN.var, ATEN.std, ATEN.var_mean, ATEN.any, ATEN.all, ATEN.argmax, ATEN.argmin}
+
+
+@dataclass(frozen=True)
+class SavedChoice:
+    """A forward value the backward reads from memory, and why it is kept rather than recomputed."""
+
+    node: str
+    reason: str
+
+
+def _hint(x: Any) -> int:
+    """The example's value of a size, without a guard on it (a symbolic size stays symbolic)."""
+    if isinstance(x, torch.SymInt):
+        return int(x.node.hint) if x.node.hint is not None else 0
+    return int(x)
+
+
+def _numel(n: fx.Node) -> int | None:
+    val = n.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return None
+    out = 1
+    for d in val.shape:
+        out *= _hint(d)
+    return out
+
+
+def _is_reduction(n: fx.Node) -> bool:
+    packet = getattr(n.target, "overloadpacket", None)
+    return n.op == "call_function" and packet in REDUCTIONS
+
+
+def _is_impure(n: fx.Node) -> bool:
+    return n.op == "call_function" and n.is_impure(impure_random=True)
+
+
+def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.Node]) -> tuple[
+        list[fx.Node], list[fx.Node], list[SavedChoice]]:
+    """The forward tensors and sizes the backward reads (saved values, saved symbolic sizes) and
+    the reason for each tensor: walk back from the forward values the backward uses, saving
+    inputs, outputs, row statistics and impure results, recomputing everything else."""
+    from torch._functorch.partitioners import _is_primal
+
+    kept = set(outputs)
+    largest = max([_numel(n) or 0 for n in [*outputs, *filter(_is_primal, joint.nodes)]], default=0)
+    wanted = [n for n in joint.nodes if n in forward and any(u not in forward for u in n.users)]
+    saved: list[fx.Node] = []
+    sizes: list[fx.Node] = []
+    why: list[SavedChoice] = []
+    seen: set[fx.Node] = set()
+    while wanted:
+        n = wanted.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        numel = _numel(n)
+        if numel is None:  # a size (SymInt) or a non-tensor value: sizes are saved, others recomputed
+            if isinstance(n.meta.get("val"), torch.SymInt):
+                sizes.append(n)
+            else:
+                wanted += n.all_input_nodes
+            continue
+        reason = None
+        if _is_primal(n):
+            reason = "an input of the graph"
+        elif n in kept:
+            reason = "an output of the graph"
+        elif _is_impure(n):
+            reason = f"{n.target} is impure (random or stateful): recomputing it would give other values"
+        elif _is_reduction(n) and numel <= largest:
+            reason = (f"a row statistic ({n.target}, {numel} elements, no more than the largest input or "
+                      "output): recomputing it would take another pass over what it reduces")
+        if reason is None:
+            wanted += n.all_input_nodes  # recomputed in the backward from what it reads
+            continue
+        saved.append(n)
+        why.append(SavedChoice(n.name, reason))
+    order = {n: k for k, n in enumerate(joint.nodes)}
+    saved.sort(key=order.__getitem__)
+    sizes.sort(key=order.__getitem__)
+    return saved, sizes, why
+
+
+def partition_statistics(joint_module: fx.GraphModule, _joint_inputs: Any, *, num_fwd_outputs: int,
+                         **_: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """A partition function for AOT autograd (``partition_fn``): see the module docstring. The
+    reasons are recorded on the forward module's ``meta["flashlight_saved_reasons"]``."""
+    from torch._functorch.partitioners import (_extract_fwd_bwd_modules, _has_tag_is_forward, _is_fwd_seed_offset,
+                                               _is_primal, _is_tangent)
+
+    graph = joint_module.graph
+    last = None
+    for n in graph.nodes:
+        if _has_tag_is_forward(n) or _is_primal(n) or _is_fwd_seed_offset(n):
+            last = n
+    forward: set[fx.Node] = set()
+    for n in graph.nodes:
+        if not _is_tangent(n) and n.op != "output":
+            forward.add(n)
+        if n is last:
+            break
+    outputs = [a for a in next(n for n in graph.nodes if n.op == "output").args[0][:num_fwd_outputs]
+               if isinstance(a, fx.Node)]
+    saved, sizes, why = choose_saved(graph, forward, outputs)
+    fw, bw = _extract_fwd_bwd_modules(joint_module, saved, sizes, num_fwd_outputs=num_fwd_outputs)
+    fw.meta["flashlight_saved_reasons"] = {c.node: c.reason for c in why}
+    return fw, bw

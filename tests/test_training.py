@@ -1,0 +1,119 @@
+"""Training (issue 18): the compiler partitions the joint forward/backward graph. The forward keeps
+its inputs, outputs and row statistics (``O(B*H*S)``), never an ``Sq x Sk`` tensor; the backward
+recomputes the rest and is compiled too. ``explain`` says what is saved and why, and reports the
+backward (``ex.backward``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flashlight
+from conftest import check_against_eager
+from test_variants import CASES as VARIANTS
+from test_variants import S as S_VARIANTS
+
+SQ, SK = 37, 45
+
+
+def causal(q, k, v):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def alibi(q, k, v, slopes):
+    s = q @ k.transpose(-1, -2) * 0.25
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s + slopes[:, None, None] * (j - i), -1) @ v
+
+
+def _qkv(g: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randn(1, 2, SQ, 16, generator=g), torch.randn(1, 2, SK, 16, generator=g),
+            torch.randn(1, 2, SK, 16, generator=g)]
+
+
+def _grad(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.requires_grad_() for t in ts]
+
+
+def test_the_forward_saves_row_statistics_not_the_probabilities():
+    ex = flashlight.explain(causal, *_grad(_qkv(torch.Generator().manual_seed(0))))
+    assert not ex.buffers and len(ex.kernels) == 1 and not ex.fallbacks
+    assert not [s for s in ex.saved if _query_by_key(s.shape, SQ, SK)], ex.saved
+    stats = [s for s in ex.saved if s.why.startswith("a row statistic")]
+    assert sorted(s.shape for s in stats) == [(1, 2, SQ, 1)] * 2, ex.saved  # the row max and the row sum
+    assert {s.why for s in ex.saved if s not in stats} == {"an input of the graph"}
+    assert "-- saved for the backward --" in str(ex) and "a row statistic" in str(ex)
+
+
+def test_the_backward_is_compiled_and_reported():
+    ex = flashlight.explain(causal, *_grad(_qkv(torch.Generator().manual_seed(0))))
+    assert ex.backward is not None and ex.backward.kernels and not ex.backward.fallbacks
+    assert "-- backward (ex.backward) --" in str(ex) and "== the backward ==" in ex.full()
+    assert all(k.name.startswith("flashlight_causal_backward") for k in ex.backward.kernels)
+
+
+def test_an_inference_call_has_no_backward():
+    ex = flashlight.explain(causal, *_qkv(torch.Generator().manual_seed(0)))
+    assert ex.backward is None and not ex.saved
+
+
+def test_gradients_through_the_compiled_backward_match_eager():
+    g = torch.Generator().manual_seed(1)
+    check_against_eager(causal, *_qkv(g))
+    check_against_eager(alibi, *_qkv(g), torch.rand(2, generator=g))
+
+
+def test_a_random_value_is_saved_not_recomputed():
+    """Recomputing ``rand`` in the backward would draw other numbers: the forward keeps it, and
+    the gradient is the forward's mask."""
+    def dropout_like(x):
+        return x * (torch.rand_like(x) > 0.5)
+
+    x = torch.randn(8, 16, requires_grad=True)
+    ex = flashlight.explain(dropout_like, x)
+    assert any("impure" in s.why for s in ex.saved), ex.saved
+    out = flashlight.compile(dropout_like)(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, (out != 0).to(x.dtype)), "the gradient follows the forward's draw"
+
+
+def test_compile_backward_false_runs_the_backward_in_eager_pytorch():
+    f = flashlight.compile(causal, compile_backward=False)
+    check_against_eager(causal, *_qkv(torch.Generator().manual_seed(2)), compiled=f)
+    assert f.graphs and not f.backward_graphs
+    g = flashlight.compile(causal)
+    check_against_eager(causal, *_qkv(torch.Generator().manual_seed(2)), compiled=g)
+    assert len(g.backward_graphs) == 1
+
+
+def test_compile_backward_must_be_a_bool():
+    with pytest.raises(ValueError, match="compile_backward='no' is not True or False"):
+        flashlight.Options(compile_backward="no")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_no_variant_saves_a_tensor_of_every_query_and_key(name):
+    """For every variant of tests/test_variants.py (whose gradients test_variant compares with
+    eager's), the forward is still one kernel with no global buffer, and nothing it saves for the
+    backward has a query and a key dimension, but an input (Evoformer's pair bias, kept by
+    reference, no copy)."""
+    fn, make = VARIANTS[name]
+    args = [a.requires_grad_() if a.is_floating_point() else a for a in make()]
+    out = fn(*args)
+    sq, sk = (out.shape[-2], args[1].shape[-2]) if name != "evoformer" else (S_VARIANTS, S_VARIANTS)
+    ex = flashlight.explain(fn, *args)
+    assert len(ex.kernels) == 1 and not ex.buffers and not ex.fallbacks, (ex.kernels, ex.buffers, ex.fallbacks)
+    assert not [s for s in ex.saved if _query_by_key(s.shape, sq, sk) and s.why != "an input of the graph"], ex.saved
+    assert ex.backward is not None and ex.backward.kernels
+
+
+def _query_by_key(shape: tuple, sq: int, sk: int) -> bool:
+    dims = list(shape)
+    if sq not in dims:
+        return False
+    dims.remove(sq)
+    return sk in dims
