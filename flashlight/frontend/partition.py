@@ -62,7 +62,12 @@ def _is_reduction(n: fx.Node) -> bool:
 
 
 def _is_impure(n: fx.Node) -> bool:
-    return n.op == "call_function" and n.is_impure(impure_random=True)
+    if n.op != "call_function":
+        return False
+    try:
+        return n.is_impure(impure_random=True)
+    except TypeError:  # torch before the keyword: random operators count as impure there
+        return n.is_impure()
 
 
 def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.Node]) -> tuple[

@@ -106,6 +106,13 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
     if len(recs) > 1 and not grid and any(r.parallel for r in recs):
         return None  # one program would do what several did in parallel (a reduction to a scalar has none)
+    reduced_here = {l.iterator for r in recs for l in r.loops if l.kind == "reduce"}
+    if len(recs) > 1 and any(it not in grid and it not in reduced_here and not fits_block(r.extent(it), block_limit)
+                             for r in recs for it in r.parallel):
+        # a statement's parallel loop that no statement of the group reduces over would be walked
+        # by each program, not spread over programs (dQ beside a copy of dV: 8 programs for 1024
+        # rows); a row walked twice because the group reduces over it (a wide norm) is kept
+        return None
     extents: dict[str, int] = {}
     for r in recs:  # one name, one extent: a kernel's axes are named by their iterators
         for it in r.its:
