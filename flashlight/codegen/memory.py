@@ -58,7 +58,10 @@ class MemoryAccess(KernelState):
         reg = self.registers.get(e.tensor) if e.tensor in self.produced else None
         elsewhere = e.tensor in self.written and self.written[e.tensor] != e.indices
         if reg is not None and not (elsewhere and decl.storage != "local"):
-            return reg  # computed in this kernel at this point: its value is in registers
+            # computed in this kernel at this point: its value is in registers, laid out as asked
+            if order is not None and reg.axes != order and set(reg.axes) == set(order):
+                return Value(self.bcast(reg, order), order, reg.dtype, reg.zero_outside)
+            return reg
         if e.tensor in self.produced and (decl.storage == "local" or (e.tensor in self.written and not elsewhere)):
             raise CodegenError(f"{e.tensor} is read before this kernel writes it")
         # an input, a buffer this kernel writes later (an in-place update such as the empty-row
