@@ -11,6 +11,11 @@ computes again (recomputed). PyTorch's partitions save the attention probabiliti
   would take another pass over the reduced dimension,
 * what cannot be recomputed: the results of impure operations (random numbers).
 
+A forward value the backward *compares* with recomputed values (the tie mask ``x == amax`` of a
+maximum's gradient) is recomputed as well, even a row statistic or an output: a value saved from
+the forward's fused kernel may differ in the last bit from its recomputation, and an equality
+between the two would then fail everywhere.
+
 Every other forward value the backward reads is recomputed in the backward from those, which is
 legal because each recomputed node is a pure function of saved values (AOT autograd's graphs
 are functional; impure nodes are saved, never recomputed). Each saved value carries its reason,
@@ -29,6 +34,10 @@ from torch import fx
 ATEN = torch.ops.aten
 REDUCTIONS = {ATEN.sum, ATEN.amax, ATEN.amin, ATEN.max, ATEN.min, ATEN.mean, ATEN.prod, ATEN.logsumexp,
               ATEN.var, ATEN.std, ATEN.var_mean, ATEN.any, ATEN.all, ATEN.argmax, ATEN.argmin}
+COMPARISONS = {ATEN.eq, ATEN.ne, ATEN.lt, ATEN.le, ATEN.gt, ATEN.ge}
+# ops that only re-view or copy a value: a comparison through them compares the value itself
+TRANSPARENT = {ATEN.alias, ATEN.view, ATEN.expand, ATEN.unsqueeze, ATEN.squeeze, ATEN.permute, ATEN.clone,
+               ATEN._unsafe_view, ATEN.reshape}
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
     kept = set(outputs)
     largest = max([_numel(n) or 0 for n in [*outputs, *filter(_is_primal, joint.nodes)]], default=0)
     wanted = [n for n in joint.nodes if n in forward and any(u not in forward for u in n.users)]
+    compared = _compared_in_backward(joint, forward)
     saved: list[fx.Node] = []
     sizes: list[fx.Node] = []
     why: list[SavedChoice] = []
@@ -99,6 +109,8 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
         reason = None
         if _is_primal(n):
             reason = "an input of the graph"
+        elif n in compared:
+            pass  # compared with recomputed values (max's tie mask): recomputed too, so both agree bit for bit
         elif n in kept:
             reason = "an output of the graph"
         elif _is_impure(n):
@@ -115,6 +127,30 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
     saved.sort(key=order.__getitem__)
     sizes.sort(key=order.__getitem__)
     return saved, sizes, why
+
+
+def _packet(n: fx.Node) -> Any:
+    return getattr(n.target, "overloadpacket", None) if n.op == "call_function" else None
+
+
+def _compared_in_backward(joint: fx.Graph, forward: set[fx.Node]) -> set[fx.Node]:
+    """Forward values a backward comparison reads (through views). The backward of ``amax``
+    compares the saved maximum with the recomputed scores (``x == amax``): a maximum computed by
+    the forward's kernel may differ from the recomputation in the last bit (another summation
+    order in the matrix product before it), and then no element is the maximum and the gradient
+    divides by a count of 0. Such values are recomputed with what they are compared with."""
+    out: set[fx.Node] = set()
+    for c in joint.nodes:
+        if c in forward or _packet(c) not in COMPARISONS:
+            continue
+        for a in c.all_input_nodes:
+            while _packet(a) in TRANSPARENT and a.all_input_nodes:
+                if a in forward:
+                    out.add(a)
+                a = a.all_input_nodes[0]
+            if a in forward:
+                out.add(a)
+    return out
 
 
 def partition_statistics(joint_module: fx.GraphModule, _joint_inputs: Any, *, num_fwd_outputs: int,
