@@ -75,6 +75,8 @@ class Expressions(KernelState):
             if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
                 one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
                 return Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
+            if isinstance(e.args[0], Const):  # a Python literal has no .to: make it a tensor of its dtype first
+                return Value(f"tl.full([], {xs[0]}, {TL_DTYPE[src.dtype]}).to({TL_DTYPE[op]})", axes, op)
             return Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
         code = pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in LIBDEVICE and self.target == "cuda":
