@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import flashlight
 from flashlight import autotune, ir
 
 PROGRAM = ir.parse("""\
@@ -185,3 +186,27 @@ def test_a_parametric_program_is_tuned_once_per_bucket_of_its_sizes():
     served = [runner([torch.zeros(n, 8)]) for n in (513, 1000, 1024, 1025, 2000, 4000, 700)]
     assert tuned_at == [{"S": 600}, {"S": 1025}, {"S": 4000}]
     assert served == [(("S", 1024),)] * 3 + [(("S", 2048),)] * 2 + [(("S", 4096),), (("S", 1024),)]
+
+
+def test_a_bucket_is_tuned_at_its_largest_sizes(monkeypatch):
+    """The choice for a bucket is timed at the bucket's power of two, whichever length opened it."""
+    program = ir.parse("program p[S](x: f32[S,8]) -> (out0: f32[S])\n"
+                       "  for i in 0:S parallel\n    for j in 0:8 reduce\n      A: out0[i] += x[i,j]")
+    tuned_at = []
+
+    class Built:  # what a build returns: a callable program
+        def __init__(self, sizes):
+            self.program, self.sizes = program, dict(sizes)
+
+        def __call__(self, inputs):
+            return self.sizes
+
+    def fake_build_tuned(prog, device, opts, build, report, sizes):
+        tuned_at.append(dict(sizes))
+        return Built(sizes)
+
+    monkeypatch.setattr(autotune, "build_tuned", fake_build_tuned)
+    runner = autotune.build_tuned_per_bucket(program, torch.device("cpu"), flashlight.Options(), None, {"S": 600})
+    assert runner([torch.zeros(700, 8)]) == {"S": 1024}
+    runner([torch.zeros(1500, 8)])
+    assert tuned_at == [{"S": 1024}, {"S": 2048}]
