@@ -23,8 +23,7 @@ from flashlight.counting import count_eager_call, counters
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.debug_dump import debug_dir, dump_segment
-from flashlight.frontend.capture import (capture_graphs, fresh_copy, make_backend, make_eager_runner, raised_while_tracing,
-                                         saved_for_backward)
+from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
 from flashlight.frontend.symbolic import captured_sizes, size_inputs
@@ -215,7 +214,8 @@ class CompiledFunction:
         self._warned_recompile_limit = False
         self._name = _program_name(fn)
         self.backward_graphs: list[CompiledGraph | CompiledPerSize] = []
-        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(self._compile_graph, self._compile_backward),
+        self._compiled = torch.compile(fresh_copy(fn), backend=make_backend(
+            self._compile_graph, self._compile_backward if options.compile_backward else None),
                                        dynamic=options.dynamic)
         functools.update_wrapper(self, fn)
 
@@ -225,8 +225,6 @@ class CompiledFunction:
         return boxed_runner(graph)
 
     def _compile_backward(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str]) -> Callable:
-        if not self.options.compile_backward:
-            return make_eager_runner(gm)
         graph = compile_graph(gm, example_inputs, names, self.options, f"{self._name}_backward")
         self.backward_graphs.append(graph)
         return boxed_runner(graph)
@@ -303,7 +301,7 @@ def explain(fn: Callable, *args: Any, options: Options | None = None, **kwargs: 
     no kernel is launched and nothing is timed."""
     opts = options or Options()
     name = _program_name(fn)
-    graphs, _ = capture_graphs(fn, args, kwargs, backward=True)
+    graphs, _ = capture_graphs(fn, args, kwargs, backward=opts.compile_backward)
     ex = _explain_graphs(name, [g for g in graphs if not g.backward], opts, _params(fn))
     if any(g.backward for g in graphs):
         ex.backward = _explain_graphs(f"{name}_backward", [g for g in graphs if g.backward], opts, ())
@@ -318,7 +316,8 @@ def _explain_graphs(name: str, graphs: list, opts: Options, arg_order: Sequence[
         ex.fallbacks += cg.fallbacks
         why = g.graph_module.meta.get("flashlight_saved_reasons", {})
         ex.saved += [SavedInfo(n.name, tuple(n.meta["val"].shape), ir_dtype(n.meta["val"].dtype),
-                               why.get(n.name, "read by the backward")) for n in cg.saved]
+                               why.get(n.name, "read by the backward (AOT autograd's partition)"))
+                     for n in cg.saved]
         for r in reports:
             ex.stages += r.stages
             if r.program is None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch.fx as fx
 
 from flashlight.api import boxed_runner, compile_graph
-from flashlight.frontend.capture import make_backend, make_eager_runner
+from flashlight.frontend.capture import make_backend
 from flashlight.options import make_options
 
 
@@ -25,8 +25,6 @@ def flashlight_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwar
         return boxed_runner(compile_graph(aten_gm, inputs, names, opts, name))
 
     def compile_backward(aten_gm: fx.GraphModule, inputs: Sequence[Any], names: list[str]) -> Callable:
-        if not opts.compile_backward:
-            return make_eager_runner(aten_gm)
         return compile_one(aten_gm, inputs, names, "graph_backward")
 
-    return make_backend(compile_one, compile_backward)(gm, example_inputs)
+    return make_backend(compile_one, compile_backward if opts.compile_backward else None)(gm, example_inputs)

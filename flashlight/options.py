@@ -30,8 +30,8 @@ class Options:
     # sizes that vary between calls (Dynamo's dynamic shapes): None makes a dimension a size
     # parameter once a call changes it, True every dimension from the first call, False none
     dynamic: bool | None = None
-    # the backward of a graph whose inputs require grad: compiled (True) or run by eager PyTorch
-    # (False); the forward keeps the same row statistics either way (frontend/partition.py)
+    # the backward of a graph whose inputs require grad: partitioned by flashlight (the forward
+    # keeps row statistics) and compiled (True), or AOT autograd's partition and eager (False)
     compile_backward: bool = True
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ it cannot trace), guards each graph on the shapes, dtypes, devices and strides o
 and recompiles when they change. AOT autograd functionalises each graph and decomposes it to
 aten with :func:`decompositions` (softmax becomes ``amax, sub, exp, sum, div``), traces the
 backward with it and partitions the two with :func:`~flashlight.frontend.partition.partition_statistics`
-(the forward keeps row statistics, the backward recomputes the rest); we compile both graphs.
+(the forward keeps row statistics, the backward recomputes the rest); we compile both graphs
+(with ``compile_backward=False``: AOT autograd's partition, and the backward runs eagerly).
 
 .. autofunction:: make_backend
 .. autofunction:: capture_graphs
@@ -107,8 +108,12 @@ def _input_names(gm: fx.GraphModule) -> list[str]:
 
 
 def make_backend(compile_graph: GraphCompiler, compile_backward: GraphCompiler | None = None) -> Callable:
-    """A Dynamo backend that hands each forward aten graph to ``compile_graph`` and each backward
-    graph to ``compile_backward`` (the same by default), partitioned by :mod:`.partition`."""
+    """A Dynamo backend that hands each forward aten graph to ``compile_graph``. With
+    ``compile_backward``, the joint graph is partitioned by :mod:`.partition` (row statistics
+    saved, the rest recomputed) and each backward graph goes to it; without, AOT autograd's own
+    partition saves what eager's backward reads, and the backward runs in eager PyTorch on
+    values all computed by the forward's program (recomputing them eagerly could round
+    differently from the kernel that computed what was saved)."""
     from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
 
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
@@ -125,13 +130,16 @@ def make_backend(compile_graph: GraphCompiler, compile_backward: GraphCompiler |
             return make_boxed_func(runner) if not getattr(runner, "_boxed_call", False) else runner
 
         def bw(aten_gm: fx.GraphModule, aten_inputs: Sequence[Any]) -> Callable:
+            if compile_backward is None:
+                return make_boxed_func(aten_gm.forward)
             names = [n.name for n in aten_gm.graph.nodes if n.op == "placeholder"]
-            runner = (compile_backward or compile_graph)(aten_gm, aten_inputs, names)
+            runner = compile_backward(aten_gm, aten_inputs, names)
             return make_boxed_func(runner) if not getattr(runner, "_boxed_call", False) else runner
 
+        own = {"partition_fn": partition_statistics} if compile_backward is not None else {}
         with attention.decompose_attention():
             return aot_module_simplified(gm, example_inputs, fw_compiler=fw, bw_compiler=bw,
-                                         partition_fn=partition_statistics, decompositions=decompositions())
+                                         decompositions=decompositions(), **own)
 
     return backend
 
@@ -198,7 +206,8 @@ def _register_source_file(fn: types.FunctionType) -> None:
 def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None,
                    execute: bool = False, backward: bool = False) -> tuple[list[CapturedGraph], Any]:
     """The aten graphs of ``fn(*args, **kwargs)``, and its result; with ``backward``, also the
-    backward graphs of the outputs that require grad (run once, on a cotangent of ones).
+    backward graphs of the outputs that require grad (run once, on a cotangent of ones), as
+    flashlight partitions and compiles them (else AOT autograd's partition, for an eager backward).
 
     Python code between graphs runs; the graphs themselves only run (eagerly) if ``execute``,
     else they return zeros of the right shapes, so that capturing a large program costs nothing.
@@ -218,7 +227,7 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
     # function's sizes by its source location, so tracing one function at two shapes would make
     # the second trace symbolic in every dimension that differed
     marked = any(getattr(a, "_dynamo_dynamic_indices", None) for a in [*args, *(kwargs or {}).values()])
-    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record, record_backward),
+    compiled = torch.compile(fresh_copy(fn), backend=make_backend(record, record_backward if backward else None),
                              dynamic=None if marked else False)
     try:
         result = compiled(*args, **(kwargs or {}))
