@@ -131,3 +131,10 @@ def test_the_backward_spreads_its_rows_over_programs():
     ex = flashlight.explain(causal, q, k, v)
     assert min(kern.grid for kern in ex.backward.kernels) >= 2 * 4 * 1024 // 64, \
         [(kern.name, kern.grid) for kern in ex.backward.kernels]
+
+
+def test_explain_leaves_the_callers_gradients_alone():
+    q, k, v = _grad(_qkv(torch.Generator().manual_seed(4)))
+    ex = flashlight.explain(causal, q, k, v)
+    assert ex.backward is not None and ex.backward.kernels
+    assert q.grad is None and k.grad is None and v.grad is None

@@ -237,10 +237,19 @@ def capture_graphs(fn: Callable, args: Sequence[Any], kwargs: dict | None = None
         fn(*args, **(kwargs or {}))  # fn's own error (a shape mismatch): raise it as eager does
         raise  # else Dynamo's
     if backward:  # AOT autograd traces the backward when it first runs
-        outs = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor) and t.requires_grad]
-        if outs:
-            torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+        _run_backward(fn, args, kwargs or {}, result)
     return graphs, result
+
+
+def _run_backward(fn: Callable, args: Sequence[Any], kwargs: dict, result: Any) -> None:
+    """Run the backward of ``result`` once, into fresh gradients: the ``.grad`` of the caller's
+    tensors and parameters stays as it was."""
+    leaves = torch.utils._pytree.tree_leaves
+    outs = [t for t in leaves(result) if isinstance(t, torch.Tensor) and t.requires_grad]
+    params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+    wrt = [t for t in [*leaves((list(args), kwargs)), *params] if isinstance(t, torch.Tensor) and t.requires_grad]
+    if outs and wrt:
+        torch.autograd.grad(outs, wrt, [torch.ones_like(t) for t in outs], allow_unused=True)
 
 
 def _runner(gm: fx.GraphModule, example_inputs: Sequence[Any], execute: bool) -> Callable[[list], Any]:
