@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from flashlight.frontend.symbolic import hint
+
 ATEN = torch.ops.aten
 REDUCTIONS = {ATEN.sum, ATEN.amax, ATEN.amin, ATEN.max, ATEN.min, ATEN.mean, ATEN.prod, ATEN.logsumexp,
               ATEN.var, ATEN.std, ATEN.var_mean, ATEN.any, ATEN.all, ATEN.argmax, ATEN.argmin}
@@ -48,20 +50,13 @@ class SavedChoice:
     reason: str
 
 
-def _hint(x: Any) -> int:
-    """The example's value of a size, without a guard on it (a symbolic size stays symbolic)."""
-    if isinstance(x, torch.SymInt):
-        return int(x.node.hint) if x.node.hint is not None else 0
-    return int(x)
-
-
 def _numel(n: fx.Node) -> int | None:
     val = n.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return None
     out = 1
     for d in val.shape:
-        out *= _hint(d)
+        out *= hint(d)
     return out
 
 

@@ -44,7 +44,15 @@ def size_inputs(placeholders: Sequence[fx.Node]) -> dict[str, int]:
             and (name := symbol(n.meta["val"])) is not None}
 
 
+def hint(x: Any) -> int:
+    """A size's value at the captured call (Dynamo's hint), read without a guard on it, so a
+    symbolic size stays symbolic (0 where Dynamo has no hint)."""
+    if isinstance(x, torch.SymInt):
+        return int(x.node.hint) if x.node.hint is not None else 0
+    return int(x)
+
+
 def captured_sizes(example_inputs: Sequence[Any], positions: Mapping[str, int]) -> dict[str, int]:
     """The value of each symbolic size at the call that was captured (Dynamo's hint)."""
-    return {s: int(example_inputs[k].node.hint) for s, k in positions.items()
+    return {s: hint(example_inputs[k]) for s, k in positions.items()
             if isinstance(example_inputs[k], torch.SymInt)}
