@@ -48,7 +48,7 @@ def measure(f, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> tuple[flo
     return ms, peak, grads
 
 
-def run(name: str, B: int, H: int, S: int, D: int) -> list[dict]:
+def run(name: str, B: int, H: int, S: int, D: int, impls: set[str] | None = None) -> list[dict]:
     v = VARIANTS[name]
     torch.manual_seed(0)
     inputs = [t.requires_grad_() if t.is_floating_point() else t
@@ -68,6 +68,8 @@ def run(name: str, B: int, H: int, S: int, D: int) -> list[dict]:
         candidates["SDPA"] = lambda q, k, vv: torch.nn.functional.scaled_dot_product_attention(q, k, vv, is_causal=causal)
     rows = []
     for label, f in candidates.items():
+        if impls is not None and label not in impls:
+            continue
         try:
             ms, peak, grads = measure(f, inputs, cot)
             err = max(relerr(g, r) for g, r in zip(grads, refs))
@@ -84,12 +86,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="causal,vanilla")
     ap.add_argument("--shape", default="4x16x2048x64", help="BxHxSxD")
+    ap.add_argument("--impls", default=None, help="comma-separated labels to run (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     B, H, S, D = (int(x) for x in args.shape.split("x"))
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
     for name in args.variants.split(","):
-        result["rows"] += run(name, B, H, S, D)
+        result["rows"] += run(name, B, H, S, D, set(args.impls.split(",")) if args.impls else None)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 

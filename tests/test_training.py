@@ -114,6 +114,27 @@ def test_no_variant_saves_a_tensor_of_every_query_and_key(name):
     assert len(ex.kernels) == 1 and not ex.buffers and not ex.fallbacks, (ex.kernels, ex.buffers, ex.fallbacks)
     assert not [s for s in ex.saved if _query_by_key(s.shape, sq, sk) and s.why != "an input of the graph"], ex.saved
     assert ex.backward is not None and ex.backward.kernels
+    largest = max(a.numel() for a in args)
+    stored = [(b.name, b.shape) for b in ex.backward.buffers
+              if _query_by_key(b.shape, sq, sk) and math.prod(b.shape) > largest]
+    assert not stored, stored  # Evoformer's pair-bias gradient has the size of its input
+
+
+@pytest.mark.parametrize("fn", [causal, alibi], ids=["causal", "alibi"])
+def test_the_backward_recomputes_the_scores_in_two_kernels(fn):
+    """FlashAttention-2's backward, derived: one kernel over query tiles (Δ, then dQ), one over
+    key tiles (dV, dK), each computing its own copies of the scores and dP; the only buffer is
+    Δ, one number per query row. Its gradients match eager's."""
+    g = torch.Generator().manual_seed(5)
+    qkv = _grad(_qkv(g))
+    args = qkv + ([torch.rand(2, generator=g)] if fn is alibi else [])  # the slopes need no gradient
+    ex = flashlight.explain(fn, *args)
+    bw = ex.backward
+    assert len(bw.kernels) == 2 and not bw.fallbacks, [k.name for k in bw.kernels]
+    assert [(b.shape, b.dtype) for b in bw.buffers] == [((1, 2, SQ), "f32")], bw.buffers
+    copies = [p.transformation for p in bw.proofs if p.legal and p.transformation.startswith("recompute")]
+    assert len(copies) == 4, copies  # the scores and dP: two more copies each, beside the originals
+    check_against_eager(fn, *args)
 
 
 def _query_by_key(shape: tuple, sq: int, sk: int) -> bool:

@@ -63,6 +63,7 @@ from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.dependences import (flow_dependences, memory_dependences, parallel_violations,
                                            violations, witness)
+from flashlight.passes.fusion_recompute import Copies, read_at, recomputable_contractions, redirect
 from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
 from flashlight.passes.residency import local_temps
 from flashlight.passes.tree import fits_block, loop_extent
@@ -94,18 +95,21 @@ class _Fuser:
         self.prev_names: dict[str, str] = {}
         self._cache: dict[tuple, tuple[PolyView, isl.UnionMap]] = {}
         self._verdicts: dict[tuple, _Verdict] = {}
+        deferred, refusals = recomputable_contractions(program, recs, block_limit)
+        self.copies = Copies(deferred)
+        self.proofs.extend(refusals)
 
-    def _analysis(self, members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]
-                  ) -> tuple[PolyView, isl.UnionMap]:
+    def _analysis(self, recs: list[Rec], members: set[str], rewrites: dict[str, Stmt],
+                  running: dict[str, Running]) -> tuple[PolyView, isl.UnionMap]:
         """The view and memory dependences of the candidate kernel's statements (cached).
 
         Only dependences among the kernel's own statements matter: earlier kernels run before it
         and later ones after, so every other dependence points forward anyway."""
-        key = _analysis_key(members, rewrites, running)
+        mine = [r for r in recs if r.name in members]
+        key = _analysis_key(mine, rewrites, running)
         hit = self._cache.get(key)
         if hit is None:
-            recs = [r for r in self.recs if r.name in members]
-            view = PolyView.of(analysis_program(self.program, recs, dict(key[1]), dict(key[2])))
+            view = PolyView.of(analysis_program(self.program, mine, dict(key[1]), dict(key[2])))
             hit = self._cache[key] = (view, memory_dependences(view).all)
         return hit
 
@@ -116,7 +120,7 @@ class _Fuser:
         members = {s for p in group.phases for s in p.members}
         layout = (group.grid, tuple((p.loops, tuple(p.members)) for p in group.phases),
                   tuple((s, group.serial[s], group.block[s]) for s in sorted(members)))
-        key = (layout, _analysis_key(members, rewrites, running))
+        key = (layout, _analysis_key([r for r in group.recs if r.name in members], rewrites, running))
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._verdicts[key] = self._check(group, members, rewrites, running)
@@ -124,7 +128,7 @@ class _Fuser:
 
     def _check(self, group: Group, members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]
                ) -> _Verdict:
-        view, deps = self._analysis(members, rewrites, running)
+        view, deps = self._analysis(group.recs, members, rewrites, running)
         sched = Layout([group], []).schedule(view)
         # a plain reduction may fold its own instances in another order (its combiner is
         # associative and commutative): a serial loop around a block loop of one sum, as tile does
@@ -145,7 +149,7 @@ class _Fuser:
         members = {s for p in group.phases for s in p.members}
         members |= {m.get_tuple_name(isl.dim_type.in_) for m in _maps(bad)}
         members |= {m.get_tuple_name(isl.dim_type.out) for m in _maps(bad)}
-        view, _ = self._analysis(members, rewrites, running)
+        view, _ = self._analysis(group.recs, members, rewrites, running)
         flow = flow_dependences(view).intersect(bad).coalesce()
         rel = flow if not flow.is_empty() else bad
         return str(rel), witness(rel)
@@ -160,29 +164,44 @@ class _Fuser:
         running = dict(self.running)
         proofs: list[Proof] = []
         done = self.groups
-        for rec in recs:
-            loops = serial[rec.name]
-            cur = group.phases[-1] if group.phases else None
-            if cur is not None and cur.loops == loops:
-                cur.members.append(rec.name)
-                verdict = self.check(done + [group], rewrites, running)
-                if verdict.legal:
-                    continue
-                cur.members.pop()
-                if loops and verdict.bad is not None:
-                    attempt = self.online(group, rec, rewrites, running, verdict.bad)
-                    proofs.extend(attempt[2])
-                    if attempt[0] is not None:
-                        rewrites, running = attempt[0], attempt[1]
-                        cur.members.append(rec.name)
-                        continue
-            group.phases.append(Phase(loops, [rec.name]))
+        held: list[Rec] = []  # copies of recomputed contractions: they join their reader's phase
+        for k, rec in enumerate(recs):
+            if rec.stmt.target.tensor in self.copies.of and k + 1 < len(recs):
+                held.append(rec)
+                continue
+            rewrites, running = self.join_phase(group, rec, rewrites, running, proofs)
+            phase = group.phases[-1]
+            if any(serial[h.name] != phase.loops for h in held):
+                return None
+            phase.members[-1:-1] = [h.name for h in held]
+            held = []
         verdict = self.check(done + [group], rewrites, running)
         if not verdict.legal:
             return None
         if not self.contractible(group, rewrites, running):
             return None
         return group, rewrites, running, proofs
+
+    def join_phase(self, group: Group, rec: Rec, rewrites: dict[str, Stmt], running: dict[str, Running],
+                   proofs: list[Proof]) -> tuple[dict[str, Stmt], dict[str, Running]]:
+        """Put ``rec`` into the group's last phase, as written or through the online rewrite, else
+        into a new phase of its own."""
+        loops = group.serial[rec.name]
+        cur = group.phases[-1] if group.phases else None
+        if cur is not None and cur.loops == loops:
+            cur.members.append(rec.name)
+            verdict = self.check(self.groups + [group], rewrites, running)
+            if verdict.legal:
+                return rewrites, running
+            cur.members.pop()
+            if loops and verdict.bad is not None:
+                attempt = self.online(group, rec, rewrites, running, verdict.bad)
+                proofs.extend(attempt[2])
+                if attempt[0] is not None:
+                    cur.members.append(rec.name)
+                    return attempt[0], attempt[1]
+        group.phases.append(Phase(loops, [rec.name]))
+        return rewrites, running
 
     def online(self, group: Group, rec: Rec, rewrites: dict[str, Stmt], running: dict[str, Running],
                bad: isl.UnionMap) -> tuple[dict | None, dict | None, list[Proof]]:
@@ -316,36 +335,91 @@ class _Fuser:
         aside: list[Rec] = []  # statements no dependence connects with the open kernel: they run first
         aside_plan: Plan | None = None
         for rec in self.recs:
-            if current and _unrelated(current, rec) and not self.keeps_grid(current, rec, pending):
+            if rec.name in self.copies.deferred_stmts:
+                continue  # planned where it is read
+            alone = self.units([], rec)[0]
+            if current and _unrelated(current, alone) and not self.keeps_grid(current, alone, pending):
                 # fusing it would only share loads and cost the kernel its grid: it goes aside, into
                 # a kernel of its own before the open one (with the statements set aside after it)
-                joined = self.plan(aside + [rec]) if aside else None
-                if joined is None and aside:
-                    self.hoist(aside, aside_plan, current)
-                    aside = []
-                aside = aside + [rec]
-                aside_plan = joined or self.plan([rec])
-                assert aside_plan is not None, f"{rec.name} cannot even form its own kernel"
-                continue
-            attempt = self.plan(current + [rec]) if current else None
-            if attempt is not None:
-                current, pending = current + [rec], attempt
+                joined = self.place(aside, rec) if aside else None
+                own = None if joined is not None else self.place([], rec)
+                if joined is not None or own is not None:
+                    if joined is None and aside:
+                        self.hoist(aside, aside_plan, current)
+                        aside = []
+                    unit, aside_plan = joined or own  # type: ignore[misc]
+                    aside = aside + self.take(unit)
+                    continue
+            placed = self.place(current, rec) if current else None
+            if placed is not None:
+                current, pending = current + self.take(placed[0]), placed[1]
                 continue
             if aside:
                 self.hoist(aside, aside_plan, current)
                 aside = []
             if current:
                 self.commit(pending)
-            current, pending = [rec], self.plan([rec])
-            assert pending is not None, f"{rec.name} cannot even form its own kernel"
+            unit, pending = self.place([], rec) or self.materialize(rec)
+            current = self.take(unit)
         if aside:
             self.hoist(aside, aside_plan, current)
         if current:
             self.commit(pending)
         return self.emit()
 
-    def keeps_grid(self, current: list[Rec], rec: Rec, pending: Plan | None) -> bool:
-        roles = _roles(current + [rec], self.block_limit)
+    def units(self, kernel: list[Rec], rec: Rec) -> list[list[Rec]]:
+        """The ways ``rec`` may join ``kernel``: with fresh copies of the recomputable contractions
+        it reads, or, first, reading the copies the kernel already has of them where a copy
+        writes just what ``rec`` reads."""
+        needs = self.copies.read_by(rec)
+        if not needs:
+            return [[rec]]
+        have = {t: copy.stmt.target.tensor for t, copy in self.copies.copies_in(kernel).items()
+                if t in needs and copy.stmt.target.indices == read_at(rec, t)}
+        options = [self.unit(rec, needs, {})]
+        if have:
+            options.insert(0, self.unit(rec, needs, have))
+        return options
+
+    def fresh_copy(self, t: str, rec: Rec) -> Rec:
+        self.program, copy = self.copies.candidate(self.program, t, rec)
+        return copy
+
+    def unit(self, rec: Rec, needs: list[str], have: dict[str, str]) -> list[Rec]:
+        names, copies = dict(have), []
+        for t in needs:
+            if t not in have:
+                copy = self.fresh_copy(t, rec)
+                copies.append(copy)
+                names[t] = copy.stmt.target.tensor
+        return copies + [redirect(rec, names)]
+
+    def place(self, kernel: list[Rec], rec: Rec) -> tuple[list[Rec], Plan] | None:
+        for unit in self.units(kernel, rec):
+            plan = self.plan(kernel + unit)
+            if plan is not None:
+                return unit, plan
+        return None
+
+    def materialize(self, rec: Rec) -> tuple[list[Rec], Plan]:
+        """``rec`` alone, each contraction it reads stored by a kernel of its own before it (no
+        kernel would take the copies with it)."""
+        names = {}
+        for t in self.copies.read_by(rec):
+            copy = self.fresh_copy(t, rec)
+            self.commit(self.plan(self.take([copy])))
+            names[t] = copy.stmt.target.tensor
+        alone = [redirect(rec, names)]
+        plan = self.plan(alone)
+        assert plan is not None, f"{rec.name} cannot even form its own kernel"
+        return alone, plan
+
+    def take(self, unit: list[Rec]) -> list[Rec]:
+        self.proofs.extend(self.copies.take(unit))
+        return unit
+
+    def keeps_grid(self, current: list[Rec], unit: list[Rec], pending: Plan | None) -> bool:
+        roles = _roles(current + unit, self.block_limit)
         return roles is not None and pending is not None and roles[0] == pending[0].grid
 
     def hoist(self, aside: list[Rec], plan: Plan | None, current: list[Rec]) -> None:
@@ -377,7 +451,8 @@ class _Fuser:
 
     def emit(self) -> Program:
         body = tuple(emit_group(self.program, g, self.rewrites, self.running) for g in self.groups)
-        tensors = list(self.program.tensors)
+        unused = self.copies.untaken()
+        tensors = [t for t in self.program.tensors if t.name not in unused]
         for info in self.running.values():
             decl = self.program.tensor(info.tensor)
             tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
@@ -401,21 +476,23 @@ def _without_self(deps: isl.UnionMap, stmts: set[str]) -> isl.UnionMap:
     return out
 
 
-def _analysis_key(members: set[str], rewrites: dict[str, Stmt], running: dict[str, Running]) -> tuple:
-    """What the analysed program of a candidate kernel depends on: its members, their rewrites
-    and the running values they read or are."""
+def _analysis_key(recs: list[Rec], rewrites: dict[str, Stmt], running: dict[str, Running]) -> tuple:
+    """What the analysed program of a candidate kernel depends on: its members (as written: a
+    reader of a recomputed contraction reads its kernel's copy), their rewrites and the running
+    values they read or are."""
+    members = {r.name for r in recs}
     mine_rw = tuple(sorted((n, st) for n, st in rewrites.items() if n in members))
     mine_run = tuple(sorted((y, info) for y, info in running.items() if info.stmt in members))
-    return frozenset(members), mine_rw, mine_run
+    return frozenset((r.name, r.stmt, r.guards) for r in recs), mine_rw, mine_run
 
 
-def _unrelated(recs: list[Rec], rec: Rec) -> bool:
-    """No dependence connects ``rec`` with ``recs``: it reads no tensor they write, and writes no
+def _unrelated(recs: list[Rec], unit: list[Rec]) -> bool:
+    """No dependence connects ``unit`` with ``recs``: it reads no tensor they write, and writes no
     tensor they read or write (a check on tensors, which over-approximates isl's)."""
     written = {r.stmt.target.tensor for r in recs}
     touched = written | {ld.tensor for r in recs for e in _exprs(r) for ld in E.loads(e)}
-    reads = {ld.tensor for e in _exprs(rec) for ld in E.loads(e)}
-    return not (reads & written) and rec.stmt.target.tensor not in touched
+    reads = {ld.tensor for rec in unit for e in _exprs(rec) for ld in E.loads(e)}
+    return not (reads & written) and not {rec.stmt.target.tensor for rec in unit} & touched
 
 
 def _exprs(r: Rec) -> list[Expr]:

@@ -1,0 +1,226 @@
+"""Contractions computed where they are read: fuse-reductions' recomputation of large contractions.
+
+A backward of attention reads the scores ``s = q kᵀ`` and ``dP = dO vᵀ`` in kernels of two
+orientations: ``dV`` and ``dK`` reduce over queries (a grid over keys), ``Δ`` and ``dQ`` over keys
+(a grid over queries). Computed once, the ``Sq x Sk`` result would be stored for the other
+orientation. FlashAttention's backward instead recomputes the scores in every kernel, per tile,
+from ``q`` and ``k``. fuse-reductions derives that: a *recomputable contraction* is not planned
+where it is written but in each kernel that reads it, as a copy placed before its first reader
+there (readers in one kernel share one copy). In the forward of attention every reader of the
+scores is in one kernel, so the one copy is the statement itself, under its own names.
+
+A statement is a recomputable contraction when it is a plain reduction (no rescale, reading
+nothing of its own target) of a temporary with one writer that
+* expands: its result is larger than all its operands together (an outer product: ``S x S``
+  scores from ``S x D`` queries and keys), so storing it costs more traffic than reading them;
+* is cheap to redo: it reduces over loops that fit one block (a head dimension: one ``tl.dot``
+  per tile), not over a model dimension;
+* reads only tensors that are written before it and never after, none of them itself deferred;
+* is read by statements that each read it at one index, plain iterators of their own loops
+  where it writes iterators (of equal extents): the copy is the contraction with its iterators
+  renamed to the reader's, so that it computes, in the reader's loops, exactly what is read.
+
+Legality: a copy computes the same values as the original. The original reduces a pure
+expression of tensors that no later statement writes, so at any later position its operands hold
+the same values; each redirected reader reads, index for index, what it read of the original.
+isl then checks every kernel with its copies like any other (their dependences on the operands'
+writers included), so a copy placed where an operand is not yet written is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from flashlight.ir import expr as E
+from flashlight.ir.expr import Expr, Iter, Load
+from flashlight.ir.nodes import Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.passes.fusion_plan import Rec
+from flashlight.passes.tree import fits_block
+
+NOMINAL_SIZE = 4096  # a size parameter's weight when comparing tensor sizes
+
+
+def weight(program: Program, name: str) -> int:
+    return math.prod(d if isinstance(d, int) else NOMINAL_SIZE for d in program.tensor(name).shape)
+
+
+def _exprs(stmt: Stmt, guards: tuple[Expr, ...] = ()) -> list[Expr]:
+    return [stmt.expr, *stmt.target.indices, *guards] + ([stmt.scale] if stmt.scale is not None else [])
+
+
+def reads(rec: Rec) -> set[str]:
+    return {ld.tensor for e in _exprs(rec.stmt, rec.guards) for ld in E.loads(e)}
+
+
+def recomputable_contractions(program: Program, recs: list[Rec], block_limit: int
+                              ) -> tuple[dict[str, Rec], list[Proof]]:
+    """``tensor -> its writer`` for each recomputable contraction (module docstring), and a
+    refusal for each contraction that expands but is stored all the same."""
+    writer_pos: dict[str, list[int]] = {}
+    for k, r in enumerate(recs):
+        writer_pos.setdefault(r.stmt.target.tensor, []).append(k)
+    found: dict[str, Rec] = {}
+    refusals: list[Proof] = []
+    for k, r in enumerate(recs):
+        s, t = r.stmt, r.stmt.target.tensor
+        if program.tensor(t).role != "temp" or len(writer_pos[t]) != 1 or not s.is_reduction or s.scale is not None:
+            continue
+        operands = reads(r)
+        if t in operands or weight(program, t) <= sum(weight(program, x) for x in operands):
+            continue
+        why = None
+        if operands & set(found):
+            why = f"it reads {', '.join(sorted(operands & set(found)))}, itself recomputed"
+        elif any(p > k for x in operands for p in writer_pos.get(x, [])):
+            why = "an operand is written again after it"
+        elif not all(fits_block(r.extent(l.iterator), block_limit) for l in r.loops if l.kind == "reduce"):
+            why = f"it reduces over a loop longer than a block ({block_limit}): redoing it costs more than storing it"
+        else:
+            unaligned = [o.name for o in recs[k + 1:] if t in reads(o) and alignment(r, o) is None]
+            if unaligned:
+                why = (f"{', '.join(unaligned)} {'reads' if len(unaligned) == 1 else 'read'} it at an index a copy "
+                       "cannot be aligned with (several indices, or not plain iterators of equal extents)")
+        if why is None:
+            found[t] = r
+        else:
+            refusals.append(Proof(f"recompute {t} ({r.name}) where it is read", False, why + "; it is stored"))
+    return found, refusals
+
+
+def read_at(reader: Rec, tensor: str) -> tuple[Expr, ...] | None:
+    """The one index at which ``reader`` reads ``tensor`` (None if it reads it at several)."""
+    seen = {ld.indices for e in _exprs(reader.stmt, reader.guards) for ld in E.loads(e) if ld.tensor == tensor}
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
+def alignment(original: Rec, reader: Rec) -> dict[str, str] | None:
+    """The renaming of ``original``'s iterators under which it writes, index for index, what
+    ``reader`` reads of it (its other iterators kept, or renamed apart from the reader's)."""
+    indices = read_at(reader, original.stmt.target.tensor)
+    if indices is None:
+        return None
+    mapping: dict[str, str] = {}
+    for g, f in zip(original.stmt.target.indices, indices):
+        if not isinstance(g, Iter):
+            if g != f:
+                return None
+            continue
+        if not isinstance(f, Iter) or f.name not in reader.its or g.name in mapping or f.name in mapping.values():
+            return None
+        if original.extent(g.name) != reader.extent(f.name):
+            return None
+        mapping[g.name] = f.name
+    used = set(reader.its) | set(mapping.values())
+    for it in original.its:
+        if it not in mapping:
+            mapping[it] = _fresh(it, used) if it in used else it
+            used.add(mapping[it])
+    return mapping
+
+
+def renamed(rec: Rec, mapping: dict[str, str], stmt_name: str, tensor: str) -> Rec:
+    """``rec`` with its iterators renamed, as statement ``stmt_name`` writing ``tensor``."""
+    def ren(e: Expr) -> Expr:
+        return E.rewrite(e, lambda x: Iter(mapping[x.name]) if isinstance(x, Iter) and x.name in mapping else None)
+    s = rec.stmt
+    stmt = replace(s, name=stmt_name, expr=ren(s.expr), scale=None if s.scale is None else ren(s.scale),
+                   target=Load(tensor, tuple(ren(i) for i in s.target.indices)))
+    loops = tuple(replace(l, iterator=mapping.get(l.iterator, l.iterator)) for l in rec.loops)
+    return Rec(stmt, loops, tuple(ren(g) for g in rec.guards))
+
+
+class Copies:
+    """The copies of recomputable contractions: which exist, and the candidates proposed.
+
+    A candidate is the contraction aligned with one reader. The first proposed of a tensor keeps
+    the writer's names, later ones get fresh names. A candidate is declared in the fuser's program
+    as soon as it is proposed (isl's view of a candidate kernel needs its shape) and keeps its
+    names, so repeated attempts analyse the same statements; candidates never placed in a kernel
+    are removed from the result."""
+
+    def __init__(self, deferred: dict[str, Rec]) -> None:
+        self.deferred = deferred
+        self.of: dict[str, str] = {}  # copy tensor -> the tensor it copies
+        self.taken: set[str] = set()  # copy tensors placed in a kernel
+        self._candidates: dict[tuple, Rec] = {}
+        self._stmt_names: set[str] = set()  # names given to copies
+
+    @property
+    def deferred_stmts(self) -> set[str]:
+        return {r.name for r in self.deferred.values()}
+
+    def read_by(self, rec: Rec) -> list[str]:
+        """The deferred tensors ``rec`` reads, in program order."""
+        mine = reads(rec)
+        return [t for t in self.deferred if t in mine]
+
+    def candidate(self, program: Program, tensor: str, reader: Rec) -> tuple[Program, Rec]:
+        """A copy of ``tensor`` aligned with ``reader`` (and the program declaring it)."""
+        original = self.deferred[tensor]
+        mapping = alignment(original, reader)
+        assert mapping is not None, f"{reader.name} cannot read a copy of {tensor}"
+        key = (tensor, tuple(sorted(mapping.items())))
+        hit = self._candidates.get(key)
+        if hit is not None:
+            return program, hit
+        if tensor not in self.of:
+            name, stmt_name = tensor, original.name
+        else:
+            stmt_names = {s.name for s, _, _ in walk_stmts(program.body)} | self._stmt_names
+            name, stmt_name = _fresh(tensor, set(program.tensor_map)), _fresh(original.name, stmt_names)
+            decl = program.tensor(tensor)
+            program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, decl.shape, "temp"),))
+        self._stmt_names.add(stmt_name)
+        copy = renamed(original, mapping, stmt_name, name)
+        self.of[name] = tensor
+        self._candidates[key] = copy
+        return program, copy
+
+    def take(self, unit: list[Rec]) -> list[Proof]:
+        """Record the copies of a unit placed in a kernel; a proof for each that is not the original."""
+        proofs = []
+        for r in unit:
+            t = r.stmt.target.tensor
+            if t not in self.of or t in self.taken:
+                continue
+            self.taken.add(t)
+            self._candidates = {k: c for k, c in self._candidates.items() if c.stmt.target.tensor != t}
+            source = self.of[t]
+            if t != source:
+                original = self.deferred[source]
+                proofs.append(Proof(
+                    f"recompute {source} as {t}: {r.name} copies {original.name}", True,
+                    f"{original.name} reduces a pure expression of {', '.join(sorted(reads(original)))}, which no "
+                    "later statement writes, so the copy computes the same values where its readers are; "
+                    f"{source} is not stored for a kernel that reads it elsewhere"))
+        return proofs
+
+    def copies_in(self, recs: list[Rec]) -> dict[str, Rec]:
+        """``deferred tensor -> its copy`` among ``recs``."""
+        return {self.of[r.stmt.target.tensor]: r for r in recs if r.stmt.target.tensor in self.of}
+
+    def untaken(self) -> set[str]:
+        """Copies proposed but never placed, and deferred tensors no kernel computes."""
+        return {t for t in (*self.of, *self.deferred) if t not in self.taken}
+
+
+def redirect(rec: Rec, names: dict[str, str]) -> Rec:
+    """``rec`` reading ``names[t]`` wherever it read ``t``."""
+    if all(old == new for old, new in names.items()):
+        return rec
+
+    def swap(e: Expr) -> Expr:
+        return E.rewrite(e, lambda x: Load(names[x.tensor], x.indices)
+                         if isinstance(x, Load) and x.tensor in names else None)
+    s = rec.stmt
+    stmt = replace(s, expr=swap(s.expr), scale=None if s.scale is None else swap(s.scale),
+                   target=replace(s.target, indices=tuple(swap(i) for i in s.target.indices)))
+    return Rec(stmt, rec.loops, tuple(swap(g) for g in rec.guards))
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = f"{base}_1", 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
