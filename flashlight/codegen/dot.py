@@ -30,6 +30,9 @@ class MatrixProducts(KernelState):
         g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
         on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
         on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]
+        on_b = [g for g, ga in zip(guards, g_axes) if g not in on_out and g not in on_a and set(ga) <= set(b_ax)]
+        if len(on_out) + len(on_a) + len(on_b) != len(guards):
+            raise CodegenError(f"{s.name} is marked 'as dot over {r}' but a guard masks neither a factor nor the result")
         a_in, b_in = strip_upcast(a_expr, self.program.dtypes), strip_upcast(b_expr, self.program.dtypes)
         da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)
         acc = "f64" if E.dtype_of(s.expr, self.program.dtypes) == "f64" else "f32"  # the sum's precision
@@ -50,6 +53,9 @@ class MatrixProducts(KernelState):
         for g in on_a:
             gv = self.value(g, scope)
             a_code = f"tl.where({self.bcast(gv, (m_ax, r))}, {a_code}, {zero})"
+        for g in on_b:
+            gv = self.value(g, scope)
+            b_code = f"tl.where({self.bcast(gv, (r, n_ax))}, {b_code}, {zero})"
         if a_code != A.code:
             var = self.fresh("a")
             scope.lines.append(f"{var} = {a_code}")

@@ -74,10 +74,14 @@ def _strip_casts(e):
 
 
 def contraction_operands(stmt: Stmt, reduced: set[str]):
-    """``(A, B, r)`` if ``stmt`` sums ``A * B`` over ``r``, an iterator both factors use."""
+    """``(A, B, r)`` if ``stmt`` sums ``A * B`` over ``r``, an iterator both factors use, and
+    both read memory (a factor that is a function of the iterators alone, ALiBi's ``j - i`` in a
+    slope's gradient, weighs the terms: it is no matrix operand with rows of its own)."""
     if stmt.op != "+=" or not (isinstance(stmt.expr, Call) and stmt.expr.op == "mul"):
         return None
     a, b = stmt.expr.args
+    if not (E.loads(a) and E.loads(b)):
+        return None
     shared = E.free_iters(a) & E.free_iters(b) & reduced
     if len(shared) != 1:
         return None
@@ -163,7 +167,8 @@ def _mark_matrix_products(nest: Node) -> tuple[Node, list[str]]:
     """Mark ``acc[m,n] += A[m,r] * B[r,n]`` as a matrix product of two tiles (``dot r``) where, in
     the tiled kernel, the target spans exactly two vector axes M and N, each factor spans exactly
     its own one and the one reduced axis R, every side is at least ``MIN_DOT``, and each guard
-    reads only M and N (it masks the result) or only A's axes (it masks A). Exact: the product
+    reads only M and N (it masks the result) or only one factor's axes (it masks that factor: the
+causal mask of ``dK += dSᵀ q`` reads the key and the query, ``dS``'s axes). Exact: the product
     sums the same terms; only their order within the tile changes, which a ``+=`` reduction
     allows (associative, as the tiling proof says)."""
     grid = grid_chain(nest)
@@ -199,7 +204,7 @@ def _reduced_axis_of_product(s: Stmt, loops: tuple[Loop, ...], guards: tuple, ax
         return None
     for g in guards:
         ga = E.free_iters(g) & axes
-        if not ((r not in ga and ga <= target) or ga <= a_ax):
+        if not ((r not in ga and ga <= target) or ga <= a_ax or ga <= b_ax):
             return None
     return r
 
