@@ -159,3 +159,26 @@ def test_explain_leaves_the_callers_gradients_alone():
     ex = flashlight.explain(causal, q, k, v)
     assert ex.backward is not None and ex.backward.kernels
     assert q.grad is None and k.grad is None and v.grad is None
+
+
+def temperature(q, k, v, t):
+    return torch.softmax(q @ k.transpose(-1, -2) * t[:, None, None], -1) @ v
+
+
+@pytest.mark.parametrize("fn", [alibi, temperature], ids=["alibi_slopes", "temperature"])
+def test_per_head_parameters_get_gradients_without_a_score_buffer(fn):
+    """The gradient of a per-head slope or temperature sums ``dS`` (times ``j - i`` or the
+    scores) over every query and key of a head. stage-reductions splits it into sums per query
+    row, which join the kernel over query tiles that computes ``dS`` anyway, and a sum of those
+    per head; nothing of ``Sq x Sk`` is stored, and every backward kernel keeps a grid over rows."""
+    g = torch.Generator().manual_seed(6)
+    args = _grad(_qkv(g) + [torch.rand(2, generator=g)])
+    ex = flashlight.explain(fn, *args)
+    bw = ex.backward
+    assert not [b for b in bw.buffers if _query_by_key(b.shape, SQ, SK)], bw.buffers
+    check_against_eager(fn, *args)
+    q, k, v = (torch.randn(1, 2, 512, 16, requires_grad=True) for _ in range(3))
+    big = flashlight.explain(fn, q, k, v, torch.rand(2, requires_grad=True))
+    assert any(p.legal and p.transformation.startswith("stage ") for p in big.backward.proofs)
+    heavy = [kern for kern in big.backward.kernels if "reduces bmm" in kern.computes]  # not the fold per head
+    assert min(kern.grid for kern in heavy) >= 2 * 512 // 64, [(kern.name, kern.grid, kern.computes) for kern in heavy]

@@ -28,6 +28,7 @@ from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.scale_after_fold import scale_after_fold
 from flashlight.passes.split_wide_state import split_wide_state
+from flashlight.passes.stage_reductions import stage_reductions
 from flashlight.passes.spread_conversions import spread_conversions
 from flashlight.passes.supersede_stores import supersede_stores
 from flashlight.passes.tile import tile
@@ -42,5 +43,5 @@ __all__ = [
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
     "masks_to_domains", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
     "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_wide_state",
-    "spread_conversions", "supersede_stores", "tile", "tile_ranges",
+    "spread_conversions", "stage_reductions", "supersede_stores", "tile", "tile_ranges",
 ]

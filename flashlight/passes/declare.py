@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_PIPELINE = ("inline,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "fuse-reductions,split-wide-state,factor-scales,rebase-exponentials,contract-buffers,tile,"
+                    "stage-reductions,fuse-reductions,split-wide-state,factor-scales,rebase-exponentials,contract-buffers,tile,"
                     "scale-after-fold,spread-conversions,tile-ranges,hoist-tile-bounds,bound-guard-tiles,order-launches,"
                     "supersede-stores")
 

@@ -106,12 +106,11 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
     if len(recs) > 1 and not grid and any(r.parallel for r in recs):
         return None  # one program would do what several did in parallel (a reduction to a scalar has none)
-    reduced_here = {l.iterator for r in recs for l in r.loops if l.kind == "reduce"}
-    if len(recs) > 1 and any(it not in grid and it not in reduced_here and not fits_block(r.extent(it), block_limit)
+    if len(recs) > 1 and any(it not in grid and not fits_block(r.extent(it), block_limit) and not _reduced_with(r, it, recs)
                              for r in recs for it in r.parallel):
-        # a statement's parallel loop that no statement of the group reduces over would be walked
-        # by each program, not spread over programs (dQ beside a copy of dV: 8 programs for 1024
-        # rows); a row walked twice because the group reduces over it (a wide norm) is kept
+        # a statement's parallel loop would be walked by each program, not spread over programs
+        # (dQ beside a copy of dV: 8 programs for 1024 rows); a row walked twice because a
+        # statement it exchanges values with reduces over it (a wide norm) is kept
         return None
     extents: dict[str, int] = {}
     for r in recs:  # one name, one extent: a kernel's axes are named by their iterators
@@ -135,6 +134,17 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
         serial[r.name] = s
         block[r.name] = tuple(it for it in rest if it not in s)
     return grid, serial, block
+
+def _reduced_with(rec: Rec, it: str, recs: list[Rec]) -> bool:
+    """Whether a statement of ``recs`` that reads ``rec``'s result or whose result ``rec`` reads
+    reduces over ``it``."""
+    mine = {ld.tensor for ld in E.loads(rec.stmt.expr)}
+    for other in recs:
+        if other is rec or not any(l.iterator == it and l.kind == "reduce" for l in other.loops):
+            continue
+        if other.stmt.target.tensor in mine or any(ld.tensor == rec.stmt.target.tensor for ld in E.loads(other.stmt.expr)):
+            return True
+    return False
 
 # }}}
 

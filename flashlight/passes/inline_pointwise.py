@@ -8,7 +8,9 @@ replaced by ``e[x := f]``, and the statement deleted once nothing reads ``t``.
 Legality: the producer writes each element of ``t`` exactly once, over ``t``'s whole shape, and
 before any reader (program order is a valid order, and a single writer means no later write can
 change the value), so substitution preserves every value read. Reductions, outputs and
-statements under guards are never inlined. Casts to a value's own dtype are dropped on the way.
+statements under guards are never inlined. A reduction with no reduction loop (a sum over a
+dimension of size one, whose loop the lift drops) folds one term into its identity per element:
+``0 + e``, ``max(-inf, e)``, ``1 * e`` are ``e``, so it is a definition like any other. Casts to a value's own dtype are dropped on the way.
 
 Cost: a definition read twice is copied twice, so a chain of them grows exponentially (banded
 attention built from padded, strided chunks: an expression that no pass finished walking). A
@@ -34,8 +36,10 @@ def _definition(program: Program) -> dict[str, tuple[tuple[str, ...], Expr]]:
     w = writers(program)
     for stmt, loops, guards in walk_stmts(program.body):
         t = program.tensor(stmt.target.tensor)
-        if t.role != "temp" or stmt.op != "=" or stmt.scale is not None or guards or len(w[t.name]) != 1:
+        if t.role != "temp" or stmt.scale is not None or guards or len(w[t.name]) != 1:
             continue
+        if stmt.op != "=" and any(l.kind != "parallel" for l in loops):
+            continue  # a reduction that folds one term per element (a sum over a dimension of size one) is that term
         idx = stmt.target.indices
         its = tuple(l.iterator for l in loops)
         unit = [isinstance(i, Const) and t.shape[k] == 1 for k, i in enumerate(idx)]
