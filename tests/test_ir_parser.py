@@ -134,6 +134,14 @@ def test_guards_nested_and_empty_bodies() -> None:
     assert roundtrip(p) == p
 
 
+def test_an_input_carries_a_lower_bound() -> None:
+    """A fact proved where the input was computed (a softmax's saved row sum is at least 1)."""
+    text = "program p(x: f32[4], l: f32[4] >= 1.0) -> (o: f32[4])\n  for i in 0:4 parallel\n    S: o[i] = x[i] / l[i]"
+    p = parse(text)
+    assert p.tensor("l").at_least == 1.0 and p.tensor("x").at_least is None
+    assert str(p) == text and roundtrip(p) == p
+
+
 def test_empty_program() -> None:
     p = Program("empty", (), ())
     assert str(p) == "program empty() -> ()"
@@ -337,6 +345,7 @@ HEAD = "program p(x: f32[4]) -> (o: f32[4])\n"
     ("program p(x: f33[4]) -> ()", 1, 14, "unknown dtype 'f33'; expected one of f64, f32"),
     ("program p(x: f32[4) -> ()", 1, 19, "expected ']' after the shape, found ')'"),
     ("program p(x: f32[4], ) -> ()", 1, 22, "expected a tensor name, found ')'"),
+    ("program p(x: f32[4] >= y) -> ()", 1, 24, "expected a number after '>=' (a lower bound of x's values)"),
     ("program p(x f32[4]) -> ()", 1, 13, "expected ':' after the tensor name, found 'f32'"),
     ("program p() (o: f32[])", 1, 13, "expected '->' between inputs and outputs, found '('"),
     ("program p() -> () extra", 1, 19, "expected end of line, found 'extra'"),

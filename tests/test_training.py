@@ -182,3 +182,49 @@ def test_per_head_parameters_get_gradients_without_a_score_buffer(fn):
     assert any(p.legal and p.transformation.startswith("stage ") for p in big.backward.proofs)
     heavy = [kern for kern in big.backward.kernels if "reduces bmm" in kern.computes]  # not the fold per head
     assert min(kern.grid for kern in heavy) >= 2 * 512 // 64, [(kern.name, kern.grid, kern.computes) for kern in heavy]
+
+
+def _row3_masked(q, k, v):
+    s = q @ k.transpose(-1, -2) * 0.25
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill((i == 3) | (j > i), float("-inf")), -1) @ v
+
+
+def _causal_quarter(q, k, v):
+    s = q @ k.transpose(-1, -2) * 0.25
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def test_a_fully_masked_row_contributes_no_gradient():
+    """Query row 3 sees no key: its output is NaN (as eager's), and eager's dV is NaN everywhere
+    (``0 * nan`` from the row's probabilities). The saved row sum is at least 1 where finite, so
+    the backward's masked probabilities leave its domain and the row contributes nothing: dV
+    and dK equal those of the same attention with row 3 unmasked and a zero cotangent there, and
+    dQ's row 3 is 0, as eager's."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g, requires_grad=True) for _ in range(3))
+    out = flashlight.compile(_row3_masked)(q, k, v)
+    assert torch.isnan(out[..., 3, :]).all() and not torch.isnan(out[..., :3, :]).any()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    cot = torch.ones(1, 2, 40, 16)
+    cot[..., 3, :] = 0
+    ref = _causal_quarter(q, k, v)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), cot)
+    assert torch.isnan(torch.autograd.grad(_row3_masked(q, k, v), v, torch.ones_like(out))[0]).all()  # eager
+    torch.testing.assert_close(dv, rv, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dk, rk, rtol=1e-4, atol=1e-5)
+    assert (dq[..., 3, :] == 0).all()
+    torch.testing.assert_close(dq[..., :3, :], rq[..., :3, :], rtol=1e-4, atol=1e-5)
+
+
+def test_the_backward_of_causal_attention_skips_the_masked_tiles():
+    """The forward's row sum reaches the backward with its fact (``>= 1.0``), so the backward's
+    probabilities take the causal domain: each kernel walks the key (or query) tiles of the
+    triangle only, as the forward does."""
+    q, k, v = (torch.randn(1, 2, 512, 16, requires_grad=True) for _ in range(3))
+    ex = flashlight.explain(_causal_quarter, q, k, v)
+    assert " >= 1.0" in ex.backward.stages[0][1].splitlines()[0]
+    final = ex.backward.stages[-1][1]
+    serial = [line for line in final.splitlines() if "@serial tiles" in line]
+    assert serial and all("masked]" in line and "0:8 " not in line for line in serial), serial

@@ -11,6 +11,8 @@ unsupported dtype or argument) runs in eager PyTorch: the graph is split into *s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -106,6 +108,8 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     rank = {n: arg_order.index(n) if n in arg_order else len(arg_order) + k
             for k, n in enumerate(d.name for d in prog.inputs)}
     pairs = sorted(zip(prog.inputs, inputs), key=lambda p: rank[p[0].name])
+    pairs = [(replace(d, at_least=n.meta["flashlight_at_least"]) if "flashlight_at_least" in n.meta else d, n)
+             for d, n in pairs]
     decls = [d for d, _ in pairs] + [t for t in prog.tensors if t.role != "input"]
     return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run), dict(b.params))
 

@@ -16,6 +16,12 @@ maximum's gradient) is recomputed as well, even a row statistic or an output: a 
 the forward's fused kernel may differ in the last bit from its recomputation, and an equality
 between the two would then fail everywhere.
 
+A saved row sum of ``exp(x - amax(x))`` over the dimensions of the max (softmax's denominator)
+carries a fact to the backward program: it is at least 1 wherever it is finite (the maximum's own
+term is ``exp(0) = 1``, every other term is at least 0; NaN only where the whole row is ``-inf``).
+masks-to-domains needs it: a masked probability ``exp(-inf - max) / sum`` is 0 only for a sum
+that is not 0, and with it the backward's probabilities skip the masked tiles as the forward's do.
+
 Every other forward value the backward reads is recomputed in the backward from those, which is
 legal because each recomputed node is a pure function of saved values (AOT autograd's graphs
 are functional; impure nodes are saved, never recomputed). Each saved value carries its reason,
@@ -124,6 +130,18 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
     return saved, sizes, why
 
 
+def at_least_one(n: fx.Node) -> bool:
+    """Whether ``n`` is ``sum(exp(x - amax(x, dims)), dims)``: at least 1 wherever finite."""
+    if n.op != "call_function" or n.target != ATEN.sum.dim_IntList or _packet(n.args[0]) != ATEN.exp:
+        return False
+    sub = n.args[0].args[0]
+    if _packet(sub) != ATEN.sub or not isinstance(sub.args[1], fx.Node) or _packet(sub.args[1]) != ATEN.amax:
+        return False
+    x, amax = sub.args[0], sub.args[1]
+    dims = lambda node: sorted(d % len(node.meta["val"].shape) for d in node.args[1])  # noqa: E731
+    return amax.args[0] is x and dims(amax) == dims(n)
+
+
 def _packet(n: fx.Node) -> Any:
     return getattr(n.target, "overloadpacket", None) if n.op == "call_function" else None
 
@@ -171,4 +189,8 @@ def partition_statistics(joint_module: fx.GraphModule, _joint_inputs: Any, *, nu
     saved, sizes, why = choose_saved(graph, forward, outputs)
     fw, bw = _extract_fwd_bwd_modules(joint_module, saved, sizes, num_fwd_outputs=num_fwd_outputs)
     fw.meta["flashlight_saved_reasons"] = {c.node: c.reason for c in why}
+    bounded = {n.name for n in saved if at_least_one(n)}
+    for ph in bw.graph.find_nodes(op="placeholder"):
+        if ph.name in bounded:
+            ph.meta["flashlight_at_least"] = 1.0
     return fw, bw

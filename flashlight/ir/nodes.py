@@ -56,6 +56,9 @@ class TensorDecl:
     shape: tuple[int | str, ...]
     role: str  # input | output | temp
     storage: str = "global"  # global | local (registers of one program)
+    # a fact about an input's values, proved where they were computed: every finite element is at
+    # least this (a softmax's saved row sum: 1), printed ``sum_1: f32[4] >= 1.0``
+    at_least: float | None = None
 
     @property
     def numel(self) -> int:

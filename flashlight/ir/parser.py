@@ -34,7 +34,7 @@ expected and what was found.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
@@ -157,15 +157,24 @@ class _LineParser(LoopAnnotationParser):
         dtype, shape = self.tensor_type()
         return TensorDecl(name, dtype, shape, role, storage)
 
+    def bounded(self, decl: TensorDecl) -> TensorDecl:
+        if not self.at(">="):
+            return decl
+        self.next()
+        bound = self.number()
+        if bound is None:
+            raise self.expected(f"a number after '>=' (a lower bound of {decl.name}'s values)")
+        return replace(decl, at_least=float(bound.value))
+
     def params(self, role: str) -> list[TensorDecl]:
-        """``(NAME: TYPE, ...)``, possibly empty."""
+        """``(NAME: TYPE [>= NUMBER], ...)``, possibly empty (the bound: a fact about an input)."""
         self.expect("(")
         decls: list[TensorDecl] = []
         if not self.at(")"):
-            decls.append(self.tensor_decl(role))
+            decls.append(self.bounded(self.tensor_decl(role)))
             while self.at(","):
                 self.next()
-                decls.append(self.tensor_decl(role))
+                decls.append(self.bounded(self.tensor_decl(role)))
         self.expect(")", f"after the {role}s")
         return decls
 

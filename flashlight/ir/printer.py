@@ -139,7 +139,8 @@ def _format_body(body: tuple[Node, ...], depth: int, out: list[str]) -> None:
 
 
 def format_program(p: Program) -> str:
-    ins = ", ".join(f"{t.name}: {format_type(t)}" for t in p.inputs)
+    ins = ", ".join(f"{t.name}: {format_type(t)}" + (f" >= {t.at_least!r}" if t.at_least is not None else "")
+                    for t in p.inputs)
     outs = ", ".join(f"{t.name}: {format_type(t)}" for t in p.outputs)
     sizes = f"[{', '.join(p.params)}]" if p.params else ""
     lines = [f"program {p.name}{sizes}({ins}) -> ({outs})"]

@@ -255,20 +255,33 @@ UNKNOWN = object()  # a finite real we know nothing else about
 _MAYBE_NONFINITE = object()
 
 
-def abstract_eval(e: Expr) -> object:
-    """Evaluate with loads and iterators as unknown finite reals; UNKNOWN where undetermined."""
-    value = _abstract(e)
-    return UNKNOWN if value is _MAYBE_NONFINITE else value
+# a finite real known to be at least some positive bound (a load of an input that carries the
+# fact, a softmax's saved row sum): like UNKNOWN, except that it is not 0, so ``0 / x`` is 0
+_NONZERO = object()
 
 
-def _abstract(e: Expr) -> object:
+def abstract_eval(e: Expr, at_least: Mapping[str, float] | None = None) -> object:
+    """Evaluate with loads and iterators as unknown finite reals; UNKNOWN where undetermined.
+    ``at_least``: tensors whose finite values are known to be at least a bound (an input's fact)."""
+    value = _abstract(e, at_least or {})
+    return UNKNOWN if value in (_MAYBE_NONFINITE, _NONZERO) else value
+
+
+def _abstract(e: Expr, at_least: Mapping[str, float]) -> object:
     if isinstance(e, Const):
         return e.value
+    if isinstance(e, Load) and at_least.get(e.tensor, 0.0) >= 1.0:
+        return _NONZERO
     if isinstance(e, (Load, Iter)):
         return UNKNOWN
     assert isinstance(e, Call)
-    args = [_abstract(a) for a in e.args]
+    args = [_abstract(a, at_least) for a in e.args]
     op = e.op
+    if op in E.CASTS and dtypes.is_float(op) and args[0] is _NONZERO:
+        return _NONZERO  # a bound of at least 1 survives rounding to any float format
+    if op == "div" and args[1] is _NONZERO and isinstance(args[0], float) and args[0] == 0:
+        return 0.0
+    args = [UNKNOWN if a is _NONZERO else a for a in args]
     if op == "where":
         c, a, b = args
         if c is not UNKNOWN and c is not _MAYBE_NONFINITE:

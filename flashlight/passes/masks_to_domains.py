@@ -5,7 +5,10 @@ at every point where ``c`` is false, the value ``F(f)``. If ``F(f)`` is the iden
 for every finite value of the other operands (``exp(-inf - m) = 0`` for ``+=``, ``-inf`` for
 ``max=``), those points contribute nothing and can leave the domain:
 ``if c: z ⊕= F(x)``. The check is an abstract evaluation of ``F`` with the mask branch replaced
-by its fill and every other load an unknown finite real; it is a lemma, not a pattern.
+by its fill and every other load an unknown finite real; it is a lemma, not a pattern. A load of
+an input that carries a lower bound of at least 1 (``sum_1: f32[..] >= 1.0``: a softmax's row
+sum saved by the forward, whose maximum contributes ``exp(0) = 1``) is an unknown real that is not
+0: the backward's masked probability ``exp(-inf - m) / sum_1`` is then 0, the identity of ``+=``.
 
 Then isl knows the exact iteration domain (causal: ``j <= i``), which is what later lets the
 tiler prove which key tiles are empty, full or partial. A data-dependent condition (``doc[i] ==
@@ -64,8 +67,8 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
     return E.rewrite(e, lambda x: new if x == old else None)
 
 
-def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str, Expr] | None = None
-                       ) -> tuple[Stmt, list[Expr], list[str]]:
+def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str, Expr] | None = None,
+                       at_least: Mapping[str, float] | None = None) -> tuple[Stmt, list[Expr], list[str]]:
     """The statement with identity-contributing mask branches removed, the kept conditions, notes
     (``dt``: the program's tensor dtypes). ``carriers``: tensors (other than maxima, which the
     empty-row fixup covers) and their writers' expressions; a mask whose fill such a tensor
@@ -84,7 +87,7 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
             for fill, kept, keep_cond in ((a, b, _negate(cond, dt)), (b, a, cond)):
                 if _carried(stmt.expr, w, fill, carriers):
                     continue
-                contribution = abstract_eval(_replace(stmt.expr, w, fill))
+                contribution = abstract_eval(_replace(stmt.expr, w, fill), at_least)
                 identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
@@ -119,6 +122,7 @@ def masks_to_domains(program: Program) -> Program:
     carriers = {s.target.tensor: s.expr for s, _, _ in walk_stmts(program.body)
                 if s.target.tensor not in maxima and program.tensor(s.target.tensor).role == "temp"}
     domain_of: dict[str, frozenset[Expr]] = {}  # a maximum -> the conditions that became its domain
+    at_least = {t.name: t.at_least for t in program.inputs if t.at_least is not None}
     body: list[Node] = []
     pending: list[tuple[str, Node]] = []
     for nest in program.body:
@@ -127,7 +131,7 @@ def masks_to_domains(program: Program) -> Program:
             body.append(nest)
             continue
         stmt, loops, _ = found[0]
-        new, conds, why = restrict_statement(stmt, program.dtypes, carriers)
+        new, conds, why = restrict_statement(stmt, program.dtypes, carriers, at_least)
         if not conds:
             body.append(nest)
             continue
