@@ -38,11 +38,11 @@ from typing import ClassVar
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Call, Expr, Iter
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, walk_stmts
+from flashlight.ir.expr import Call, Expr, Iter, Load
+from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import map_stmts, nan_fixup
+from flashlight.passes.tree import fresh_tensor_name, loop_extent, map_stmts, nan_fixup
 
 
 def _negate(c: Expr, dt: Mapping[str, str]) -> Expr:
@@ -68,17 +68,20 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
 
 
 def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str, Expr] | None = None,
-                       at_least: Mapping[str, float] | None = None) -> tuple[Stmt, list[Expr], list[str]]:
-    """The statement with identity-contributing mask branches removed, the kept conditions, notes
-    (``dt``: the program's tensor dtypes). ``carriers``: tensors (other than maxima, which the
+                       at_least: Mapping[str, float] | None = None
+                       ) -> tuple[Stmt, list[Expr], list[str], list[Expr]]:
+    """The statement with identity-contributing mask branches removed, the kept conditions, notes,
+    the terms folded at the removed points (``dt``: the program's tensor dtypes). ``carriers``: tensors (other than maxima, which the
     empty-row fixup covers) and their writers' expressions; a mask whose fill such a tensor
     also folds is kept, since the other operand is then not finite where the mask fails (the
     mean of a row with a -inf fill, subtracted from it: NaN in eager, fuzz seed 5040440)."""
     if not stmt.is_reduction or stmt.scale is not None:
-        return stmt, [], []
+        return stmt, [], [], []
     carriers = carriers or {}
     conds: list[Expr] = []
     notes: list[str] = []
+    removed: list[Expr] = []  # eager's terms at the points that leave the domain
+    original = stmt.expr
     changed = True
     while changed:
         changed = False
@@ -90,6 +93,7 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
                 contribution = abstract_eval(_replace(stmt.expr, w, fill), at_least)
                 identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
                 if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
+                    removed.append(_at_removed(original, cond, 1 if fill is a else 2))
                     notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
                                  f"F({fill}) = {identity} = identity of {stmt.op}")
                     stmt = replace(stmt, expr=_replace(stmt.expr, w, kept))
@@ -98,7 +102,14 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
                     break
             if changed:
                 break
-    return stmt, conds, notes
+    return stmt, conds, notes, removed
+
+
+def _at_removed(e: Expr, cond: Expr, branch: int) -> Expr:
+    """``e`` at the points a mask removes: every ``where`` on ``cond`` takes its ``branch`` (the
+    fill), as eager's does there (a fill of 0 around a quotient by a NaN row sum is 0, not NaN)."""
+    return E.rewrite(e, lambda x: x.args[branch] if isinstance(x, Call) and x.op == "where" and x.args[0] == cond
+                     else None)
 
 
 def _carried(e: Expr, w: Call, fill: Expr, carriers: Mapping[str, Expr]) -> bool:
@@ -131,7 +142,7 @@ def masks_to_domains(program: Program) -> Program:
             body.append(nest)
             continue
         stmt, loops, _ = found[0]
-        new, conds, why = restrict_statement(stmt, program.dtypes, carriers, at_least)
+        new, conds, why, removed = restrict_statement(stmt, program.dtypes, carriers, at_least)
         if not conds:
             body.append(nest)
             continue
@@ -154,6 +165,13 @@ def masks_to_domains(program: Program) -> Program:
                 node = Guard(c, (node,))
             return node
         body.extend(map_stmts((nest,), rewrite))
+        program, restore = _nan_of_bounds(program, stmt, loops, removed, at_least)
+        body.extend(restore[0::2])  # the flags, then each fixup just before the first reader of its output
+        pending += [(stmt.target.tensor, fixup) for fixup in restore[1::2]]
+        if restore:
+            notes.append(f"{stmt.name}: where {', '.join(sorted(at_least))} is NaN (a row with no unmasked "
+                         "point), eager folds NaN at the points that left the domain; the statements after "
+                         f"{stmt.name} restore it")
         if fix is not None:
             pending.append((stmt.target.tensor, fix))
             notes.append(f"{stmt.name}: a row whose maximum stays -inf folds NaN in eager; "
@@ -236,6 +254,35 @@ def _empty_rows(stmt: Stmt, loops: tuple[Loop, ...], maxima: set[str], dtypes: M
                         node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
                     return node
     return None
+
+
+def _nan_of_bounds(program: Program, stmt: Stmt, loops: tuple[Loop, ...], removed: list[Expr],
+                   at_least: Mapping[str, float]) -> tuple[Program, list[Node]]:
+    """A bound (``sum_1 >= 1.0``) holds where the value is finite; a softmax's row sum is NaN
+    in a row with no unmasked point, and eager then folds NaN at the points the guard removed
+    (``0 / nan``). For each bounded load ``l[idx]`` of a removed term: a flag over the output's
+    rows, ``flag max= f32(l != l)`` over the rest of ``idx``, then ``z = where(flag > 0, nan, z)``."""
+    keep = {i.name for i in stmt.target.indices if isinstance(i, Iter)}
+    sources = list(dict.fromkeys(ld for term in removed for ld in E.loads(term) if ld.tensor in at_least))
+    nests: list[Node] = []
+    for k, ld in enumerate(sources):
+        its = E.free_iters(ld)
+        rows = [l for l in loops if l.iterator in its and l.iterator in keep]
+        name = fresh_tensor_name(program, f"{ld.tensor}_nan")
+        program = program.replace(tensors=program.tensors + (
+            TensorDecl(name, "f32", tuple(loop_extent(l) for l in rows), "temp"),))
+        flag = Load(name, tuple(Iter(l.iterator) for l in rows))
+        node: Node = Stmt(f"{stmt.name}_nan{k}", flag, "max=", E.call("f32", E.call("ne", ld, ld)))
+        for l in reversed([l for l in loops if l.iterator in its]):
+            node = Loop(l.iterator, l.lower, l.upper, "parallel" if l.iterator in keep else "reduce", (node,))
+        nests.append(node)
+        dtype = program.tensor(stmt.target.tensor).dtype
+        value = E.call("where", E.call("gt", flag, E.const(0.0, "f32")), E.const(math.nan, dtype), stmt.target)
+        node = Stmt(f"{stmt.name}_nanfix{k}", stmt.target, "=", value)
+        for l in reversed([l for l in loops if l.iterator in keep]):
+            node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
+        nests.append(node)
+    return program, nests
 
 
 @dataclass(frozen=True)
