@@ -11,8 +11,9 @@ each checked against eager PyTorch on fp32 copies of the inputs, and timed twice
 (``do_bench``, host work included, which short kernels may not hide) and per kernel (the device
 time of the generated kernels under ``torch.profiler``, which the issue's 5% bound is about). Then, for the dynamic function:
 the host time of the first call at a new length in a known bucket beyond its kernel time, and a
-decode loop of ``--decode-steps`` steps whose key/value cache grows by one per step, with the
-number of programs compiled over it (``flashlight.counters``)::
+decode loop of ``--decode-steps`` steps whose key/value cache grows by one per step from a
+prefilled cache of ``--decode-prefill`` keys (compiled with ``dynamic=True``), with the number
+of programs compiled over it (``flashlight.counters``)::
 
     python benchmarks/dynamic_sizes.py --lengths 1000,1536,3000,4096,5000,8192 --out results.json
 """
@@ -112,22 +113,26 @@ def new_length_overhead(name: str, known: int, new: int, B: int, H: int, D: int)
             "programs_compiled": counters["programs_compiled"] - before}
 
 
-def decode_loop(steps: int, B: int, H: int, D: int) -> dict:
-    """A decode loop: one query against a cache that grows by one key per step."""
+def decode_loop(steps: int, B: int, H: int, D: int, prefill: int = 0) -> dict:
+    """A decode loop: one query against a cache that grows by one key per step. From a prefilled
+    cache (``prefill`` > 1 keys) the function is compiled with ``dynamic=True``, as a server
+    would: one program for every cache length. From an empty one the first step (length 1, which
+    Dynamo specialises) compiles a program of its own, and the second the dynamic one."""
     fn = VARIANTS["vanilla"].fn
-    f = flashlight.compile(fn)
+    f = flashlight.compile(fn, dynamic=True) if prefill > 1 else flashlight.compile(fn)
     dev = torch.device("cuda")
-    k = torch.randn(B, H, steps + 1, D, dtype=torch.bfloat16, device=dev)
+    k = torch.randn(B, H, prefill + steps + 1, D, dtype=torch.bfloat16, device=dev)
     v = torch.randn_like(k)
     before, worst = counters["programs_compiled"], 0.0
+    first, last = max(prefill, 0) + 1, max(prefill, 0) + steps
     t0 = time.perf_counter()
-    for n in range(1, steps + 1):
+    for n in range(first, last + 1):
         q = torch.randn(B, H, 1, D, dtype=torch.bfloat16, device=dev)
         out = f(q, k[:, :, :n], v[:, :, :n])
-        if n in (1, steps // 2, steps):
+        if n in (first, (first + last) // 2, last):
             worst = max(worst, relerr(out, fn(q.float(), k[:, :, :n].float(), v[:, :, :n].float())))
     torch.cuda.synchronize()
-    return {"steps": steps, "programs_compiled": counters["programs_compiled"] - before,
+    return {"steps": steps, "prefill": prefill, "programs_compiled": counters["programs_compiled"] - before,
             "eager_calls": counters["eager_calls"], "seconds": round(time.perf_counter() - t0, 2),
             "worst_relerr": worst}
 
@@ -138,6 +143,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="1000,1536,3000,4096,5000,8192")
     ap.add_argument("--shape", default="4x16x64", help="BxHxD")
     ap.add_argument("--decode-steps", type=int, default=512)
+    ap.add_argument("--decode-prefill", type=int, default=128,
+                    help="cache length before the first decode step (0: from an empty cache)")
     ap.add_argument("--out", default=None, help="write every row here as JSON")
     args = ap.parse_args()
     for knob in ("cache_size_limit", "recompile_limit"):  # the static columns compile per length
@@ -150,7 +157,7 @@ def main() -> None:
         result["rows"] += compare(name, lengths, B, H, D)
     result["new_length"] = new_length_overhead("causal", 4096, 4000, B, H, D)
     print("NEW " + json.dumps(result["new_length"]), flush=True)
-    result["decode"] = decode_loop(args.decode_steps, B, H, D)
+    result["decode"] = decode_loop(args.decode_steps, B, H, D, args.decode_prefill)
     print("DECODE " + json.dumps(result["decode"]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

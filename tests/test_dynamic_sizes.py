@@ -82,6 +82,21 @@ def test_dynamic_true_compiles_one_program_from_the_first_call():
     assert counters["programs_compiled"] <= 1 and counters["eager_calls"] == 0, dict(counters)
 
 
+def test_a_decode_loop_after_a_prefill_compiles_once_with_dynamic_true():
+    """A decode loop starts from the prompt's cache (longer than 1: Dynamo specialises sizes 0 and
+    1, a guard of its own) and grows it by one key per step: with ``dynamic=True`` the first call
+    already compiles the program for every cache length."""
+    f = flashlight.compile(decode_step, dynamic=True)
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(1, 2, 60, 16, generator=g), torch.randn(1, 2, 60, 16, generator=g)
+    counters.clear()
+    for n in range(37, 49):
+        q = torch.randn(1, 2, 1, 16, generator=g)
+        torch.testing.assert_close(f(q, k[:, :, :n], v[:, :, :n]), decode_step(q, k[:, :, :n], v[:, :, :n]),
+                                   rtol=1e-4, atol=1e-5, msg=f"cache length {n}")
+    assert counters["programs_compiled"] == 1 and counters["eager_calls"] == 0, dict(counters)
+
+
 def test_dynamic_false_compiles_each_length():
     f = flashlight.compile(rmsnorm, dynamic=False)
     counters.clear()

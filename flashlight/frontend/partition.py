@@ -138,8 +138,11 @@ def at_least_one(n: fx.Node) -> bool:
     if _packet(sub) != ATEN.sub or not isinstance(sub.args[1], fx.Node) or _packet(sub.args[1]) != ATEN.amax:
         return False
     x, amax = sub.args[0], sub.args[1]
-    dims = lambda node: sorted(d % len(node.meta["val"].shape) for d in node.args[1])  # noqa: E731
-    return amax.args[0] is x and dims(amax) == dims(n)
+    rank = len(x.meta["val"].shape) if isinstance(x, fx.Node) and "val" in x.meta else 0
+    if amax.args[0] is not x or rank == 0 or len(amax.args) < 2 or len(n.args) < 2 or \
+            not all(isinstance(a, (list, tuple)) for a in (amax.args[1], n.args[1])):
+        return False
+    return sorted(d % rank for d in amax.args[1]) == sorted(d % rank for d in n.args[1])
 
 
 def _packet(n: fx.Node) -> Any:

@@ -21,6 +21,11 @@ rewritten program with its running values expanded into single-assignment form
 (``y_run[p, j+1] = y_run[p, j] ⊕ g(x_j)``; readers use ``y_run[p, j]`` and ``y_run[p, j+1]``).
 Otherwise the statement opens a new phase: a second pass over the same loop in the same kernel.
 
+A recomputable contraction (:mod:`flashlight.passes.fusion_recompute`: the scores of an
+attention backward, read by kernels over query tiles and over key tiles) is not planned where it
+is written: each statement that reads it joins a kernel together with a copy of it, aligned with
+its loops, unless the kernel already holds one it can read; the copy joins its reader's phase.
+
 Why forming kernels, the online rewrite and the loop roles are one pass: a statement joins a
 phase either as written or through the online rewrite, whether a kernel can keep its tiles in
 registers depends on which (the score tile stays in registers only if its readers share its

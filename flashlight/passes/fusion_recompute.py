@@ -16,6 +16,8 @@ nothing of its own target) of a temporary with one writer that
 * is cheap to redo: it reduces over loops that fit one block (a head dimension: one ``tl.dot``
   per tile), not over a model dimension;
 * reads only tensors that are written before it and never after, none of them itself deferred;
+* is never tested for equality (a maximum's tie mask ``x == amax``): copies in different kernels
+  may round differently in the last bit, and the maximum would then match none of them;
 * is read by statements that each read it at one index, plain iterators of their own loops
   where it writes iterators (of equal extents): the copy is the contraction with its iterators
   renamed to the reader's, so that it computes, in the reader's loops, exactly what is read.
@@ -33,7 +35,7 @@ import math
 from dataclasses import replace
 
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Iter, Load
+from flashlight.ir.expr import Call, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.fusion_plan import Rec
 from flashlight.passes.tree import fits_block
@@ -76,6 +78,9 @@ def recomputable_contractions(program: Program, recs: list[Rec], block_limit: in
             why = "an operand is written again after it"
         elif not all(fits_block(r.extent(l.iterator), block_limit) for l in r.loops if l.kind == "reduce"):
             why = f"it reduces over a loop longer than a block ({block_limit}): redoing it costs more than storing it"
+        elif compared := [o.name for o in recs[k + 1:] if _compares(o, t)]:
+            why = (f"{', '.join(compared)} {'tests' if len(compared) == 1 else 'test'} it for equality (a maximum's "
+                   "tie mask): a copy in another kernel may differ from the one the maximum folded in the last bit")
         else:
             unaligned = [o.name for o in recs[k + 1:] if t in reads(o) and alignment(r, o) is None]
             if unaligned:
@@ -86,6 +91,12 @@ def recomputable_contractions(program: Program, recs: list[Rec], block_limit: in
         else:
             refusals.append(Proof(f"recompute {t} ({r.name}) where it is read", False, why + "; it is stored"))
     return found, refusals
+
+
+def _compares(reader: Rec, tensor: str) -> bool:
+    """Whether ``reader`` tests a value computed from ``tensor`` for equality."""
+    return any(isinstance(x, Call) and x.op in ("eq", "ne") and any(ld.tensor == tensor for ld in E.loads(x))
+               for e in _exprs(reader.stmt, reader.guards) for x in E.walk(e))
 
 
 def read_at(reader: Rec, tensor: str) -> tuple[Expr, ...] | None:
