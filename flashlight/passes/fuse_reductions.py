@@ -71,7 +71,7 @@ from flashlight.passes.dependences import (flow_dependences, memory_dependences,
 from flashlight.passes.fusion_recompute import Copies, read_at, recomputable_contractions, redirect
 from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
 from flashlight.passes.residency import local_temps
-from flashlight.passes.tree import fits_block, loop_extent
+from flashlight.passes.tree import fits_block, loop_extent, stmt_exprs
 from flashlight.passes.online_rescale import _fold_safe, _guard_first_rescale, _safe
 from flashlight.passes.fusion_plan import Group, Layout, Phase, Rec, Running, _records, _roles, analysis_program
 
@@ -495,13 +495,9 @@ def _unrelated(recs: list[Rec], unit: list[Rec]) -> bool:
     """No dependence connects ``unit`` with ``recs``: it reads no tensor they write, and writes no
     tensor they read or write (a check on tensors, which over-approximates isl's)."""
     written = {r.stmt.target.tensor for r in recs}
-    touched = written | {ld.tensor for r in recs for e in _exprs(r) for ld in E.loads(e)}
-    reads = {ld.tensor for rec in unit for e in _exprs(rec) for ld in E.loads(e)}
+    touched = written | {ld.tensor for r in recs for e in stmt_exprs(r.stmt, r.guards) for ld in E.loads(e)}
+    reads = {ld.tensor for rec in unit for e in stmt_exprs(rec.stmt, rec.guards) for ld in E.loads(e)}
     return not (reads & written) and not {rec.stmt.target.tensor for rec in unit} & touched
-
-
-def _exprs(r: Rec) -> list[Expr]:
-    return [r.stmt.expr, *r.stmt.target.indices, *r.guards] + ([r.stmt.scale] if r.stmt.scale is not None else [])
 
 
 def _maps(u: isl.UnionMap) -> list[isl.Map]:

@@ -18,8 +18,8 @@ from flashlight.ir.isl_build import is_affine_condition
 from flashlight.ir.nodes import Guard, Loop, Node, OnlineState, Program, Stmt, walk_stmts
 from flashlight.ir.poly import PolyView, set_to_condition
 from flashlight.passes import algebra
-from flashlight.passes.tree import extent_expr, is_nan_fixup, nan_fixup
-from flashlight.passes.fusion_plan import Group, Rec, Running, _nest
+from flashlight.passes.tree import extent_expr, is_nan_fixup, nan_fixup, nest_of
+from flashlight.passes.fusion_plan import Group, Rec, Running
 
 
 def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], running: dict[str, Running]) -> Node:
@@ -129,7 +129,7 @@ def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | 
     """The condition on ``rows`` (the iterators of ``r``'s target) under which ``r`` has an
     instance: its guarded domain with the other iterators projected out; None if every row has."""
     def projected(guards: tuple[Expr, ...]) -> isl.Set:
-        dom = PolyView.of(program.replace(body=(_nest(r.loops, guards, r.stmt),))).stmts[r.name].domain
+        dom = PolyView.of(program.replace(body=(nest_of(r.loops, guards, r.stmt),))).stmts[r.name].domain
         for k in reversed(range(len(r.its))):
             if r.its[k] not in rows:
                 dom = dom.project_out(isl.dim_type.set, k, 1)

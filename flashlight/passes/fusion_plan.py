@@ -16,9 +16,9 @@ from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.isl_build import Term, schedule_map
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, walk_stmts
 from flashlight.ir.poly import PolyView
-from flashlight.passes.tree import Extent, extent_expr, fits_block, fresh_tensor_name, loop_extent
+from flashlight.passes.tree import Extent, extent_expr, fits_block, fresh_tensor_name, loop_extent, nest_of
 
 
 # {{{ statements in their own nests
@@ -168,7 +168,7 @@ def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt
     ``y_run[p, N]``.
     """
     if not running:
-        body = tuple(_nest(r.loops, r.guards, rewrites.get(r.name, r.stmt)) for r in recs)
+        body = tuple(nest_of(r.loops, r.guards, rewrites.get(r.name, r.stmt)) for r in recs)
         return program.replace(body=body)
     tensors = list(program.tensors)
     run_of = {}
@@ -193,14 +193,14 @@ def analysis_program(program: Program, recs: list[Rec], rewrites: dict[str, Stmt
             if stmt.scale is not None:
                 scale = _redirect(stmt.scale, running, run_of, r.name)
                 old = E.call("mul" if stmt.op == "+=" else "add", old, scale)
-            body.append(_nest(r.loops, (), Stmt(stmt.name, new, "=", E.call(COMBINERS[stmt.op].combine, old, term))))
+            body.append(nest_of(r.loops, (), Stmt(stmt.name, new, "=", E.call(COMBINERS[stmt.op].combine, old, term))))
             continue
 
         def redirect(e: Expr, name: str = r.name) -> Expr:
             return _redirect(e, running, run_of, name)
         new_stmt = replace(stmt, expr=redirect(stmt.expr),
                            scale=None if stmt.scale is None else redirect(stmt.scale))
-        body.append(_nest(r.loops, r.guards, new_stmt))
+        body.append(nest_of(r.loops, r.guards, new_stmt))
     return program.replace(tensors=tuple(tensors), body=tuple(body))
 
 
@@ -230,14 +230,6 @@ def _redirect(e: Expr, running: dict[str, Running], run_of: dict[str, str], read
 
     return E.rewrite(e, fold)
 
-
-def _nest(loops: tuple[Loop, ...], guards: tuple[Expr, ...], stmt: Stmt) -> Node:
-    node: Node = stmt
-    for g in reversed(guards):
-        node = Guard(g, (node,))
-    for l in reversed(loops):
-        node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
-    return node
 
 # }}}
 

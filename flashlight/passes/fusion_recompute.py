@@ -36,9 +36,9 @@ from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter, Load
-from flashlight.ir.nodes import Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Program, Proof, TensorDecl, walk_stmts
 from flashlight.passes.fusion_plan import Rec
-from flashlight.passes.tree import fits_block
+from flashlight.passes.tree import fits_block, stmt_exprs
 
 NOMINAL_SIZE = 4096  # a size parameter's weight when comparing tensor sizes
 
@@ -47,12 +47,8 @@ def weight(program: Program, name: str) -> int:
     return math.prod(d if isinstance(d, int) else NOMINAL_SIZE for d in program.tensor(name).shape)
 
 
-def _exprs(stmt: Stmt, guards: tuple[Expr, ...] = ()) -> list[Expr]:
-    return [stmt.expr, *stmt.target.indices, *guards] + ([stmt.scale] if stmt.scale is not None else [])
-
-
 def reads(rec: Rec) -> set[str]:
-    return {ld.tensor for e in _exprs(rec.stmt, rec.guards) for ld in E.loads(e)}
+    return {ld.tensor for e in stmt_exprs(rec.stmt, rec.guards) for ld in E.loads(e)}
 
 
 def recomputable_contractions(program: Program, recs: list[Rec], block_limit: int
@@ -96,12 +92,12 @@ def recomputable_contractions(program: Program, recs: list[Rec], block_limit: in
 def _compares(reader: Rec, tensor: str) -> bool:
     """Whether ``reader`` tests a value computed from ``tensor`` for equality."""
     return any(isinstance(x, Call) and x.op in ("eq", "ne") and any(ld.tensor == tensor for ld in E.loads(x))
-               for e in _exprs(reader.stmt, reader.guards) for x in E.walk(e))
+               for e in stmt_exprs(reader.stmt, reader.guards) for x in E.walk(e))
 
 
 def read_at(reader: Rec, tensor: str) -> tuple[Expr, ...] | None:
     """The one index at which ``reader`` reads ``tensor`` (None if it reads it at several)."""
-    seen = {ld.indices for e in _exprs(reader.stmt, reader.guards) for ld in E.loads(e) if ld.tensor == tensor}
+    seen = {ld.indices for e in stmt_exprs(reader.stmt, reader.guards) for ld in E.loads(e) if ld.tensor == tensor}
     return next(iter(seen)) if len(seen) == 1 else None
 
 

@@ -42,7 +42,7 @@ from flashlight.ir.expr import Call, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import fresh_tensor_name, loop_extent, map_stmts, nan_fixup
+from flashlight.passes.tree import fresh_tensor_name, loop_extent, map_stmts, nan_fixup, nest_of
 
 
 def _negate(c: Expr, dt: Mapping[str, str]) -> Expr:
@@ -272,16 +272,13 @@ def _nan_of_bounds(program: Program, stmt: Stmt, loops: tuple[Loop, ...], remove
         program = program.replace(tensors=program.tensors + (
             TensorDecl(name, "f32", tuple(loop_extent(l) for l in rows), "temp"),))
         flag = Load(name, tuple(Iter(l.iterator) for l in rows))
-        node: Node = Stmt(f"{stmt.name}_nan{k}", flag, "max=", E.call("f32", E.call("ne", ld, ld)))
-        for l in reversed([l for l in loops if l.iterator in its]):
-            node = Loop(l.iterator, l.lower, l.upper, "parallel" if l.iterator in keep else "reduce", (node,))
-        nests.append(node)
+        flag_loops = [replace(l, kind="parallel" if l.iterator in keep else "reduce") for l in loops if l.iterator in its]
+        nests.append(nest_of(flag_loops, (), Stmt(f"{stmt.name}_nan{k}", flag, "max=",
+                                                  E.call("f32", E.call("ne", ld, ld)))))
         dtype = program.tensor(stmt.target.tensor).dtype
         value = E.call("where", E.call("gt", flag, E.const(0.0, "f32")), E.const(math.nan, dtype), stmt.target)
-        node = Stmt(f"{stmt.name}_nanfix{k}", stmt.target, "=", value)
-        for l in reversed([l for l in loops if l.iterator in keep]):
-            node = Loop(l.iterator, l.lower, l.upper, "parallel", (node,))
-        nests.append(node)
+        row_loops = [replace(l, kind="parallel") for l in loops if l.iterator in keep]
+        nests.append(nest_of(row_loops, (), Stmt(f"{stmt.name}_nanfix{k}", stmt.target, "=", value)))
     return program, nests
 
 

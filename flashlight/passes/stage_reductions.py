@@ -33,9 +33,9 @@ from typing import ClassVar
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.declare import Pass, option
-from flashlight.passes.tree import fits_block, fresh_stmt_name, fresh_tensor_name, loop_extent
+from flashlight.passes.tree import fits_block, fresh_stmt_name, fresh_tensor_name, loop_extent, nest_of, stmt_exprs
 
 BLOCK_LIMIT = 256  # as fuse-reductions': a loop at most this long is one block of a program
 
@@ -91,8 +91,8 @@ def _staged(program: Program, stmt: Stmt, loops: tuple[Loop, ...], guards: tuple
     partial = Load(name, stmt.target.indices + (Iter(keep.iterator),))
     outer = [l for l in loops if l.kind != "reduce"]
     first_loops = outer + [replace(keep, kind="parallel")] + [l for l in loops if l.kind == "reduce" and l is not keep]
-    first = _nest(first_loops, guards, replace(stmt, name=fresh_stmt_name(program, stmt.name + "_part"), target=partial))
-    second = _nest(outer + [keep], (), replace(stmt, expr=partial))
+    first = nest_of(first_loops, guards, replace(stmt, name=fresh_stmt_name(program, stmt.name + "_part"), target=partial))
+    second = nest_of(outer + [keep], (), replace(stmt, expr=partial))
     return program, first, second, keep.iterator
 
 
@@ -101,21 +101,8 @@ def _target(nest: Node) -> str:
 
 
 def _touched(nest: Node) -> set[str]:
-    out = set()
-    for s, _, guards in walk_stmts((nest,)):
-        out.add(s.target.tensor)
-        for e in (s.expr, *s.target.indices, *guards, *([s.scale] if s.scale is not None else [])):
-            out.update(ld.tensor for ld in E.loads(e))
-    return out
-
-
-def _nest(loops: list[Loop], guards: tuple[Expr, ...], stmt: Stmt) -> Node:
-    node: Node = stmt
-    for g in reversed(guards):
-        node = Guard(g, (node,))
-    for l in reversed(loops):
-        node = replace(l, body=(node,))
-    return node
+    return {t for s, _, guards in walk_stmts((nest,))
+            for t in [s.target.tensor, *(ld.tensor for e in stmt_exprs(s, guards) for ld in E.loads(e))]}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Union
 from dataclasses import replace
 
@@ -101,8 +101,7 @@ def writers(program: Program) -> dict[str, list[Stmt]]:
 def readers(program: Program) -> dict[str, list[Stmt]]:
     out: dict[str, list[Stmt]] = {}
     for s, _, _ in walk_stmts(program.body):
-        exprs = [s.expr, *s.target.indices] + ([s.scale] if s.scale is not None else [])
-        for e in exprs:
+        for e in stmt_exprs(s):
             for ld in E.loads(e):
                 lst = out.setdefault(ld.tensor, [])
                 if not lst or lst[-1] is not s:
@@ -115,7 +114,7 @@ def drop_unused_temps(program: Program) -> Program:
     used = set()
     for s, _, _ in walk_stmts(program.body):
         used.add(s.target.tensor)
-        for e in [s.expr, *s.target.indices] + ([s.scale] if s.scale is not None else []):
+        for e in stmt_exprs(s):
             used.update(ld.tensor for ld in E.loads(e))
     tensors = tuple(t for t in program.tensors if t.role != "temp" or t.name in used)
     return program.replace(tensors=tensors)
@@ -152,6 +151,19 @@ def with_grid_body(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
     if depth == 1:
         return replace(nest, body=body)
     return replace(nest, body=(with_grid_body(nest.body[0], depth - 1, body),))
+
+
+def stmt_exprs(stmt: Stmt, guards: tuple[Expr, ...] = ()) -> list[Expr]:
+    """Every expression a statement evaluates: its value, target indices, rescale, and guards."""
+    return [stmt.expr, *stmt.target.indices, *guards] + ([stmt.scale] if stmt.scale is not None else [])
+
+
+def nest_of(loops: Sequence[Loop], guards: tuple[Expr, ...], stmt: Stmt) -> Node:
+    """``stmt`` under ``guards`` under ``loops`` (outermost first), loops rebuilt bare."""
+    node = guard_body(guards, stmt)
+    for l in reversed(loops):
+        node = Loop(l.iterator, l.lower, l.upper, l.kind, (node,))
+    return node
 
 
 def guard_body(guards: tuple[Expr, ...], node: Node) -> Node:
