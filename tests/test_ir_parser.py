@@ -6,6 +6,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 
 from flashlight.ir import dtypes, parse
@@ -140,6 +141,28 @@ def test_an_input_carries_a_lower_bound() -> None:
     p = parse(text)
     assert p.tensor("l").at_least == 1.0 and p.tensor("x").at_least is None
     assert str(p) == text and roundtrip(p) == p
+
+
+def test_a_given_states_what_an_input_holds_and_runs_nowhere() -> None:
+    """``as given``: a statement about an input (a saved forward output), never run; writing a
+    temporary with it, or an input without it, is malformed."""
+    from flashlight.ir.interpret import interpret
+    from flashlight.ir.nodes import Given
+    from flashlight.ir.verify import VerificationError, verify
+
+    text = ("program p(x: f32[4,3], o: f32[4]) -> (y: f32[4])\n  buffer w: f32[4]\n"
+            "  for i in 0:4 parallel\n    for j in 0:3 reduce\n      D: w[i] += x[i,j]\n"
+            "  for i in 0:4 parallel\n    G: o[i] = w[i] as given\n"
+            "  for i in 0:4 parallel\n    S: y[i] = o[i] * 2.0")
+    p = parse(text)
+    assert isinstance(p.statements()[1].tag, Given) and str(p) == text and roundtrip(p) == p
+    verify(p)
+    x, o = np.ones((4, 3), np.float32), np.arange(4, dtype=np.float32)
+    assert (interpret(p, {"x": x, "o": o})["y"] == 2 * o).all()  # o as given, not as G computes it
+    for bad, message in ((text.replace("G: o[i] = w[i] as given", "G: o[i] = w[i]"), "writes the input 'o'"),
+                         (text.replace("G: o[i]", "G: w[i]"), "'as given' states what an input holds")):
+        with pytest.raises(VerificationError, match=message):
+            verify(parse(bad))
 
 
 def test_empty_program() -> None:
@@ -374,8 +397,8 @@ HEAD = "program p(x: f32[4]) -> (o: f32[4])\n"
     (HEAD + "  S1: o[0] -= 1.0", 2, 12,
      "expected an assignment operator (=, +=, *=, max=, min=), found '-'"),
     (HEAD + "  S1: o = 1.0", 2, 7, "expected a target 'tensor[indices]', found 'o'"),
-    (HEAD + "  S1: o[0] = 1.0 scale 2.0", 2, 18, "expected 'then *', 'rescale', 'as dot over', 'as nan fixup', end of line, found 'scale'"),
-    (HEAD + "  S1: o[0] = 1.0 rescale 2.0)", 2, 29, "expected 'then *', 'as dot over', 'as nan fixup', end of line, found ')'"),
+    (HEAD + "  S1: o[0] = 1.0 scale 2.0", 2, 18, "expected 'then *', 'rescale', 'as dot over', 'as nan fixup' or 'as given', end of line, found 'scale'"),
+    (HEAD + "  S1: o[0] = 1.0 rescale 2.0)", 2, 29, "expected 'then *', 'as dot over', 'as nan fixup' or 'as given', end of line, found ')'"),
     (HEAD + "  S1: o[0] = foo(1.0)", 2, 14, "unknown function 'foo'; expected one of exp,"),
     (HEAD + "  S1: o[0] = add(1.0, 2.0)", 2, 14, "unknown function 'add'; write the operator '+' instead"),
     (HEAD + "  S1: o[0] = exp(1.0, 2.0)", 2, 14, "function 'exp' takes 1 argument, found 2"),

@@ -26,7 +26,7 @@ program row_max(S: f32[64,128]) -> (m: f32[64])
     for j in 0:128 reduce
       M: m[i] max= S[i,j]
 """
-BUILT_IN = ["inline", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
+BUILT_IN = ["inline", "exchange-sums", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
             "stage-reductions", "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "tile",
             "scale-after-fold", "spread-conversions", "tile-ranges", "hoist-tile-bounds", "bound-guard-tiles",
             "order-launches", "supersede-stores"]
@@ -97,7 +97,7 @@ def test_pipelines_are_read_by_the_declared_types(spec: str, expected: list) -> 
     ("tile{block_m=4.5}", "option block_m of pass 'tile' is an int, got '4.5'"),
     ("tile{block_m=big}", "option block_m of pass 'tile' is an int, got 'big'"),
     ("contract-buffers{x=1}", "pass 'contract-buffers' has no option 'x'; it has no options"),
-    ("tiles", "unknown pass 'tiles'; known passes: inline, defer-normalization"),
+    ("tiles", "unknown pass 'tiles'; known passes: inline, exchange-sums, defer-normalization"),
     ("tile{block_m}", "malformed option 'block_m' of pass 'tile'; write key=value"),
     ("inline,tile;x", "malformed pipeline at character 7: 'tile;x'"),
 ])

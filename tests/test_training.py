@@ -45,7 +45,8 @@ def test_the_forward_saves_row_statistics_not_the_probabilities():
     assert not [s for s in ex.saved if _query_by_key(s.shape, SQ, SK)], ex.saved
     stats = [s for s in ex.saved if s.why.startswith("a row statistic")]
     assert sorted(s.shape for s in stats) == [(1, 2, SQ, 1)] * 2, ex.saved  # the row max and the row sum
-    assert {s.why for s in ex.saved if s not in stats} == {"an input of the graph"}
+    # the inputs, and the output with its definition, from which the backward reads Δ (exchange-sums)
+    assert {s.why.split(",")[0] for s in ex.saved if s not in stats} == {"an input of the graph", "an output of the graph"}
     assert "-- saved for the backward --" in str(ex) and "a row statistic" in str(ex)
 
 
@@ -122,22 +123,24 @@ def test_no_variant_saves_a_tensor_of_every_query_and_key(name):
 
 @pytest.mark.parametrize("fn", [causal, alibi], ids=["causal", "alibi"])
 def test_the_backward_recomputes_the_scores_in_two_kernels(fn):
-    """FlashAttention-2's backward, derived: one kernel over query tiles (Δ, then dQ), one over
-    key tiles (dV, dK), each computing its own copies of the scores and dP; the only buffer is
-    Δ, one number per query row. Its gradients match eager's."""
+    """FlashAttention-2's backward, derived: one kernel over query tiles (Δ from dO and the saved
+    output, then dQ), one over key tiles (dV, dK), each computing its own copies of the scores and
+    dP; the only buffer is Δ, one number per query row. Its gradients match eager's."""
     g = torch.Generator().manual_seed(5)
     qkv = _grad(_qkv(g))
     args = qkv + ([torch.rand(2, generator=g)] if fn is alibi else [])  # the slopes need no gradient
     ex = flashlight.explain(fn, *args)
     bw = ex.backward
-    scores = [k for k in bw.kernels if "reduces bmm" in k.computes]
+    scores = [k for k in bw.kernels if "bmm" in k.computes]
     assert len(scores) == 2 and not bw.fallbacks, [(k.name, k.computes) for k in bw.kernels]
     # Δ, one number per query row; a causal mask adds the flag of NaN row sums, one per head
     # (a row with no unmasked key: eager's dV is NaN there, restored), folded by a third kernel
     assert ((1, 2, SQ), "f32") in [(b.shape, b.dtype) for b in bw.buffers]
     assert all(math.prod(b.shape) <= 2 * SQ for b in bw.buffers), bw.buffers
     copies = [p.transformation for p in bw.proofs if p.legal and p.transformation.startswith("recompute")]
-    assert len(copies) == 4, copies  # the scores and dP: two more copies each, beside the originals
+    assert len(copies) == 2, copies  # the scores and dP: one more copy each, beside the originals
+    exchanged = [p for p in bw.proofs if p.transformation.startswith("exchange sums")]
+    assert [p.legal for p in exchanged] == [True] and "Σ_d X(i,d)" in exchanged[0].lemma, exchanged
     check_against_eager(fn, *args)
 
 
@@ -154,7 +157,7 @@ def test_the_backward_spreads_its_rows_over_programs():
     fused, each program walked 1024 rows (8 programs in all); each keeps a grid over its rows."""
     q, k, v = (torch.randn(2, 4, 1024, 64, requires_grad=True) for _ in range(3))
     ex = flashlight.explain(causal, q, k, v)
-    heavy = [kern for kern in ex.backward.kernels if "reduces bmm" in kern.computes]  # not the NaN flag's
+    heavy = [kern for kern in ex.backward.kernels if "bmm" in kern.computes]  # not the NaN flag's
     assert len(heavy) == 2 and min(kern.grid for kern in heavy) >= 2 * 4 * 1024 // 64, \
         [(kern.name, kern.grid) for kern in ex.backward.kernels]
 
@@ -185,7 +188,7 @@ def test_per_head_parameters_get_gradients_without_a_score_buffer(fn):
     q, k, v = (torch.randn(1, 2, 512, 16, requires_grad=True) for _ in range(3))
     big = flashlight.explain(fn, q, k, v, torch.rand(2, requires_grad=True))
     assert any(p.legal and p.transformation.startswith("stage ") for p in big.backward.proofs)
-    heavy = [kern for kern in big.backward.kernels if "reduces bmm" in kern.computes]  # not the fold per head
+    heavy = [kern for kern in big.backward.kernels if "bmm" in kern.computes]  # not the fold per head
     assert min(kern.grid for kern in heavy) >= 2 * 512 // 64, [(kern.name, kern.grid, kern.computes) for kern in heavy]
 
 
@@ -228,7 +231,37 @@ def test_the_backward_of_causal_attention_skips_the_masked_tiles():
     assert " >= 1.0" in ex.backward.stages[0][1].splitlines()[0]
     final = ex.backward.stages[-1][1]
     serial = [line for line in final.splitlines() if "@serial tiles" in line]
-    # the Δ and dQ passes over key tiles, the dK/dV pass over query tiles: the triangle only (the
-    # fourth loop folds the NaN flag of the row sums, a vector per head, over every row)
+    # the dQ pass over key tiles, the dK/dV pass over query tiles: the triangle only (Δ reads the
+    # saved output, no keys; the third loop folds the NaN flag of the row sums, a vector per
+    # head, over every row)
     triangle = [line for line in serial if "masked]" in line and "0:8 " not in line]
-    assert len(triangle) == 3 and len(serial) == 4, serial
+    assert len(triangle) == 2 and len(serial) == 3, serial
+
+
+def _doubled(q, k, v):
+    return (torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1) @ v) * 2.0
+
+
+def test_the_row_sums_read_the_saved_output_through_its_definition():
+    """The partition keeps the output ``O = P v`` and states its definition in the backward
+    (``as given``); exchange-sums rewrites ``Δ = Σ_j P dP`` as ``Σ_d dO O`` and removes the
+    given. Where the output is not that sum (here ``2 P v``: nothing states ``P v``), the
+    exchange is refused with its reason, Δ takes its own pass over the keys (isl's witness in
+    fuse-reductions), and the gradients match eager's either way."""
+    g = torch.Generator().manual_seed(8)
+    args = [torch.randn(1, 2, n, 16, generator=g, requires_grad=True) for n in (SQ, SK, SK)]
+    ex = flashlight.explain(_causal_quarter, *args)
+    stages = dict(ex.backward.stages[:3])
+    assert " as given" in stages["inline"] and " as given" not in stages["exchange-sums"]
+    exchanged = [p for p in ex.backward.proofs if p.transformation.startswith("exchange sums")]
+    assert [p.legal for p in exchanged] == [True] and "which the input" in exchanged[0].reason
+    assert " as given" not in ex.backward.stages[-1][1]
+    check_against_eager(_causal_quarter, *args)
+
+    refused = flashlight.explain(_doubled, *args)
+    assert all(" as given" not in text for _, text in refused.backward.stages)
+    why = [p.reason for p in refused.backward.proofs if p.transformation.startswith("exchange sums")]
+    assert len(why) == 1 and "is not a forward output" in why[0], why
+    witness = [p for p in refused.backward.proofs if not p.legal and p.witness and "fuse" in p.transformation]
+    assert witness, [p.transformation for p in refused.backward.proofs]
+    check_against_eager(_doubled, *args)

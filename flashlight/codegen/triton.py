@@ -45,7 +45,7 @@ from flashlight.codegen.serial_loops import SerialLoops
 from flashlight.codegen.skeleton import Skeleton
 from flashlight.codegen.statements import Statements
 from flashlight.codegen.tile_scan import TileScan
-from flashlight.ir.nodes import Program
+from flashlight.ir.nodes import Given, Program, walk_stmts
 
 __all__ = ["CodegenError", "KernelSource", "TL_DTYPE", "generate"]
 
@@ -61,6 +61,10 @@ def generate(program: Program, strides: Strides, target: str = "cuda",
     """
     if target not in ("cuda", "interpreter"):
         raise ValueError(f"unknown target {target!r}")
+    given = [s.name for s, _, _ in walk_stmts(program.body) if isinstance(s.tag, Given)]
+    if given:  # a fact for exchange-sums, which removes it: left here, the pipeline lacks that pass
+        raise CodegenError(f"{', '.join(given)} state what an input holds ('as given'), which runs nowhere; "
+                           "exchange-sums removes such statements before code generation")
     out = []
     for k, nest in enumerate(program.body):
         kern = _Kernel(program, nest, f"{name_prefix}_{program.name}_k{k}", strides, target).build()

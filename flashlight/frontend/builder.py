@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Given, Loop, Node, Program, Stmt, TensorDecl, walk_stmts
 from flashlight.frontend.values import Size, Value, index_ranges, placeholder, placeholders
 
 PARAM_NAMES = ("S", "T", "U", "V", "W")
@@ -147,6 +147,22 @@ class ProgramBuilder:
         self.body.append(node)
         logical_shape = tuple(extents[d] for d in target_dims)
         return Value(Load(tname, tuple(value_idx)), logical_shape, dtype)
+
+    def emit_given(self, held: Value, definition: Value) -> None:
+        """State that the input ``held`` reads holds ``definition`` at every index: a statement
+        ``as given`` (:class:`~flashlight.ir.nodes.Given`) in its own nest over ``held``'s shape."""
+        its = [Iter(f"x{self._counter}_{k}") for k in range(held.rank)]
+        self._counter += 1
+        ranges = index_ranges([it.name for it in its], held.shape)
+        unit = {it.name: E.index(0) for it, n in zip(its, held.shape) if n == 1}
+        target = E.simplify_index(E.substitute(held.at(its), unit), ranges)
+        rhs = E.simplify_index(E.substitute(definition.at(its), unit), ranges)
+        assert isinstance(target, Load) and held.dtype == definition.dtype, (target, held.dtype, definition.dtype)
+        node: Node = Stmt(f"S{len(self.body)}", target, "=", rhs, tag=Given())
+        for it, n in reversed(list(zip(its, held.shape))):
+            if n != 1:
+                node = Loop(it.name, E.index(0), E.index(n) if isinstance(n, int) else Iter(n), "parallel", (node,))
+        self.body.append(node)
 
     def program(self, outputs: Sequence[tuple[str, Value]]) -> Program:
         """Finish: one copy statement per output, canonical iterator and statement names."""

@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from flashlight.frontend.builder import ProgramBuilder
+from flashlight.frontend.givens import GIVEN, strip_givens
 from flashlight.frontend.rules import RULES, RuleContext, op_name, overload_packet
 from flashlight.frontend.rules.base import size_of
 from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment
@@ -59,6 +60,11 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
         if reason is not None:
             reasons[n] = reason
             env[n] = _try_input(scratch, n, n.name)  # type: ignore[assignment]
+
+    if any(overload_packet(n.target) is GIVEN for n in reasons) and strip_givens(gm):
+        # a fact about a saved output whose definition the IR cannot hold: without it the
+        # backward computes what it needs itself, and nothing computes the definition for nothing
+        return lift_graph(gm, input_names, name, arg_order, sizes)
 
     # pass 2: liftable nodes become programs, as few as the eager nodes between them allow. A
     # node's level counts the eager nodes its value waits for: program L holds the liftable nodes

@@ -22,6 +22,9 @@ term is ``exp(0) = 1``, every other term is at least 0; NaN only where the whole
 masks-to-domains needs it: a masked probability ``exp(-inf - max) / sum`` is 0 only for a sum
 that is not 0, and with it the backward's probabilities skip the masked tiles as the forward's do.
 
+A forward output that is a sum over a value the backward recomputes (attention's ``O = P V``) is
+saved too, with a statement of its definition for the backward (:mod:`.givens`).
+
 Every other forward value the backward reads is recomputed in the backward from those, which is
 legal because each recomputed node is a pure function of saved values (AOT autograd's graphs
 are functional; impure nodes are saved, never recomputed). Each saved value carries its reason,
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from flashlight.frontend.givens import state_givens
 from flashlight.frontend.symbolic import hint
 
 ATEN = torch.ops.aten
@@ -190,6 +194,14 @@ def partition_statistics(joint_module: fx.GraphModule, _joint_inputs: Any, *, nu
     outputs = [a for a in next(n for n in graph.nodes if n.op == "output").args[0][:num_fwd_outputs]
                if isinstance(a, fx.Node)]
     saved, sizes, why = choose_saved(graph, forward, outputs)
+    for o in state_givens(graph, forward, outputs, saved, num_fwd_outputs):
+        why = [c for c in why if c.node != o.name] + [SavedChoice(o.name, (
+            "an output of the graph, a sum over values the backward recomputes: saved with its definition, "
+            "from which the backward may read a sum of its own (exchange-sums)"))]
+        if o not in saved:
+            saved.append(o)
+    order = {n: k for k, n in enumerate(graph.nodes)}
+    saved.sort(key=order.__getitem__)
     fw, bw = _extract_fwd_bwd_modules(joint_module, saved, sizes, num_fwd_outputs=num_fwd_outputs)
     fw.meta["flashlight_saved_reasons"] = {c.node: c.reason for c in why}
     bounded = {n.name for n in saved if at_least_one(n)}

@@ -66,7 +66,7 @@ from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.claims import Box, LoopClaims, point_text as _point
 from flashlight.ir.expr import CASTS, COMPARISONS, TILE_BOUNDS, Call, Const, Expr, Iter, Load, dtype_of, loads
 from flashlight.ir.isl_build import is_affine_condition
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Stmt, TensorDecl, bind_sizes, dims_at, walk_stmts
+from flashlight.ir.nodes import Given, Guard, Loop, Node, Program, Stmt, TensorDecl, bind_sizes, dims_at, walk_stmts
 
 # {{{ dtypes and conversions
 
@@ -371,6 +371,8 @@ class _Machine(LoopClaims):
         return run
 
     def node(self, node: Node) -> Callable[[Env], None]:
+        if isinstance(node, Stmt) and isinstance(node.tag, Given):
+            return lambda env: None  # a fact about an input, which already holds its value
         if isinstance(node, Stmt):
             return self.stmt(node)
         if isinstance(node, Guard):

@@ -16,7 +16,8 @@ marked ``as dot over r`` is a matrix product of two tiles summed over ``r`` (aft
 every fold of ``expr`` by that positive constant (scale-after-fold): a tile is folded, then
 scaled, which is what folding ``expr * c`` gives, exactly. A statement tagged ``as nan fixup``
 is the assignment ``z = where(... y == -inf, nan, z)`` that gives a row whose maximum ``y``
-stayed ``-inf`` eager's NaN (:class:`NanFixup`).
+stayed ``-inf`` eager's NaN (:class:`NanFixup`). A statement tagged ``as given`` writes an input
+and runs nowhere: it states what the input holds (:class:`Given`).
 
 After tiling, a loop carries its tile size (one per iterator within a top-level nest, which
 becomes one kernel: sibling loops over one iterator share their tile), and after mapping it
@@ -81,6 +82,17 @@ class NanFixup:
 
 
 @dataclass(frozen=True)
+class Given:
+    """Tags ``x[K] = e`` with ``x`` an input: a fact, not a computation. The input already holds
+    ``e`` at every point of the statement's domain, because the program that produced it (the
+    forward of a training step) computed exactly ``e`` there, up to the rounding of its own
+    summation order. A backward program states so for a forward output it receives, with the
+    statements that define ``e``; exchange-sums reads a sum from the input in place of computing it
+    again, then removes every given and what only they read. Nothing runs it: the interpreter
+    skips it and the code generator refuses a program that still has one."""
+
+
+@dataclass(frozen=True)
 class Stmt:
     name: str
     target: Load
@@ -93,8 +105,9 @@ class Stmt:
     # For max=/min=: a positive constant that every fold of ``expr`` is multiplied by after the
     # fold (scale-after-fold): ``max_j(x_j * c) = max_j(x_j) * c``, one multiply per row, not per point.
     fold_scale: Const | None = None
-    # What the statement is for, where passes must know it (only NanFixup, from tree.nan_fixup).
-    tag: NanFixup | None = None
+    # What the statement is for, where passes must know it: NanFixup (from tree.nan_fixup) or
+    # Given (a fact about an input, from the lift of a backward program).
+    tag: NanFixup | Given | None = None
 
     @property
     def is_reduction(self) -> bool:

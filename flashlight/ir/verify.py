@@ -12,7 +12,7 @@ from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import TILE_BOUNDS, Call, Const, Expr, Iter, Load, children, dtype_of, free_iters, walk
 from flashlight.ir.isl_build import is_quasi_affine, isl_name
-from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Guard, Loop, NanFixup, Node, Program, Stmt,
+from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Given, Guard, Loop, NanFixup, Node, Program, Stmt,
                                  fixup_after, tensors_touched, walk_loops, walk_stmts)
 
 
@@ -245,6 +245,10 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
     t = program.tensor_map.get(s.target.tensor)
     if t is None:
         return
+    if isinstance(s.tag, Given):
+        if t.role != "input" or s.op != "=" or s.scale is not None or s.dot is not None:
+            errors.append(f"{where}: 'as given' states what an input holds: an assignment (=) to an input")
+        return
     if t.role == "input":
         errors.append(f"{where}: writes the input {t.name!r}")
     written.add(t.name)
@@ -257,7 +261,7 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
                           f"read {s.dot}, an enclosing loop's iterator")
     if s.fold_scale is not None:
         _verify_fold_scale(s, t.dtype, where, errors)
-    if s.tag is not None:
+    if isinstance(s.tag, NanFixup):
         _verify_nan_fixup(program, s, where, errors)
     try:
         et = dtype_of(s.expr, program.dtypes)

@@ -18,6 +18,7 @@ from flashlight.passes.bound_guard_tiles import bound_guard_tiles
 from flashlight.passes.contract_buffers import contract_buffers
 from flashlight.passes.defer_normalization import defer_normalization
 from flashlight.passes.elide_roundings import elide_roundings
+from flashlight.passes.exchange_sums import exchange_sums
 from flashlight.passes.factor_scales import factor_scales
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.hoist_tile_bounds import hoist_tile_bounds
@@ -39,7 +40,7 @@ from flashlight.passes.tile_ranges import tile_ranges
 PASSES = FunctionView()
 
 __all__ = [
-    "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "configure", "contract_buffers", "defer_normalization", "elide_roundings",
+    "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
     "masks_to_domains", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
     "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_wide_state",

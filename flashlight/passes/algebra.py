@@ -20,6 +20,7 @@ arithmetic. ``sum(tanh(x - max(x)))`` fails (b), so it is not fused.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Mapping
@@ -358,3 +359,19 @@ def _concrete(op: str, args: list) -> object:
     return UNKNOWN
 
 # }}}
+
+
+@functools.lru_cache(maxsize=None)
+def exchange_lemma(n: int = 3) -> str:
+    """The exchange of sums, checked with sympy on ``n x n`` sums of undetermined terms:
+    ``Σ_j F(j) Σ_d X(d) Y(j,d) == Σ_d X(d) Σ_j F(j) Y(j,d)`` (finite sums commute and products
+    distribute over them; ``F`` may not depend on ``d`` nor ``X`` on ``j``). Raises if sympy
+    disagrees, which would be a bug of this module, not of a program."""
+    F, X, Y = sp.Function("F"), sp.Function("X"), sp.Function("Y")
+    js, ds = range(n), range(n)
+    left = sum(F(j) * sum(X(d) * Y(j, d) for d in ds) for j in js)
+    right = sum(X(d) * sum(F(j) * Y(j, d) for j in js) for d in ds)
+    if sp.expand(left - right) != 0:
+        raise AssertionError("the exchange of sums does not hold")
+    return (f"Σ_j F(i,j) Σ_d X(i,d) Y(j,d) = Σ_d X(i,d) Σ_j F(i,j) Y(j,d) "
+            f"[sympy: expanded difference 0 over {n} x {n} terms]")

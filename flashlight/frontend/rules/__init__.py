@@ -8,18 +8,19 @@ operators run eagerly too.
 
 Families: :mod:`.views` (index expressions only), :mod:`.constants`, :mod:`.elementwise`,
 :mod:`.reductions`, :mod:`.contractions` (matrix products), :mod:`.index_maps` (copies at
-computed indices: repeat, cat, pad, scatters), :mod:`.gathers` (indirect accesses); the
+computed indices: repeat, cat, pad, scatters), :mod:`.gathers` (indirect accesses), :mod:`.facts` (statements about inputs); the
 statements they make are built with :mod:`.pointwise`, indices read with :mod:`.indices`.
 """
 
 from __future__ import annotations
 
-from flashlight.frontend.rules import constants, contractions, elementwise, gathers, index_maps, reductions, views
+from flashlight.frontend.rules import (constants, contractions, elementwise, facts, gathers, index_maps, reductions,
+                                      views)
 from flashlight.frontend.rules.base import Rule, RuleContext, Rules, overload_packet, op_name
 
 __all__ = ["RULES", "Rule", "RuleContext", "overload_packet", "op_name"]
 
-FAMILIES = (views, constants, elementwise, reductions, contractions, index_maps, gathers)
+FAMILIES = (views, constants, elementwise, reductions, contractions, index_maps, gathers, facts)
 
 RULES = Rules()
 for _family in FAMILIES:
