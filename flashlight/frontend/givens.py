@@ -4,9 +4,10 @@ The backward of softmax(q kᵀ) v computes ``Δ_i = Σ_j P_ij Σ_d dO_id V_jd``,
 whole row, which the forward already computed in another order: ``Σ_d dO_id (Σ_j P_ij V_jd)`` is
 ``Σ_d dO_id O_id``. exchange-sums (a pass) makes that rewrite; it needs the backward program to
 know that the saved ``O`` *is* ``Σ_j P_ij V_jd``. The partition states it in the joint graph: for
-a forward output that is a sum over a value the backward recomputes (attention's ``P @ V``), it
+a forward output or saved value that is a sum over a value the backward recomputes (attention's
+``P @ V``, an output or, inside a model, a saved matrix product), it
 
-* saves the output (alive anyway: outputs cost no memory of their own),
+* saves it (an output is alive anyway: it costs no memory of its own),
 * copies the forward nodes that compute it (those the backward does not recompute already; the
   others are shared, so both sides read the same recomputed values), and
 * wraps one gradient ``g`` the backward returns as ``flashlight::given(g, o, definition)``:
@@ -85,15 +86,16 @@ def _definition(o: fx.Node, frontier: set[fx.Node], shared: set[fx.Node]) -> lis
 
 def state_givens(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.Node], saved: list[fx.Node],
                  num_fwd_outputs: int) -> list[fx.Node]:
-    """Save the outputs that are sums over recomputed values and state their definitions in the
-    backward (see the module docstring); returns the outputs it saves."""
+    """State the definitions of the outputs and saved values that are sums over recomputed values
+    in the backward (see the module docstring); returns those values (the outputs among them are
+    to be saved)."""
     shared = _recomputed(forward, set(saved))
     frontier = set(saved) | {n for n in joint.nodes if n.op == "placeholder"}
     out_node = next(n for n in joint.nodes if n.op == "output")
     results = list(out_node.args[0])
     grads = [k for k in range(num_fwd_outputs, len(results)) if isinstance(results[k], fx.Node)]
     stated: list[fx.Node] = []
-    for o in outputs:
+    for o in dict.fromkeys([*outputs, *saved]):
         core = o
         while _packet(core) in VIEWS | CASTS and core.all_input_nodes:
             core = core.all_input_nodes[0]

@@ -9,6 +9,9 @@ computes again (recomputed). PyTorch's partitions save the attention probabiliti
 * row statistics: the results of reductions (``amax``, ``sum``, ...) no larger than the largest
   input or output (for softmax: the row max and the row sum, ``O(B*H*S)``): recomputing them
   would take another pass over the reduced dimension,
+* matrix products no larger than the largest input or output that sum a larger intermediate value
+  away, for the same reason (attention's output ``P V`` inside a model, which the output
+  projection's backward reads; the scores ``q kᵀ`` multiply smaller values and are recomputed),
 * what cannot be recomputed: the results of impure operations (random numbers).
 
 A forward value the backward *compares* with recomputed values (the tie mask ``x == amax`` of a
@@ -34,18 +37,19 @@ which ``explain`` shows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import fx
 
-from flashlight.frontend.givens import state_givens
+from flashlight.frontend.givens import CASTS, state_givens
 from flashlight.frontend.symbolic import hint
 
 ATEN = torch.ops.aten
 REDUCTIONS = {ATEN.sum, ATEN.amax, ATEN.amin, ATEN.max, ATEN.min, ATEN.mean, ATEN.prod, ATEN.logsumexp,
               ATEN.var, ATEN.std, ATEN.var_mean, ATEN.any, ATEN.all, ATEN.argmax, ATEN.argmin}
+CONTRACTIONS = {ATEN.bmm, ATEN.mm, ATEN.addmm, ATEN.baddbmm}
 COMPARISONS = {ATEN.eq, ATEN.ne, ATEN.lt, ATEN.le, ATEN.gt, ATEN.ge}
 # ops that only re-view or copy a value: a comparison through them compares the value itself
 TRANSPARENT = {ATEN.alias, ATEN.view, ATEN.expand, ATEN.unsqueeze, ATEN.squeeze, ATEN.permute, ATEN.clone,
@@ -123,6 +127,10 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
         elif _is_reduction(n) and numel <= largest:
             reason = (f"a row statistic ({n.target}, {numel} elements, no more than the largest input or "
                       "output): recomputing it would take another pass over what it reduces")
+        elif _packet(n) in CONTRACTIONS and numel <= largest and _sums_a_larger_intermediate(n, numel):
+            reason = (f"a matrix product ({n.target}, {numel} elements, no more than the largest input or "
+                      "output) of a larger intermediate value (attention's output P V inside a model): "
+                      "recomputing it would take another pass over what it sums")
         if reason is None:
             wanted += n.all_input_nodes  # recomputed in the backward from what it reads
             continue
@@ -132,6 +140,20 @@ def choose_saved(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
     saved.sort(key=order.__getitem__)
     sizes.sort(key=order.__getitem__)
     return saved, sizes, why
+
+
+def _sums_a_larger_intermediate(n: fx.Node, numel: int) -> bool:
+    """Whether an operand of the matrix product ``n`` (through views and casts) is an
+    intermediate value, not an input, with more elements than the product: ``P V`` sums the
+    ``S x S`` probabilities away; the scores ``q kᵀ`` multiply inputs (or smaller projections)
+    and are recomputed, never saved."""
+    for a in n.all_input_nodes:
+        core = a
+        while _packet(core) in TRANSPARENT | CASTS and core.all_input_nodes:
+            core = core.all_input_nodes[0]
+        if core.op == "call_function" and (_numel(a) or 0) > numel:
+            return True
+    return False
 
 
 def at_least_one(n: fx.Node) -> bool:
@@ -195,11 +217,14 @@ def partition_statistics(joint_module: fx.GraphModule, _joint_inputs: Any, *, nu
                if isinstance(a, fx.Node)]
     saved, sizes, why = choose_saved(graph, forward, outputs)
     for o in state_givens(graph, forward, outputs, saved, num_fwd_outputs):
-        why = [c for c in why if c.node != o.name] + [SavedChoice(o.name, (
-            "an output of the graph, a sum over values the backward recomputes: saved with its definition, "
-            "from which the backward may read a sum of its own (exchange-sums)"))]
-        if o not in saved:
-            saved.append(o)
+        if o in saved:
+            why = [replace(c, reason=c.reason + "; its definition is stated to the backward, which may read a "
+                                    "sum of its own from it (exchange-sums)") if c.node == o.name else c for c in why]
+            continue
+        saved.append(o)
+        why.append(SavedChoice(o.name, "an output of the graph, a sum over values the backward recomputes: saved "
+                                       "with its definition, from which the backward may read a sum of its own "
+                                       "(exchange-sums)"))
     order = {n: k for k, n in enumerate(graph.nodes)}
     saved.sort(key=order.__getitem__)
     fw, bw = _extract_fwd_bwd_modules(joint_module, saved, sizes, num_fwd_outputs=num_fwd_outputs)

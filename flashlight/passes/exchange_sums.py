@@ -43,8 +43,10 @@ from typing import ClassVar
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.isl_build import statement_domain
+from flashlight.ir.expr import Call, Expr, Iter, Load
+import islpy as isl
+
+from flashlight.ir.isl_build import access_map, statement_domain
 from flashlight.ir.nodes import Given, Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.ir.printer import format_expr
 from flashlight.passes.algebra import exchange_lemma
@@ -142,7 +144,7 @@ def _exchange(program: Program, stmt: Stmt, loops: tuple[Loop, ...], shape: _Sha
               givens: list[tuple[Stmt, tuple[Loop, ...]]], places: Places) -> tuple[Node, Proof] | Proof:
     what = f"exchange sums in {stmt.name}"
     reduced = [l for l in loops if l.kind == "reduce"]
-    inner = f"Σ_{','.join(l.iterator for l in reduced)} {format_expr(shape.inner)} * {format_expr(shape.y)}"
+    inner = f"Σ_{','.join(l.iterator for l in reduced)} {format_expr(Call('mul', (shape.inner, shape.y)))}"
     w = writers(program)
     why = f"its inner sum {inner} is not a forward output: no input is given to hold it"
     for g, _ in givens:
@@ -163,7 +165,7 @@ def _exchange(program: Program, stmt: Stmt, loops: tuple[Loop, ...], shape: _Sha
         if not same:
             why = checked
             continue
-        held = _held_at(g, core, d, bind)
+        held = _held_at(program, g, places[g.name][0], core, d, bind)
         if held is None:
             why = f"{g.name} does not say where {g.target.tensor} holds {d.name}'s element"
             continue
@@ -175,7 +177,7 @@ def _exchange(program: Program, stmt: Stmt, loops: tuple[Loop, ...], shape: _Sha
         node = nest_of(kept + shape.summed, (), new)
         reason = (f"{stmt.name} sums {format_expr(_t_load(stmt, shape))} * F over "
                   f"{', '.join(l.iterator for l in reduced)}, and {shape.contraction.name} makes that factor "
-                  f"Σ_{','.join(l.iterator for l in shape.summed)} {format_expr(shape.x)} * {format_expr(shape.y)}; "
+                  f"Σ_{','.join(l.iterator for l in shape.summed)} {format_expr(Call('mul', (shape.x, shape.y)))}; "
                   f"the exchanged inner sum {inner} is {d.name}'s, which the input {held.tensor} holds "
                   f"({g.name} gives it): {stmt.name} sums {format_expr(new.expr)} over "
                   f"{', '.join(l.iterator for l in shape.summed)}")
@@ -213,21 +215,44 @@ def _same_domain(program: Program, stmt: Stmt, loops: tuple[Loop, ...], shape: _
     return True, str(mine)
 
 
-def _held_at(g: Stmt, core: Load, d: Stmt, bind: Binding) -> Load | None:
-    """The element of the given input that holds ``D``'s element at the renamed point: solve
-    ``G``'s read of ``D`` for ``G``'s iterators (each index a plain iterator or a constant)."""
+def _held_at(program: Program, g: Stmt, g_loops: tuple[Loop, ...], core: Load, d: Stmt,
+             bind: Binding) -> Load | None:
+    """The element of the given input that holds ``D``'s element at the renamed point: isl
+    inverts ``G``'s read of ``D`` on ``G``'s domain (``{ D[g(K)] -> o[a(K)] }``, which must be a
+    single-valued affine function: a view that split a merged dimension, ``bh // H, bh % H``,
+    inverts to ``H * b + h``) and it is applied to ``D``'s write index at that point."""
     want = [E.substitute(ix, bind) for ix in d.target.indices]
-    solved: Binding = {}
-    for ix, at in zip(core.indices, want):
-        if isinstance(ix, Iter):
-            if solved.setdefault(ix.name, at) != at:
-                return None
-        elif not (isinstance(ix, Const) and ix == at):
-            return None
-    held = g.target
-    if not all(E.free_iters(ix) <= set(solved) for ix in held.indices):
+    try:
+        domain, _ = statement_domain(g.name, [(l.iterator, l.lower, l.upper) for l in g_loops], (), program.params)
+        reads, exact_r = access_map(domain, core.tensor, core.indices, program.tensor(core.tensor).shape)
+        holds, exact_h = access_map(domain, g.target.tensor, g.target.indices, program.tensor(g.target.tensor).shape)
+    except (KeyError, ValueError):
         return None
-    return Load(held.tensor, tuple(E.substitute(ix, solved) for ix in held.indices))
+    inverse = reads.reverse().apply_range(holds)
+    if not (exact_r and exact_h) or not inverse.is_single_valued():
+        return None
+    pieces: list = []
+    isl.PwMultiAff.from_map(inverse).foreach_piece(lambda _, ma: pieces.append(ma))
+    if len(pieces) != 1:
+        return None
+    out = []
+    for k in range(pieces[0].dim(isl.dim_type.out)):
+        aff = pieces[0].get_at(k)
+        if aff.dim(isl.dim_type.div) or not aff.get_constant_val().is_int():
+            return None
+        term: Expr = E.index(aff.get_constant_val().to_python())
+        for pos, at in enumerate(want):
+            c = aff.get_coefficient_val(isl.dim_type.in_, pos)
+            if not c.is_int():
+                return None
+            if c.to_python():
+                term = E.add(term, E.mul(E.index(c.to_python()), at))
+        for pos in range(aff.dim(isl.dim_type.param)):
+            c = aff.get_coefficient_val(isl.dim_type.param, pos)
+            if not c.is_zero():
+                return None  # a size parameter in the inverse: not needed by any view we lift
+        out.append(term)
+    return Load(g.target.tensor, tuple(out))
 
 
 def _strip_casts(e: Expr, types: Mapping[str, str]) -> Expr:
@@ -274,11 +299,27 @@ def _unify(p: Expr, s: Expr, bind: Binding, variables: set[str]) -> Binding | No
 
 
 def _unify_index(p: Expr, s: Expr, bind: Binding, variables: set[str]) -> Binding | None:
+    """An index: a variable binds to ``s``; an affine index with one unbound variable of
+    coefficient ±1 (``16 * h + d + 64``) is solved for it; else both sides must be equal."""
     if isinstance(p, Iter) and p.name in variables:
         return _unify(p, s, bind, variables)
-    if E.free_iters(p) & variables - set(bind):
-        return None  # an index expression of iterators not bound yet: not matched
-    return bind if E.substitute(p, bind) == s else None
+    unbound = E.free_iters(p) & variables - set(bind)
+    form, target = E.affine_form(p), E.affine_form(s)
+    if len(unbound) == 1 and form is not None and target is not None:
+        (v,) = unbound
+        c = form[0][v]
+        rest = E.affine_form(E.substitute(E.from_affine({k: x for k, x in form[0].items() if k != v}, form[1]), bind))
+        if abs(c) != 1 or rest is None:
+            return None
+        coeffs = {k: c * (target[0].get(k, 0) - rest[0].get(k, 0)) for k in {*target[0], *rest[0]}}
+        return {**bind, v: E.from_affine({k: x for k, x in coeffs.items() if x}, c * (target[1] - rest[1]))}
+    if unbound:
+        return None  # an index expression of several iterators not bound yet: not matched
+    mine = E.substitute(p, bind)
+    if mine == s:
+        return bind
+    a, b = E.affine_form(mine), E.affine_form(s)
+    return bind if a is not None and a == b else None
 
 
 def _drop_givens(program: Program) -> Program:
