@@ -325,3 +325,18 @@ def test_a_real_scalar_is_compared_in_the_tensors_dtype():
     for dt in (torch.float16, torch.bfloat16):
         x = torch.tensor([0.5, 1e-3, 0.0999, 0.1, -1.0]).to(dt)
         torch.testing.assert_close(flashlight.compile(prog)(x), prog(x), rtol=0, atol=0)
+
+
+def test_a_sum_of_exp_of_the_max_minus_x_repairs_from_the_previous_reference():
+    """``Σ exp(max(x) - x)`` separates like softmax's sum, but its rescale is ``exp(m_new -
+    m_old)``: from the previous maximum -inf (before the first tile) that is inf, and ``0 * inf``
+    was NaN. The repair goes from the previous reference (0 while nothing was folded)."""
+    import flashlight
+
+    def reversed_exp(x):
+        return torch.exp(x.amax(-1, keepdim=True) - x).sum(-1)
+
+    for shift in (0.0, 100.0):
+        x = torch.randn(2, 300, generator=torch.Generator().manual_seed(2)) + shift
+        got, want = flashlight.compile(reversed_exp)(x), reversed_exp(x)
+        assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-5)

@@ -29,9 +29,18 @@ class MatrixProducts(KernelState):
         n_ax = next(x for x in b_ax if x != r)
         g_axes = [self.order(E.free_iters(g) & set(self.axes)) for g in guards]
         on_out = [g for g, ga in zip(guards, g_axes) if r not in ga and set(ga) <= {m_ax, n_ax}]
-        on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)]
-        on_b = [g for g, ga in zip(guards, g_axes) if g not in on_out and g not in on_a and set(ga) <= set(b_ax)]
-        if len(on_out) + len(on_a) + len(on_b) != len(guards):
+        # a guard of the summed axis alone masks the factor that eager masked: a computed one
+        # (``where(mask, 0, dS)``), not a loaded input (``0 * v`` is eager's too); a computed
+        # factor may be NaN where the guard fails (a row of dS whose statistics are NaN), and
+        # 0 * NaN would bring it back, so where both are computed both are masked
+        computed = [not isinstance(strip_upcast(x, self.program.dtypes), Load) for x in (a_expr, b_expr)]
+        summed_only = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= {r}]
+        on_a = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(a_ax)
+                and (g not in summed_only or computed[0] or not computed[1])]
+        on_b = [g for g, ga in zip(guards, g_axes) if g not in on_out and set(ga) <= set(b_ax)
+                and (g not in on_a or (g in summed_only and computed[1]))]
+        both = [g for g in on_a if g in on_b]
+        if len(on_out) + len(on_a) + len(on_b) - len(both) != len(guards):
             raise CodegenError(f"{s.name} is marked 'as dot over {r}' but a guard masks neither a factor nor the result")
         a_in, b_in = strip_upcast(a_expr, self.program.dtypes), strip_upcast(b_expr, self.program.dtypes)
         da, db = E.dtype_of(a_in, self.program.dtypes), E.dtype_of(b_in, self.program.dtypes)

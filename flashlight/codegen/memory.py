@@ -76,11 +76,36 @@ class MemoryAccess(KernelState):
         if not axes:
             return Value(f"tl.load({ptr})", (), decl.dtype)
         m = self.mask_of(axes)
+        beyond = self.beyond_bounds(e, idx, axes)
+        if beyond:
+            parts = ([m.code] if m is not None else []) + beyond
+            m = Value(" & ".join(f"({x})" for x in parts), axes, "b1")
         if m is None:
             return Value(f"tl.load({ptr})", axes, decl.dtype, frozenset(axes))
         other = "0" if decl.dtype != "b1" else "False"
         return Value(f"tl.load({ptr}, mask={m.code}, other={other})", axes, decl.dtype,
                      frozenset(axes))
+
+    def beyond_bounds(self, e: Load, idx: list[Value], axes: tuple[str, ...]) -> list[str]:
+        """Masks for indices that run past their dimension inside the loops' extents: a chunk of
+        the keys, ``k[512 c + j']``, whose last chunk is partial (split-reductions guards its
+        statements, but a load happens before the guard applies, and ``0 * garbage`` may be NaN)."""
+        out = []
+        shape = self.program.tensor(e.tensor).shape
+        for ix, v, dim in zip(e.indices, idx, shape):
+            form = E.affine_form(ix)
+            if form is None or len(form[0]) < 2 or not isinstance(dim, int) or not v.axes:
+                continue
+            top = form[1]
+            for k, a in form[0].items():
+                n = self.extent.get(k)
+                if not isinstance(n, int) or a < 0:
+                    top = None
+                    break
+                top += a * (n - 1)
+            if top is not None and top >= dim:
+                out.append(f"{self.bcast(v, axes)} < {dim}")
+        return out
 
     def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
         """Write ``v`` to the target of ``s`` where the tile is inside the extents and ``guards`` hold."""

@@ -28,6 +28,7 @@ from flashlight.passes.order_launches import order_launches
 from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.scale_after_fold import scale_after_fold
+from flashlight.passes.split_reductions import split_reductions
 from flashlight.passes.split_wide_state import split_wide_state
 from flashlight.passes.stage_reductions import stage_reductions
 from flashlight.passes.spread_conversions import spread_conversions
@@ -43,6 +44,6 @@ __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
     "masks_to_domains", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
-    "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_wide_state",
+    "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_reductions", "split_wide_state",
     "spread_conversions", "stage_reductions", "supersede_stores", "tile", "tile_ranges",
 ]

@@ -53,6 +53,8 @@ witness or the failed lemma.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -72,7 +74,7 @@ from flashlight.passes.fusion_recompute import Copies, read_at, recomputable_con
 from flashlight.passes.fusion_emit import RowsUnknown, emit_group, empty_fixup
 from flashlight.passes.residency import local_temps
 from flashlight.passes.tree import fits_block, loop_extent, stmt_exprs
-from flashlight.passes.online_rescale import _fold_safe, _guard_first_rescale, _safe
+from flashlight.passes.online_rescale import _finite_before_first, _fold_safe, _guard_first_rescale, _safe
 from flashlight.passes.fusion_plan import Group, Layout, Phase, Rec, Running, _records, _roles, analysis_program
 
 
@@ -247,6 +249,18 @@ class _Fuser:
         except algebra.NotSeparable as why:
             return None, None, [refusal, Proof(f"online rewrite of {stmt.name}", False,
                                                f"the rescale has no IR form: {why}", lemma=lemma.statement())]
+        if not lemma.functions and not _finite_before_first(c, prev_loads, safe_loads):
+            # ``exp(y_new - y_old)`` (a term ``exp(m - x)``): the raw previous maximum -inf makes it
+            # inf, and 0 * inf NaN. The terms were folded against the reference of the running
+            # maximum, so the repair is from the previous reference, 0 where nothing was folded
+            safe_prev = [_safe(p, candidates[y.tensor].stmt.op, self.program.dtypes[y.tensor])
+                         for p, y in zip(prev_loads, ys)]
+            first = None
+            for p, y in zip(prev_loads, ys):
+                cond = E.call("eq", p, E.const(-math.inf, self.program.dtypes[y.tensor]))
+                first = cond if first is None else E.call("or", first, cond)
+            c = E.call("where", first, E.const(0.0, acc_dtype),
+                       _fold_safe(algebra.to_ir(lemma, safe_prev, safe_loads, acc_dtype), safe_loads))
         if lemma.functions:
             guarded = _guard_first_rescale(stmt, [candidates[y.tensor].stmt for y in ys], prev_loads, c,
                                            self.program.dtypes)

@@ -54,6 +54,16 @@ def _guard_first_rescale(stmt: Stmt, sources: list[Stmt], prev: list[Load], c: E
     return E.call("where", first, E.const(0.0, dt[stmt.target.tensor]), c)  # 0 * identity, or -inf + 0
 
 
+def _finite_before_first(c: Expr, prev: list[Load], safe: list[Expr]) -> bool:
+    """Whether the rescale ``c`` is finite while the previous running values are still -inf (and
+    the references 0): ``exp(y_old - y_new)`` is 0 then, ``exp(y_new - y_old)`` is not."""
+    minus_inf = {p: E.const(-math.inf, "f32") for p in prev}
+    probe = E.rewrite(c, lambda x: minus_inf.get(x) if isinstance(x, Load) else
+                      (E.const(0.0, "f32") if x in safe else None))
+    value = algebra.abstract_eval(probe)
+    return value is not algebra.UNKNOWN and math.isfinite(float(value))  # type: ignore[arg-type]
+
+
 def _fold_safe(e: Expr, safe: list[Expr]) -> Expr:
     """``where(r == -inf, 0, r)`` is ``r`` where ``r`` is a reference value that is never -inf
     (the program guarded its maximum the way the rewrite does: SDPA's decomposition)."""

@@ -117,9 +117,14 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         a, b, _ = c
         fa, fb = E.free_iters(a), E.free_iters(b)
         # the innermost grid iterator only A uses is M, the innermost only B uses is N; other
-        # one-operand iterators are batch dimensions like the shared ones
+        # one-operand iterators are batch dimensions like the shared ones, and so is one that
+        # indexes a dimension together with an inner loop's iterator (a chunk of the keys,
+        # ``k[C c + j']``: not a dimension of the product of its own)
+        mixed = {it for x in (a, b) for ld in E.loads(x) for ix in ld.indices
+                 if E.free_iters(ix) & inner for it in E.free_iters(ix) - inner}
         for mine, other in ((fa, fb), (fb, fa)):
-            own = [it for it in grid_its if it in mine and it not in other and _longer_than_one(extent[it])]
+            own = [it for it in grid_its if it in mine and it not in other and it not in mixed
+                   and _longer_than_one(extent[it])]
             if own:
                 tiled[own[-1]] = bm
     if not tiled:

@@ -1,0 +1,114 @@
+"""Split-KV, derived (issue 20): a decode step's long reduction over the cache, for few rows,
+runs in chunks that are programs of their own, then a merge of their partial states (the online
+state's monoid). Each case matches eager PyTorch on the CPU interpreter; the split is explained
+with the lemma, and a grid the rows fill is left alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flashlight
+from conftest import check_against_eager
+
+B, H, HKV, D, SK = 1, 4, 2, 16, 1500  # a cache of three chunks of 512, the last one partial
+
+
+def _scores(q, k):
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+
+def _positions(q, k):
+    sq, sk = q.shape[-2], k.shape[-2]
+    i = torch.arange(sq)[:, None] + (sk - sq)  # the queries are the cache's last positions
+    return i, torch.arange(sk)[None, :]
+
+
+def vanilla(q, k, v):
+    return torch.softmax(_scores(q, k), -1) @ v
+
+
+def causal_offset(q, k, v):
+    i, j = _positions(q, k)
+    return torch.softmax(_scores(q, k).masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def sliding_window(q, k, v):  # 200 keys: two of the three chunks see none
+    i, j = _positions(q, k)
+    return torch.softmax(_scores(q, k).masked_fill((j > i) | (j <= i - 200), float("-inf")), -1) @ v
+
+
+def alibi(q, k, v):
+    i, j = _positions(q, k)
+    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1) / q.shape[1])
+    return torch.softmax(_scores(q, k) + slopes[:, None, None] * (j - i), -1) @ v
+
+
+def softcap(q, k, v):
+    s = _scores(q, k)
+    return torch.softmax(torch.tanh(s / 5.0) * 5.0, -1) @ v
+
+
+def gqa(q, k, v):
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    return torch.softmax(_scores(q, k), -1) @ v
+
+
+def one_row_masked(q, k, v):  # query row 1 sees no key: eager's NaN, the others as usual
+    i, _ = _positions(q, k)
+    s = _scores(q, k).masked_fill((i == k.shape[-2] - q.shape[-2] + 1), float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+CASES = {
+    "vanilla": (vanilla, 1, H), "causal_offset": (causal_offset, 4, H), "sliding_window": (sliding_window, 1, H),
+    "alibi": (alibi, 4, H), "softcap": (softcap, 1, H), "gqa": (gqa, 1, HKV), "one_row_masked": (one_row_masked, 4, H),
+}
+
+
+def _inputs(sq: int, hkv: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, sq, D, generator=g), torch.randn(B, hkv, SK, D, generator=g),
+            torch.randn(B, hkv, SK, D, generator=g)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_decode_step_runs_in_chunks_and_matches_eager(name):
+    fn, sq, hkv = CASES[name]
+    args = _inputs(sq, hkv, 3)
+    ex = flashlight.explain(fn, *args)
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert split and split[0].legal, [(p.transformation, p.reason) for p in split]
+    assert "into 3 chunks of 512" in split[0].transformation and "monoid" in split[0].lemma
+    grids = [k.grid for k in ex.kernels]
+    assert max(grids) >= 3 and not ex.fallbacks, [(k.name, k.grid, k.computes) for k in ex.kernels]
+    assert not [b for b in ex.buffers if SK in b.shape], ex.buffers  # the scores stay in registers
+    check_against_eager(fn, *args)
+
+
+def test_the_rows_fill_the_grid_so_prefill_is_not_split():
+    """Many rows (a prefill's queries): the grid is full without chunks, nothing is split."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 1200, 16, generator=g) for _ in range(3))
+    ex = flashlight.explain(vanilla, q, k, v)
+    assert not [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert len(ex.kernels) == 1
+
+
+def test_a_term_that_is_not_the_identity_for_a_masked_chunk_is_not_split():
+    """``Σ_j exp(m - s)`` separates like softmax's sum, but over a chunk with every key masked
+    (``s = -inf``) its term is not 0: such a chunk's partial would not be the identity, so the
+    reduction stays whole, and says why."""
+    def shifted(q, k, v):
+        s = _scores(q, k)
+        m = s.amax(-1, keepdim=True)
+        return torch.exp(m - s).sum(-1)
+
+    args = _inputs(1, H, 5)
+    ex = flashlight.explain(shifted, *args)
+    refused = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert refused and not refused[0].legal and "is not 0.0" in refused[0].reason, refused
+    check_against_eager(shifted, *args)
