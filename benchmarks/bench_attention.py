@@ -7,6 +7,8 @@ Prints a table and writes ``<out>/<device>-<date>[-tag].json`` with rows
     python benchmarks/bench_attention.py --variants vanilla,causal --shapes 4x16x4096x64
     python benchmarks/bench_attention.py --shapes 4x16x4096x64g8      # GQA, 8 query heads per KV head
     python benchmarks/bench_attention.py --variants vanilla,sdpa,causal,sdpa_causal   # SDPA as written
+    python benchmarks/bench_attention.py --variants decode --shapes 8x32x32768x128 \
+        --impls flashlight,flashlight-nosplit,eager,sdpa       # split-KV against the whole cache per program
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ def main() -> None:
                 warm = time.time() - t0
                 calls["flashlight"] = (f, out, {"compile_s": round(cold, 2), "warm_s": round(warm, 2),
                                                 "kernels": nk, "fallbacks": fb, "configs": configs(f, dev)})
+            if "flashlight-nosplit" in impls:  # the same pipeline without split-reductions (issue 20)
+                pipe = flashlight.passes.DEFAULT_PIPELINE.replace("split-reductions,", "")
+                fn_ = flashlight.compile(var.fn, pipeline=pipe, **opts)
+                calls["flashlight-nosplit"] = (fn_, fn_(*inputs), {})
             if "eager" in impls:
                 calls["eager"] = (var.fn, var.fn(*inputs), {})
             if "torch.compile" in impls:

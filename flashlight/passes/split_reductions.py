@@ -380,9 +380,9 @@ class SplitReductions(Pass):
     """Split reductions: a long dependent reduction over few rows runs in chunks, then merges them."""
 
     name: ClassVar[str] = "split-reductions"
-    chunk: int = option(CHUNK, "points of the reduced loop per chunk (each chunk a program's serial loop)")
-    max_rows: int = option(MAX_ROWS, "split only where the rows (the maximum's other points) are at most this "
-                                     "many: more fill the grid alone")
+    chunk: int = option(CHUNK, "points of the split loop per chunk: each chunk is a program of its own, whose "
+                               "serial loop walks them in tiles")
+    max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
 
     def apply(self, program: Program) -> Program:
         return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows)
