@@ -300,3 +300,20 @@ def test_a_transformer_block_trains_with_its_parameters():
     assert not [b for b in ex.backward.buffers if _query_by_key(b.shape, s, s)], ex.backward.buffers
     assert not ex.fallbacks and not ex.backward.fallbacks
     check_against_eager(block, x, module=block)
+
+
+def test_an_output_the_backward_computes_itself_states_no_given():
+    """Fuzz seed 9501187: ``t2 = exp(t0 - max t0) @ x2`` is an output that the backward also
+    recomputes (``t0`` is another output); the partition stated a given for it and failed
+    (KeyError). Such an output has nothing to state; gradients match eager's, with an empty
+    inner dimension too."""
+    def prog(x0, x1, x2, x3):
+        t0 = torch.matmul(x0, x1.mT)
+        t2 = torch.exp(t0 - t0.amax(-1, keepdim=True)) @ x2
+        return torch.add(t2, x3, alpha=2), t0
+
+    for c in (0, 3):
+        g = torch.Generator().manual_seed(c)
+        args = [torch.randn(1, c, generator=g), torch.rand(1, c, generator=g) + 0.5,
+                torch.randn(1, c, generator=g), torch.randn(1, c, generator=g)]
+        check_against_eager(prog, *args)

@@ -102,8 +102,8 @@ def state_givens(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
         if not grads or _packet(o) is None or _packet(core) not in SUMS or not any(a in shared for a in core.all_input_nodes):
             continue
         nodes = _definition(o, frontier - {o}, shared)
-        if nodes is None:
-            continue
+        if not nodes or nodes[-1] is not o:
+            continue  # impure, or the backward recomputes the output itself: nothing to state
         copies: dict[fx.Node, fx.Node] = {}
         with joint.inserting_before(out_node):
             for n in nodes:
