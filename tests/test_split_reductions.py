@@ -112,3 +112,13 @@ def test_a_term_that_is_not_the_identity_for_a_masked_chunk_is_not_split():
     refused = [p for p in ex.proofs if p.transformation.startswith("split ")]
     assert refused and not refused[0].legal and "is not 0.0" in refused[0].reason, refused
     check_against_eager(shifted, *args)
+
+
+def test_a_maximum_alone_splits_and_stays_exact():
+    """A row maximum over few long rows: partial maxima per chunk, then theirs (no rescale, no
+    rounding: the result is eager's bit for bit)."""
+    x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(6))
+    ex = flashlight.explain(lambda x: x.amax(-1), x)
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert split and split[0].legal and "associative" in split[0].lemma and len(ex.kernels) == 2
+    assert torch.equal(flashlight.compile(lambda x: x.amax(-1))(x), x.amax(-1))

@@ -128,7 +128,8 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         f"{n_rows} rows reduce {size} points each: the partial states of each chunk run in programs of their own "
         f"(grid over the rows and the {n} chunks), then a merge of the partials per row",
         relation=f"no dependence between different chunks of {', '.join(partial)} (isl)",
-        lemma="the online state is a monoid: " + "; ".join(f"{k}: {lemmas[k].statement()}" for k in lemmas))
+        lemma=("the online state is a monoid: " + "; ".join(f"{k}: {lemmas[k].statement()}" for k in lemmas)
+               if lemmas else f"{top.op[:-1]} is associative and commutative: the {top.op[:-1]} of the chunks' is the row's"))
     return program.replace(body=tuple(out)), proof
 
 
