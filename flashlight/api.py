@@ -26,7 +26,7 @@ from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
-from flashlight.frontend.symbolic import captured_sizes, size_inputs
+from flashlight.frontend.symbolic import captured_sizes, hint, size_inputs, value_at
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
@@ -81,7 +81,16 @@ def input_layout(program: Program, seg: ProgramSegment) -> dict[str, tuple[int |
     with size parameters, contiguous at each call's sizes (inputs laid out otherwise are copied)."""
     if program.params:
         return {d.name: symbolic_strides(d.shape) for d in program.inputs}
-    return {d.name: tuple(int(s) for s in n.meta["val"].stride()) for d, n in zip(program.inputs, seg.inputs)}
+    # a program lifted at one call's sizes: its traced strides at those sizes, evaluated without
+    # int() on a SymInt, which would specialise Dynamo's symbol to this size for every later
+    # compilation of the graph (the program for the next size was lifted at this one's)
+    return {d.name: tuple(_number_at(s, seg.bound) for s in n.meta["val"].stride())
+            for d, n in zip(program.inputs, seg.inputs)}
+
+
+def _number_at(s: Any, sizes: Mapping[str, int]) -> int:
+    n = value_at(s, sizes)
+    return n if n is not None else hint(s)
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,

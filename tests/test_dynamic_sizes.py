@@ -167,3 +167,28 @@ def test_gradients_through_the_program_for_every_length_match_eager(name):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=f"length {n}")
     assert 2 <= counters["programs_compiled"] <= 4, dict(counters)
     assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
+
+
+def _causal_by_arange(q, k, v):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # a varying head size: no size parameter
+    i, j = torch.arange(s.shape[-2])[:, None], torch.arange(s.shape[-1])[None, :]
+    return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
+
+
+def test_a_graph_compiled_per_size_trains_at_every_size():
+    """With ``dynamic=True`` a causal mask built from ``arange`` compiles per size (forward and
+    backward). The strides of the program for the first size were read with ``int()`` of
+    Dynamo's symbolic strides, which specialised the symbols to that size: every later size was
+    lifted at the first one's, and the backward returned gradients of the wrong shape. Now each
+    size gets its own programs, outputs and gradients as eager's."""
+    from conftest import check_against_eager
+
+    f = flashlight.compile(_causal_by_arange, dynamic=True)
+
+    def calls():
+        for n in (37, 45, 70):
+            g = torch.Generator().manual_seed(n)
+            args = [torch.randn(1, 2, n, 16, generator=g) for _ in range(3)]
+            check_against_eager(_causal_by_arange, *args, compiled=f)
+
+    assert "compiled anew for each new size" in warnings_of(calls)

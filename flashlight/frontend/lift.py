@@ -117,7 +117,8 @@ def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node,
     pairs = [(replace(d, at_least=n.meta["flashlight_at_least"]) if "flashlight_at_least" in n.meta else d, n)
              for d, n in pairs]
     decls = [d for d, _ in pairs] + [t for t in prog.tensors if t.role != "input"]
-    return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run), dict(b.params))
+    return ProgramSegment(prog.replace(tensors=tuple(decls)), [n for _, n in pairs], outputs, list(run), dict(b.params),
+                          dict(sizes))
 
 
 def _attr(gm: fx.GraphModule, target: str) -> object:

@@ -22,6 +22,7 @@ class ProgramSegment:
     outputs: list[fx.Node]  # in the order of program.outputs
     nodes: list[fx.Node]    # the graph nodes it replaces, in order (for running it eagerly)
     params: dict[str, str] = field(default_factory=dict)  # Dynamo's size symbol -> the program's size parameter
+    bound: dict[str, int] = field(default_factory=dict)  # Dynamo's size symbol -> the number lifted for it
 
 
 @dataclass
