@@ -38,7 +38,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, TensorDecl, walk_stmts
 from flashlight.passes.fusion_plan import Rec
-from flashlight.passes.tree import fits_block, stmt_exprs
+from flashlight.passes.tree import fits_block, fresh_name, stmt_exprs
 
 NOMINAL_SIZE = 4096  # a size parameter's weight when comparing tensor sizes
 
@@ -121,7 +121,7 @@ def alignment(original: Rec, reader: Rec) -> dict[str, str] | None:
     used = set(reader.its) | set(mapping.values())
     for it in original.its:
         if it not in mapping:
-            mapping[it] = _fresh(it, used) if it in used else it
+            mapping[it] = fresh_name(it, used)
             used.add(mapping[it])
     return mapping
 
@@ -175,7 +175,7 @@ class Copies:
             name, stmt_name = tensor, original.name
         else:
             stmt_names = {s.name for s, _, _ in walk_stmts(program.body)} | self._stmt_names
-            name, stmt_name = _fresh(tensor, set(program.tensor_map)), _fresh(original.name, stmt_names)
+            name, stmt_name = fresh_name(tensor, set(program.tensor_map)), fresh_name(original.name, stmt_names)
             decl = program.tensor(tensor)
             program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, decl.shape, "temp"),))
         self._stmt_names.add(stmt_name)
@@ -224,10 +224,3 @@ def redirect(rec: Rec, names: dict[str, str]) -> Rec:
     stmt = replace(s, expr=swap(s.expr), scale=None if s.scale is None else swap(s.scale),
                    target=replace(s.target, indices=tuple(swap(i) for i in s.target.indices)))
     return Rec(stmt, rec.loops, tuple(swap(g) for g in rec.guards))
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = f"{base}_1", 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return name

@@ -47,7 +47,7 @@ from flashlight.ir.isl_build import access_map, statement_domain
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
-from flashlight.passes.tree import fresh_stmt_name, fresh_tensor_name, is_nan_fixup, nest_of, readers
+from flashlight.passes.tree import fresh_name, fresh_stmt_name, fresh_tensor_name, is_nan_fixup, nest_of, readers
 
 CHUNK = 512
 MAX_ROWS = 2048
@@ -211,7 +211,7 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
     top = members[0].stmt
     dt = program.dtypes
     used = {l.iterator for _, ls, _ in walk_stmts(program.body) for l in ls}
-    c_name = _fresh_iter(used, "c")
+    c_name = fresh_name("c", used)
     partial_of: dict[str, Load] = {}
     firsts: list[Node] = []
     folds: dict[str, Node] = {}
@@ -222,7 +222,7 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
         program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, (n,) + decl.shape, "temp"),))
         partial_of[m.stmt.target.tensor] = Load(name, (Iter(c_name),) + m.stmt.target.indices)
     top_ref = partial_of[top.target.tensor]
-    inner = _fresh_iter(used | {c_name}, top_loop_name(members) + "_in")
+    inner = fresh_name(members[0].loop.iterator + "_in", used | {c_name})
     program, chunked = _chunk_producers(program, members, c_name, inner, chunk, n, size)
     for m in members:
         j = m.loop.iterator
@@ -247,10 +247,6 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
         folds[m.stmt.name] = nest_of(outer + [Loop(c_name, E.index(0), E.index(n), "reduce", ())], (),
                                      replace(m.stmt, expr=_merge(m, top, partial_of, lemmas, dt)))
     return program, (firsts, folds), [p.tensor for p in partial_of.values()], c_name
-
-
-def top_loop_name(members: list[_Member]) -> str:
-    return members[0].loop.iterator
 
 
 def _chunk_producers(program: Program, members: list[_Member], c_name: str, inner: str, chunk: int, n: int,
@@ -367,13 +363,6 @@ def _chunks_independent(program: Program, firsts: list[Node], partial: list[str]
                 if not exact or not other.is_empty():
                     return f"{s.name} reads {ld.tensor} of another chunk: {other}"
     return None
-
-
-def _fresh_iter(used: set[str], base: str) -> str:
-    name, k = base, 1
-    while name in used:
-        name, k = f"{base}{k}", k + 1
-    return name
 
 
 @dataclass(frozen=True)

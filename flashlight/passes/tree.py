@@ -128,6 +128,14 @@ def stmt_loops(program: Program) -> dict[str, tuple[tuple[Loop, ...], tuple[Expr
     return {s.name: (loops, guards) for s, loops, guards in walk_stmts(program.body)}
 
 
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... where it is taken (an iterator, a tensor, a statement)."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
 def fresh_stmt_name(program: Program, base: str) -> str:
     names = {s.name for s, _, _ in walk_stmts(program.body)}
     name, k = base, 1
