@@ -25,6 +25,13 @@ A recomputable contraction (:mod:`flashlight.passes.fusion_recompute`: the score
 attention backward, read by kernels over query tiles and over key tiles) is not planned where it
 is written: each statement that reads it joins a kernel together with a copy of it, aligned with
 its loops, unless the kernel already holds one it can read; the copy joins its reader's phase.
+One that reduces over a loop longer than a block (the logits ``x Wᵀ`` of a loss over a
+vocabulary, summed over the model dimension) is *computed once*: its copy joins its first
+reader's phase with a serial loop of its own over that dimension, where every grid and serial
+iterator of the kernel indexes it (each value computed by one program, once; the logit tile of
+the vocabulary loop is a matrix product), else a kernel of its own stores it; later readers read
+it from memory. A reader that gathers it at an index (the target logit ``mm[i, t[i]]``) gets a
+copy that computes only the values read.
 
 Why forming kernels, the online rewrite and the loop roles are one pass: a statement joins a
 phase either as written or through the online rewrite, whether a kernel can keep its tiles in
@@ -102,8 +109,8 @@ class _Fuser:
         self.prev_names: dict[str, str] = {}
         self._cache: dict[tuple, tuple[PolyView, isl.UnionMap]] = {}
         self._verdicts: dict[tuple, _Verdict] = {}
-        deferred, refusals = recomputable_contractions(program, recs, block_limit)
-        self.copies = Copies(deferred)
+        deferred, once, refusals = recomputable_contractions(program, recs, block_limit)
+        self.copies = Copies(deferred, once)
         self.proofs.extend(refusals)
 
     def _analysis(self, recs: list[Rec], members: set[str], rewrites: dict[str, Stmt],
@@ -178,8 +185,17 @@ class _Fuser:
                 continue
             rewrites, running = self.join_phase(group, rec, rewrites, running, proofs)
             phase = group.phases[-1]
-            if any(serial[h.name] != phase.loops for h in held):
+            extras = [self.copies.extra_loops(h, serial[h.name], phase.loops, grid) for h in held]
+            if any(x is None for x in extras):
                 return None
+            for h, extra in zip(held, extras):
+                if extra:
+                    where = f"inside the {', '.join(phase.loops)} loop of" if phase.loops else "in the kernel of"
+                    proofs.append(Proof(
+                        f"compute {h.stmt.target.tensor} ({h.name}) {where} {rec.name}", True,
+                        f"it reduces over {', '.join(extra)}, longer than a block: a loop of its own inside its "
+                        f"reader's, where every grid and serial iterator ({', '.join(grid + phase.loops)}) indexes "
+                        "it, so each value is computed once, by one program, and never stored"))
             phase.members[-1:-1] = [h.name for h in held]
             held = []
         verdict = self.check(done + [group], rewrites, running)
@@ -407,11 +423,18 @@ class _Fuser:
     def unit(self, rec: Rec, needs: list[str], have: dict[str, str]) -> list[Rec]:
         names, copies = dict(have), []
         for t in needs:
-            if t not in have:
+            stored = None if self.copies.gathers(t, rec) else self.copies.stored(t)
+            if stored is not None:
+                names[t] = stored
+            elif t not in have:
                 copy = self.fresh_copy(t, rec)
                 copies.append(copy)
                 names[t] = copy.stmt.target.tensor
-        return copies + [redirect(rec, names)]
+        return copies + [self.redirected(rec, names)]
+
+    def redirected(self, rec: Rec, names: dict[str, str]) -> Rec:
+        kept = {t: self.copies.gathered[c] for t, c in names.items() if c in self.copies.gathered}
+        return redirect(rec, names, kept)
 
     def place(self, kernel: list[Rec], rec: Rec) -> tuple[list[Rec], Plan] | None:
         for unit in self.units(kernel, rec):
@@ -425,10 +448,23 @@ class _Fuser:
         kernel would take the copies with it)."""
         names = {}
         for t in self.copies.read_by(rec):
+            stored = None if self.copies.gathers(t, rec) else self.copies.stored(t)
+            if stored is not None:
+                names[t] = stored
+                continue
             copy = self.fresh_copy(t, rec)
+            if t in self.copies.once and not self.copies.gathers(t, rec):
+                written = {i for x in copy.stmt.target.indices for i in E.free_iters(x)}
+                apart = [it for it in rec.its if it not in written]
+                self.proofs.append(Proof(
+                    f"compute {t} once where {rec.name} reads it", False,
+                    f"no kernel with {rec.name} computes each of its values once: {', '.join(apart)} "
+                    f"{'does' if len(apart) == 1 else 'do'} not index it, and every program or step along "
+                    f"{'it' if len(apart) == 1 else 'them'} would redo a contraction over a loop longer than a "
+                    "block: it is stored by a kernel of its own"))
             self.commit(self.plan(self.take([copy])))
             names[t] = copy.stmt.target.tensor
-        alone = [redirect(rec, names)]
+        alone = [self.redirected(rec, names)]
         plan = self.plan(alone)
         assert plan is not None, f"{rec.name} cannot even form its own kernel"
         return alone, plan

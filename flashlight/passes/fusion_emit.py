@@ -41,6 +41,9 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
             for it in reversed(group.block[s]):
                 l = r.loop(it)
                 node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="block")
+            for it in reversed(group.serial[s][len(phase.loops):]):  # a contraction's own long loop
+                l = r.loop(it)
+                node = Loop(it, l.lower, l.upper, l.kind, (node,), mapping="serial")
             members.append(node)
         fixups = [empty_fixup(program, by_name[s], rewrites[s], group, running)
                    for s in phase.members if s in rewrites and rewrites[s].scale is not None]
@@ -127,22 +130,28 @@ def empty_fixup(program: Program, r: Rec, stmt: Stmt, group: Group, running: dic
 
 def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | None:
     """The condition on ``rows`` (the iterators of ``r``'s target) under which ``r`` has an
-    instance: its guarded domain with the other iterators projected out; None if every row has."""
+    instance: its guarded domain with the other iterators projected out; None if every row has.
+    A data-dependent guard of the rows alone (a loss's ``target != ignore_index``) is kept as it
+    is: a row where it fails has no term; one that reads a reduced iterator cannot be projected."""
     def projected(guards: tuple[Expr, ...]) -> isl.Set:
         dom = PolyView.of(program.replace(body=(nest_of(r.loops, guards, r.stmt),))).stmts[r.name].domain
         for k in reversed(range(len(r.its))):
             if r.its[k] not in rows:
                 dom = dom.project_out(isl.dim_type.set, k, 1)
         return dom
-    if any(not is_affine_condition(g) for g in r.guards):
-        raise RowsUnknown(f"{r.name} has a data-dependent guard")
-    domain, box = projected(r.guards), projected(())
-    if domain.is_equal(box):
-        return None
-    kept = tuple(it for it in r.its if it in rows)
-    cond = set_to_condition(domain.gist(box), kept)
-    if cond is None:
-        raise RowsUnknown(f"the rows where {r.name} has terms need existential variables: {domain}")
+    affine = tuple(g for g in r.guards if is_affine_condition(g))
+    of_rows = [g for g in r.guards if g not in affine]
+    if any(not E.free_iters(g) <= set(rows) for g in of_rows):
+        raise RowsUnknown(f"{r.name} has a data-dependent guard on its reduced iterators")
+    domain, box = projected(affine), projected(())
+    cond = None
+    if not domain.is_equal(box):
+        kept = tuple(it for it in r.its if it in rows)
+        cond = set_to_condition(domain.gist(box), kept)
+        if cond is None:
+            raise RowsUnknown(f"the rows where {r.name} has terms need existential variables: {domain}")
+    for g in of_rows:
+        cond = g if cond is None else E.call("and", cond, g)
     return cond
 
 

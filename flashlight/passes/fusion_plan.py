@@ -244,13 +244,16 @@ class Layout:
     rest: list[Rec]
 
     def schedule(self, view: PolyView) -> isl.UnionMap:
-        """``[group, grid..., phase, serial..., position, block...]`` for every statement, each of
-        the three sections padded with zeros to a common width."""
+        """``[group, grid..., phase, serial..., position, inner serial..., block...]`` for every
+        statement, each of the three sections padded with zeros to a common width. A statement's
+        serial loops beyond its phase's (a contraction's own loop over a long reduced dimension,
+        inside the phase's loop) run whole at its position, before the statements after it."""
         rows: list[tuple[str, list[list[Term]]]] = []
         for g, grp in enumerate(self.groups):
             for p, phase in enumerate(grp.phases):
                 for k, s in enumerate(phase.members):
-                    rows.append((s, [[g, *grp.grid], [p, *grp.serial[s]], [k, *grp.block[s]]]))
+                    inner = grp.serial[s][len(phase.loops):]
+                    rows.append((s, [[g, *grp.grid], [p, *phase.loops], [k, *inner, *grp.block[s]]]))
         for r in self.rest:
             g = len(self.groups) + self.rest.index(r)
             rows.append((r.name, [[g, *r.its], [0], [0]]))

@@ -14,7 +14,11 @@ nothing of its own target) of a temporary with one writer that
 * expands: its result is larger than all its operands together (an outer product: ``S x S``
   scores from ``S x D`` queries and keys), so storing it costs more traffic than reading them;
 * is cheap to redo: it reduces over loops that fit one block (a head dimension: one ``tl.dot``
-  per tile), not over a model dimension;
+  per tile), not over a model dimension. One that reduces over a longer loop (the logits
+  ``x Wᵀ`` of a language model's loss, over the model dimension) is *computed once*: it is
+  planned in its reader's kernel only where there each of its values is computed by exactly one
+  program, once (inside the reader's serial loop, with a serial loop of its own over the
+  reduced dimension), and any later reader reads what that kernel stored;
 * reads only tensors that are written before it and never after, none of them itself deferred;
 * is never tested for equality (a maximum's tie mask ``x == amax``): copies in different kernels
   may round differently in the last bit, and the maximum would then match none of them;
@@ -32,7 +36,7 @@ writers included), so a copy placed where an operand is not yet written is refus
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Expr, Iter, Load
@@ -52,13 +56,15 @@ def reads(rec: Rec) -> set[str]:
 
 
 def recomputable_contractions(program: Program, recs: list[Rec], block_limit: int
-                              ) -> tuple[dict[str, Rec], list[Proof]]:
-    """``tensor -> its writer`` for each recomputable contraction (module docstring), and a
-    refusal for each contraction that expands but is stored all the same."""
+                              ) -> tuple[dict[str, Rec], set[str], list[Proof]]:
+    """``tensor -> its writer`` for each recomputable contraction (module docstring), those of
+    them computed once (they reduce over a loop longer than a block), and a refusal for each
+    contraction that expands but is stored all the same."""
     writer_pos: dict[str, list[int]] = {}
     for k, r in enumerate(recs):
         writer_pos.setdefault(r.stmt.target.tensor, []).append(k)
     found: dict[str, Rec] = {}
+    once: set[str] = set()
     refusals: list[Proof] = []
     for k, r in enumerate(recs):
         s, t = r.stmt, r.stmt.target.tensor
@@ -72,8 +78,6 @@ def recomputable_contractions(program: Program, recs: list[Rec], block_limit: in
             why = f"it reads {', '.join(sorted(operands & set(found)))}, itself recomputed"
         elif any(p > k for x in operands for p in writer_pos.get(x, [])):
             why = "an operand is written again after it"
-        elif not all(fits_block(r.extent(l.iterator), block_limit) for l in r.loops if l.kind == "reduce"):
-            why = f"it reduces over a loop longer than a block ({block_limit}): redoing it costs more than storing it"
         elif compared := [o.name for o in recs[k + 1:] if _compares(o, t)]:
             why = (f"{', '.join(compared)} {'tests' if len(compared) == 1 else 'test'} it for equality (a maximum's "
                    "tie mask): a copy in another kernel may differ from the one the maximum folded in the last bit")
@@ -84,9 +88,20 @@ def recomputable_contractions(program: Program, recs: list[Rec], block_limit: in
                        "cannot be aligned with (several indices, or not plain iterators of equal extents)")
         if why is None:
             found[t] = r
+            if not all(fits_block(r.extent(l.iterator), block_limit) for l in r.loops if l.kind == "reduce"):
+                once.add(t)  # redoing it costs more than storing it: computed once, where it is read
         else:
             refusals.append(Proof(f"recompute {t} ({r.name}) where it is read", False, why + "; it is stored"))
-    return found, refusals
+    return found, once, refusals
+
+
+def computed_once_in(copy: Rec, grid: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    """Whether a copy placed in a kernel with this grid, inside serial loops ``outer``, computes
+    each of its values in exactly one program, once: every grid and enclosing serial iterator
+    indexes its target (a grid iterator it does not use would have every program along it redo
+    the whole contraction)."""
+    written = {i for x in copy.stmt.target.indices for i in E.free_iters(x)}
+    return set(grid) <= written and set(outer) <= written
 
 
 def _compares(reader: Rec, tensor: str) -> bool:
@@ -101,40 +116,76 @@ def read_at(reader: Rec, tensor: str) -> tuple[Expr, ...] | None:
     return next(iter(seen)) if len(seen) == 1 else None
 
 
-def alignment(original: Rec, reader: Rec) -> dict[str, str] | None:
+@dataclass(frozen=True)
+class Alignment:
+    """How a copy of a contraction computes what one reader reads: ``rename`` maps the
+    contraction's iterators to the reader's (or apart from them), ``at`` replaces an iterator by
+    the reader's index where that is not an iterator (a gather ``mm[i, t[i]]``: the copy computes
+    only the values read, over the other iterators)."""
+
+    rename: dict[str, str]
+    at: dict[str, Expr]
+
+    def key(self) -> tuple:
+        return tuple(sorted(self.rename.items())), tuple(sorted((k, str(v)) for k, v in self.at.items()))
+
+
+def alignment(original: Rec, reader: Rec) -> Alignment | None:
     """The renaming of ``original``'s iterators under which it writes, index for index, what
-    ``reader`` reads of it (its other iterators kept, or renamed apart from the reader's)."""
+    ``reader`` reads of it (its other iterators kept, or renamed apart from the reader's); an
+    index of the reader that is no iterator of its own is substituted, if it reads only
+    iterators aligned with others of the contraction's."""
     indices = read_at(reader, original.stmt.target.tensor)
     if indices is None:
         return None
     mapping: dict[str, str] = {}
+    at: dict[str, Expr] = {}
     for g, f in zip(original.stmt.target.indices, indices):
         if not isinstance(g, Iter):
             if g != f:
                 return None
             continue
-        if not isinstance(f, Iter) or f.name not in reader.its or g.name in mapping or f.name in mapping.values():
+        if g.name in mapping or g.name in at:
+            return None
+        if not isinstance(f, Iter):
+            at[g.name] = f
+            continue
+        if f.name not in reader.its or f.name in mapping.values():
             return None
         if original.extent(g.name) != reader.extent(f.name):
             return None
         mapping[g.name] = f.name
+    if any(not E.free_iters(f) <= set(mapping.values()) for f in at.values()):
+        return None  # the gathered index would need a loop of the reader's the copy does not have
     used = set(reader.its) | set(mapping.values())
     for it in original.its:
-        if it not in mapping:
+        if it not in mapping and it not in at:
             mapping[it] = fresh_name(it, used)
             used.add(mapping[it])
-    return mapping
+    return Alignment(mapping, at)
 
 
-def renamed(rec: Rec, mapping: dict[str, str], stmt_name: str, tensor: str) -> Rec:
-    """``rec`` with its iterators renamed, as statement ``stmt_name`` writing ``tensor``."""
+def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str) -> Rec:
+    """``rec`` with its iterators renamed (and substituted), as statement ``stmt_name`` writing
+    ``tensor`` (without the substituted dimensions)."""
     def ren(e: Expr) -> Expr:
-        return E.rewrite(e, lambda x: Iter(mapping[x.name]) if isinstance(x, Iter) and x.name in mapping else None)
+        def one(x: Expr) -> Expr | None:
+            if isinstance(x, Iter) and x.name in al.at:
+                return al.at[x.name]
+            return Iter(al.rename[x.name]) if isinstance(x, Iter) and x.name in al.rename else None
+        return E.rewrite(e, one)
     s = rec.stmt
+    kept = tuple(i for i in s.target.indices if not (isinstance(i, Iter) and i.name in al.at))
     stmt = replace(s, name=stmt_name, expr=ren(s.expr), scale=None if s.scale is None else ren(s.scale),
-                   target=Load(tensor, tuple(ren(i) for i in s.target.indices)))
-    loops = tuple(replace(l, iterator=mapping.get(l.iterator, l.iterator)) for l in rec.loops)
+                   target=Load(tensor, tuple(ren(i) for i in kept)))
+    loops = tuple(replace(l, iterator=al.rename.get(l.iterator, l.iterator)) for l in rec.loops
+                  if l.iterator not in al.at)
     return Rec(stmt, loops, tuple(ren(g) for g in rec.guards))
+
+
+def kept_positions(original: Rec, al: Alignment) -> tuple[int, ...]:
+    """The dimensions of ``original``'s target a copy under ``al`` keeps."""
+    return tuple(k for k, i in enumerate(original.stmt.target.indices) if not (isinstance(i, Iter) and i.name in al.at))
 
 
 class Copies:
@@ -146,11 +197,13 @@ class Copies:
     names, so repeated attempts analyse the same statements; candidates never placed in a kernel
     are removed from the result."""
 
-    def __init__(self, deferred: dict[str, Rec]) -> None:
+    def __init__(self, deferred: dict[str, Rec], once: set[str] = frozenset()) -> None:
         self.deferred = deferred
+        self.once = once  # computed at most once (module docstring): later readers read it stored
         self.of: dict[str, str] = {}  # copy tensor -> the tensor it copies
         self.taken: set[str] = set()  # copy tensors placed in a kernel
         self._candidates: dict[tuple, Rec] = {}
+        self.gathered: dict[str, tuple[int, ...]] = {}  # gathered copy -> the dimensions it keeps
         self._stmt_names: set[str] = set()  # names given to copies
 
     @property
@@ -162,27 +215,57 @@ class Copies:
         mine = reads(rec)
         return [t for t in self.deferred if t in mine]
 
+    def stored(self, tensor: str) -> str | None:
+        """The copy that computes ``tensor`` once, if a kernel holds it: later readers read it
+        from memory."""
+        if tensor not in self.once:
+            return None
+        return next((c for c in self.taken if self.of[c] == tensor), None)
+
+    def extra_loops(self, copy: Rec, serial: tuple[str, ...], outer: tuple[str, ...],
+                    grid: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The serial loops a copy with serial iterators ``serial`` has inside a phase over
+        ``outer``: none for a recomputable contraction (it must walk the phase's loops), its own
+        reduced loops for one computed once where it is computed once there (None otherwise)."""
+        if serial == outer:
+            return ()
+        if self.of.get(copy.stmt.target.tensor) not in self.once or serial[:len(outer)] != outer:
+            return None
+        extra = serial[len(outer):]
+        if any(copy.loop(it).kind != "reduce" for it in extra) or not computed_once_in(copy, grid, outer):
+            return None
+        return extra
+
     def candidate(self, program: Program, tensor: str, reader: Rec) -> tuple[Program, Rec]:
         """A copy of ``tensor`` aligned with ``reader`` (and the program declaring it)."""
         original = self.deferred[tensor]
-        mapping = alignment(original, reader)
-        assert mapping is not None, f"{reader.name} cannot read a copy of {tensor}"
-        key = (tensor, tuple(sorted(mapping.items())))
+        al = alignment(original, reader)
+        assert al is not None, f"{reader.name} cannot read a copy of {tensor}"
+        key = (tensor, al.key())
         hit = self._candidates.get(key)
         if hit is not None:
             return program, hit
-        if tensor not in self.of:
+        if tensor not in self.of and not al.at:
             name, stmt_name = tensor, original.name
         else:
             stmt_names = {s.name for s, _, _ in walk_stmts(program.body)} | self._stmt_names
-            name, stmt_name = fresh_name(tensor, set(program.tensor_map)), fresh_name(original.name, stmt_names)
+            base = f"{tensor}_at" if al.at else tensor  # a gathered copy: the values one reader reads
+            name, stmt_name = fresh_name(base, set(program.tensor_map)), fresh_name(original.name, stmt_names)
             decl = program.tensor(tensor)
-            program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, decl.shape, "temp"),))
+            shape = tuple(decl.shape[k] for k in kept_positions(original, al))
+            program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, shape, "temp"),))
         self._stmt_names.add(stmt_name)
-        copy = renamed(original, mapping, stmt_name, name)
+        copy = renamed(original, al, stmt_name, name)
         self.of[name] = tensor
+        if al.at:
+            self.gathered[name] = kept_positions(original, al)
         self._candidates[key] = copy
         return program, copy
+
+    def gathers(self, tensor: str, reader: Rec) -> bool:
+        """Whether ``reader`` reads ``tensor`` at an index a copy substitutes (a gather)."""
+        al = alignment(self.deferred[tensor], reader)
+        return al is not None and bool(al.at)
 
     def take(self, unit: list[Rec]) -> list[Proof]:
         """Record the copies of a unit placed in a kernel; a proof for each that is not the original."""
@@ -194,7 +277,14 @@ class Copies:
             self.taken.add(t)
             self._candidates = {k: c for k, c in self._candidates.items() if c.stmt.target.tensor != t}
             source = self.of[t]
-            if t != source:
+            if t in self.gathered:
+                original = self.deferred[source]
+                proofs.append(Proof(
+                    f"compute {source} as {t} where it is gathered: {r.name} copies {original.name}", True,
+                    f"{original.name} reduces a pure expression of {', '.join(sorted(reads(original)))}, which no "
+                    "later statement writes; the copy substitutes the reader's index for the gathered "
+                    "dimension, so it computes exactly the values read, and nothing else"))
+            elif t != source:
                 original = self.deferred[source]
                 proofs.append(Proof(
                     f"recompute {source} as {t}: {r.name} copies {original.name}", True,
@@ -212,13 +302,18 @@ class Copies:
         return {t for t in (*self.of, *self.deferred) if t not in self.taken}
 
 
-def redirect(rec: Rec, names: dict[str, str]) -> Rec:
-    """``rec`` reading ``names[t]`` wherever it read ``t``."""
+def redirect(rec: Rec, names: dict[str, str], kept: dict[str, tuple[int, ...]] | None = None) -> Rec:
+    """``rec`` reading ``names[t]`` wherever it read ``t`` (at the dimensions ``kept[t]`` of its
+    index, for a gathered copy)."""
+    kept = kept or {}
     if all(old == new for old, new in names.items()):
         return rec
 
+    def index(x: Load) -> tuple[Expr, ...]:
+        return tuple(x.indices[k] for k in kept[x.tensor]) if x.tensor in kept else x.indices
+
     def swap(e: Expr) -> Expr:
-        return E.rewrite(e, lambda x: Load(names[x.tensor], x.indices)
+        return E.rewrite(e, lambda x: Load(names[x.tensor], index(x))
                          if isinstance(x, Load) and x.tensor in names else None)
     s = rec.stmt
     stmt = replace(s, expr=swap(s.expr), scale=None if s.scale is None else swap(s.scale),

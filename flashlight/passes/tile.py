@@ -6,7 +6,10 @@ factor uses are the M and N of a matrix product and are tiled; the others are ba
 (one program each). A kernel without one tiles its innermost grid iterator, and also the one
 before it when it is purely parallel. Block loops are rounded up to a power of two (masked at the
 tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one another only the
-innermost is tiled (the others walk one point at a time): their tiles would multiply in registers.
+innermost is tiled (the others walk one point at a time): their tiles would multiply in registers;
+except where the inner loops only reduce matrix products (a logit tile ``x Wᵀ`` summed over the
+model dimension inside the loop over the vocabulary), whose accumulator holds a tile of each of
+the two outer axes and no more.
 A statement's register tile is the product of the tiles of all its enclosing loops; where that
 exceeds Triton's limit on a tensor's elements (2^20), tiles are halved, padding above an extent's
 power of two first, then the largest grid or serial tile (block loops stay whole). A kernel has
@@ -148,7 +151,7 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         n = loop_extent(node)
         if node.mapping == "grid":
             t = sizes.get(node.iterator, 1)
-        elif node.mapping == "serial" and any(l.mapping == "serial" for l in walk_loops(node.body)):
+        elif node.mapping == "serial" and not _only_products_inside(node):
             t = 1  # the tiles of nested serial loops multiply in registers: only the innermost is tiled
         elif node.mapping == "serial" and node.kind == "seq":
             t = 1  # it carries a dependence from each point to the next: walked one point at a time
@@ -163,6 +166,18 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
     if dots:
         proof = replace(proof, reason=f"{proof.reason}; matrix products of two tiles: {', '.join(dots)}")
     return new, proof
+
+
+def _only_products_inside(loop: Loop) -> bool:
+    """Whether every serial loop nested in ``loop`` only reduces matrix products over its own
+    iterator (nothing nested deeper): their register tile is their accumulator's, whatever the
+    outer loop's tile."""
+    for inner in (l for l in walk_loops(loop.body) if l.mapping == "serial"):
+        for s, loops, _ in walk_stmts((inner,)):
+            c = contraction_operands(s, {inner.iterator})
+            if c is None or c[2] != inner.iterator or sum(l.mapping == "serial" for l in loops) != 1:
+                return False
+    return True
 
 
 MIN_DOT = 16  # the smallest side of a matrix product of tiles (tl.dot, wgmma)
@@ -267,22 +282,31 @@ def _within_budget(nest: Node, k: int) -> Node:
     return _with_tiles(nest, tile) if shrunk else nest
 
 
+def _serial_paths(node: Node, path: list[Term]) -> list[tuple[Stmt, list[Term]]]:
+    """Each statement under ``node`` with its place among serial loops: per enclosing serial
+    loop, its tile and which child of the loop's body holds the statement (a loop nested inside
+    runs whole before the siblings after it)."""
+    if isinstance(node, Stmt):
+        return [(node, path)]
+    if isinstance(node, Loop) and node.mapping == "serial":
+        return [row for c, child in enumerate(node.body)
+                for row in _serial_paths(child, path + [TileOf(node.iterator, node.tile), c])]
+    return [row for child in node.body for row in _serial_paths(child, path)]
+
+
 def _prove(nest: Node, k: int, view: PolyView, deps: dict[str, isl.UnionMap]) -> Proof:
     state = state_tensors(nest)
     grid = grid_chain(nest)
     body = grid[-1].body if grid else (nest,)
     sched = isl.UnionMap("{ }")
     names = []
-    for p, phase in enumerate(body):
-        pos = 0
-        for stmt, loops, _ in walk_stmts((phase,)):
-            serial = [l for l in loops if l.mapping == "serial"]
-            terms: list[Term] = [k, p, *(TileOf(l.iterator, l.tile) for l in serial)]
-            terms += [0] * (2 - len(serial)) + [pos]
-            pos += 1
-            sv = view.stmts[stmt.name]
-            sched = sched.union(isl.UnionMap.from_map(schedule_map(stmt.name, sv.iterators, terms, sv.domain)))
-            names.append(stmt.name)
+    rows = [(stmt, [k, p, *path]) for p, phase in enumerate(body) for stmt, path in _serial_paths(phase, [])]
+    width = max((len(t) for _, t in rows), default=0)
+    for pos, (stmt, terms) in enumerate(rows):
+        terms = terms + [0] * (width - len(terms)) + [pos]
+        sv = view.stmts[stmt.name]
+        sched = sched.union(isl.UnionMap.from_map(schedule_map(stmt.name, sv.iterators, terms, sv.domain)))
+        names.append(stmt.name)
     mine = isl.UnionSet("{ }")
     for n in names:
         mine = mine.union(isl.UnionSet.from_set(view.stmts[n].domain))
