@@ -519,6 +519,21 @@ def one_hot_like(t, x):
     return (torch.arange(x.shape[-1])[None, :] == t[:, None]).float() * x
 
 
+def scatter_one_hot(t, x):
+    """The gradient of a gather: a one-hot row per target."""
+    return torch.zeros_like(x).scatter(1, t[:, None], 1.0) * x
+
+
+def scatter_rows(x, idx, src):
+    """Two entries per row from a tensor (distinct columns: eager leaves a collision's winner
+    open), and a scalar into one row along dimension 0."""
+    return x.scatter(1, idx, src), x.scatter(0, idx[:1, :1].expand(1, x.shape[1]), 2.5)
+
+
+def distinct_columns(g: torch.Generator, rows: int, cols: int, k: int) -> torch.Tensor:
+    return torch.stack([torch.randperm(cols, generator=g)[:k] for _ in range(rows)])
+
+
 GATHERS = cases(
     Case("index_rows_negative", index_rows, lambda g: (randn(g, 7, 13), randint(g, -7, 7, 5))),
     Case("index_columns_negative", index_columns, lambda g: (randn(g, 7, 13), randint(g, -13, 13, 4))),
@@ -530,6 +545,8 @@ GATHERS = cases(
     Case("embedding_layer_norm", embedding_norm, lambda g: (randint(g, 0, 11, 3, 5), randn(g, 11, 6))),
     Case("index_select_int32", index_select_int32, lambda g: (randn(g, 7, 13), randint(g, 0, 7, 5, dtype=torch.int32))),
     Case("one_hot_mask", one_hot_like, lambda g: (randint(g, 0, 13, 7), randn(g, 7, 13))),
+    Case("scatter_one_hot", scatter_one_hot, lambda g: (randint(g, 0, 13, 7), randn(g, 7, 13))),
+    Case("scatter_rows", scatter_rows, lambda g: (randn(g, 7, 13), distinct_columns(g, 7, 13, 2), randn(g, 7, 2))),
 )
 
 

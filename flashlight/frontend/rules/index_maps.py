@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 
+import torch.fx as fx
+
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 from flashlight.frontend.builder import broadcast_index, literal
 from flashlight.frontend.rules.base import RuleContext, Rules, aten
 from flashlight.frontend.rules.constants import as_python
+from flashlight.frontend.rules.indices import as_index
 from flashlight.frontend.rules.pointwise import pointwise
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Value, placeholder
@@ -169,4 +172,47 @@ def _select_scatter(c: RuleContext) -> Value:
         y = y if base.dtype == out else E.call(out, y)
         x = x if src.dtype == out else E.call(out, x)
         return E.call("where", E.call("eq", its[dim], E.index(i)), x, y)  # type: ignore[arg-type]
+    return pointwise(c, [make], lambda xs: xs[0], None)
+
+
+SCATTER_WIDTH = 8  # the most index entries per position along ``dim`` a scatter is unrolled over
+
+
+@RULES.handles(aten.scatter)
+def _scatter(c: RuleContext) -> Value:
+    """``x.scatter(dim, idx, v)``, ``v`` a scalar or a tensor: position ``p`` takes the value of
+    the ``e``-th entry of ``idx`` along ``dim`` where ``idx[.., e, ..] == p[dim]``, else ``x[p]``;
+    a ``where`` per entry (a one-hot, the gradient of a gather, has one). Eager leaves which of
+    several entries naming one position wins undefined; the last one wins here. An index smaller
+    than ``x`` along another dimension, or with more than ``SCATTER_WIDTH`` entries per
+    position, is not lifted."""
+    if c.node.kwargs.get("reduce") is not None or len(c.node.args) > 4:
+        raise Unsupported("scatter with a reduction")
+    x, index = c.value(c.arg(0)), c.value(c.arg(2))
+    if x.rank == 0 or index.rank != x.rank:
+        raise Unsupported("scatter of a 0-d tensor")
+    dim = c.arg(1) % x.rank  # type: ignore[operator]
+    if any(a != b for d, (a, b) in enumerate(zip(index.shape, x.shape)) if d != dim):
+        raise Unsupported("scatter with an index smaller than the tensor along another dimension")
+    width = index.shape[dim]
+    if not isinstance(width, int) or width > SCATTER_WIDTH:
+        raise Unsupported(f"scatter of {width} entries per position (at most {SCATTER_WIDTH} are unrolled)")
+    src = c.arg(3)
+    src_v = c.value(src) if isinstance(src, fx.Node) else None
+    out = c.out_dtype
+
+    def make(its: list[Iter]) -> Expr:
+        y = x.at(its)
+        y = y if x.dtype == out else E.call(out, y)
+        for e in range(width):
+            at: list[Expr] = list(its)
+            at[dim] = E.index(e)
+            if src_v is None:
+                v: Expr = literal(as_python(src, out), out)
+            else:
+                v = src_v.at(at)
+                v = v if src_v.dtype == out else E.call(out, v)
+            hit = E.call("eq", its[dim], as_index(index.at(at), index.dtype))
+            y = E.call("where", hit, v, y)
+        return y
     return pointwise(c, [make], lambda xs: xs[0], None)
