@@ -122,3 +122,78 @@ def test_a_maximum_alone_splits_and_stays_exact():
     split = [p for p in ex.proofs if p.transformation.startswith("split ")]
     assert split and split[0].legal and "associative" in split[0].lemma and len(ex.kernels) == 2
     assert torch.equal(flashlight.compile(lambda x: x.amax(-1))(x), x.amax(-1))
+
+
+# {{{ paged caches: K/V gathered through a block table, ragged lengths
+
+PAGE, PAGES, POOL = 16, 80, 400  # a table of 80 pages of 16 keys per sequence (1280: three chunks), from a pool of 400
+
+
+def _paged(k_pages, table):
+    """The cache of each sequence in order: ``k_pages[table[b, j // P], j % P]`` ([B, S, H, D])."""
+    j = torch.arange(table.shape[1] * k_pages.shape[1])
+    return k_pages[table[:, j // k_pages.shape[1]], j % k_pages.shape[1]]
+
+
+def _paged_scores(q, k_pages, table, lengths):
+    k = _paged(k_pages, table)
+    g = q.shape[1] // k.shape[2]  # GQA: the query heads of a group share a key/value head
+    s = torch.einsum("bhqd,bshd->bhqs", q, k.repeat_interleave(g, 2)) / math.sqrt(q.shape[-1])
+    j = torch.arange(k.shape[1])
+    i = lengths[:, None] - q.shape[2] + torch.arange(q.shape[2])[None, :]  # the last positions of each sequence
+    return s, i[:, None, :, None], j, (j >= lengths[:, None, None, None])
+
+
+def _paged_finish(s, v_pages, table, q):
+    v = _paged(v_pages, table)
+    v = v.repeat_interleave(q.shape[1] // v.shape[2], 2)
+    return torch.einsum("bhqs,bshd->bhqd", torch.softmax(s, -1), v)
+
+
+def paged_vanilla(q, k_pages, v_pages, table, lengths):
+    s, _, _, beyond = _paged_scores(q, k_pages, table, lengths)
+    return _paged_finish(s.masked_fill(beyond, float("-inf")), v_pages, table, q)
+
+
+def paged_alibi(q, k_pages, v_pages, table, lengths):
+    s, i, j, beyond = _paged_scores(q, k_pages, table, lengths)
+    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1) / q.shape[1])
+    s = s + slopes[None, :, None, None] * (j - i)
+    return _paged_finish(s.masked_fill(beyond | (j > i), float("-inf")), v_pages, table, q)
+
+
+def paged_softcap(q, k_pages, v_pages, table, lengths):
+    s, _, _, beyond = _paged_scores(q, k_pages, table, lengths)
+    return _paged_finish((torch.tanh(s / 5.0) * 5.0).masked_fill(beyond, float("-inf")), v_pages, table, q)
+
+
+def paged_sliding_window(q, k_pages, v_pages, table, lengths):
+    s, i, j, beyond = _paged_scores(q, k_pages, table, lengths)
+    return _paged_finish(s.masked_fill(beyond | (j > i) | (j <= i - 100), float("-inf")), v_pages, table, q)
+
+
+PAGED = {"vanilla": (paged_vanilla, H), "alibi": (paged_alibi, H), "softcap": (paged_softcap, H),
+         "sliding_window": (paged_sliding_window, H), "gqa": (paged_vanilla, HKV)}
+
+
+@pytest.mark.parametrize("name", list(PAGED))
+def test_a_paged_cache_with_ragged_lengths_matches_eager(name):
+    """Four sequences of 0, 9, 777 and 1280 keys in pages scattered over a pool: each page is read
+    through the table, keys past a sequence's length are masked (a sequence of none gets eager's
+    NaN), and the long cache still runs in chunks."""
+    fn, hkv = PAGED[name]
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(4, H, 1, D, generator=g)
+    k_pages, v_pages = (torch.randn(POOL, PAGE, hkv, D, generator=g) for _ in range(2))
+    table = torch.stack([torch.randperm(POOL, generator=g)[:PAGES] for _ in range(4)])
+    lengths = torch.tensor([0, 9, 777, PAGE * PAGES])
+    args = (q, k_pages, v_pages, table, lengths)
+    ex = flashlight.explain(fn, *args)
+    assert not ex.fallbacks, ex.fallbacks
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert split and split[0].legal, [(p.transformation, p.reason) for p in split]
+    got, ref = flashlight.compile(fn)(*args), fn(*args)
+    assert torch.equal(got.isnan(), ref.isnan()) and got[0].isnan().all()
+    assert torch.allclose(got.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-5)
+
+# }}}
