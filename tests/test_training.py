@@ -317,3 +317,20 @@ def test_an_output_the_backward_computes_itself_states_no_given():
         args = [torch.randn(1, c, generator=g), torch.rand(1, c, generator=g) + 0.5,
                 torch.randn(1, c, generator=g), torch.randn(1, c, generator=g)]
         check_against_eager(prog, *args)
+
+
+@pytest.mark.parametrize("name", ["gqa_expand", "gqa_repeat_interleave", "gqa_5d"])
+def test_gqa_sums_a_groups_key_and_value_gradients_inside_the_kernel(name):
+    """The gradients of the repeated keys and values are summed over the query heads of each group
+    where they are computed (merge-sums, then a loop over the group's heads in the key-major
+    kernel): no buffer holds them per query head. What the backward keeps in global memory is
+    dQ, one tensor of the keys' shape and the row statistics: before, two buffers of the
+    queries' shape more (test_variants compares the gradients with eager's)."""
+    fn, make = VARIANTS[name]
+    args = [a.requires_grad_() if a.is_floating_point() else a for a in make()]
+    q, k = args[0], args[1]
+    ex = flashlight.explain(fn, *args)
+    merges = [p for p in ex.backward.proofs if p.transformation.startswith("merge ")]
+    assert len(merges) == 2 and all(p.legal for p in merges), [str(p) for p in merges]
+    kept = sum(math.prod(b.shape) for b in ex.backward.buffers)
+    assert kept <= q.numel() + k.numel() + q.numel() // q.shape[-1], ex.backward.buffers

@@ -433,8 +433,8 @@ class _Fuser:
         return copies + [self.redirected(rec, names)]
 
     def redirected(self, rec: Rec, names: dict[str, str]) -> Rec:
-        kept = {t: self.copies.gathered[c] for t, c in names.items() if c in self.copies.gathered}
-        return redirect(rec, names, kept)
+        spread = {t: self.copies.gathered[c] for t, c in names.items() if c in self.copies.gathered}
+        return redirect(rec, names, spread)
 
     def place(self, kernel: list[Rec], rec: Rec) -> tuple[list[Rec], Plan] | None:
         for unit in self.units(kernel, rec):

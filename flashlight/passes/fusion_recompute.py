@@ -120,11 +120,14 @@ def read_at(reader: Rec, tensor: str) -> tuple[Expr, ...] | None:
 class Alignment:
     """How a copy of a contraction computes what one reader reads: ``rename`` maps the
     contraction's iterators to the reader's (or apart from them), ``at`` replaces an iterator by
-    the reader's index where that is not an iterator (a gather ``mm[i, t[i]]``: the copy computes
-    only the values read, over the other iterators)."""
+    the reader's index where that is not an iterator, and ``spread`` gives, for each such
+    iterator, the reader's iterators in its index that the copy loops over in its place (a
+    group's heads ``h = R g + r``: the copy runs over ``g`` and ``r``; a gather ``mm[i, t[i]]``:
+    over none, it computes only the values read)."""
 
     rename: dict[str, str]
     at: dict[str, Expr]
+    spread: dict[str, tuple[str, ...]]
 
     def key(self) -> tuple:
         return tuple(sorted(self.rename.items())), tuple(sorted((k, str(v)) for k, v in self.at.items()))
@@ -133,8 +136,9 @@ class Alignment:
 def alignment(original: Rec, reader: Rec) -> Alignment | None:
     """The renaming of ``original``'s iterators under which it writes, index for index, what
     ``reader`` reads of it (its other iterators kept, or renamed apart from the reader's); an
-    index of the reader that is no iterator of its own is substituted, if it reads only
-    iterators aligned with others of the contraction's."""
+    index of the reader that is no iterator of its own is substituted. Iterators of the reader
+    in it that are aligned with none of the contraction's become loops of the copy, where the
+    index is affine and stays, over their whole ranges, inside the loop it replaces."""
     indices = read_at(reader, original.stmt.target.tensor)
     if indices is None:
         return None
@@ -155,19 +159,40 @@ def alignment(original: Rec, reader: Rec) -> Alignment | None:
         if original.extent(g.name) != reader.extent(f.name):
             return None
         mapping[g.name] = f.name
-    if any(not E.free_iters(f) <= set(mapping.values()) for f in at.values()):
-        return None  # the gathered index would need a loop of the reader's the copy does not have
-    used = set(reader.its) | set(mapping.values())
+    spread: dict[str, tuple[str, ...]] = {}
+    claimed = set(mapping.values())
+    for g, f in at.items():
+        own = tuple(it for it in reader.its if it in E.free_iters(f) and it not in claimed)
+        if own and not _inside(f, reader, original.extent(g)):
+            return None
+        claimed |= set(own)
+        spread[g] = own
+    used = set(reader.its) | claimed
     for it in original.its:
         if it not in mapping and it not in at:
             mapping[it] = fresh_name(it, used)
             used.add(mapping[it])
-    return Alignment(mapping, at)
+    return Alignment(mapping, at, spread)
 
 
-def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str) -> Rec:
+def _inside(index: Expr, reader: Rec, extent: object) -> bool:
+    """Whether an affine ``index`` of the reader's iterators stays in ``0:extent`` over their ranges."""
+    form = E.affine_form(index)
+    if form is None or not isinstance(extent, int):
+        return False
+    lo = hi = form[1]
+    for it, c in form[0].items():
+        n = reader.extent(it)
+        if not isinstance(n, int):
+            return False
+        lo, hi = lo + min(0, c * (n - 1)), hi + max(0, c * (n - 1))
+    return 0 <= lo and hi < extent
+
+
+def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str, reader: Rec | None = None) -> Rec:
     """``rec`` with its iterators renamed (and substituted), as statement ``stmt_name`` writing
-    ``tensor`` (without the substituted dimensions)."""
+    ``tensor``: each substituted dimension becomes the reader's iterators spread over it, with
+    the reader's loops over them."""
     def ren(e: Expr) -> Expr:
         def one(x: Expr) -> Expr | None:
             if isinstance(x, Iter) and x.name in al.at:
@@ -175,17 +200,40 @@ def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str) -> Rec:
             return Iter(al.rename[x.name]) if isinstance(x, Iter) and x.name in al.rename else None
         return E.rewrite(e, one)
     s = rec.stmt
-    kept = tuple(i for i in s.target.indices if not (isinstance(i, Iter) and i.name in al.at))
+    target: list[Expr] = []
+    for i in s.target.indices:
+        if isinstance(i, Iter) and i.name in al.at:
+            target += [Iter(x) for x in al.spread[i.name]]
+        else:
+            target.append(ren(i))
     stmt = replace(s, name=stmt_name, expr=ren(s.expr), scale=None if s.scale is None else ren(s.scale),
-                   target=Load(tensor, tuple(ren(i) for i in kept)))
-    loops = tuple(replace(l, iterator=al.rename.get(l.iterator, l.iterator)) for l in rec.loops
-                  if l.iterator not in al.at)
-    return Rec(stmt, loops, tuple(ren(g) for g in rec.guards))
+                   target=Load(tensor, tuple(target)))
+    loops: list = []
+    for l in rec.loops:
+        if l.iterator in al.at:
+            assert reader is not None or not al.spread[l.iterator]
+            loops += [replace(reader.loop(x), kind="parallel") for x in al.spread[l.iterator]]  # type: ignore[union-attr]
+        else:
+            loops.append(replace(l, iterator=al.rename.get(l.iterator, l.iterator)))
+    return Rec(stmt, tuple(loops), tuple(ren(g) for g in rec.guards))
 
 
-def kept_positions(original: Rec, al: Alignment) -> tuple[int, ...]:
-    """The dimensions of ``original``'s target a copy under ``al`` keeps."""
-    return tuple(k for k, i in enumerate(original.stmt.target.indices) if not (isinstance(i, Iter) and i.name in al.at))
+def copy_shape(original: Rec, al: Alignment, shape: tuple, reader: Rec) -> tuple:
+    """The shape of a copy under ``al``: a substituted dimension becomes its spread iterators'."""
+    out: list = []
+    for i, n in zip(original.stmt.target.indices, shape):
+        if isinstance(i, Iter) and i.name in al.at:
+            out += [reader.extent(x) for x in al.spread[i.name]]
+        else:
+            out.append(n)
+    return tuple(out)
+
+
+def spread_of(original: Rec, al: Alignment) -> tuple[tuple[str, ...] | None, ...]:
+    """Per dimension of ``original``'s target: None where a reader's index is kept, else the
+    iterators a copy under ``al`` has in its place."""
+    return tuple(al.spread[i.name] if isinstance(i, Iter) and i.name in al.at else None
+                 for i in original.stmt.target.indices)
 
 
 class Copies:
@@ -203,7 +251,7 @@ class Copies:
         self.of: dict[str, str] = {}  # copy tensor -> the tensor it copies
         self.taken: set[str] = set()  # copy tensors placed in a kernel
         self._candidates: dict[tuple, Rec] = {}
-        self.gathered: dict[str, tuple[int, ...]] = {}  # gathered copy -> the dimensions it keeps
+        self.gathered: dict[str, tuple] = {}  # a copy at substituted indices -> spread_of its alignment
         self._stmt_names: set[str] = set()  # names given to copies
 
     @property
@@ -252,18 +300,19 @@ class Copies:
             base = f"{tensor}_at" if al.at else tensor  # a gathered copy: the values one reader reads
             name, stmt_name = fresh_name(base, set(program.tensor_map)), fresh_name(original.name, stmt_names)
             decl = program.tensor(tensor)
-            shape = tuple(decl.shape[k] for k in kept_positions(original, al))
+            shape = copy_shape(original, al, decl.shape, reader)
             program = program.replace(tensors=program.tensors + (TensorDecl(name, decl.dtype, shape, "temp"),))
         self._stmt_names.add(stmt_name)
-        copy = renamed(original, al, stmt_name, name)
+        copy = renamed(original, al, stmt_name, name, reader)
         self.of[name] = tensor
         if al.at:
-            self.gathered[name] = kept_positions(original, al)
+            self.gathered[name] = spread_of(original, al)
         self._candidates[key] = copy
         return program, copy
 
     def gathers(self, tensor: str, reader: Rec) -> bool:
-        """Whether ``reader`` reads ``tensor`` at an index a copy substitutes (a gather)."""
+        """Whether ``reader`` reads ``tensor`` at an index a copy substitutes (a gather, a
+        group's heads): such a copy computes only what that reader reads."""
         al = alignment(self.deferred[tensor], reader)
         return al is not None and bool(al.at)
 
@@ -279,11 +328,15 @@ class Copies:
             source = self.of[t]
             if t in self.gathered:
                 original = self.deferred[source]
+                spread = [x for its in self.gathered[t] if its for x in its]
+                how = (f"over the reader's {', '.join(spread)} in place of the dimension its index computes"
+                       if spread else "at the reader's index for the gathered dimension")
                 proofs.append(Proof(
-                    f"compute {source} as {t} where it is gathered: {r.name} copies {original.name}", True,
+                    f"compute {source} as {t} where {'it is gathered' if not spread else 'it is read'}: "
+                    f"{r.name} copies {original.name}", True,
                     f"{original.name} reduces a pure expression of {', '.join(sorted(reads(original)))}, which no "
-                    "later statement writes; the copy substitutes the reader's index for the gathered "
-                    "dimension, so it computes exactly the values read, and nothing else"))
+                    f"later statement writes; the copy substitutes the reader's index, {how}, so it computes "
+                    "exactly the values read, and nothing else"))
             elif t != source:
                 original = self.deferred[source]
                 proofs.append(Proof(
@@ -302,15 +355,20 @@ class Copies:
         return {t for t in (*self.of, *self.deferred) if t not in self.taken}
 
 
-def redirect(rec: Rec, names: dict[str, str], kept: dict[str, tuple[int, ...]] | None = None) -> Rec:
-    """``rec`` reading ``names[t]`` wherever it read ``t`` (at the dimensions ``kept[t]`` of its
-    index, for a gathered copy)."""
-    kept = kept or {}
+def redirect(rec: Rec, names: dict[str, str], spread: dict[str, tuple] | None = None) -> Rec:
+    """``rec`` reading ``names[t]`` wherever it read ``t`` (for a copy at substituted indices,
+    with each substituted index replaced by the iterators ``spread[t]`` has there)."""
+    spread = spread or {}
     if all(old == new for old, new in names.items()):
         return rec
 
     def index(x: Load) -> tuple[Expr, ...]:
-        return tuple(x.indices[k] for k in kept[x.tensor]) if x.tensor in kept else x.indices
+        if x.tensor not in spread:
+            return x.indices
+        out: list[Expr] = []
+        for i, its in zip(x.indices, spread[x.tensor]):
+            out += [i] if its is None else [Iter(n) for n in its]
+        return tuple(out)
 
     def swap(e: Expr) -> Expr:
         return E.rewrite(e, lambda x: Load(names[x.tensor], index(x))
