@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -67,6 +68,7 @@ class Block(nn.Module):
 
 
 STEPS = 3
+RANKS_TIMEOUT_S = 600  # a hung collective fails the test instead of the suite
 
 
 def _train(rank: int, world: int, port: int, wrap: str, out_dir: str) -> None:
@@ -101,6 +103,7 @@ def _train(rank: int, world: int, port: int, wrap: str, out_dir: str) -> None:
         result["eager_calls"] = flashlight.counters["eager_calls"]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
@@ -114,7 +117,13 @@ def _free_port() -> int:
 @pytest.mark.parametrize("wrap", ["ddp", "fsdp2"])
 def test_a_model_compiled_by_us_trains_under_torch_distributed(wrap, tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path / "cache"))  # each rank compiles: counted
-    mp.spawn(_train, args=(2, _free_port(), wrap, str(tmp_path)), nprocs=2, join=True)
+    ranks = mp.spawn(_train, args=(2, _free_port(), wrap, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    while not ranks.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"the ranks did not finish within {RANKS_TIMEOUT_S} s")
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["programs_compiled"] > 0 and result["eager_calls"] == 0, result
