@@ -28,6 +28,9 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import flashlight  # noqa: E402
 from bench_attention import bench, relerr  # noqa: E402
+from flashlight.passes.declare import DEFAULT_PIPELINE  # noqa: E402
+
+LIBRARY_PIPELINE = DEFAULT_PIPELINE + ",call-library"
 
 
 def rmsnorm(x, w):
@@ -133,7 +136,9 @@ def run(name: str, impls: list[str], backward: bool) -> list[dict]:
     ref = [r.detach() for r in ref] if isinstance(ref, list) else ref.detach()
     del ref_args
     candidates = {"eager": lambda: p.fn, "inductor": lambda: torch.compile(p.fn),
-                  "flashlight": lambda: flashlight.compile(p.fn)}
+                  "flashlight": lambda: flashlight.compile(p.fn),
+                  # plain matrix products as torch.matmul (cuBLAS): call-library, not yet a default
+                  "flashlight+library": lambda: flashlight.compile(p.fn, pipeline=LIBRARY_PIPELINE)}
     rows = []
     for label in impls:
         try:
@@ -150,7 +155,7 @@ def run(name: str, impls: list[str], backward: bool) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--programs", default=",".join(PROGRAMS))
-    ap.add_argument("--impls", default="eager,inductor,flashlight")
+    ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight+library")
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from flashlight.codegen.triton import KernelSource
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, grid_chain, walk_stmts
+from flashlight.ir.nodes import Guard, LibraryCall, Loop, Node, Program, Proof, grid_chain, walk_stmts
 
 # {{{ proofs
 
@@ -56,6 +56,10 @@ def describe_kernel(program: Program, nest: Node) -> str:
             reduced.setdefault(t.name, s.op[:-1] + (" online" if s.scale is not None else ""))
         if t.storage == "global" and t.name not in written:
             written.append(t.name)
+    library = [s for s, _, _ in walk_stmts((nest,)) if isinstance(s.tag, LibraryCall)]
+    if library:  # call-library: no generated kernel, one call
+        return (f"library {library[0].tag.op} (torch.matmul: cuBLAS on the GPU) of {library[0].target.tensor} over "
+                f"({', '.join(dims)}); writes {', '.join(written) or 'nothing'}")
     parts = [f"grid ({', '.join(dims) or '1'})"]
     if serial:
         parts.append(f"loops over tiles of {', '.join(serial)}")

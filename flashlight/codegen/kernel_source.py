@@ -29,6 +29,8 @@ class KernelSource:
     grid_factors: tuple[tuple[int | str, int], ...] = ()
     # (size, most): a block loop over a size parameter holds at most one tile of it
     size_limits: tuple[tuple[str, int], ...] = ()
+    # a plain Python function calling a library (``as library matmul``), not a Triton kernel
+    library: bool = False
 
     def __post_init__(self) -> None:
         # a kernel read back from the on-disk cache (JSON) has lists where tuples were

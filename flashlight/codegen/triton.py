@@ -28,7 +28,8 @@ The kernel is one class made of mixins over a shared state, one module per part:
 * :mod:`~flashlight.codegen.memory`: indices, pointers, masked loads and stores;
 * :mod:`~flashlight.codegen.expressions`: values, hoisting, pointwise calls and casts;
 * :mod:`~flashlight.codegen.operators`: Triton's spelling of dtypes, constants and operators;
-* :mod:`~flashlight.codegen.kernel_source`: what code generation hands back (and its error).
+* :mod:`~flashlight.codegen.kernel_source`: what code generation hands back (and its error);
+* :mod:`~flashlight.codegen.library`: a kernel marked ``as library matmul``, a ``torch.matmul`` call.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from flashlight.codegen.dot import MatrixProducts
 from flashlight.codegen.expressions import Expressions
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.kernel_state import Strides
+from flashlight.codegen.library import generate_library, library_product
 from flashlight.codegen.memory import MemoryAccess
 from flashlight.codegen.operators import TL_DTYPE
 from flashlight.codegen.serial_loops import SerialLoops
@@ -67,6 +69,9 @@ def generate(program: Program, strides: Strides, target: str = "cuda",
                            "exchange-sums removes such statements before code generation")
     out = []
     for k, nest in enumerate(program.body):
+        if library_product(nest) is not None:
+            out.append(generate_library(program, nest, f"{name_prefix}_{program.name}_k{k}", strides))
+            continue
         kern = _Kernel(program, nest, f"{name_prefix}_{program.name}_k{k}", strides, target).build()
         warps = num_warps or (8 if kern.tile_elements > 32 * 1024 else 4)
         stages = num_stages or (3 if kern.serial else 2)

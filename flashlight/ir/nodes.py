@@ -93,6 +93,17 @@ class Given:
 
 
 @dataclass(frozen=True)
+class LibraryCall:
+    """Tags ``C[b, m, n] += A[b, m, k] * B[b, k, n]`` (factors in any layout, each index an
+    iterator or a constant): the kernel that holds it is a matrix product a library computes (the
+    vendor's GEMM through ``torch.matmul``), not a generated kernel; call-library decides it, the
+    code generator writes the call. The product is the same sum in another order, accumulated in
+    fp32 at least, as ``+=`` over a tile allows."""
+
+    op: str = "matmul"
+
+
+@dataclass(frozen=True)
 class Stmt:
     name: str
     target: Load
@@ -105,9 +116,10 @@ class Stmt:
     # For max=/min=: a positive constant that every fold of ``expr`` is multiplied by after the
     # fold (scale-after-fold): ``max_j(x_j * c) = max_j(x_j) * c``, one multiply per row, not per point.
     fold_scale: Const | None = None
-    # What the statement is for, where passes must know it: NanFixup (from tree.nan_fixup) or
-    # Given (a fact about an input, from the lift of a backward program).
-    tag: NanFixup | Given | None = None
+    # What the statement is for, where passes must know it: NanFixup (from tree.nan_fixup),
+    # Given (a fact about an input, from the lift of a backward program) or LibraryCall (the
+    # product a library computes, from call-library).
+    tag: NanFixup | Given | LibraryCall | None = None
 
     @property
     def is_reduction(self) -> bool:

@@ -7,7 +7,7 @@
       local NAME: DTYPE[SHAPE]           # a temporary in registers
       for IT in LO:HI KIND[ tile N][ @MAPPING][ launch heaviest-first group G][ state [...]][ superseded [...]][ tiles [...]][ bounds [...]][ test [...]], IT2 in ...
         if COND
-          NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup | as given]
+          NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup | as given | as library OP]
 
 Indentation is two spaces per level; a ``for`` or ``if`` line opens a block (empty when no
 deeper line follows, as the printer prints an empty body), and several comma-separated items
@@ -45,7 +45,7 @@ from flashlight.ir.expr import (
 from flashlight.ir.lexer import ParseError, Token, tokenize
 from flashlight.ir.loop_annotations import LoopAnnotationParser
 from flashlight.ir.nodes import (
-    LOOP_KINDS, MAPPINGS, Given, Guard, HeaviestFirst, Loop, NanFixup, Node, Program, Stmt, TensorDecl,
+    LOOP_KINDS, MAPPINGS, Given, Guard, HeaviestFirst, LibraryCall, Loop, NanFixup, Node, Program, Stmt, TensorDecl,
 )
 
 __all__ = ["ParseError", "parse_expr", "parse_program"]
@@ -257,7 +257,7 @@ class _LineParser(LoopAnnotationParser):
                     tuple(superseded), tile_test)
 
     def stmt(self) -> Stmt:
-        """``NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup | as given]``."""
+        """``NAME: TENSOR[INDICES] OP EXPR[ then * C][ rescale EXPR][ as dot over IT][ as nan fixup | as given | as library OP]``."""
         name = self.expect_name("a statement name")
         self.expect(":", "after the statement name")
         tok = self.peek()
@@ -285,15 +285,19 @@ class _LineParser(LoopAnnotationParser):
             self.next()
             self.next()
             tag = Given()
+        elif self.at("as") and self.at("library", 1):
+            self.next()
+            self.next()
+            tag = LibraryCall(self.expect_name("the library operation ('matmul')"))
         elif self.at("as"):
             self.next()
-            self.expect("nan", "after 'as' (a statement is marked 'as dot over ITERATOR', 'as nan fixup' or "
-                               "'as given')")
+            self.expect("nan", "after 'as' (a statement is marked 'as dot over ITERATOR', 'as nan fixup', "
+                               "'as given' or 'as library OP')")
             self.expect("fixup", "in 'as nan fixup'")
             tag = NanFixup()
         if self.peek().kind != "end":
             missing = [w for w, v in (("'then *'", fold_scale), ("'rescale'", scale), ("'as dot over'", dot),
-                                      ("'as nan fixup' or 'as given'", tag)) if v is None]
+                                      ("'as nan fixup', 'as given' or 'as library'", tag)) if v is None]
             raise self.expected(", ".join(missing + ["end of line"]))
         return Stmt(name, target, op, value, scale, dot, fold_scale, tag)
 

@@ -18,7 +18,7 @@ the default of its kind (``f32`` for reals, ``i64`` for integers) prints as a ca
 from __future__ import annotations
 
 from flashlight.ir.expr import INFIX, PREFIX, Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Given, Guard, Loop, Node, Program, Stmt, TensorDecl
+from flashlight.ir.nodes import Given, Guard, LibraryCall, Loop, Node, Program, Stmt, TensorDecl
 
 _ATOM = 7
 _NON_ASSOCIATIVE_LEFT = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -118,6 +118,8 @@ def format_stmt(s: Stmt) -> str:
         text += f" as dot over {s.dot}"
     if isinstance(s.tag, Given):
         text += " as given"
+    elif isinstance(s.tag, LibraryCall):
+        text += f" as library {s.tag.op}"
     elif s.tag is not None:
         text += " as nan fixup"
     return text

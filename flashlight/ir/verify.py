@@ -12,7 +12,7 @@ from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
 from flashlight.ir.expr import TILE_BOUNDS, Call, Const, Expr, Iter, Load, children, dtype_of, free_iters, walk
 from flashlight.ir.isl_build import is_quasi_affine, isl_name
-from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Given, Guard, Loop, NanFixup, Node, Program, Stmt,
+from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Given, Guard, LibraryCall, Loop, NanFixup, Node, Program, Stmt,
                                  fixup_after, tensors_touched, walk_loops, walk_stmts)
 
 
@@ -259,6 +259,10 @@ def _verify_stmt(program: Program, s: Stmt, bound: tuple[str, ...], errors: list
         if not product or s.dot not in bound or not all(s.dot in free_iters(a) for a in s.expr.args):
             errors.append(f"{where}: 'as dot over {s.dot}' needs a sum (+=) of a product whose two factors "
                           f"read {s.dot}, an enclosing loop's iterator")
+    if isinstance(s.tag, LibraryCall):
+        product = s.op == "+=" and isinstance(s.expr, Call) and s.expr.op == "mul" and s.scale is None
+        if not product or s.tag.op != "matmul":
+            errors.append(f"{where}: 'as library matmul' needs a sum (+=) of a product of two factors, no rescale")
     if s.fold_scale is not None:
         _verify_fold_scale(s, t.dtype, where, errors)
     if isinstance(s.tag, NanFixup):

@@ -15,6 +15,7 @@ from flashlight.passes.declare import (
     registered, remove_passes, resolve_pipeline, run_pipeline,
 )
 from flashlight.passes.bound_guard_tiles import bound_guard_tiles
+from flashlight.passes.call_library import call_library
 from flashlight.passes.contract_buffers import contract_buffers
 from flashlight.passes.defer_normalization import defer_normalization
 from flashlight.passes.elide_roundings import elide_roundings
@@ -42,7 +43,7 @@ from flashlight.passes.tile_ranges import tile_ranges
 PASSES = FunctionView()
 
 __all__ = [
-    "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
+    "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "call_library", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
     "masks_to_domains", "merge_sums", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
     "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_reductions", "split_wide_state",

@@ -1,0 +1,60 @@
+"""Matrix products in the IR: which iterators of ``acc[..] += A * B`` are its rows, columns,
+batches and reduced dimension (read by call-library and by the code generator of a library call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
+from flashlight.ir.nodes import Stmt
+
+FLOATS = ("f32", "f64", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The iterators of a matrix product: batch dimensions, the rows of ``A``, the columns of
+    ``B``, the reduced one."""
+
+    batch: tuple[str, ...]
+    m: str
+    n: str
+    k: str
+
+
+def matmul_roles(s: Stmt, k: str) -> Roles | None:
+    """The roles of ``acc[..] += A * B`` reduced over ``k``, or None if it is no matrix product of
+    loads indexed by iterators and constants (each iterator once per tensor)."""
+    if s.op != "+=" or s.scale is not None or not (isinstance(s.expr, Call) and s.expr.op == "mul"):
+        return None
+    factors = [factor_load(x) for x in s.expr.args]
+    if any(f is None for f in factors):
+        return None
+    loads = [s.target, *factors]
+    if not all(_plain_index(ld) for ld in loads):  # type: ignore[arg-type]
+        return None
+    its = [{i.name for i in ld.indices if isinstance(i, Iter)} for ld in loads]  # type: ignore[union-attr]
+    c, a, b = its
+    if k in c or k not in a or k not in b or not (a | b) - {k} <= c:
+        return None
+    # rows: an iterator only A and acc use (the innermost in acc's index where several do: the
+    # others are batch dimensions B broadcasts over); columns likewise for B
+    order = [i.name for i in s.target.indices if isinstance(i, Iter)]
+    ms, ns = [i for i in order if i in a and i not in b], [i for i in order if i in b and i not in a]
+    if not ms or not ns:
+        return None
+    ms, ns = ms[-1:], ns[-1:]
+    batch = tuple(i.name for i in s.target.indices if isinstance(i, Iter) and i.name not in (ms[0], ns[0]))
+    return Roles(batch, ms[0], ns[0], k)
+
+
+def factor_load(x: Expr) -> Load | None:
+    """A factor of the product: a load, or a cast of one."""
+    if isinstance(x, Call) and x.op in FLOATS and len(x.args) == 1:
+        x = x.args[0]
+    return x if isinstance(x, Load) else None
+
+
+def _plain_index(ld: Load) -> bool:
+    names = [i.name for i in ld.indices if isinstance(i, Iter)]
+    return all(isinstance(i, (Iter, Const)) for i in ld.indices) and len(names) == len(set(names))
