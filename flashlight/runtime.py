@@ -25,7 +25,7 @@ from flashlight.frontend.symbolic import size_inputs, value_at
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
-from flashlight.ir.nodes import Program, bind_sizes, dims_at
+from flashlight.ir.nodes import Program, bind_sizes, dims_at, walk_stmts
 
 log = logging.getLogger("flashlight")
 
@@ -79,6 +79,10 @@ class CompiledProgram:
     device: torch.device = torch.device("cpu")
     _layouts: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def scattered(self) -> set[str]:
+        return {s.target.tensor for s, _, _ in walk_stmts(self.program.body) if s.scatters}
+
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
@@ -90,7 +94,9 @@ class CompiledProgram:
                 t = restride(t, want)
             tensors[decl.name] = t
         for name, (shape, dtype) in shapes.items():
-            tensors[name] = torch.empty(shape, dtype=dtype, device=device)
+            # a scatter's target starts at its sum's identity (its kernel adds into memory)
+            fill = torch.zeros if name in self.scattered else torch.empty
+            tensors[name] = fill(shape, dtype=dtype, device=device)
         if sizes:  # kernels over size parameters form offsets in 32 bits (codegen's is_wide)
             big = [n for n, t in tensors.items() if t.numel() > INT32_LIMIT]
             if big:

@@ -35,6 +35,9 @@ CASES = {
     "max_pool1d": _case(None, lambda m: lambda x: F.max_pool1d(x, 2)),
     "gelu_tanh": _case(None, lambda m: lambda x: F.gelu(x, approximate="tanh")),
     "silu_times_input": _case(None, lambda m: lambda x: F.silu(x) * x),
+    # the gradient of an embedding is a scatter-add into its table (index_put with accumulate)
+    "embedding": _case(nn.Embedding(13, 10, padding_idx=2),
+                       lambda m: lambda x: m((x[..., :3].abs() * 4).long() % 13) * x[..., :1, None]),
 }
 
 

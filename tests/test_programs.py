@@ -530,6 +530,11 @@ def scatter_rows(x, idx, src):
     return x.scatter(1, idx, src), x.scatter(0, idx[:1, :1].expand(1, x.shape[1]), 2.5)
 
 
+def index_put_accumulate(x, rows, v, cols, w):
+    """Rows added at repeated indices, and single elements at (row, column) pairs."""
+    return x.index_put((rows,), v, accumulate=True), x.index_put((rows[:4], cols), w, accumulate=True)
+
+
 def distinct_columns(g: torch.Generator, rows: int, cols: int, k: int) -> torch.Tensor:
     return torch.stack([torch.randperm(cols, generator=g)[:k] for _ in range(rows)])
 
@@ -547,6 +552,8 @@ GATHERS = cases(
     Case("one_hot_mask", one_hot_like, lambda g: (randint(g, 0, 13, 7), randn(g, 7, 13))),
     Case("scatter_one_hot", scatter_one_hot, lambda g: (randint(g, 0, 13, 7), randn(g, 7, 13))),
     Case("scatter_rows", scatter_rows, lambda g: (randn(g, 7, 13), distinct_columns(g, 7, 13, 2), randn(g, 7, 2))),
+    Case("index_put_accumulate", index_put_accumulate,
+         lambda g: (randn(g, 7, 13), randint(g, -7, 7, 9), randn(g, 9, 13), randint(g, 0, 13, 4), randn(g, 4))),
 )
 
 

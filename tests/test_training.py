@@ -334,3 +334,42 @@ def test_gqa_sums_a_groups_key_and_value_gradients_inside_the_kernel(name):
     assert len(merges) == 2 and all(p.legal for p in merges), [str(p) for p in merges]
     kept = sum(math.prod(b.shape) for b in ex.backward.buffers)
     assert kept <= q.numel() + k.numel() + q.numel() // q.shape[-1], ex.backward.buffers
+
+
+def relative_bias(q, k, v, table):
+    """A learned bias per head and relative position ``i - j`` (a table of 2S - 1 rows)."""
+    s = q.shape[-2]
+    i, j = torch.arange(s)[:, None], torch.arange(s)[None, :]
+    bias = table[i - j + s - 1].permute(2, 0, 1)
+    return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + bias, -1) @ v
+
+
+def bucketed_bias(q, k, v, table, buckets):
+    """T5's form: the bias row is a bucket of ``i - j`` that a tensor holds (data, not affine)."""
+    s = q.shape[-2]
+    i, j = torch.arange(s)[:, None], torch.arange(s)[None, :]
+    bias = table[buckets[i - j + s - 1]].permute(2, 0, 1)
+    return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + bias, -1) @ v
+
+
+@pytest.mark.parametrize("fn", [relative_bias, bucketed_bias], ids=["relative_position", "buckets"])
+def test_a_bias_tables_gradient_is_a_scatter_add_inside_the_backward_kernel(fn):
+    """The gradient of a table read at ``i - j`` (or at a bucket of it) sums dS over the positions
+    that read each row: index_put with accumulate, lifted as a scatter whose points add atomically.
+    Its loops over the queries and keys are spread over programs like any parallel loop, so it
+    joins the key-major kernel that computes dS per tile: no S x S buffer, no eager op."""
+    g = torch.Generator().manual_seed(11)
+    S = 64  # the scores are larger than q and k: recomputed, not stored
+    q, k, v = (torch.randn(2, 3, S, 16, generator=g) for _ in range(3))
+    table = torch.randn(2 * S - 1, 3, generator=g)
+    args = [q, k, v, table]
+    if fn is bucketed_bias:
+        rel = torch.arange(2 * S - 1) - (S - 1)
+        buckets = (torch.sign(rel) * torch.log2(rel.abs().float() + 1).floor()).long() + 8
+        args = [q, k, v, torch.randn(17, 3, generator=g), buckets]
+    check_against_eager(fn, *args)
+    ex = flashlight.explain(fn, *[a.requires_grad_() if a.is_floating_point() else a for a in args])
+    assert not ex.fallbacks and not ex.backward.fallbacks, ex.backward.fallbacks
+    assert not [b for b in ex.backward.buffers if S in b.shape and b.shape.count(S) >= 2], ex.backward.buffers
+    scatter = [k for k in ex.backward.kernels if "tl.atomic_add" in k.source]
+    assert len(scatter) == 1 and "reduces bmm" in scatter[0].computes, [k.computes for k in ex.backward.kernels]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
+from flashlight.codegen.memory import is_scatter
 from flashlight.codegen.operators import TL_DTYPE, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
@@ -47,6 +48,9 @@ class Statements(KernelState):
 
     def emit_reduction(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
+        if is_scatter(s):
+            self.emit_scatter(s, scope, guards)
+            return
         taxes = self.target_axes(s)
         stmt_axes = self.order(set(taxes) | {a for a in self.axes_of_stmt(s)})
         red = tuple(a for a in stmt_axes if a not in taxes)
@@ -62,6 +66,17 @@ class Statements(KernelState):
                 self.assign(s.target.tensor, tile, taxes, decl.dtype, scope)
             if decl.storage != "local":
                 self.store(s, tile, scope, ())
+
+    def emit_scatter(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
+        """``out[idx[q], r] += v[q, r]``: each point adds its value into memory with an atomic
+        add, masked by the tails and guards (the target was written before, by the statement that
+        copies the scatter's base)."""
+        decl = self.program.tensor(s.target.tensor)
+        if s.op != "+=" or s.scale is not None or decl.storage == "local" or s.target.tensor in self.read_here:
+            raise CodegenError(f"{s.name}: only a sum scatters, into memory no statement of its kernel reads")
+        if s.target.tensor in self.written:  # the program stored the base: every thread's store lands first
+            scope.lines.append("tl.debug_barrier()")
+        self.store(s, self.value(s.expr, scope), scope, guards)
 
     def fold(self, s: Stmt, red: tuple[str, ...], scope: Scope, guards: tuple[Expr, ...]) -> Value:
         """The tile of ``s``'s expression folded along the reduced axes ``red``."""

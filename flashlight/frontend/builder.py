@@ -148,6 +148,23 @@ class ProgramBuilder:
         logical_shape = tuple(extents[d] for d in target_dims)
         return Value(Load(tname, tuple(value_idx)), logical_shape, dtype)
 
+    def emit_scatter(self, tensor: str, extents: Sequence[Size], kinds: Sequence[str],
+                     make_target: Callable[[list[Iter]], list[Expr]], op: str,
+                     make_expr: Callable[[list[Iter]], Expr]) -> None:
+        """One statement in its own nest that folds into the existing ``tensor`` at the indices
+        ``make_target`` computes from the iterators (a scatter: they may read memory)."""
+        its = [Iter(f"x{self._counter}_{k}") for k in range(len(extents))]
+        self._counter += 1
+        ranges = index_ranges([it.name for it in its], extents)
+        unit = {it.name: E.index(0) for it, n in zip(its, extents) if n == 1}
+        rhs = E.simplify_index(E.substitute(make_expr(its), unit), ranges)
+        target = tuple(E.simplify_index(E.substitute(t, unit), ranges) for t in make_target(its))
+        node: Node = Stmt(f"S{len(self.body)}", Load(tensor, target), op, rhs)
+        for it, n, kind in reversed(list(zip(its, extents, kinds))):
+            if n != 1:
+                node = Loop(it.name, E.index(0), E.index(n) if isinstance(n, int) else Iter(n), kind, (node,))
+        self.body.append(node)
+
     def emit_given(self, held: Value, definition: Value) -> None:
         """State that the input ``held`` reads holds ``definition`` at every index: a statement
         ``as given`` (:class:`~flashlight.ir.nodes.Given`) in its own nest over ``held``'s shape."""

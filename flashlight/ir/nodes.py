@@ -40,7 +40,7 @@ from functools import cached_property
 from typing import Union
 
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Const, Expr, Load, evaluate, loads
+from flashlight.ir.expr import Const, Expr, Iter, Load, evaluate, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
 MAPPINGS = ("grid", "serial", "block")
@@ -124,6 +124,13 @@ class Stmt:
     @property
     def is_reduction(self) -> bool:
         return self.op in COMBINERS
+
+    @property
+    def scatters(self) -> bool:
+        """A sum into an element its index computes (``out[idx[q], r] += v[q, r]``, the gradient
+        of a gather): points of one tile, or of different programs, may add into one element, so
+        each adds atomically; its reduce loops may then be spread over programs too."""
+        return self.op == "+=" and any(not isinstance(i, (Iter, Const)) for i in self.target.indices)
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,9 @@ class _Fuser:
         bad = violations(_without_self(deps, folds), sched)
         if not bad.is_empty():
             return _Verdict(False, bad=bad)
-        par = parallel_violations(deps, sched, 0, len(group.grid))
+        # a scatter's points add atomically: its dependences on itself allow any order, across programs too
+        scatters = {r.name for r in group.recs if r.name in members and rewrites.get(r.name, r.stmt).scatters}
+        par = parallel_violations(_without_self(deps, scatters), sched, 0, len(group.grid))
         if not par.is_empty():
             return _Verdict(False, parallel_bad=par)
         return _Verdict(True)

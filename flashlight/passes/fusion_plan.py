@@ -45,7 +45,9 @@ class Rec:
 
     @property
     def parallel(self) -> tuple[str, ...]:
-        return tuple(l.iterator for l in self.loops if l.kind == "parallel")
+        """The iterators whose points may run in different programs: parallel loops, and the
+        reduce loops of a scatter (each point adds atomically, in any order)."""
+        return tuple(l.iterator for l in self.loops if l.kind == "parallel" or (l.kind == "reduce" and self.stmt.scatters))
 
 
 def _records(program: Program) -> list[Rec] | None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from flashlight.ir import dtypes
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Iter
+from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.frontend.builder import broadcast_index
 from flashlight.frontend.rules.base import RuleContext, Rules, aten
 from flashlight.frontend.rules.indices import as_index, iterator_ranges
 from flashlight.frontend.rules.pointwise import pointwise
+from flashlight.frontend.torch_dtypes import opmath
 from flashlight.frontend.unsupported import Unsupported
-from flashlight.frontend.values import Value
+from flashlight.frontend.values import Value, placeholders
 
 RULES = Rules()
 
@@ -113,3 +115,60 @@ def _embedding(c: RuleContext) -> Value:
     def make(its: list[Iter]) -> Expr:
         return w.at([as_index(index.at(its[:-1]), index.dtype), its[-1]])
     return pointwise(c, [make], lambda xs: xs[0], None)
+
+
+@RULES.handles(aten.index_put, aten._unsafe_index_put)
+def _index_put(c: RuleContext) -> Value:
+    """``index_put(x, [.., idx.., ..], v, accumulate=True)``, the gradient of a gather (an
+    embedding's, a bias table's): ``x`` copied, then ``v`` folded into it at the indices the index
+    tensors hold, a *scatter* statement (its target reads memory; the code generator adds with
+    atomics), in the accumulator dtype. Without ``accumulate`` (which of several writes to one
+    element wins is undefined), with boolean masks or index tensors that are not adjacent, it is
+    not lifted."""
+    x, values = c.value(c.arg(0)), c.value(c.arg(2))
+    if not bool(c.arg(3, c.kwarg("accumulate", False))):
+        raise Unsupported("index_put without accumulate")
+    given = [(d, n) for d, n in enumerate(c.arg(1)) if n is not None]  # type: ignore[arg-type]
+    dims = [d for d, _ in given]
+    if not given or dims != list(range(dims[0], dims[0] + len(dims))):
+        raise Unsupported("index_put with index tensors that are not adjacent")
+    index = [c.value(n) for _, n in given]
+    if any(iv.dtype == "b1" for iv in index):
+        raise Unsupported("index_put with a boolean mask (a data-dependent shape)")
+    if any(not isinstance(d, int) for iv in index for d in iv.shape) or any(not isinstance(d, int) for d in x.shape):
+        raise Unsupported("index_put over sizes that vary")
+    shape_b = tuple(torch.broadcast_shapes(*[tuple(iv.shape) for iv in index]))
+    p, k = dims[0], len(dims)
+    pre, post = list(x.shape[:p]), list(x.shape[p + k:])
+    out = c.out_dtype
+    acc = opmath(out) if dtypes.is_float(out) else out
+    hint = c.hint() + "_acc" if acc != out else c.hint()
+    if isinstance(x.expr, Const) and x.expr.value == 0:  # zeros (autograd's): the sum's own start
+        tensor = c.b.add_tensor(hint, acc, x.shape, "temp")
+        base = Value(Load(tensor, placeholders(x.rank)), tuple(x.shape), acc)
+    else:
+        base = c.b.emit(hint, acc, x.shape, ["parallel"] * x.rank, list(range(x.rank)), "=",
+                        lambda its: _as(x.at(its), x.dtype, acc))
+        assert isinstance(base.expr, Load)
+        tensor = base.expr.tensor
+    extents = pre + list(shape_b) + post
+    vshape = tuple(extents)
+
+    def target(its: list[Iter]) -> list[Expr]:
+        q = its[p:p + len(shape_b)]
+        at = [as_index(iv.at(broadcast_index(q, shape_b, iv.shape)), iv.dtype, wrap_size=x.shape[p + t])  # type: ignore[arg-type]
+              for t, iv in enumerate(index)]
+        return list(its[:p]) + at + list(its[p + len(shape_b):])
+
+    def make(its: list[Iter]) -> Expr:
+        return _as(values.at(broadcast_index(its, vshape, values.shape)), values.dtype, acc)
+
+    kinds = ["parallel"] * p + ["reduce"] * len(shape_b) + ["parallel"] * len(post)
+    c.b.emit_scatter(tensor, extents, kinds, target, "+=", make)
+    if acc != out:
+        return pointwise(c, [base], lambda xs: E.call(out, xs[0]), None)
+    return base
+
+
+def _as(e: Expr, dtype: str, want: str) -> Expr:
+    return e if dtype == want else E.call(want, e)
