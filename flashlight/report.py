@@ -162,7 +162,7 @@ class Explanation:
         out += ["", "-- legality decisions --", format_proofs(self.proofs, evidence=False)]
         if self.backward is not None:
             b = self.backward
-            out += ["", f"-- backward (ex.backward) --", f"{len(b.kernels)} kernels, {len(b.buffers)} buffers in "
+            out += ["", "-- backward (ex.backward) --", f"{len(b.kernels)} kernels, {len(b.buffers)} buffers in "
                     f"global memory ({', '.join(x.name + str(list(x.shape)) for x in b.buffers) or 'none'}), "
                     f"{len(b.fallbacks)} fallbacks to eager PyTorch"]
         out += ["", "(ex.full(): the IR after every pass, the evidence of each decision, the kernels' source)"]
