@@ -122,7 +122,8 @@ def _index_put(c: RuleContext) -> Value:
     """``index_put(x, [.., idx.., ..], v, accumulate=True)``, the gradient of a gather (an
     embedding's, a bias table's): ``x`` copied, then ``v`` folded into it at the indices the index
     tensors hold, a *scatter* statement (its target reads memory; the code generator adds with
-    atomics), in the accumulator dtype. Without ``accumulate`` (which of several writes to one
+    atomics), in the accumulator dtype; a point whose index is out of range (eager raises) adds 0
+    to element 0 instead of writing outside the tensor. Without ``accumulate`` (which of several writes to one
     element wins is undefined), with boolean masks or index tensors that are not adjacent, it is
     not lifted."""
     x, values = c.value(c.arg(0)), c.value(c.arg(2))
@@ -154,14 +155,29 @@ def _index_put(c: RuleContext) -> Value:
     extents = pre + list(shape_b) + post
     vshape = tuple(extents)
 
-    def target(its: list[Iter]) -> list[Expr]:
+    def raw(its: list[Iter]) -> list[Expr]:
         q = its[p:p + len(shape_b)]
-        at = [as_index(iv.at(broadcast_index(q, shape_b, iv.shape)), iv.dtype, wrap_size=x.shape[p + t])  # type: ignore[arg-type]
-              for t, iv in enumerate(index)]
+        return [as_index(iv.at(broadcast_index(q, shape_b, iv.shape)), iv.dtype, wrap_size=x.shape[p + t])  # type: ignore[arg-type]
+                for t, iv in enumerate(index)]
+
+    def inside(its: list[Iter]) -> Expr:
+        # eager raises on an index out of range; a write there would land in another tensor's
+        # memory, so such a point adds 0 to element 0 instead
+        conds = [E.call("and", E.call("ge", a, E.index(0)), E.call("lt", a, E.index(x.shape[p + t])))  # type: ignore[arg-type]
+                 for t, a in enumerate(raw(its))]
+        out_cond = conds[0]
+        for cond in conds[1:]:
+            out_cond = E.call("and", out_cond, cond)
+        return out_cond
+
+    def target(its: list[Iter]) -> list[Expr]:
+        ok = inside(its)
+        at = [E.call("where", ok, a, E.index(0)) for a in raw(its)]
         return list(its[:p]) + at + list(its[p + len(shape_b):])
 
     def make(its: list[Iter]) -> Expr:
-        return _as(values.at(broadcast_index(its, vshape, values.shape)), values.dtype, acc)
+        v = _as(values.at(broadcast_index(its, vshape, values.shape)), values.dtype, acc)
+        return E.call("where", inside(its), v, E.const(0, acc) if not dtypes.is_float(acc) else E.const(0.0, acc))
 
     kinds = ["parallel"] * p + ["reduce"] * len(shape_b) + ["parallel"] * len(post)
     c.b.emit_scatter(tensor, extents, kinds, target, "+=", make)
