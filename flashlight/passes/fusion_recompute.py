@@ -215,7 +215,13 @@ def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str, reader: Rec | 
             loops += [replace(reader.loop(x), kind="parallel") for x in al.spread[l.iterator]]  # type: ignore[union-attr]
         else:
             loops.append(replace(l, iterator=al.rename.get(l.iterator, l.iterator)))
-    return Rec(stmt, tuple(loops), tuple(ren(g) for g in rec.guards))
+    guards = tuple(ren(g) for g in rec.guards)
+    if al.at and reader is not None:
+        # computed only where the reader reads it: an index the reader guards (a target of -100
+        # that the loss ignores) may lie outside the tensor where the guard fails
+        mine = {l.iterator for l in loops}
+        guards += tuple(g for g in reader.guards if E.free_iters(g) <= mine)
+    return Rec(stmt, tuple(loops), guards)
 
 
 def copy_shape(original: Rec, al: Alignment, shape: tuple, reader: Rec) -> tuple:
