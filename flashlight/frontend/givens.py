@@ -90,7 +90,9 @@ def state_givens(joint: fx.Graph, forward: set[fx.Node], outputs: Sequence[fx.No
     in the backward (see the module docstring); returns those values (the outputs among them are
     to be saved)."""
     shared = _recomputed(forward, set(saved))
-    frontier = set(saved) | {n for n in joint.nodes if n.op == "placeholder"}
+    # what the backward has: the saved values and the tangents (a primal input it does not save is
+    # not one of its inputs: a definition that reads it cannot be stated, fuzz seed 9602157)
+    frontier = set(saved) | {n for n in joint.nodes if n.op == "placeholder" and n not in forward}
     out_node = next(n for n in joint.nodes if n.op == "output")
     results = list(out_node.args[0])
     grads = [k for k in range(num_fwd_outputs, len(results)) if isinstance(results[k], fx.Node)]
