@@ -503,7 +503,8 @@ class _Fuser:
             f"kernel {len(self.groups) - 1}: " + " ; ".join(
                 f"[{', '.join(p.members)}]" + (f" over {', '.join(p.loops)}" if p.loops else "")
                 for p in group.phases), True,
-            f"grid ({', '.join(group.grid)}) carries no dependence and the fused schedule violates none",
+            f"grid ({', '.join(group.grid)}) carries no dependence{_but_scatters(group, self.rewrites)} and the "
+            "fused schedule violates none",
             relation="∅"))
 
     def emit(self) -> Program:
@@ -514,6 +515,15 @@ class _Fuser:
             decl = self.program.tensor(info.tensor)
             tensors.append(TensorDecl(info.prev, decl.dtype, decl.shape, "temp"))
         return self.program.replace(tensors=tuple(tensors), body=body).with_proofs(*self.proofs)
+
+
+def _but_scatters(group: Group, rewrites: dict[str, Stmt]) -> str:
+    """The scatters of a kernel whose points other programs add to as well (atomics)."""
+    found = [(r.name, r.stmt.target.tensor) for r in group.recs if rewrites.get(r.name, r.stmt).scatters
+             and any(l.kind == "reduce" and l.iterator in group.grid for l in r.loops)]
+    if not found:
+        return ""
+    return " but " + ", ".join(f"{n}'s adds into {t}" for n, t in found) + " (they commute: atomics)"
 
 
 def _plain_reduction(stmt: Stmt) -> bool:
