@@ -79,10 +79,6 @@ class CompiledProgram:
     device: torch.device = torch.device("cpu")
     _layouts: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def scattered(self) -> set[str]:
-        return {s.target.tensor for s, _, _ in walk_stmts(self.program.body) if s.scatters}
-
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
@@ -93,10 +89,9 @@ class CompiledProgram:
             if tuple(t.stride()) != want and t.numel() > 1:
                 t = restride(t, want)
             tensors[decl.name] = t
-        for name, (shape, dtype) in shapes.items():
+        for name, (shape, dtype, zeroed) in shapes.items():
             # a scatter's target starts at its sum's identity (its kernel adds into memory)
-            fill = torch.zeros if name in self.scattered else torch.empty
-            tensors[name] = fill(shape, dtype=dtype, device=device)
+            tensors[name] = (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype, device=device)
         if sizes:  # kernels over size parameters form offsets in 32 bits (codegen's is_wide)
             big = [n for n, t in tensors.items() if t.numel() > INT32_LIMIT]
             if big:
@@ -111,8 +106,9 @@ class CompiledProgram:
         """The inputs' strides and the other global tensors' shapes and dtypes at these sizes."""
         def make() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
             strides = {d.name: dims_at(self.input_strides[d.name], sizes) for d in self.program.inputs}
-            shapes = {d.name: (dims_at(d.shape, sizes), IR_TO_TORCH[d.dtype]) for d in self.program.tensors
-                      if d.role != "input" and d.storage != "local"}
+            scattered = {s.target.tensor for s, _, _ in walk_stmts(self.program.body) if s.scatters}
+            shapes = {d.name: (dims_at(d.shape, sizes), IR_TO_TORCH[d.dtype], d.name in scattered)
+                      for d in self.program.tensors if d.role != "input" and d.storage != "local"}
             return strides, shapes
         return memoised(self._layouts, tuple(sizes.items()), make)
 
