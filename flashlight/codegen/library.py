@@ -13,7 +13,7 @@ from __future__ import annotations
 from flashlight.codegen.kernel_source import CodegenError, KernelSource
 from flashlight.codegen.kernel_state import Strides
 from flashlight.ir.expr import Const, Iter, Load
-from flashlight.ir.nodes import LibraryCall, Loop, Node, Program, Stmt, grid_chain, walk_stmts
+from flashlight.ir.nodes import LibraryCall, Loop, Node, Program, Stmt, fresh_name, grid_chain, walk_stmts
 from flashlight.ir.products import factor_load, matmul_roles
 
 
@@ -39,9 +39,9 @@ def generate_library(program: Program, nest: Node, name: str, strides: Strides) 
     if roles.m not in {i.name for i in a.indices if isinstance(i, Iter)}:  # type: ignore[union-attr]
         a, b = b, a
     out = epilogue.target
-    lines = ["import torch", "", "", f"def {name}({', '.join(_params(a, b, out))}):"]  # type: ignore[arg-type]
-    params = _params(a, b, out)  # type: ignore[arg-type]
-    lhs, rhs, dst = (_fresh(base, params) for base in ("lhs", "rhs", "dst"))
+    params = list(dict.fromkeys([a.tensor, b.tensor, out.tensor]))  # type: ignore[union-attr]
+    lines = ["import torch", "", "", f"def {name}({', '.join(params)}):"]
+    lhs, rhs, dst = (fresh_name(base, params) for base in ("lhs", "rhs", "dst"))
     lines.append(f"    {lhs} = {_view(a, (*roles.batch, roles.m, roles.k), extent, strides)}")  # type: ignore[arg-type]
     lines.append(f"    {rhs} = {_view(b, (*roles.batch, roles.k, roles.n), extent, strides)}")  # type: ignore[arg-type]
     lines.append(f"    {dst} = {_view(out, (*roles.batch, roles.m, roles.n), extent, strides)}")
@@ -51,18 +51,6 @@ def generate_library(program: Program, nest: Node, name: str, strides: Strides) 
         lines.append(f"    {dst}.copy_(torch.matmul({lhs}, {rhs}))")
     source = "\n".join(lines) + "\n"
     return KernelSource(name, source, tuple(params), grid=1, library=True)
-
-
-def _fresh(base: str, taken: list[str]) -> str:
-    """A local name no tensor parameter has."""
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return name
-
-
-def _params(a: Load, b: Load, out: Load) -> list[str]:
-    return list(dict.fromkeys([a.tensor, b.tensor, out.tensor]))
 
 
 def _layout(ld: Load, dims: tuple[str, ...], extent: dict[str, int], strides: Strides) -> tuple[list, list, int]:

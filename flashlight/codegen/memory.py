@@ -126,7 +126,7 @@ class MemoryAccess(KernelState):
             gv = self.value(g, scope)
             masks.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
         mask = f", mask={' & '.join(f'({x})' for x in masks)}" if masks else ""
-        if is_scatter(s):  # a scatter adds into memory: several points, of one tile or of other programs, may meet
+        if s.scatters:  # a scatter adds into memory: several points, of one tile or of other programs, may meet
             # an atomic takes its value and mask in the pointers' shape (a store broadcasts them)
             full = self.shape(axes)
             if v.axes != axes:
@@ -137,7 +137,3 @@ class MemoryAccess(KernelState):
         else:
             scope.lines.append(f"tl.store({ptr}, {val}{mask})")
 
-
-def is_scatter(s: Stmt) -> bool:
-    """A sum whose target index is computed: several points may add into one element (atomics)."""
-    return s.scatters

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
-from flashlight.codegen.memory import is_scatter
 from flashlight.codegen.operators import TL_DTYPE, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
@@ -48,7 +47,7 @@ class Statements(KernelState):
 
     def emit_reduction(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
-        if is_scatter(s):
+        if s.scatters:
             self.emit_scatter(s, scope, guards)
             return
         taxes = self.target_axes(s)

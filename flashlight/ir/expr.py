@@ -407,7 +407,9 @@ def from_affine(coeffs: Mapping[str, int], constant: int) -> Expr:
     return out
 
 
-def _bounds(form: Affine, ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+def affine_bounds(form: Affine, ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """The least and greatest value of an affine form over a box of iterator ranges (inclusive),
+    attained at its corners; None if an iterator has no range."""
     lo = hi = form[1]
     for name, c in form[0].items():
         if name not in ranges:

@@ -71,6 +71,15 @@ class TensorDecl:
         return n
 
 
+def fresh_name(base: str, taken: set[str] | list[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... where it is taken (an iterator, a tensor, a
+    statement, a local name of generated code)."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
 @dataclass(frozen=True)
 class NanFixup:
     """Tags ``z = where(c, nan, z)`` with ``c`` ending in ``y == -inf`` (``rows & y == -inf``): the

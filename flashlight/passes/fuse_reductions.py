@@ -425,7 +425,7 @@ class _Fuser:
     def unit(self, rec: Rec, needs: list[str], have: dict[str, str]) -> list[Rec]:
         names, copies = dict(have), []
         for t in needs:
-            stored = None if self.copies.gathers(t, rec) else self.copies.stored(t)
+            stored = self.copies.stored(t, rec)
             if stored is not None:
                 names[t] = stored
             elif t not in have:
@@ -450,7 +450,7 @@ class _Fuser:
         kernel would take the copies with it)."""
         names = {}
         for t in self.copies.read_by(rec):
-            stored = None if self.copies.gathers(t, rec) else self.copies.stored(t)
+            stored = self.copies.stored(t, rec)
             if stored is not None:
                 names[t] = stored
                 continue

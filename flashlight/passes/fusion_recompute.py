@@ -180,13 +180,9 @@ def _inside(index: Expr, reader: Rec, extent: object) -> bool:
     form = E.affine_form(index)
     if form is None or not isinstance(extent, int):
         return False
-    lo = hi = form[1]
-    for it, c in form[0].items():
-        n = reader.extent(it)
-        if not isinstance(n, int):
-            return False
-        lo, hi = lo + min(0, c * (n - 1)), hi + max(0, c * (n - 1))
-    return 0 <= lo and hi < extent
+    ranges = {it: (0, n - 1) for it in form[0] if isinstance(n := reader.extent(it), int)}
+    bounds = E.affine_bounds(form, ranges)
+    return bounds is not None and 0 <= bounds[0] and bounds[1] < extent
 
 
 def renamed(rec: Rec, al: Alignment, stmt_name: str, tensor: str, reader: Rec | None = None) -> Rec:
@@ -269,10 +265,10 @@ class Copies:
         mine = reads(rec)
         return [t for t in self.deferred if t in mine]
 
-    def stored(self, tensor: str) -> str | None:
-        """The copy that computes ``tensor`` once, if a kernel holds it: later readers read it
-        from memory."""
-        if tensor not in self.once:
+    def stored(self, tensor: str, reader: Rec) -> str | None:
+        """The copy that computes ``tensor`` once, if a kernel holds it: ``reader`` reads it from
+        memory (unless it gathers it: a gathered copy computes only what it reads)."""
+        if tensor not in self.once or self.gathers(tensor, reader):
             return None
         return next((c for c in self.taken if self.of[c] == tensor), None)
 

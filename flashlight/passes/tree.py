@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
-from flashlight.ir.nodes import Guard, Loop, NanFixup, Node, Program, Stmt, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, NanFixup, Node, Program, Stmt, fresh_name, walk_stmts
 
 
 def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ...] | None]) -> tuple[Node, ...]:
@@ -128,27 +128,12 @@ def stmt_loops(program: Program) -> dict[str, tuple[tuple[Loop, ...], tuple[Expr
     return {s.name: (loops, guards) for s, loops, guards in walk_stmts(program.body)}
 
 
-def fresh_name(base: str, taken: set[str]) -> str:
-    """``base``, or ``base_1``, ``base_2``, ... where it is taken (an iterator, a tensor, a statement)."""
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return name
-
-
 def fresh_stmt_name(program: Program, base: str) -> str:
-    names = {s.name for s, _, _ in walk_stmts(program.body)}
-    name, k = base, 1
-    while name in names:
-        name, k = f"{base}_{k}", k + 1
-    return name
+    return fresh_name(base, {s.name for s, _, _ in walk_stmts(program.body)})
 
 
 def fresh_tensor_name(program: Program, base: str) -> str:
-    name, k = base, 1
-    while name in program.tensor_map:
-        name, k = f"{base}_{k}", k + 1
-    return name
+    return fresh_name(base, set(program.tensor_map))
 
 
 def with_grid_body(nest: Node, depth: int, body: tuple[Node, ...]) -> Node:
