@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import flashlight
+from conftest import check_against_eager
 from flashlight.frontend.capture import capture_graphs
 from flashlight.frontend.lift import lift_graph
 from flashlight.ir.interpret import interpret
@@ -560,6 +561,14 @@ GATHERS = cases(
 @pytest.mark.parametrize("case", GATHERS)
 def test_gathers(case):
     check(case)
+
+
+@pytest.mark.parametrize("name", ["scatter_one_hot", "scatter_rows", "index_put_accumulate"])
+def test_scatters_gradients_match_eager(name):
+    """A scatter's gradient gathers (and an index_put's is itself a gather of the values'
+    gradient); every floating input's gradient is eager's."""
+    case = next(p.values[0] for p in GATHERS if p.values[0].name == name)
+    check_against_eager(case.fn, *case.inputs(torch.Generator().manual_seed(0)))
 
 # }}}
 

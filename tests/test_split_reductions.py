@@ -197,3 +197,17 @@ def test_a_paged_cache_with_ragged_lengths_matches_eager(name):
     assert torch.allclose(got.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-5)
 
 # }}}
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gqa"])
+def test_a_paged_caches_gradients_match_eager(name):
+    """The gradient of the pages is a scatter-add through the table (index_put with accumulate,
+    atomics): q, k_pages and v_pages get eager's gradients (every sequence has a key here: a
+    sequence of none has NaN gradients, whose spread over its pages eager leaves to its kernels)."""
+    fn, hkv = PAGED[name]
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, H, 1, D, generator=g)
+    k_pages, v_pages = (torch.randn(POOL, PAGE, hkv, D, generator=g) for _ in range(2))
+    table = torch.stack([torch.randperm(POOL, generator=g)[:PAGES] for _ in range(2)])
+    lengths = torch.tensor([9, PAGE * PAGES - 300])  # the second one ends inside its third chunk
+    check_against_eager(fn, q, k_pages, v_pages, table, lengths)
