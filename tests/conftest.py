@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite compiles into a cache of its own (unless one is named): a cache kept from an
+    earlier run on the same machine would serve programs that a test expects to be compiled."""
+    if not os.environ.get("FLASHLIGHT_CACHE_DIR"):
+        os.environ["FLASHLIGHT_CACHE_DIR"] = tempfile.mkdtemp(prefix="flashlight-tests-")
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,8 @@ import flashlight
 from conftest import relerr
 
 
-def test_a_two_layer_llama_trains_through_the_backend():
+def test_a_two_layer_llama_trains_through_the_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # compiled here, not served by an earlier run
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
