@@ -157,7 +157,7 @@ def main() -> None:
                             calls["flex"] = (fc, fc(*inputs), {"block_mask_s": round(build, 4)})
                 except Exception as exc:  # noqa: BLE001
                     print(f"flex {name}: {type(exc).__name__}: {exc}", flush=True)
-            if "sdpa" in impls and name in ("vanilla", "causal", "sdpa", "sdpa_causal"):
+            if "sdpa" in impls and name in ("vanilla", "causal", "sdpa", "sdpa_causal", "decode"):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
                 for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
