@@ -26,7 +26,7 @@ from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
-from flashlight.frontend.symbolic import captured_sizes, hint, size_inputs, value_at
+from flashlight.frontend.symbolic import captured_sizes, hint, size_inputs, symbols_read, value_at
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
@@ -121,22 +121,61 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     return CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
 
 
+def _size_name(gm: fx.GraphModule, names: list[str], sym: str) -> str:
+    """``q.shape[3]`` for Dynamo's symbol of that size: the first input whose shape has it."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    labels = names if len(names) == len(phs) else [n.name for n in phs]
+    for n, label in zip(phs, labels):
+        val = n.meta.get("val")
+        for d, size in enumerate(getattr(val, "shape", ())):
+            if isinstance(size, torch.SymInt) and str(size.node.expr) == sym:
+                return f"{label}.shape[{d}]"
+    return f"the size argument {sym}"  # no input's shape has it
+
+
 def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list[str], options: Options,
                      name: str, arg_order: Sequence[str], positions: dict[str, int]) -> CompiledGraph | CompiledPerSize:
     """One compilation for every size, if each program of the graph compiles with size parameters
-    and lifting with them cuts out no more ops than lifting at the captured sizes does; else one
-    compilation per size, said once."""
+    and lifting with them cuts out no more ops than lifting at the captured sizes does; else, if
+    pinning the sizes that the ops cut out compute with lets the others vary, one compilation per
+    value of those; else one compilation per size. Either of the last two is said once."""
     at_capture = captured_sizes(example_inputs, positions)
     fixed = {s.node for s in lift_graph(gm, names, name, arg_order, at_capture).fallbacks}
     varying = lift_graph(gm, names, name, arg_order)
-    extra = [s.reason for s in varying.fallbacks if s.node not in fixed]
+    extra = [s for s in varying.fallbacks if s.node not in fixed]
+    pinned: dict[str, int] = {}
+    shaped = {str(d.node.expr) for n in gm.graph.nodes if n.op == "placeholder"
+              for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
+    while extra:
+        # the sizes the first such op computes with (a head dimension under ``1 / sqrt(D)``, the
+        # heads of a GQA group) are pinned, compiled per value; the others stay parameters (a cache
+        # length, a batch), unless every size ends up pinned
+        read = symbols_read(extra[0].node)
+        read = (read - shaped) or read  # a size no input's shape has cannot be a parameter: that one
+        more = {sym: at_capture[sym] for sym in read if sym in at_capture}
+        if not more.keys() - pinned.keys() or len(pinned | more) == len(positions):
+            pinned = {}
+            break
+        pinned |= more
+        varying = lift_graph(gm, names, name, arg_order, pinned)
+        extra = [s for s in varying.fallbacks if s.node not in fixed]
     if extra:
-        reason = f"{len(extra)} more op{'s' if len(extra) > 1 else ''} would run eagerly ({extra[0]})"
+        reason = f"{len(extra)} more op{'s' if len(extra) > 1 else ''} would run eagerly ({extra[0].reason})"
     else:
-        graph = compile_graph(gm, example_inputs, names, options, name, None, arg_order, lifted=varying)
+        graph = compile_graph(gm, example_inputs, names, options, name, None, arg_order, lifted=varying,
+                              sizes=pinned or None)
         failed = [why for (what, why) in graph.fallbacks if what.startswith("program ")]
-        if not failed:
+        if not failed and not pinned:
             return graph
+        if not failed:
+            said = ", ".join(f"{_size_name(gm, names, sym)} (now {v})" for sym, v in sorted(pinned.items()))
+            log.warning("flashlight: %s is compiled anew for each value of %s, sizes its ops compute with; one "
+                        "program serves every value of the other sizes", name, said)
+            by_size = CompiledPerSize({sym: positions[sym] for sym in pinned}, "ops compute with these sizes",
+                                      lambda at: compile_graph(  # type: ignore[arg-type,return-value]
+                                          gm, example_inputs, names, options, name, None, arg_order, sizes=at))
+            by_size.graphs[tuple(sorted(pinned.items()))] = graph
+            return by_size
         reason = failed[0]
     log.warning("flashlight: %s is compiled anew for each new size of its inputs: one program for every "
                 "size cannot be made: %s", name, reason)

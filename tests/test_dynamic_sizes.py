@@ -97,6 +97,27 @@ def test_a_decode_loop_after_a_prefill_compiles_once_with_dynamic_true():
     assert counters["programs_compiled"] == 1 and counters["eager_calls"] == 0, dict(counters)
 
 
+def scaled_by_head_dim(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def test_a_size_the_program_computes_with_is_pinned_and_the_others_vary():
+    """``1 / sqrt(D)`` of a varying head dimension is no expression of the IR: with ``dynamic=True``
+    the head dimension is pinned (compiled once per value, said once) and the lengths still vary:
+    one program for every key length at each head dimension."""
+    f = flashlight.compile(scaled_by_head_dim, dynamic=True)
+    g = torch.Generator().manual_seed(5)
+    counters.clear()
+
+    def calls():
+        for d, n in ((16, 5), (16, 37), (16, 70), (32, 9), (32, 33)):
+            q, k, v = (torch.randn(1, 2, m, d, generator=g) for m in (3, n, n))
+            torch.testing.assert_close(f(q, k, v), scaled_by_head_dim(q, k, v), rtol=1e-4, atol=1e-5)
+    said = warnings_of(calls)
+    assert counters["programs_compiled"] == 2 and counters["eager_calls"] == 0, dict(counters)
+    assert said.count("compiled anew for each value of") == 1 and "shape[3] (now 16)" in said, said
+
+
 def test_dynamic_false_compiles_each_length():
     f = flashlight.compile(rmsnorm, dynamic=False)
     counters.clear()
@@ -175,15 +196,16 @@ def _causal_by_arange(q, k, v):
     return torch.softmax(s.masked_fill(j > i, float("-inf")), -1) @ v
 
 
-def test_a_graph_compiled_per_size_trains_at_every_size():
-    """With ``dynamic=True`` a causal mask built from ``arange`` compiles per size (forward and
-    backward). The strides of the program for the first size were read with ``int()`` of
-    Dynamo's symbolic strides, which specialised the symbols to that size: every later size was
-    lifted at the first one's, and the backward returned gradients of the wrong shape. Now each
-    size gets its own programs, outputs and gradients as eager's."""
+def test_a_graph_with_a_pinned_size_trains_at_every_length():
+    """With ``dynamic=True`` the scale ``1 / sqrt(D)`` of a varying head size is no expression of
+    the IR: the head size is pinned (forward and backward each say so once) and the lengths stay
+    parameters, outputs and gradients as eager's at each. (The strides of a program were once read
+    with ``int()`` of Dynamo's symbolic strides, which specialised them to the first size: the
+    backward returned gradients of the wrong shape at the next.)"""
     from conftest import check_against_eager
 
     f = flashlight.compile(_causal_by_arange, dynamic=True)
+    counters.clear()
 
     def calls():
         for n in (37, 45, 70):
@@ -191,4 +213,6 @@ def test_a_graph_compiled_per_size_trains_at_every_size():
             args = [torch.randn(1, 2, n, 16, generator=g) for _ in range(3)]
             check_against_eager(_causal_by_arange, *args, compiled=f)
 
-    assert "compiled anew for each new size" in warnings_of(calls)
+    said = warnings_of(calls)
+    assert said.count("compiled anew for each value of") == 2 and "shape[3] (now 16)" in said, said
+    assert counters["programs_compiled"] == 2 and counters["eager_calls"] == 0, dict(counters)

@@ -79,7 +79,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
         [n for n in compute if level[n] == k and n not in reasons] for k in range(max(level.values(), default=-1) + 1)]
     programs = [run for run in runs if run and not all(_is_view_like(n) for n in run)]
     for k, run in enumerate(runs):
-        lifted.segments += [EagerSegment(n, reasons[n], not _is_empty(n)) for n in compute
+        lifted.segments += [EagerSegment(n, reasons[n], not (_is_empty(n) or _is_size_arithmetic(n))) for n in compute
                             if level[n] == k and n in reasons]
         if run and run not in programs:
             lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in run]
@@ -146,6 +146,12 @@ def _try_input(b: ProgramBuilder, n: fx.Node, name: str) -> Value | None:
 
 def _is_tensor(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), torch.Tensor)
+
+
+def _is_size_arithmetic(n: fx.Node) -> bool:
+    """Arithmetic on sizes (``T - S``, a cache's offset): a number, not a tensor; a lifted reader
+    reads it as an expression of size parameters, and eager computing it costs nothing."""
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
 
 
 def _is_empty(n: fx.Node) -> bool:

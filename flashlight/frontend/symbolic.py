@@ -56,3 +56,21 @@ def captured_sizes(example_inputs: Sequence[Any], positions: Mapping[str, int]) 
     """The value of each symbolic size at the call that was captured (Dynamo's hint)."""
     return {s: hint(example_inputs[k]) for s, k in positions.items()
             if isinstance(example_inputs[k], torch.SymInt)}
+
+
+def symbols_read(n: fx.Node) -> set[str]:
+    """The size symbols an op that cannot be lifted with them varying most likely needs known:
+    those of its arguments that are expressions of sizes (``s1 // s2``, a group of heads), or,
+    where every argument is a size itself, all of them (``scalar_tensor(s3)`` of ``1 / sqrt(s3)``)."""
+    plain: set[str] = set()
+    composite: set[str] = set()
+
+    def visit(x: Any) -> None:
+        val = x.meta.get("val") if isinstance(x, fx.Node) else x
+        if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            expr = val.node.expr
+            (plain if expr.is_Symbol else composite).update(str(sym) for sym in expr.free_symbols)
+
+    fx.node.map_aggregate((n.args, n.kwargs), visit)
+    return composite or plain
+

@@ -10,6 +10,7 @@ the ``handles`` decorator; :mod:`flashlight.frontend.rules` merges the families 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.symbolic import is_size, symbol, value_at
 from flashlight.frontend.values import Size, Value
+from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 
 
@@ -70,7 +72,33 @@ class RuleContext:
             return n
         if symbol(s) in self.b.params:
             return Iter(self.b.params[symbol(s)])  # type: ignore[index]
+        affine = self._affine_in_params(s.node.expr)
+        if affine is not None:  # a cache's offset ``T - S``: an affine expression of parameters
+            return affine
         raise Unsupported(f"a varying integer {s} that is no input's size")
+
+    def _affine_in_params(self, expr: Any) -> Expr | None:
+        """An integer-linear expression of symbols that are size parameters (or bound), as an IR
+        index expression; None for anything else (``s0 * s1``, ``s0 // 2``)."""
+        shapes = {str(d.node.expr) for n in self.node.graph.nodes if n.op == "placeholder"
+                  for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
+        if not expr.is_polynomial() or any(str(sym) not in shapes and str(sym) not in self.b.bound
+                                           for sym in expr.free_symbols):
+            return None  # a symbol no input's shape has could not be bound when the program runs
+        out: Expr = E.index(0)
+        for term, coeff in expr.as_coefficients_dict().items():
+            if not coeff.is_Integer:
+                return None
+            if term == 1:
+                x: Expr = E.index(1)
+            elif term.is_Symbol:
+                name = str(term)
+                # a size of an input's shape (the program's inputs not yet read may name it later)
+                x = E.index(self.b.bound[name]) if name in self.b.bound else Iter(self.b.param(name))
+            else:
+                return None
+            out = E.add(out, E.mul(E.index(int(coeff)), x))
+        return out
 
     def _sized(self, a: object) -> object:
         """An argument with each symbolic size in it (a node whose value is a SymInt) read as
