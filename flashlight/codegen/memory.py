@@ -89,12 +89,20 @@ class MemoryAccess(KernelState):
     def beyond_bounds(self, e: Load, idx: list[Value], axes: tuple[str, ...]) -> list[str]:
         """Masks for indices that run past their dimension inside the loops' extents: a chunk of
         the keys, ``k[512 c + j']``, whose last chunk is partial (split-reductions guards its
-        statements, but a load happens before the guard applies, and ``0 * garbage`` may be NaN)."""
+        statements, but a load happens before the guard applies, and ``0 * garbage`` may be NaN);
+        for a dimension that is a size parameter (``k[64 u + c]`` of interleaved chunks), any index
+        other than a plain iterator is compared with the size at run time."""
         out = []
         shape = self.program.tensor(e.tensor).shape
         for ix, v, dim in zip(e.indices, idx, shape):
             form = E.affine_form(ix)
-            if form is None or len(form[0]) < 2 or not isinstance(dim, int) or not v.axes:
+            if form is None or not v.axes:
+                continue
+            if isinstance(dim, str):  # a size parameter: whether the index stays below it is known at launch
+                if len(form[0]) >= 2 or form[1] > 0 or any(a != 1 for a in form[0].values()):
+                    out.append(f"{self.bcast(v, axes)} < {self.size(dim)}")
+                continue
+            if len(form[0]) < 2:
                 continue
             top = form[1]
             for k, a in form[0].items():
@@ -126,7 +134,7 @@ class MemoryAccess(KernelState):
             gv = self.value(g, scope)
             masks.append(self.bcast(gv, self.order(set(axes) | set(gv.axes))))
         mask = f", mask={' & '.join(f'({x})' for x in masks)}" if masks else ""
-        if s.scatters:  # a scatter adds into memory: several points, of one tile or of other programs, may meet
+        if self.scatters(s):  # a scatter adds into memory: several points, of one tile or of other programs, may meet
             # an atomic takes its value and mask in the pointers' shape (a store broadcasts them)
             full = self.shape(axes)
             if v.axes != axes:

@@ -34,7 +34,8 @@ def emit_group(program: Program, group: Group, rewrites: dict[str, Stmt], runnin
             stmt = rewrites.get(s, r.stmt)
             info = running_by_stmt.get(s)
             if info is not None:
-                members.append(_copy_prev(r, stmt, info, group, [by_name[x] for x in info.readers if x in by_name]))
+                members.append(_copy_prev(r, stmt, info, group, [by_name[x] for x in info.readers if x in by_name],
+                                           set(program.params)))
             node: Node = stmt
             for g in reversed(r.guards):
                 node = Guard(g, (node,))
@@ -155,7 +156,7 @@ def _rows_with_terms(program: Program, r: Rec, rows: tuple[str, ...]) -> Expr | 
     return cond
 
 
-def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec]) -> Node:
+def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Rec], params: set[str]) -> Node:
     """``y_prev = y`` before the running reduction; it runs where its readers do (only they
     read the copy, in the same iteration), so it carries their guards when they share them and
     read only iterators bound where the copy runs (a guard on a reader's own block iterator,
@@ -164,7 +165,7 @@ def _copy_prev(r: Rec, stmt: Stmt, info: Running, group: Group, readers: list[Re
     node: Node = Stmt(f"{stmt.name}_prev", Load(info.prev, target.indices), "=", target)
     shared = {rd.guards for rd in readers}
     bound = set(r.its) - {it for it in group.block[r.name] if not any(
-        isinstance(i, Iter) and i.name == it for i in target.indices)}
+        isinstance(i, Iter) and i.name == it for i in target.indices)} | params
     if len(shared) == 1 and all(E.free_iters(g) <= bound for g in next(iter(shared))):
         for g in reversed(next(iter(shared))):
             node = Guard(g, (node,))

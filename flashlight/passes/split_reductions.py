@@ -29,7 +29,16 @@ When: the group is a ``max=`` (or ``min=``) reduction and the reductions over th
 read its final value; the loop is longer than two chunks, and the rows (the points of the
 maximum's other loops) are at most ``max_rows``: a grid that the rows alone fill is left as it is
 (prefill and training are unchanged). The chunk count is the loop's extent over ``chunk``.
-Sizes must be known; a loop over a size parameter is not split (said in the proof).
+
+A loop over a size parameter (a decode cache that grows by one each step, compiled once) has no
+known chunk count, and a partial per chunk of ``C`` would need a buffer whose size is a function
+of the parameter. Its chunks are *interleaved* instead: a number ``n`` of chunks fixed from the
+rows (``n·rows`` about ``programs``, a power of two from 2 to 64), chunk ``c`` taking the points
+``j = n·u + c`` for ``u`` in ``0:S`` guarded by ``j < S`` (tile-ranges bounds the tiles ``u``
+walks to the guard's ``cdiv(S - c, n)``). The index is affine, the
+partials are ``n`` per row whatever ``S`` is, and the lemma and the chunks' independence are the
+same: only which points a chunk folds differs, and every point is folded by exactly one chunk
+(``j ↦ (j mod n, j div n)`` is a bijection onto the guarded domain).
 """
 
 from __future__ import annotations
@@ -47,25 +56,55 @@ from flashlight.ir.isl_build import access_map, statement_domain
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
-from flashlight.passes.tree import fresh_name, fresh_stmt_name, fresh_tensor_name, is_nan_fixup, nest_of, readers
+from flashlight.passes.tree import (fits_block, fresh_name, fresh_stmt_name, fresh_tensor_name, is_nan_fixup, loop_extent,
+                                   nest_of, readers)
 
 CHUNK = 512
 MAX_ROWS = 2048
+PROGRAMS = 8192  # rows x chunks an interleaved split aims at: a few programs per multiprocessor
+PRODUCER_BLOCK = 256  # the longest reduction of a producer an interleaved split computes in its chunks
 
 
-def split_reductions(program: Program, chunk: int = CHUNK, max_rows: int = MAX_ROWS) -> Program:
+def split_reductions(program: Program, chunk: int = CHUNK, max_rows: int = MAX_ROWS,
+                     programs: int = PROGRAMS) -> Program:
     """Split each long dependent reduction over few rows into chunks (see the module docstring)."""
     proofs: list[Proof] = []
     for stmt, loops, guards in list(walk_stmts(program.body)):
         if stmt.op not in ("max=", "min=") or stmt.scale is not None:
             continue
-        found = _split(program, stmt, loops, chunk, max_rows)
+        found = _split(program, stmt, loops, chunk, max_rows, programs)
         if isinstance(found, Proof):
             proofs.append(found)
         elif found is not None:
             program, proof = found
             proofs.append(proof)
     return program.with_proofs(*proofs)
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    """Which points of the split loop chunk ``c`` folds: ``j = at(c, u)`` for ``u`` in
+    ``0:extent``, those with ``tail`` true (None: every one is inside the loop)."""
+    n: int
+    contiguous: bool  # j = C·c + u (a known extent) or j = n·u + c (interleaved)
+    step: int  # C, or n
+    extent: Expr
+    upper: Expr
+
+    def at(self, c: str, u: str) -> Expr:
+        if self.contiguous:
+            return E.add(E.mul(E.index(self.step), Iter(c)), Iter(u))
+        return E.add(E.mul(E.index(self.step), Iter(u)), Iter(c))
+
+    def tail(self, c: str, u: str) -> Expr | None:
+        if self.contiguous and isinstance(self.upper, E.Const) and int(self.upper.value) % self.step == 0:
+            return None
+        return E.call("lt", self.at(c, u), self.upper)
+
+    def describe(self, loop: Loop) -> str:
+        if self.contiguous:
+            return f"into {self.n} chunks of {self.step}"
+        return f"into {self.n} interleaved chunks ({loop.iterator} = {self.n}·u + c)"
 
 
 @dataclass(frozen=True)
@@ -76,7 +115,7 @@ class _Member:
     loop: Loop  # the long loop split into chunks
 
 
-def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int
+def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, programs: int
            ) -> tuple[Program, Proof] | Proof | None:
     what = f"split {top.name}"
     long = [l for l in loops if l.kind == "reduce" and not _fits(l, 2 * chunk)]
@@ -84,11 +123,22 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         return None
     loop = long[0]
     rows = [l for l in loops if l.kind == "parallel"]
-    if not all(isinstance(l.upper, E.Const) and isinstance(l.lower, E.Const) for l in [*rows, loop]):
-        return Proof(what, False, f"the loop {loop.iterator} or a row loop varies in size: chunk counts need known sizes")
+    if not all(isinstance(l.upper, E.Const) and isinstance(l.lower, E.Const) for l in rows):
+        return Proof(what, False, "a row loop varies in size: whether the rows fill the grid is not known")
     n_rows = math.prod(_extent(l) for l in rows)
     if n_rows > max_rows:
         return None  # the rows fill the grid: nothing to gain, nothing to say
+    if isinstance(loop.upper, E.Const):
+        size = _extent(loop)
+        n = -(-size // chunk)
+        chunking = _Chunking(n, True, chunk, E.index(chunk), loop.upper)
+    elif loop.lower == E.index(0):
+        n = min(64, max(2, 1 << max(0, (programs // max(n_rows, 1)) - 1).bit_length()))
+        # u runs to S, the guard n·u + c < S keeps cdiv(S - c, n) of it: tile-ranges walks only
+        # the tiles inside (an extent is a number or a size parameter, not an expression of one)
+        chunking = _Chunking(n, False, n, loop.upper, loop.upper)
+    else:
+        return Proof(what, False, f"the loop {loop.iterator} starts at {loop.lower}: interleaved chunks start at 0")
     members = _group(program, top, loop)
     if isinstance(members, str):
         return Proof(what, False, members)
@@ -98,8 +148,6 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         if lemma is None:
             return Proof(what, False, f"{m.stmt.name}: {why}")
         lemmas[m.stmt.name] = lemma
-    size = _extent(loop)
-    n = -(-size // chunk)
     body = list(program.body)
     first = next(k for k, node in enumerate(body) if _holds(node, top))
     earlier = {s.target.tensor for node in body[:first] for s, _, _ in walk_stmts((node,))}
@@ -109,7 +157,7 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         if late:
             return Proof(what, False, f"{m.stmt.name} reads {', '.join(sorted(late))}, computed after {top.name}: "
                                       "its chunks could not run beside the maximum's")
-    program, (firsts, folds), partial, c_name = _rewrite(program, members, lemmas, chunk, n, size)
+    program, (firsts, folds), partial, c_name = _rewrite(program, members, lemmas, chunking)
     independent = _chunks_independent(program, firsts, partial, c_name)
     if independent is not None:
         return Proof(what, False, independent)
@@ -124,9 +172,9 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         out.append(folds[held[0].stmt.name] if held else node)
     names = ", ".join(m.stmt.name for m in members)
     proof = Proof(
-        f"{what} ({names}) over {loop.iterator} into {n} chunks of {chunk}", True,
-        f"{n_rows} rows reduce {size} points each: the partial states of each chunk run in programs of their own "
-        f"(grid over the rows and the {n} chunks), then a merge of the partials per row",
+        f"{what} ({names}) over {loop.iterator} {chunking.describe(loop)}", True,
+        f"{n_rows} rows reduce {loop.upper} points each: the partial states of each chunk run in programs of their "
+        f"own (grid over the rows and the {chunking.n} chunks), then a merge of the partials per row",
         relation=f"no dependence between different chunks of {', '.join(partial)} (isl)",
         lemma=("the online state is a monoid: " + "; ".join(f"{k}: {lemmas[k].statement()}" for k in lemmas)
                if lemmas else f"{top.op[:-1]} is associative and commutative: the {top.op[:-1]} of the chunks' is the row's"))
@@ -205,13 +253,14 @@ def _lemma(program: Program, m: _Member, top: Stmt) -> tuple[algebra.Lemma | Non
     return lemma, ""
 
 
-def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int, n: int, size: int
+def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunking: _Chunking
              ) -> tuple[Program, tuple[list[Node], dict[str, Node]], list[str], str]:
     """Partial statements (one nest each) and the merge of each member."""
     top = members[0].stmt
     dt = program.dtypes
     used = {l.iterator for _, ls, _ in walk_stmts(program.body) for l in ls}
     c_name = fresh_name("c", used)
+    n = chunking.n
     partial_of: dict[str, Load] = {}
     firsts: list[Node] = []
     folds: dict[str, Node] = {}
@@ -223,10 +272,10 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
         partial_of[m.stmt.target.tensor] = Load(name, (Iter(c_name),) + m.stmt.target.indices)
     top_ref = partial_of[top.target.tensor]
     inner = fresh_name(members[0].loop.iterator + "_in", used | {c_name})
-    program, chunked = _chunk_producers(program, members, c_name, inner, chunk, n, size)
+    program, chunked = _chunk_producers(program, members, c_name, inner, chunking)
     for m in members:
         j = m.loop.iterator
-        at = E.add(E.mul(E.index(chunk), Iter(c_name)), Iter(inner))
+        at = chunking.at(c_name, inner)
         expr = E.rewrite(m.stmt.expr, lambda x: _chunked_load(x, chunked, j, c_name, inner))
         expr = E.substitute(expr, {j: at})
         if m.stmt is not top:
@@ -234,10 +283,10 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
             expr = E.rewrite(expr, lambda x: _reference(_partial_load(x, top_ref), dt[top.target.tensor])
                              if isinstance(x, Load) and x.tensor == top.target.tensor else None)
         guards = tuple(E.substitute(g, {j: at}) for g in m.guards)
-        if size % chunk:
-            guards += (E.call("lt", at, E.index(size)),)
+        tail = chunking.tail(c_name, inner)
+        guards += (tail,) if tail is not None else ()
         outer = [l for l in m.loops if l.kind != "reduce"]
-        inner_loops = [Loop(inner, E.index(0), E.index(chunk), "reduce", ()) if l is m.loop else l
+        inner_loops = [Loop(inner, E.index(0), chunking.extent, "reduce", ()) if l is m.loop else l
                        for l in m.loops if l.kind == "reduce"]
         c_loop = Loop(c_name, E.index(0), E.index(n), "parallel", ())
         stmt = replace(m.stmt, name=fresh_stmt_name(program, m.stmt.name + "_chunk"),
@@ -249,10 +298,11 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunk: int,
     return program, (firsts, folds), [p.tensor for p in partial_of.values()], c_name
 
 
-def _chunk_producers(program: Program, members: list[_Member], c_name: str, inner: str, chunk: int, n: int,
-                     size: int) -> tuple[Program, dict[str, int]]:
+def _chunk_producers(program: Program, members: list[_Member], c_name: str, inner: str, chunking: _Chunking
+                     ) -> tuple[Program, dict[str, int]]:
     """Re-index the temporaries the members read at the split point (the scores): a producer
-    parallel over the split loop writes ``t[.., c, j']`` for ``j = C c + j'`` instead of ``t[.., j]``,
+    parallel over the split loop writes ``t[.., c, j']`` for ``j = C c + j'`` (or ``n j' + c``,
+    interleaved, its ``j'`` dimension as long as ``j``'s) instead of ``t[.., j]``,
     a re-indexing of a parallel dimension, legal because each element is still written once and
     read where it was; then each chunk reads its scores at plain iterators, and fuse-reductions
     computes them in the chunk's program (a recomputable contraction) instead of storing them.
@@ -280,23 +330,29 @@ def _chunk_producers(program: Program, members: list[_Member], c_name: str, inne
         if len(w) != 1 or not all(r.name in names for r in read.get(tensor, [])) or not _single(program, w[0]):
             continue
         loops, guards = where[w[0].name]
+        if not chunking.contiguous and not all(fits_block(loop_extent(l), PRODUCER_BLOCK) for l in loops
+                                               if l.kind == "reduce"):
+            # its re-indexed dimension is as long as the loop (``u`` in ``0:S``): stored, it would
+            # hold n times the scores; a contraction over a block-sized loop is computed in the chunk
+            continue
         target = w[0].target.indices[pos]
         loop = next((l for l in loops if isinstance(target, Iter) and l.iterator == target.name), None)
-        if loop is None or loop.kind != "parallel" or not (loop.lower == E.index(0) and loop.upper == E.index(size)):
+        if loop is None or loop.kind != "parallel" or not (loop.lower == E.index(0) and loop.upper == chunking.upper):
             continue
         if any(loop.iterator in E.free_iters(ix) for k, ix in enumerate(w[0].target.indices) if k != pos):
             continue
-        at = E.add(E.mul(E.index(chunk), Iter(c_name)), Iter(inner))
+        at = chunking.at(c_name, inner)
         new_target = Load(tensor, w[0].target.indices[:pos] + (Iter(c_name), Iter(inner)) + w[0].target.indices[pos + 1:])
         stmt = replace(w[0], target=new_target, expr=E.substitute(w[0].expr, {loop.iterator: at}))
-        new_loops = [Loop(c_name, E.index(0), E.index(n), "parallel", ())] + [
-            Loop(inner, E.index(0), E.index(chunk), "parallel", ()) if l is loop else l for l in loops]
-        tail = (E.call("lt", at, E.index(size)),) if size % chunk else ()
+        new_loops = [Loop(c_name, E.index(0), E.index(chunking.n), "parallel", ())] + [
+            Loop(inner, E.index(0), chunking.extent, "parallel", ()) if l is loop else l for l in loops]
+        tail = chunking.tail(c_name, inner)
         moved = tuple(E.substitute(g, {loop.iterator: at}) for g in guards)
         k = next(k for k, node in enumerate(body) if _holds(node, w[0]))
-        body[k] = nest_of(new_loops, moved + tail, stmt)
+        body[k] = nest_of(new_loops, moved + ((tail,) if tail is not None else ()), stmt)
         decl = program.tensor(tensor)
-        shape = decl.shape[:pos] + (n, chunk) + decl.shape[pos + 1:]
+        inner_size = chunking.extent.value if isinstance(chunking.extent, E.Const) else chunking.extent.name  # type: ignore[attr-defined]
+        shape = decl.shape[:pos] + (chunking.n, inner_size) + decl.shape[pos + 1:]
         program = program.replace(tensors=tuple(replace(t, shape=shape) if t.name == tensor else t
                                                 for t in program.tensors))
         chunked[tensor] = pos
@@ -373,6 +429,8 @@ class SplitReductions(Pass):
     chunk: int = option(CHUNK, "points of the split loop per chunk: each chunk is a program of its own, whose "
                                "serial loop walks them in tiles")
     max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
+    programs: int = option(PROGRAMS, "rows times chunks an interleaved split (a loop over a size parameter) aims "
+                                     "at: its chunk count, a power of two from 2 to 64")
 
     def apply(self, program: Program) -> Program:
-        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows)
+        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, programs=self.programs)
