@@ -25,7 +25,7 @@ from flashlight.frontend.symbolic import size_inputs, value_at
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
-from flashlight.ir.nodes import Program, bind_sizes, dims_at, walk_stmts
+from flashlight.ir.nodes import Program, bind_sizes, dims_at, scatters, walk_stmts
 
 log = logging.getLogger("flashlight")
 
@@ -106,7 +106,7 @@ class CompiledProgram:
         """The inputs' strides and the other global tensors' shapes and dtypes at these sizes."""
         def make() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
             strides = {d.name: dims_at(self.input_strides[d.name], sizes) for d in self.program.inputs}
-            scattered = {s.target.tensor for s, _, _ in walk_stmts(self.program.body) if s.scatters}
+            scattered = {s.target.tensor for s, loops, _ in walk_stmts(self.program.body) if scatters(s, loops)}
             shapes = {d.name: (dims_at(d.shape, sizes), IR_TO_TORCH[d.dtype], d.name in scattered)
                       for d in self.program.tensors if d.role != "input" and d.storage != "local"}
             return strides, shapes

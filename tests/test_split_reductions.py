@@ -12,6 +12,7 @@ import torch
 
 import flashlight
 from conftest import check_against_eager
+from flashlight.counting import counters
 
 B, H, HKV, D, SK = 1, 4, 2, 16, 1500  # a cache of three chunks of 512, the last one partial
 
@@ -87,6 +88,47 @@ def test_a_decode_step_runs_in_chunks_and_matches_eager(name):
     assert max(grids) >= 3 and not ex.fallbacks, [(k.name, k.grid, k.computes) for k in ex.kernels]
     assert not [b for b in ex.buffers if SK in b.shape], ex.buffers  # the scores stay in registers
     check_against_eager(fn, *args)
+
+
+GROWING = (5, 7, 64, 65, 301)  # within a tile, one full tile, one key past it, a few tiles per chunk (no
+# length equals another size of the inputs: Dynamo would give both one symbol, then recompile)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_growing_cache_compiled_once_runs_in_interleaved_chunks(name):
+    """A decode loop whose cache length varies: one program for every length (the length a size
+    parameter), its reduction still split. The chunk count cannot follow the length, so a fixed
+    number of chunks takes the keys ``n·u + c``; each call matches eager (masked chunks, the
+    fully masked row and tails included) and nothing is compiled after the first call."""
+    fn, sq, hkv = CASES[name]
+    f = flashlight.compile(fn, dynamic=True)
+    g = torch.Generator().manual_seed(8)
+    counters.clear()
+    for n in GROWING:
+        q = torch.randn(B, H, sq, D, generator=g)
+        k, v = (torch.randn(B, hkv, n, D, generator=g) for _ in range(2))
+        got, ref = f(q, k, v), fn(q, k, v)
+        assert torch.equal(got.isnan(), ref.isnan()), f"cache length {n}"
+        torch.testing.assert_close(got.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-5, msg=f"cache length {n}")
+    assert counters["programs_compiled"] == 1 and counters["eager_calls"] == 0, dict(counters)
+    for t in (k, v):
+        torch._dynamo.mark_dynamic(t, 2)
+    ex = flashlight.explain(fn, q, k, v)
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert split and split[0].legal and "interleaved chunks" in split[0].transformation, split
+    assert "monoid" in split[0].lemma and not [b for b in ex.buffers if "S" in b.shape], ex.buffers
+
+
+def test_the_query_heads_of_a_group_are_the_rows_of_one_tile():
+    """GQA decode: the heads are packed by group (``h = 2·hk + r``), so each program reads its
+    group's keys at a grid index, once, and meets the group's queries in one matrix product."""
+    args = _inputs(1, HKV, 9)
+    ex = flashlight.explain(gqa, *args)
+    packed = [p for p in ex.proofs if p.transformation.startswith("pack the groups")]
+    assert packed and packed[0].legal and "bijection" in packed[0].reason, packed
+    chunks = ex.kernels[0].source
+    assert "tl.dot(" in chunks and "k_ptr + (i0_kv) * " in chunks, chunks  # one key tile per program
+    check_against_eager(gqa, *args)
 
 
 def test_the_rows_fill_the_grid_so_prefill_is_not_split():

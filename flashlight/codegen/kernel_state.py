@@ -16,7 +16,7 @@ from functools import cached_property
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, TileBound, grid_chain, walk_loops, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, TileBound, grid_chain, scatters, walk_loops, walk_stmts
 
 INT32_LIMIT = 2**31 - 1
 
@@ -229,6 +229,14 @@ class KernelState:
 
     def target_axes(self, s: Stmt) -> tuple[str, ...]:
         return self.order({a for i in s.target.indices for a in E.free_iters(i) if a in self.axes})
+
+    @cached_property
+    def loops_of(self) -> dict[str, tuple[Loop, ...]]:
+        return {s.name: tuple(self.grid) + loops for s, loops, _ in walk_stmts(self.phases)}
+
+    def scatters(self, s: Stmt) -> bool:
+        """Whether ``s`` adds into elements its points may share (atomically): see :func:`scatters`."""
+        return scatters(s, self.loops_of[s.name])
 
     def axes_of_stmt(self, s: Stmt) -> set[str]:
         its = E.free_iters(s.expr) | E.free_iters(s.target)

@@ -47,7 +47,7 @@ class Statements(KernelState):
 
     def emit_reduction(self, s: Stmt, scope: Scope, guards: tuple[Expr, ...]) -> None:
         decl = self.program.tensor(s.target.tensor)
-        if s.scatters:
+        if self.scatters(s):
             self.emit_scatter(s, scope, guards)
             return
         taxes = self.target_axes(s)

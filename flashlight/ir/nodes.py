@@ -40,7 +40,7 @@ from functools import cached_property
 from typing import Union
 
 from flashlight.ir.combiners import COMBINERS
-from flashlight.ir.expr import Const, Expr, Iter, Load, evaluate, loads
+from flashlight.ir.expr import Const, Expr, Iter, Load, affine_form, evaluate, loads
 
 LOOP_KINDS = ("parallel", "reduce", "seq")
 MAPPINGS = ("grid", "serial", "block")
@@ -135,10 +135,9 @@ class Stmt:
         return self.op in COMBINERS
 
     @property
-    def scatters(self) -> bool:
-        """A sum into an element its index computes (``out[idx[q], r] += v[q, r]``, the gradient
-        of a gather): points of one tile, or of different programs, may add into one element, so
-        each adds atomically; its reduce loops may then be spread over programs too."""
+    def may_scatter(self) -> bool:
+        """Whether a target index is more than an iterator or a number: then :func:`scatters`
+        decides, from the loops around the statement."""
         return self.op == "+=" and any(not isinstance(i, (Iter, Const)) for i in self.target.indices)
 
 
@@ -321,6 +320,34 @@ class Program:
         from flashlight.ir.printer import format_program
 
         return format_program(self)
+
+
+def scatters(stmt: Stmt, loops: Sequence[Loop]) -> bool:
+    """A sum into an element its index computes (``out[idx[q], r] += v[q, r]``, the gradient of a
+    gather; ``t[i - j] += x[i, j]``): points of one tile, or of different programs, may add into
+    one element, so each adds atomically, and its reduce loops may be spread over programs too.
+    A target whose indices are affine in parallel iterators, each in one index and of mixed radix
+    (``4 hk + r`` with ``r`` in ``0:4``: each coefficient exceeds the span of the smaller terms),
+    is one element per point: no scatter."""
+    if not stmt.may_scatter:
+        return False
+    bounds = {l.iterator: l for l in loops}
+    seen = {ix.name for ix in stmt.target.indices if isinstance(ix, Iter)}
+    for ix in stmt.target.indices:
+        if isinstance(ix, (Iter, Const)):
+            continue
+        form = affine_form(ix)
+        if form is None:
+            return True
+        span = 0
+        for it, a in sorted(form[0].items(), key=lambda kv: abs(kv[1])):
+            l = bounds.get(it)
+            if (l is None or l.kind != "parallel" or it in seen or abs(a) <= span
+                    or not (isinstance(l.lower, Const) and isinstance(l.upper, Const))):
+                return True
+            seen.add(it)
+            span += abs(a) * (int(l.upper.value) - int(l.lower.value) - 1)
+    return False
 
 
 def dims_at(dims: tuple[int | str | Expr, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:

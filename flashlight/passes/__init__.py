@@ -27,6 +27,7 @@ from flashlight.passes.inline_pointwise import inline_pointwise
 from flashlight.passes.masks_to_domains import masks_to_domains
 from flashlight.passes.merge_sums import merge_sums
 from flashlight.passes.order_launches import order_launches
+from flashlight.passes.pack_groups import pack_groups
 from flashlight.passes.rebase_exponentials import rebase_exponentials
 from flashlight.passes.restrict_to_demand import restrict_to_demand
 from flashlight.passes.scale_after_fold import scale_after_fold
@@ -45,7 +46,7 @@ PASSES = FunctionView()
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "call_library", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
     "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
-    "masks_to_domains", "merge_sums", "option", "order_launches", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
+    "masks_to_domains", "merge_sums", "option", "order_launches", "pack_groups", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
     "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_reductions", "split_wide_state",
     "spread_conversions", "stage_reductions", "supersede_stores", "tile", "tile_ranges",
 ]

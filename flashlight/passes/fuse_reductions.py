@@ -72,6 +72,7 @@ from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.isl_build import isl_name
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl
+from flashlight.ir.nodes import scatters as scatters_in
 from flashlight.ir.poly import PolyView
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
@@ -152,7 +153,7 @@ class _Fuser:
         if not bad.is_empty():
             return _Verdict(False, bad=bad)
         # a scatter's points add atomically: its dependences on itself allow any order, across programs too
-        scatters = {r.name for r in group.recs if r.name in members and rewrites.get(r.name, r.stmt).scatters}
+        scatters = {r.name for r in group.recs if r.name in members and scatters_in(rewrites.get(r.name, r.stmt), r.loops)}
         par = parallel_violations(_without_self(deps, scatters), sched, 0, len(group.grid))
         if not par.is_empty():
             return _Verdict(False, parallel_bad=par)
@@ -519,7 +520,7 @@ class _Fuser:
 
 def _but_scatters(group: Group, rewrites: dict[str, Stmt]) -> str:
     """The scatters of a kernel whose points other programs add to as well (atomics)."""
-    found = [(r.name, r.stmt.target.tensor) for r in group.recs if rewrites.get(r.name, r.stmt).scatters
+    found = [(r.name, r.stmt.target.tensor) for r in group.recs if scatters_in(rewrites.get(r.name, r.stmt), r.loops)
              and any(l.kind == "reduce" and l.iterator in group.grid for l in r.loops)]
     if not found:
         return ""

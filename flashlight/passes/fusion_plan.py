@@ -16,7 +16,7 @@ from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.isl_build import Term, schedule_map
-from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Loop, Node, Program, Stmt, TensorDecl, scatters, walk_stmts
 from flashlight.ir.poly import PolyView
 from flashlight.passes.tree import Extent, extent_expr, fits_block, fresh_tensor_name, loop_extent, nest_of
 
@@ -47,7 +47,7 @@ class Rec:
     def parallel(self) -> tuple[str, ...]:
         """The iterators whose points may run in different programs: parallel loops, and the
         reduce loops of a scatter (each point adds atomically, in any order)."""
-        return tuple(l.iterator for l in self.loops if l.kind == "parallel" or (l.kind == "reduce" and self.stmt.scatters))
+        return tuple(l.iterator for l in self.loops if l.kind == "parallel" or (l.kind == "reduce" and scatters(self.stmt, self.loops)))
 
 
 def _records(program: Program) -> list[Rec] | None:
