@@ -214,6 +214,9 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
         keep = reports is not None or debug_dir(options)  # explain and debug dumps need every stage
         if reports is None and options.tunes(target):
             sizes = {p: hints[sym] for sym, p in seg.params.items() if sym in (hints or {})}
+            for name, definition in seg.program.defs:  # a derived size at the captured ones
+                if E.free_iters(definition) <= sizes.keys():
+                    sizes[name] = E.evaluate(definition, sizes)
             if seg.program.params and sizes.keys() == set(seg.program.params):
                 compiled = autotune.build_tuned_per_bucket(seg.program, device, opts, build, sizes)
             else:

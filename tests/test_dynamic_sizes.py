@@ -151,9 +151,10 @@ def flat_softmax(x):
 
 
 def test_a_program_no_one_compilation_serves_is_compiled_per_size_and_says_why():
-    """Flattening a varying length with another dimension gives a size ``4*S`` that is no size
-    parameter: the graph is compiled at each call's sizes instead (as without dynamic shapes, but
-    with no recompile limit), with one warning."""
+    """Flattening a varying length with another dimension gives a size ``4*S`` (a derived size
+    parameter), but the reshape rule does not merge a size parameter with another dimension: the
+    graph is compiled at each call's sizes instead (as without dynamic shapes, but with no
+    recompile limit), with one warning that says why."""
     f = flashlight.compile(flat_softmax)
     counters.clear()
     def calls():
@@ -164,7 +165,37 @@ def test_a_program_no_one_compilation_serves_is_compiled_per_size_and_says_why()
     assert counters["programs_compiled"] == 3, dict(counters)  # 3 static, then 5 and 6; 5 again is kept
     assert counters["eager_calls"] == 0 and counters["eager_segments"] == 0, dict(counters)
     assert said.count("compiled anew for each new size") == 1, said
-    assert "a size that is an expression of varying sizes" in said
+    assert "merges or splits a size parameter" in said
+
+
+def paged_decode(q, k_pages, v_pages, table):
+    """A decode step over a cache kept in pages of 4 keys, gathered through a block table."""
+    j = torch.arange(table.shape[1] * k_pages.shape[1])  # the cache's length: pages times 4
+    k = k_pages[table[:, j // k_pages.shape[1]], j % k_pages.shape[1]]
+    v = v_pages[table[:, j // v_pages.shape[1]], j % v_pages.shape[1]]
+    return torch.softmax(torch.einsum("bhd,bsd->bhs", q, k) * 0.25, -1) @ v
+
+
+def test_a_cache_length_that_is_pages_times_their_size_is_a_derived_parameter():
+    """A paged cache's length is the number of pages (a size that varies) times the page size:
+    ``4*S``, no input's size. It becomes a derived size parameter (``T = 4 * S``), bound at
+    each call from its definition, so one program serves every page count."""
+    f = flashlight.compile(paged_decode)
+    g = torch.Generator().manual_seed(11)
+    counters.clear()
+    for pages in (3, 5, 9, 17, 40):
+        q = torch.randn(2, 3, 16, generator=g)
+        k_pages, v_pages = (torch.randn(50, 4, 16, generator=g) for _ in range(2))
+        table = torch.stack([torch.randperm(50, generator=g)[:pages] for _ in range(2)])
+        torch.testing.assert_close(f(q, k_pages, v_pages, table), paged_decode(q, k_pages, v_pages, table),
+                                   rtol=1e-4, atol=1e-5, msg=f"{pages} pages")
+    assert counters["programs_compiled"] <= 2 and counters["eager_calls"] == 0, dict(counters)
+    assert counters["eager_segments"] == 0, dict(counters)
+    table = torch.stack([torch.randperm(50, generator=g)[:6] for _ in range(2)])
+    torch._dynamo.mark_dynamic(table, 1)
+    prog = flashlight.explain(paged_decode, q, k_pages, v_pages, table).programs[0]
+    assert prog.defs and "T = 4 * S" in str(prog).splitlines()[0], str(prog).splitlines()[0]
+    assert str(flashlight.ir.parse(str(prog))) == str(prog)
 
 
 @pytest.mark.parametrize("name", ["causal", "rmsnorm rows"])

@@ -540,3 +540,22 @@ def test_a_fixup_after_an_enclosing_loop_supersedes_no_store() -> None:
     text = "\n".join(nested)
     with pytest.raises(VerificationError, match=re.escape("no NaN fixup of all of l[h,i] follows the loop")):
         verify(parse_program(text))
+
+
+def test_a_derived_size_prints_parses_binds_and_verifies() -> None:
+    """``U = 16 * P``: a size that is an affine expression of earlier ones (a paged cache's
+    length), printed in the header, parsed back, bound from its definition at each call, and
+    refused where it reads a later parameter or is not affine."""
+    from flashlight.ir import VerificationError, verify
+    from flashlight.ir.nodes import bind_sizes
+
+    text = """program paged[P, U = 16 * P](x: f32[P,16]) -> (o: f32[1])
+  for j in 0:U reduce
+    M: o[0] += x[j // 16,j % 16]"""
+    prog = verify(parse_program(text))
+    assert str(prog) == text and prog.defs == (("U", E.mul(E.index(16), E.Iter("P"))),)
+    assert bind_sizes(prog, [(3, 16)]) == {"P": 3, "U": 48}
+    with pytest.raises(VerificationError, match="derived size U"):
+        verify(parse_program(text.replace("[P, U = 16 * P]", "[U = 16 * P, P]")))
+    with pytest.raises(VerificationError, match="derived size U"):
+        verify(parse_program(text.replace("U = 16 * P", "U = P * P")))

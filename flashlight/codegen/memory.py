@@ -10,7 +10,7 @@ from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
 from flashlight.codegen.operators import TL_DTYPE
 from flashlight.ir import expr as E
-from flashlight.ir.expr import Expr, Load
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Stmt
 
 
@@ -87,33 +87,46 @@ class MemoryAccess(KernelState):
                      frozenset(axes))
 
     def beyond_bounds(self, e: Load, idx: list[Value], axes: tuple[str, ...]) -> list[str]:
-        """Masks for indices that run past their dimension inside the loops' extents: a chunk of
-        the keys, ``k[512 c + j']``, whose last chunk is partial (split-reductions guards its
-        statements, but a load happens before the guard applies, and ``0 * garbage`` may be NaN);
-        for a dimension that is a size parameter (``k[64 u + c]`` of interleaved chunks), any index
-        other than a plain iterator is compared with the size at run time."""
+        """Masks for indices that may run past their dimension inside the loops' extents: a chunk
+        of the keys, ``k[512 c + j']``, whose last chunk is partial, or ``table[b, (64 u + c) // 16]``
+        of interleaved chunks (split-reductions guards its statements, but a load happens before
+        the guard applies: ``0 * garbage`` may be NaN, and a page read from garbage may be far
+        outside its pool). An index other than a plain iterator or data is compared with its
+        dimension unless interval arithmetic over the extents keeps it inside."""
         out = []
         shape = self.program.tensor(e.tensor).shape
         for ix, v, dim in zip(e.indices, idx, shape):
-            form = E.affine_form(ix)
-            if form is None or not v.axes:
-                continue
-            if isinstance(dim, str):  # a size parameter: whether the index stays below it is known at launch
-                if len(form[0]) >= 2 or form[1] > 0 or any(a != 1 for a in form[0].values()):
-                    out.append(f"{self.bcast(v, axes)} < {self.size(dim)}")
-                continue
-            if len(form[0]) < 2:
-                continue
-            top = form[1]
-            for k, a in form[0].items():
-                n = self.extent.get(k)
-                if not isinstance(n, int) or a < 0:
-                    top = None
-                    break
-                top += a * (n - 1)
-            if top is not None and top >= dim:
-                out.append(f"{self.bcast(v, axes)} < {dim}")
+            if not v.axes or isinstance(ix, Iter) or E.loads(ix):
+                continue  # a plain iterator has its extent's mask; an index read from data is the user's
+            span = self._interval(ix)
+            if span is None or isinstance(dim, str) or span[1] >= dim:
+                out.append(f"{self.bcast(v, axes)} < {self.size(dim) if isinstance(dim, str) else dim}")
         return out
+
+    def _interval(self, e: Expr) -> tuple[int, int] | None:
+        """Bounds of an index over the loops' extents (interval arithmetic; None where an extent
+        is a size parameter or the expression is not quasi-affine)."""
+        if isinstance(e, Const):
+            return int(e.value), int(e.value)
+        if isinstance(e, Iter):
+            n = self.extent.get(e.name)
+            return (0, n - 1) if isinstance(n, int) else None
+        if not isinstance(e, Call):
+            return None
+        parts = [self._interval(a) for a in e.args]
+        if any(p is None for p in parts):
+            return None
+        if e.op == "add":
+            return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]  # type: ignore[index]
+        if e.op == "sub":
+            return parts[0][0] - parts[1][1], parts[0][1] - parts[1][0]  # type: ignore[index]
+        if e.op == "mul":
+            corners = [a * b for a in parts[0] for b in parts[1]]  # type: ignore[union-attr]
+            return min(corners), max(corners)
+        if e.op in ("floordiv", "mod") and isinstance(e.args[1], Const) and int(e.args[1].value) > 0:
+            c, (lo, hi) = int(e.args[1].value), parts[0]  # type: ignore[misc]
+            return (lo // c, hi // c) if e.op == "floordiv" else ((lo, hi) if 0 <= lo and hi < c else (0, c - 1))
+        return None
 
     def store(self, s: Stmt, v: Value, scope: Scope, guards: tuple[Expr, ...]) -> None:
         """Write ``v`` to the target of ``s`` where the tile is inside the extents and ``guards`` hold."""

@@ -39,6 +39,8 @@ class ProgramBuilder:
     params: dict[str, str] = field(default_factory=dict)
     # symbolic sizes to lift as these numbers instead (a program specialized to one call's sizes)
     bound: dict[str, int] = field(default_factory=dict)
+    # derived size parameters: name -> its affine expression of earlier parameters (``16 * S``)
+    defs: dict[str, Expr] = field(default_factory=dict)
     _counter: int = 0
 
     # {{{ names and tensors
@@ -58,6 +60,14 @@ class ProgramBuilder:
             k = len(self.params)
             self.params[symbol] = PARAM_NAMES[k] if k < len(PARAM_NAMES) else f"S{k}"
         return self.params[symbol]
+
+    def derived(self, key: str, definition: Expr) -> str:
+        """The derived size parameter for a size that is an affine expression of parameters (a
+        paged cache's length ``16 * S``), one per expression (``key``: its text)."""
+        if key not in self.params:
+            self.params[key] = self.param(key)
+            self.defs[self.params[key]] = definition
+        return self.params[key]
 
     def add_tensor(self, hint: str, dtype: str, shape: Sequence[Size], role: str) -> str:
         name = self.fresh(hint)
@@ -188,7 +198,8 @@ class ProgramBuilder:
                       lambda its, v=v: v.at(its), role="output")
         order = {"input": 0, "output": 1, "temp": 2}
         tensors = tuple(sorted(self.tensors.values(), key=lambda t: order[t.role]))
-        prog = Program(self.name, tensors, tuple(self.body), params=tuple(self.params.values()))
+        prog = Program(self.name, tensors, tuple(self.body), params=tuple(self.params.values()),
+                       defs=tuple((n, d) for n, d in self.defs.items() if n in self.params.values()))
         return name_statements(name_iterators(prog))
 
 

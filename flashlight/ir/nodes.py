@@ -271,6 +271,11 @@ class Program:
     # Size parameters (``program f[S, T](...)``): names that shapes and loop bounds may use, and
     # isl parameters in every analysis, so that one program holds for every size.
     params: tuple[str, ...] = ()
+    # Derived size parameters (``program f[P, U = 16 * P](...)``): a size that is an affine
+    # expression of earlier parameters (a paged cache's length, pages times the page size),
+    # bound by its definition at each call; isl treats it as a parameter of its own, so every
+    # proof holds for any value of it, the defined one included.
+    defs: tuple[tuple[str, Expr], ...] = ()
 
     @cached_property
     def tensor_map(self) -> dict[str, TensorDecl]:
@@ -306,7 +311,7 @@ class Program:
 
     def replace(self, **changes) -> Program:
         fields = {"name": self.name, "tensors": self.tensors, "body": self.body, "proofs": self.proofs,
-                  "params": self.params}
+                  "params": self.params, "defs": self.defs}
         fields.update(changes)
         return Program(**fields)
 
@@ -370,6 +375,11 @@ def bind_sizes(program: Program, shapes: Sequence[tuple[int, ...]]) -> dict[str,
             raise ValueError(f"program {program.name}: input {decl.name!r} has shape {list(shape)}, expected "
                              f"{list(decl.shape)} ({decl.dtype})"
                              + (f" with {', '.join(f'{k} = {v}' for k, v in sizes.items())}" if sizes else ""))
+    for name, definition in program.defs:
+        value = evaluate(definition, sizes)
+        if sizes.setdefault(name, value) != value:
+            raise ValueError(f"program {program.name}: {name} = {definition} is {value}, but an input's shape "
+                             f"makes it {sizes[name]}")
     unbound = [p for p in program.params if p not in sizes]
     if unbound:
         raise ValueError(f"program {program.name}: no input's shape binds the size parameter {', '.join(unbound)}")

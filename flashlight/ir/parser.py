@@ -185,9 +185,17 @@ class _LineParser(LoopAnnotationParser):
         self.next()
         name = self.expect_name("a program name")
         sizes: list[str] = []
+        self.defs: list[tuple[str, Expr]] = []
         if self.at("["):
             self.next()
-            sizes = self.names("a size parameter")
+            while True:
+                sizes.append(self.expect_name("a size parameter"))
+                if self.at("="):  # a derived size: an expression of the earlier ones
+                    self.next()
+                    self.defs.append((sizes[-1], self.expr()))
+                if not self.at(","):
+                    break
+                self.next()
             self.expect("]", "after the size parameters")
         inputs = self.params("input")
         self.expect("->", "between inputs and outputs")
@@ -486,7 +494,8 @@ class _ProgramParser:
         if head.depth != 0:
             raise ParseError(head.number, head.indent + 1, "expected the header 'program NAME(...) -> (...)' "
                                                            f"without indentation, found {head.indent} spaces")
-        name, sizes, tensors = head.parser().header()
+        header = head.parser()
+        name, sizes, tensors = header.header()
         self.pos += 1
         tensors += self.declarations()
         body = self.block(1)
@@ -495,7 +504,7 @@ class _ProgramParser:
             first = line.parser().peek()
             raise ParseError(line.number, 1, f"expected a body line indented by {INDENT} spaces or end of "
                                              f"input, found {first.describe()}")
-        return Program(name, tuple(tensors), tuple(body), params=tuple(sizes))
+        return Program(name, tuple(tensors), tuple(body), params=tuple(sizes), defs=tuple(header.defs))
 
     def declarations(self) -> list[TensorDecl]:
         """``buffer NAME: TYPE`` and ``local NAME: TYPE`` lines right after the header."""

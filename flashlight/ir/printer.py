@@ -146,7 +146,8 @@ def format_program(p: Program) -> str:
     ins = ", ".join(f"{t.name}: {format_type(t)}" + (f" >= {t.at_least!r}" if t.at_least is not None else "")
                     for t in p.inputs)
     outs = ", ".join(f"{t.name}: {format_type(t)}" for t in p.outputs)
-    sizes = f"[{', '.join(p.params)}]" if p.params else ""
+    defined = dict(p.defs)
+    sizes = f"[{', '.join(n + (f' = {defined[n]}' if n in defined else '') for n in p.params)}]" if p.params else ""
     lines = [f"program {p.name}{sizes}({ins}) -> ({outs})"]
     for t in p.temps:
         lines.append(f"  {'local' if t.storage == 'local' else 'buffer'} {t.name}: {format_type(t)}")

@@ -10,7 +10,7 @@ import math
 
 from flashlight.ir import dtypes
 from flashlight.ir.combiners import ASSIGN_OPS
-from flashlight.ir.expr import TILE_BOUNDS, Call, Const, Expr, Iter, Load, children, dtype_of, free_iters, walk
+from flashlight.ir.expr import TILE_BOUNDS, Call, Const, Expr, Iter, Load, affine_form, children, dtype_of, free_iters, walk
 from flashlight.ir.isl_build import is_quasi_affine, isl_name
 from flashlight.ir.nodes import (LOOP_KINDS, MAPPINGS, ROLES, STORAGES, Given, Guard, LibraryCall, Loop, NanFixup, Node, Program, Stmt,
                                  fixup_after, tensors_touched, walk_loops, walk_stmts)
@@ -43,6 +43,11 @@ def verify(program: Program) -> Program:
     for p in program.params:
         if not p.isidentifier() or program.params.count(p) > 1 or p in seen:
             errors.append(f"size parameter {p!r} is not an identifier, or declared twice, or a tensor's name")
+    for name, definition in program.defs:
+        earlier = set(program.params[:program.params.index(name)]) if name in program.params else set()
+        if name not in program.params or not free_iters(definition) <= earlier or affine_form(definition) is None:
+            errors.append(f"derived size {name} = {definition} is not a parameter defined by an affine "
+                          "expression of earlier ones")
     stmt_names: set[str] = set()
     written: set[str] = set()
     _verify_body(program, program.body, program.params, errors, stmt_names, written)

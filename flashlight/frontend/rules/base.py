@@ -25,17 +25,42 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
 
 
+def affine_in_params(b: ProgramBuilder, expr: Any) -> Expr | None:
+    """An integer-linear expression of size symbols (Dynamo's sympy ``16*s44 + 1``) as an IR
+    index expression over size parameters (a bound symbol is its number); None for anything else
+    (``s0 * s1``, ``s0 // 2``)."""
+    if not expr.is_polynomial():
+        return None
+    out: Expr = E.index(0)
+    for term, coeff in expr.as_coefficients_dict().items():
+        if not coeff.is_Integer:
+            return None
+        if term == 1:
+            x: Expr = E.index(1)
+        elif term.is_Symbol:
+            name = str(term)
+            # a size of an input's shape (the program's inputs not yet read may name it later)
+            x = E.index(b.bound[name]) if name in b.bound else Iter(b.param(name))
+        else:
+            return None
+        out = E.add(out, E.mul(E.index(int(coeff)), x))
+    return out
+
+
 def size_of(b: ProgramBuilder, s: object) -> Size:
     """A dimension of a traced tensor: its size, or the size parameter that a symbolic size (a
-    SymInt Dynamo made for a varying length) is. A size that is an expression of parameters
-    (``2*s0``, ``s0 + s1``) has no place in the IR's shapes yet."""
+    SymInt Dynamo made for a varying length) is; an affine expression of them (``16*s44``, a
+    paged cache's length) is a derived size parameter (``U = 16 * S``)."""
     n = value_at(s, b.bound)
     if n is not None:
         return n
     name = symbol(s)  # type: ignore[arg-type]
-    if name is None:
+    if name is not None:
+        return b.param(name)
+    definition = affine_in_params(b, s.node.expr)  # type: ignore[union-attr]
+    if definition is None:
         raise Unsupported(f"a size that is an expression of varying sizes ({s}) is not a size parameter")
-    return b.param(name)
+    return b.derived(str(s.node.expr), definition)  # type: ignore[union-attr]
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -78,27 +103,11 @@ class RuleContext:
         raise Unsupported(f"a varying integer {s} that is no input's size")
 
     def _affine_in_params(self, expr: Any) -> Expr | None:
-        """An integer-linear expression of symbols that are size parameters (or bound), as an IR
-        index expression; None for anything else (``s0 * s1``, ``s0 // 2``)."""
         shapes = {str(d.node.expr) for n in self.node.graph.nodes if n.op == "placeholder"
                   for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
-        if not expr.is_polynomial() or any(str(sym) not in shapes and str(sym) not in self.b.bound
-                                           for sym in expr.free_symbols):
+        if any(str(sym) not in shapes and str(sym) not in self.b.bound for sym in expr.free_symbols):
             return None  # a symbol no input's shape has could not be bound when the program runs
-        out: Expr = E.index(0)
-        for term, coeff in expr.as_coefficients_dict().items():
-            if not coeff.is_Integer:
-                return None
-            if term == 1:
-                x: Expr = E.index(1)
-            elif term.is_Symbol:
-                name = str(term)
-                # a size of an input's shape (the program's inputs not yet read may name it later)
-                x = E.index(self.b.bound[name]) if name in self.b.bound else Iter(self.b.param(name))
-            else:
-                return None
-            out = E.add(out, E.mul(E.index(int(coeff)), x))
-        return out
+        return affine_in_params(self.b, expr)
 
     def _sized(self, a: object) -> object:
         """An argument with each symbolic size in it (a node whose value is a SymInt) read as

@@ -20,9 +20,22 @@ from flashlight.frontend.rules.indices import as_index, iterator_ranges
 from flashlight.frontend.rules.pointwise import pointwise
 from flashlight.frontend.torch_dtypes import opmath
 from flashlight.frontend.unsupported import Unsupported
-from flashlight.frontend.values import Value, placeholders
+from flashlight.frontend.values import Size, Value, placeholders
 
 RULES = Rules()
+
+
+def _broadcast(shapes: list[tuple[Size, ...]]) -> tuple[Size, ...]:
+    """The shape index tensors broadcast to, numbers and size parameters alike (dimensions aligned
+    right; a 1 takes the other size; two different sizes, of which one may vary, are refused)."""
+    rank = max(len(s) for s in shapes)
+    out: list[Size] = []
+    for d in range(rank):
+        sizes = {s[d - rank + len(s)] for s in shapes if d - rank + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise Unsupported(f"index shapes {shapes} do not broadcast to one known shape")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 @RULES.handles(aten.index, aten._unsafe_index)
@@ -46,7 +59,7 @@ def _index(c: RuleContext) -> Value:
         vals[d] = c.value(a)
     if not vals:
         raise Unsupported("indexing without index tensors")
-    bshape = tuple(int(s) for s in torch.broadcast_shapes(*[v.shape for v in vals.values()]))
+    bshape = _broadcast([v.shape for v in vals.values()])
     dims = sorted(vals)
     rest = [d for d in range(x.rank) if d not in vals]
     batch = [("b", k) for k in range(len(bshape))]

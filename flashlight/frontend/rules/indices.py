@@ -12,7 +12,7 @@ from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Size, index_ranges
 
 
-def as_index(e: Expr, dtype: str, wrap_size: int | None = None,
+def as_index(e: Expr, dtype: str, wrap_size: int | str | None = None,
              ranges: dict[str, tuple[int, int]] | None = None) -> Expr:
     """An element of an index tensor as an i64 index. With ``wrap_size``, a negative index counts
     from the end (``i + n`` where ``i < 0``), as advanced indexing does in eager, unless it is
@@ -22,7 +22,8 @@ def as_index(e: Expr, dtype: str, wrap_size: int | None = None,
     i = e if dtype == "i64" else E.call("i64", e)
     if wrap_size is None or dtype == "u8" or nonnegative(i, ranges or {}):
         return i
-    return E.call("where", E.call("lt", i, E.index(0)), E.add(i, E.index(wrap_size)), i)
+    size = E.index(wrap_size) if isinstance(wrap_size, int) else E.Iter(wrap_size)  # a number, or a size parameter
+    return E.call("where", E.call("lt", i, E.index(0)), E.add(i, size), i)
 
 
 def iterator_ranges(its: Sequence[Iter], shape: Sequence[Size]) -> dict[str, tuple[int, int]]:
