@@ -31,18 +31,17 @@ def affine_in_params(b: ProgramBuilder, expr: Any) -> Expr | None:
     (``s0 * s1``, ``s0 // 2``)."""
     if not expr.is_polynomial():
         return None
+    terms = expr.as_coefficients_dict()
+    if not all(coeff.is_Integer and (term == 1 or term.is_Symbol) for term, coeff in terms.items()):
+        return None  # checked before naming any parameter: a refused expression leaves none behind
     out: Expr = E.index(0)
-    for term, coeff in expr.as_coefficients_dict().items():
-        if not coeff.is_Integer:
-            return None
+    for term, coeff in terms.items():
         if term == 1:
             x: Expr = E.index(1)
-        elif term.is_Symbol:
+        else:
             name = str(term)
             # a size of an input's shape (the program's inputs not yet read may name it later)
             x = E.index(b.bound[name]) if name in b.bound else Iter(b.param(name))
-        else:
-            return None
         out = E.add(out, E.mul(E.index(int(coeff)), x))
     return out
 
