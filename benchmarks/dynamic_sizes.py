@@ -13,7 +13,9 @@ time of the generated kernels under ``torch.profiler``, which the issue's 5% bou
 the host time of the first call at a new length in a known bucket beyond its kernel time, and a
 decode loop of ``--decode-steps`` steps whose key/value cache grows by one per step from a
 prefilled cache of ``--decode-prefill`` keys (compiled with ``dynamic=True``), with the number
-of programs compiled over it (``flashlight.counters``)::
+of programs compiled over it (``flashlight.counters``); last, one decode step at each of
+``--decode-lengths`` compiled for that length (contiguous split-KV chunks) and for every length
+(interleaved chunks), beside SDPA, in GB/s of the cache read::
 
     python benchmarks/dynamic_sizes.py --lengths 1000,1536,3000,4096,5000,8192 --out results.json
 """
@@ -137,6 +139,33 @@ def decode_loop(steps: int, B: int, H: int, D: int, prefill: int = 0) -> dict:
             "worst_relerr": worst}
 
 
+def decode_split(lengths: list[int], B: int, H: int, D: int) -> list[dict]:
+    """One decode step (one query per head) at each cache length: ``static`` compiled for that
+    length (contiguous chunks of 512 keys), ``dynamic`` one program for every length (a fixed
+    number of interleaved chunks, keys ``n·u + c``), and SDPA; GB/s of K and V read. Whether
+    interleaved chunks read a cache as fast as contiguous ones is what this measures."""
+    import torch.nn.functional as F
+
+    fn = VARIANTS["decode"].fn
+    dynamic = flashlight.compile(fn, dynamic=True)
+    dev, rows = torch.device("cuda"), []
+    for n in lengths:
+        torch.manual_seed(n)
+        q, k, v = VARIANTS["decode"].inputs(B, H, n, D, torch.bfloat16, dev)
+        ref = fn(q.float(), k.float(), v.float())
+        static = flashlight.compile(fn, dynamic=False)
+        calls = {"static": static, "dynamic": dynamic,
+                 "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
+        gb = 2 * k.numel() * k.element_size() / 1e9
+        for impl, call in calls.items():
+            out = call(q, k, v)
+            ms = min(bench(call, (q, k, v)) for _ in range(2))
+            rows.append({"impl": impl, "B": B, "H": H, "S": n, "D": D, "ms": round(ms, 4),
+                         "GBps": round(gb / ms * 1e3, 1), "relerr": relerr(out, ref)})
+            print("SPLIT " + json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="causal,vanilla")
@@ -145,6 +174,9 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=512)
     ap.add_argument("--decode-prefill", type=int, default=128,
                     help="cache length before the first decode step (0: from an empty cache)")
+    ap.add_argument("--decode-lengths", default="2048,8192,32768",
+                    help="cache lengths of the split-KV comparison (static, dynamic, SDPA); empty: none")
+    ap.add_argument("--decode-shape", default="8x32x128", help="BxHxD of the split-KV comparison")
     ap.add_argument("--out", default=None, help="write every row here as JSON")
     args = ap.parse_args()
     for knob in ("cache_size_limit", "recompile_limit"):  # the static columns compile per length
@@ -159,6 +191,9 @@ def main() -> None:
     print("NEW " + json.dumps(result["new_length"]), flush=True)
     result["decode"] = decode_loop(args.decode_steps, B, H, D, args.decode_prefill)
     print("DECODE " + json.dumps(result["decode"]), flush=True)
+    if args.decode_lengths:
+        db, dh, dd = (int(x) for x in args.decode_shape.split("x"))
+        result["decode_split"] = decode_split([int(x) for x in args.decode_lengths.split(",")], db, dh, dd)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 
