@@ -26,7 +26,7 @@ from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
 from flashlight.frontend.segments import LiftedGraph, ProgramSegment
-from flashlight.frontend.symbolic import captured_sizes, hint, size_inputs, symbols_read, value_at
+from flashlight.frontend.symbolic import captured_sizes, hint, shape_symbols, size_inputs, symbols_read, value_at
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Program
@@ -144,8 +144,7 @@ def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: l
     varying = lift_graph(gm, names, name, arg_order)
     extra = [s for s in varying.fallbacks if s.node not in fixed]
     pinned: dict[str, int] = {}
-    shaped = {str(d.node.expr) for n in gm.graph.nodes if n.op == "placeholder"
-              for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
+    shaped = shape_symbols(gm.graph)
     while extra:
         # the sizes the first such op computes with (a head dimension under ``1 / sqrt(D)``, the
         # heads of a GQA group) are pinned, compiled per value; the others stay parameters (a cache

@@ -129,6 +129,10 @@ def test_the_query_heads_of_a_group_are_the_rows_of_one_tile():
     chunks = ex.kernels[0].source
     assert "tl.dot(" in chunks and "k_ptr + (i0_kv) * " in chunks, chunks  # one key tile per program
     check_against_eager(gqa, *args)
+    grads = [a.requires_grad_() for a in _inputs(1, HKV, 10)]  # the packed backward's gradients too
+    backward = flashlight.explain(gqa, *grads).backward
+    assert any(p.transformation.startswith("pack the groups") and p.legal for p in backward.proofs)
+    check_against_eager(gqa, *grads)
 
 
 def test_the_rows_fill_the_grid_so_prefill_is_not_split():

@@ -58,6 +58,13 @@ def captured_sizes(example_inputs: Sequence[Any], positions: Mapping[str, int]) 
             if isinstance(example_inputs[k], torch.SymInt)}
 
 
+def shape_symbols(graph: fx.Graph) -> set[str]:
+    """The size expressions of the graph's inputs' shapes (Dynamo's ``s44``): the sizes a call's
+    tensors bind."""
+    return {str(d.node.expr) for n in graph.nodes if n.op == "placeholder"
+            for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
+
+
 def symbols_read(n: fx.Node) -> set[str]:
     """The size symbols an op that cannot be lifted with them varying most likely needs known:
     those of its arguments that are expressions of sizes (``s1 // s2``, a group of heads), or,

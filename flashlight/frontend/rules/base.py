@@ -19,7 +19,7 @@ import torch.fx as fx
 from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
-from flashlight.frontend.symbolic import is_size, symbol, value_at
+from flashlight.frontend.symbolic import is_size, shape_symbols, symbol, value_at
 from flashlight.frontend.values import Size, Value
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Iter
@@ -102,8 +102,7 @@ class RuleContext:
         raise Unsupported(f"a varying integer {s} that is no input's size")
 
     def _affine_in_params(self, expr: Any) -> Expr | None:
-        shapes = {str(d.node.expr) for n in self.node.graph.nodes if n.op == "placeholder"
-                  for d in getattr(n.meta.get("val"), "shape", ()) if isinstance(d, torch.SymInt)}
+        shapes = shape_symbols(self.node.graph)
         if any(str(sym) not in shapes and str(sym) not in self.b.bound for sym in expr.free_symbols):
             return None  # a symbol no input's shape has could not be bound when the program runs
         return affine_in_params(self.b, expr)
