@@ -7,8 +7,8 @@ Prints a table and writes ``<out>/<device>-<date>[-tag].json`` with rows
     python benchmarks/bench_attention.py --variants vanilla,causal --shapes 4x16x4096x64
     python benchmarks/bench_attention.py --shapes 4x16x4096x64g8      # GQA, 8 query heads per KV head
     python benchmarks/bench_attention.py --variants vanilla,sdpa,causal,sdpa_causal   # SDPA as written
-    python benchmarks/bench_attention.py --variants decode --shapes 8x32x32768x128 \
-        --impls flashlight,flashlight-nosplit,eager,sdpa       # split-KV against the whole cache per program
+    python benchmarks/bench_attention.py --variants decode,decode4 --shapes 8x32x32768x128g4 \
+        --impls flashlight,flashlight-nosplit,eager,sdpa,flex  # split-KV; GB/s of the cache read
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flashlight  # noqa: E402
-from variants import VARIANTS  # noqa: E402
+from variants import DECODE_QUERIES, VARIANTS, cache_bytes  # noqa: E402
 
 
 # the variants the benchmark reports; the others (ipa_like, key_lengths, decode) on request
@@ -157,7 +157,7 @@ def main() -> None:
                             calls["flex"] = (fc, fc(*inputs), {"block_mask_s": round(build, 4)})
                 except Exception as exc:  # noqa: BLE001
                     print(f"flex {name}: {type(exc).__name__}: {exc}", flush=True)
-            if "sdpa" in impls and name in ("vanilla", "causal", "sdpa", "sdpa_causal", "decode"):
+            if "sdpa" in impls and (name in ("vanilla", "causal", "sdpa", "sdpa_causal") or name in DECODE_QUERIES):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
                 for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
@@ -181,6 +181,8 @@ def main() -> None:
                 row = {"variant": name, "shape": shape if name != "evoformer" else args.evoformer_shape,
                        "impl": impl, "ms": round(ms, 4),
                        "tflops": round(var.flops(inputs) / ms / 1e9, 1), "relerr": relerr(out, ref), **extra}
+                if name in DECODE_QUERIES:
+                    row["GBps"] = round(cache_bytes(inputs) / ms / 1e6, 1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 path.write_text(json.dumps(rows, indent=1))  # kept row by row: a later failure loses nothing

@@ -168,7 +168,7 @@ def decode_split(lengths: list[int], B: int, H: int, D: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="causal,vanilla")
+    ap.add_argument("--variants", default="causal,vanilla", help="empty: no static/dynamic comparison")
     ap.add_argument("--lengths", default="1000,1536,3000,4096,5000,8192")
     ap.add_argument("--shape", default="4x16x64", help="BxHxD")
     ap.add_argument("--decode-steps", type=int, default=512)
@@ -185,17 +185,24 @@ def main() -> None:
     B, H, D = (int(x) for x in args.shape.split("x"))
     lengths = [int(x) for x in args.lengths.split(",")]
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
-    for name in args.variants.split(","):
-        result["rows"] += compare(name, lengths, B, H, D)
-    result["new_length"] = new_length_overhead("causal", 4096, 4000, B, H, D)
-    print("NEW " + json.dumps(result["new_length"]), flush=True)
-    result["decode"] = decode_loop(args.decode_steps, B, H, D, args.decode_prefill)
-    print("DECODE " + json.dumps(result["decode"]), flush=True)
-    if args.decode_lengths:
+
+    def keep() -> None:  # after each part: a later failure or a time limit loses nothing before it
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.decode_lengths:  # first: the shortest part, and the one issue 20 waits on
         db, dh, dd = (int(x) for x in args.decode_shape.split("x"))
         result["decode_split"] = decode_split([int(x) for x in args.decode_lengths.split(",")], db, dh, dd)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        keep()
+    for name in (args.variants.split(",") if args.variants else []):
+        result["rows"] += compare(name, lengths, B, H, D)
+        keep()
+    result["new_length"] = new_length_overhead("causal", 4096, 4000, B, H, D)
+    print("NEW " + json.dumps(result["new_length"]), flush=True)
+    keep()
+    if args.decode_steps:
+        result["decode"] = decode_loop(args.decode_steps, B, H, D, args.decode_prefill)
+        print("DECODE " + json.dumps(result["decode"]), flush=True)
+        keep()
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ For each variant, in one process on one card (bf16, inputs that require grad, a 
 ones scaled by 1e-2): eager PyTorch, ``flashlight.compile(fn)`` (the forward keeps row
 statistics, the backward is recomputed and compiled), the same with ``compile_backward=False``
 (the backward recomputed in eager PyTorch), FlexAttention (compiled, block mask built once) where
-it expresses the variant, and SDPA (flash) for vanilla and causal. Each gradient is checked
+it expresses the variant, torch.compile (Inductor), and SDPA (flash and cuDNN) for vanilla and causal. Each gradient is checked
 against an fp32 eager reference; peak memory is the step's allocation above the inputs::
 
-    python benchmarks/training_step.py --variants causal,vanilla --shape 4x16x2048x64 --out results.json
+    python benchmarks/training_step.py --variants causal,vanilla --shapes 4x16x4096x64,4x16x4096x128 --out results.json
 """
 
 from __future__ import annotations
@@ -63,9 +63,15 @@ def run(name: str, B: int, H: int, S: int, D: int, impls: set[str] | None = None
     flex = v.flex_call(inputs)
     if flex is not None:
         candidates["FlexAttention"] = flex[0]
+    candidates["torch.compile"] = torch.compile(v.fn, dynamic=False)
     if name in SDPA:
-        causal = SDPA[name]
-        candidates["SDPA"] = lambda q, k, vv: torch.nn.functional.scaled_dot_product_attention(q, k, vv, is_causal=causal)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for label, backend in (("SDPA flash", SDPBackend.FLASH_ATTENTION), ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
+            def sdpa(q, k, vv, backend=backend, causal=SDPA[name]):
+                with sdpa_kernel(backend):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, vv, is_causal=causal)
+            candidates[label] = sdpa
     rows = []
     for label, f in candidates.items():
         if impls is not None and label not in impls:
@@ -85,16 +91,22 @@ def run(name: str, B: int, H: int, S: int, D: int, impls: set[str] | None = None
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="causal,vanilla")
-    ap.add_argument("--shape", default="4x16x2048x64", help="BxHxSxD")
+    ap.add_argument("--shapes", default="4x16x2048x64", help="BxHxSxD, comma-separated")
     ap.add_argument("--impls", default=None, help="comma-separated labels to run (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    B, H, S, D = (int(x) for x in args.shape.split("x"))
+    import torch._dynamo
+
+    for knob in ("cache_size_limit", "recompile_limit"):  # torch.compile's baseline per variant and shape
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 256)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
-    for name in args.variants.split(","):
-        result["rows"] += run(name, B, H, S, D, set(args.impls.split(",")) if args.impls else None)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    for shape in args.shapes.split(","):
+        B, H, S, D = (int(x) for x in shape.split("x"))
+        for name in args.variants.split(","):
+            result["rows"] += run(name, B, H, S, D, set(args.impls.split(",")) if args.impls else None)
+            if args.out:  # kept variant by variant: a later failure loses nothing
+                Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

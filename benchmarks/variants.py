@@ -141,6 +141,14 @@ def random_documents(B: int, S: int, device) -> torch.Tensor:
     return out.to(device)
 
 
+DECODE_QUERIES = {"decode": 1, "decode4": 4}
+
+
+def cache_bytes(args) -> int:
+    """Bytes of the key and value cache a decode step reads (the GB/s of issue 20)."""
+    return args[1].numel() * args[1].element_size() + args[2].numel() * args[2].element_size()
+
+
 @dataclass
 class Variant:
     name: str
@@ -159,8 +167,8 @@ class Variant:
         if self.name == "key_lengths":  # queries: S/4, keys: S, lengths between S/4 and S
             lens = torch.linspace(S // 4, S, B, device=device).long()
             return (r(B, H, S // 4, D), r(B, H, S, D), r(B, H, S, D), lens)
-        if self.name == "decode":
-            return (r(B, H, 1, D), r(B, H, S, D), r(B, H, S, D))
+        if self.name in DECODE_QUERIES:  # a few queries per head against a cache of S keys
+            return (r(B, H, DECODE_QUERIES[self.name], D), r(B, H // group, S, D), r(B, H // group, S, D))
         if self.name == "evoformer":  # B x 256 rows of S residues, as in the paper's benchmark
             n = 256
             return (r(B, n, S, H, D), r(B, n, S, H, D), r(B, n, S, H, D),
@@ -180,7 +188,7 @@ class Variant:
             return 2 * (2.0 * B * H * S * S * D) + 2 * (2.0 * B * H * S * S * 2 * D)
         B, H, S, D = args[0].shape
         per_pair = 4.0 * B * H * D  # one (query, key) pair: QK^T and PV, 2 flops per multiply-add
-        if self.name in ("ipa_like", "key_lengths", "decode"):
+        if self.name in ("ipa_like", "key_lengths") or self.name in DECODE_QUERIES:
             return per_pair * S * args[1].shape[-2]
         if self.sparsity == "causal":
             pairs = sum(i + 1 for i in range(S))
@@ -245,5 +253,6 @@ VARIANTS = {v.name: v for v in [
     Variant("evoformer", evoformer, None),
     Variant("ipa_like", ipa_like, None),
     Variant("key_lengths", key_lengths, None),
-    Variant("decode", decode, None),
+    Variant("decode", decode, "none"),    # FlexAttention takes its decoding kernel for short queries
+    Variant("decode4", decode, "none"),
 ]}

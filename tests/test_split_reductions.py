@@ -23,8 +23,8 @@ def _scores(q, k):
 
 def _positions(q, k):
     sq, sk = q.shape[-2], k.shape[-2]
-    i = torch.arange(sq)[:, None] + (sk - sq)  # the queries are the cache's last positions
-    return i, torch.arange(sk)[None, :]
+    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)  # the queries are the cache's last positions
+    return i, torch.arange(sk, device=q.device)[None, :]
 
 
 def vanilla(q, k, v):
@@ -43,8 +43,8 @@ def sliding_window(q, k, v):  # 200 keys: two of the three chunks see none
 
 def alibi(q, k, v):
     i, j = _positions(q, k)
-    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1) / q.shape[1])
-    return torch.softmax(_scores(q, k) + slopes[:, None, None] * (j - i), -1) @ v
+    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1, device=q.device) / q.shape[1])
+    return torch.softmax(_scores(q, k) + (slopes[:, None, None] * (j - i)).to(q.dtype), -1) @ v
 
 
 def softcap(q, k, v):
@@ -177,7 +177,7 @@ PAGE, PAGES, POOL = 16, 80, 400  # a table of 80 pages of 16 keys per sequence (
 
 def _paged(k_pages, table):
     """The cache of each sequence in order: ``k_pages[table[b, j // P], j % P]`` ([B, S, H, D])."""
-    j = torch.arange(table.shape[1] * k_pages.shape[1])
+    j = torch.arange(table.shape[1] * k_pages.shape[1], device=table.device)
     return k_pages[table[:, j // k_pages.shape[1]], j % k_pages.shape[1]]
 
 
@@ -185,8 +185,8 @@ def _paged_scores(q, k_pages, table, lengths):
     k = _paged(k_pages, table)
     g = q.shape[1] // k.shape[2]  # GQA: the query heads of a group share a key/value head
     s = torch.einsum("bhqd,bshd->bhqs", q, k.repeat_interleave(g, 2)) / math.sqrt(q.shape[-1])
-    j = torch.arange(k.shape[1])
-    i = lengths[:, None] - q.shape[2] + torch.arange(q.shape[2])[None, :]  # the last positions of each sequence
+    j = torch.arange(k.shape[1], device=q.device)
+    i = lengths[:, None] - q.shape[2] + torch.arange(q.shape[2], device=q.device)[None, :]  # the last positions of each sequence
     return s, i[:, None, :, None], j, (j >= lengths[:, None, None, None])
 
 
@@ -203,8 +203,8 @@ def paged_vanilla(q, k_pages, v_pages, table, lengths):
 
 def paged_alibi(q, k_pages, v_pages, table, lengths):
     s, i, j, beyond = _paged_scores(q, k_pages, table, lengths)
-    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1) / q.shape[1])
-    s = s + slopes[None, :, None, None] * (j - i)
+    slopes = 2.0 ** (-8.0 * torch.arange(1, q.shape[1] + 1, device=q.device) / q.shape[1])
+    s = s + (slopes[None, :, None, None] * (j - i)).to(q.dtype)  # the bias in the cache's precision (bf16)
     return _paged_finish(s.masked_fill(beyond | (j > i), float("-inf")), v_pages, table, q)
 
 
