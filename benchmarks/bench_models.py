@@ -83,6 +83,8 @@ def compiled(model, impl: str):
     if impl == "flashlight+library":  # plain matrix products as torch.matmul (cuBLAS): call-library
         from flashlight.passes.declare import DEFAULT_PIPELINE
         return torch.compile(model, backend="flashlight", options={"pipeline": DEFAULT_PIPELINE + ",call-library"})
+    if impl == "flashlight-own":  # every segment flashlight's, none handed to Inductor (flashlight.handoff)
+        return torch.compile(model, backend="flashlight", options={"inductor": False})
     return torch.compile(model, backend="inductor" if impl == "inductor" else "flashlight")
 
 
@@ -145,7 +147,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight+library")
+    ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight-own,flashlight+library")
     ap.add_argument("--no-train", action="store_true", help="inference only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -137,6 +137,8 @@ def run(name: str, impls: list[str], backward: bool) -> list[dict]:
     del ref_args
     candidates = {"eager": lambda: p.fn, "inductor": lambda: torch.compile(p.fn),
                   "flashlight": lambda: flashlight.compile(p.fn),
+                  # flashlight's own kernels even where its model hands a program to Inductor
+                  "flashlight-own": lambda: flashlight.compile(p.fn, inductor=False),
                   # plain matrix products as torch.matmul (cuBLAS): call-library, not yet a default
                   "flashlight+library": lambda: flashlight.compile(p.fn, pipeline=LIBRARY_PIPELINE)}
     rows = []
@@ -155,7 +157,7 @@ def run(name: str, impls: list[str], backward: bool) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--programs", default=",".join(PROGRAMS))
-    ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight+library")
+    ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight-own,flashlight+library")
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

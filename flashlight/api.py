@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
-from flashlight import autotune, cache, passes
+from flashlight import autotune, cache, handoff, passes
 from flashlight.counting import count_eager_call, counters
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
@@ -114,7 +114,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device.type)
     hints = captured_sizes(example_inputs, positions)
-    compiled: dict[int, CompiledProgram | TunedOnFirstCall | TunedPerBucket | None] = {}
+    compiled: dict[int, CompiledProgram | TunedOnFirstCall | TunedPerBucket | handoff.InductorSegment | None] = {}
     for k, seg in enumerate(lifted.segments):
         if isinstance(seg, ProgramSegment):
             compiled[k] = _compile_program(seg, options, target, device, reports, fallbacks, hints)
@@ -185,12 +185,20 @@ def _compile_varying(gm: fx.GraphModule, example_inputs: Sequence[Any], names: l
 def _compile_program(seg: ProgramSegment, options: Options, target: str, device: torch.device,
                      reports: list[SegmentReport] | None, fallbacks: list[tuple[str, str]],
                      hints: Mapping[str, int] | None = None
-                     ) -> CompiledProgram | TunedOnFirstCall | TunedPerBucket | None:
-    """One program segment compiled (through the cache, tuned where the options say so), or None
-    if it cannot be: then it runs eagerly, and ``fallbacks`` says why."""
+                     ) -> CompiledProgram | TunedOnFirstCall | TunedPerBucket | handoff.InductorSegment | None:
+    """One program segment compiled (through the cache, tuned where the options say so; by
+    Inductor where flashlight.handoff's model says so), or None if it cannot be: then it runs
+    eagerly, and ``fallbacks`` says why."""
     opts = options.for_target(target)
     report = SegmentReport(seg.program)
     strides = input_layout(seg.program, seg)
+    may_hand_off = reports is None and options.inductor is not False and (options.inductor or target == "cuda")
+    if may_hand_off and handoff.kept_in_registers(seg.program, None) is None:
+        # nothing any schedule could keep in registers: Inductor's, without running the passes
+        handed = _hand_off(seg, None, target, opts)
+        if handed is not None:
+            return handed
+        may_hand_off = False  # Inductor could not take it: flashlight's, said once
 
     counted = [reports is not None]  # explain compiles nothing to run: it counts nothing
 
@@ -224,6 +232,10 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
             compiled = build(opts, report if keep else None)
         progress("compiled", program=seg.program.name, kernels=len(compiled.launches),
                  seconds=round(time.time() - started, 2))
+        if may_hand_off:  # the passes stored what they might have kept (rare): Inductor's after all
+            handed = _hand_off(seg, compiled.program, target, opts)
+            if handed is not None:
+                return handed
     except Exception as exc:  # a segment we cannot compile runs eagerly, and says why
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)
@@ -231,10 +243,39 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
         compiled = None
         fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
     if reports is not None:
+        if report.program is not None:
+            report.decision = _who_compiles(seg, report.program, target, options)
         reports.append(report)
     if debug_dir(options) and reports is None:
         dump_segment(debug_dir(options), seg.program.name, report, fallbacks)  # type: ignore[arg-type]
     return compiled
+
+
+def _who_compiles(seg: ProgramSegment, final: Program | None, target: str, options: Options) -> handoff.Decision:
+    """flashlight or Inductor for this segment (flashlight.handoff's model, under the option)."""
+    if seg.params:  # Inductor's code is specialised to sizes: one program for every size stays ours
+        return handoff.Decision(seg.program.name, "flashlight", "its sizes vary: one program serves every size")
+    inside = set(seg.inputs) | set(seg.nodes)
+    if any(a not in inside for n in seg.nodes for a in n.all_input_nodes):
+        return handoff.Decision(seg.program.name, "flashlight", "it reads a value its inputs do not carry")
+    return handoff.decide(seg.program, final, target, options.inductor)
+
+
+def _hand_off(seg: ProgramSegment, final: Program | None, target: str,
+              options: Options) -> handoff.InductorSegment | None:
+    """The segment as Inductor's, where the model says flashlight gains nothing on it (``final``:
+    the program after the passes, or None if the lifted one already shows it); else None."""
+    decision = _who_compiles(seg, final, target, options)
+    if decision.compiler != "Inductor" or not handoff.can_hand_off():
+        return None
+    try:
+        handed = handoff.InductorSegment.of(seg.program, seg.nodes, seg.inputs, seg.outputs)
+    except Exception as exc:  # noqa: BLE001  (then flashlight compiles it, and says why)
+        log.warning("flashlight: Inductor could not compile %s, flashlight does: %s", seg.program.name, exc)
+        return None
+    counters["inductor_segments"] += 1
+    progress("handed to Inductor", program=seg.program.name, reason=decision.reason)
+    return handed
 
 
 def _op(n: fx.Node) -> str:
@@ -373,6 +414,8 @@ def _explain_graphs(name: str, graphs: list, opts: Options, arg_order: Sequence[
             if r.program is None:
                 continue
             ex.programs.append(r.program)
+            if r.decision is not None:
+                ex.compilers.append(r.decision)
             ex.proofs += list(r.program.proofs)
             ex.kernels += [KernelInfo(k.name, k.source, k.grid if not k.grid_factors else k.grid_text,
                                       describe_kernel(r.program, nest))

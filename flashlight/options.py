@@ -33,6 +33,9 @@ class Options:
     # the backward of a graph whose inputs require grad: partitioned by flashlight (the forward
     # keeps row statistics) and compiled (True), or AOT autograd's partition and eager (False)
     compile_backward: bool = True
+    # segments in which flashlight's fusions keep nothing in registers that Inductor would store
+    # (flashlight.handoff): compiled by Inductor on the GPU (None), on every device (True), never (False)
+    inductor: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "num_warps"):
@@ -47,7 +50,7 @@ class Options:
                 raise ValueError(f"flashlight: {name}={value!r} is not a positive integer")
         if self.compile_backward not in (True, False):
             raise ValueError(f"flashlight: compile_backward={self.compile_backward!r} is not True or False")
-        for name in ("autotune", "dynamic"):
+        for name in ("autotune", "dynamic", "inductor"):
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"flashlight: {name}={getattr(self, name)!r} is not None, True or False")
         try:

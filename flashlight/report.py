@@ -15,6 +15,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from flashlight.codegen.triton import KernelSource
+from flashlight.handoff import Decision
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.nodes import Guard, LibraryCall, Loop, Node, Program, Proof, grid_chain, walk_stmts
@@ -94,6 +95,7 @@ class SegmentReport:
     stages: list[tuple[str, str]] = field(default_factory=list)
     kernels: list[KernelSource] = field(default_factory=list)
     error: str | None = None
+    decision: Decision | None = None  # who compiles it, flashlight or Inductor, and why
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Explanation:
     programs: list[Program]
     saved: list[SavedInfo] = field(default_factory=list)
     backward: Explanation | None = None  # for inputs that require grad: the backward's report
+    compilers: list[Decision] = field(default_factory=list)  # per program: flashlight or Inductor, and why
 
     def summary(self) -> str:
         out = [f"== flashlight explain: {self.name} ==",
@@ -160,6 +163,8 @@ class Explanation:
         out += ["", "-- fallbacks to eager PyTorch --"]
         out += [f"{op}: {why}" for op, why in self.fallbacks] or ["(none)"]
         out += ["", "-- legality decisions --", format_proofs(self.proofs, evidence=False)]
+        out += ["", "-- who compiles each program --"]
+        out += [f"{d.program}: {d.compiler}: {d.reason}" for d in self.compilers] or ["(none)"]
         if self.backward is not None:
             b = self.backward
             out += ["", "-- backward (ex.backward) --", f"{len(b.kernels)} kernels, {len(b.buffers)} buffers in "

@@ -1,0 +1,81 @@
+"""Who compiles a segment (issue 21): flashlight where its kernels keep in registers what Inductor
+would store (a contraction reduced again, an operand normalised in the kernel), Inductor where
+they would not; the model's verdict and its reason in explain, the option ``inductor`` over it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flashlight
+from flashlight.counting import counters
+from flashlight.handoff import InductorSegment
+
+
+def attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def mlp(x, w):  # a GEMM and its epilogue: cuBLAS and one pointwise kernel move the same bytes
+    return torch.relu(x @ w.T) * 2
+
+
+def rmsnorm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def rmsnorm_linear(x, w, proj):  # the normalised rows feed a contraction: never stored
+    return rmsnorm(x, w) @ proj.T
+
+
+def _inputs(name: str) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return {"attention": (r(1, 2, 32, 16), r(1, 2, 32, 16), r(1, 2, 32, 16)), "mlp": (r(8, 16), r(32, 16)),
+            "rmsnorm": (r(8, 64), r(64)), "rmsnorm_linear": (r(8, 64), r(64), r(32, 64))}[name]
+
+
+@pytest.mark.parametrize("fn, compiler, reason", [
+    (attention, "flashlight", "the contraction bmm[2, 32, 32] is reduced again inside the kernel and never stored"),
+    (rmsnorm_linear, "flashlight", "of the contraction mm is computed from a reduction inside the kernel"),
+    (mlp, "Inductor", "no contraction's result or operand stays in registers"),
+    (rmsnorm, "Inductor", "no contraction's result or operand stays in registers"),
+])
+def test_explain_says_who_compiles_each_program_and_why(fn, compiler, reason):
+    args = _inputs(fn.__name__)
+    ex = flashlight.explain(fn, *args, options=flashlight.Options(inductor=True))
+    assert [(d.compiler, reason in d.reason) for d in ex.compilers] == [(compiler, True)], ex.compilers
+    assert f"{fn.__name__}: {compiler}: " in str(ex) and "-- who compiles each program --" in str(ex)
+    # on the CPU the model's verdict is only said (the interpreter is flashlight's test target)
+    default = flashlight.explain(fn, *args).compilers[0]
+    assert default.compiler == "flashlight" and (compiler == "flashlight" or "on the GPU" in default.reason)
+    kept = flashlight.explain(fn, *args, options=flashlight.Options(inductor=False)).compilers[0]
+    assert kept.compiler == "flashlight" and (compiler == "flashlight" or "inductor=False keeps it" in kept.reason)
+
+
+def test_a_segment_handed_to_inductor_runs_inductors_code_and_matches_eager():
+    x, w = _inputs("mlp")
+    counters.clear()
+    f = flashlight.compile(mlp, inductor=True)
+    torch.testing.assert_close(f(x, w), mlp(x, w))
+    assert counters["inductor_segments"] == 1 and counters["programs_compiled"] == 0, dict(counters)
+    (segment,) = f.graphs[0].compiled.values()
+    assert isinstance(segment, InductorSegment) and not f.graphs[0].fallbacks
+    x2 = torch.randn_like(x)  # Inductor's code again, no compilation
+    torch.testing.assert_close(f(x2, w), mlp(x2, w))
+    assert counters["inductor_segments"] == 1
+
+
+def test_a_program_that_gains_stays_flashlights_under_inductor_true():
+    args = _inputs("attention")
+    counters.clear()
+    f = flashlight.compile(attention, inductor=True)
+    torch.testing.assert_close(f(*args), attention(*args), rtol=1e-4, atol=1e-5)
+    assert counters["inductor_segments"] == 0 and counters["programs_compiled"] == 1, dict(counters)
+
+
+def test_the_option_is_checked():
+    with pytest.raises(ValueError, match="inductor='yes' is not None, True or False"):
+        flashlight.compile(mlp, inductor="yes")
