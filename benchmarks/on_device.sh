@@ -2,9 +2,9 @@
 # The benchmarks of one device session, in parts that each fit one 10-minute call of the device
 # tool; every step has a time limit of its own, so that a slow or failing step leaves the others
 # their time, and every script keeps its rows as it goes (what ran before a limit comes back).
-#   bash benchmarks/on_device.sh decode|train|models      (results and a log under $OUT)
+#   bash benchmarks/on_device.sh decode|train|models|mixed      (results and a log under $OUT)
 set -u
-part=${1:?decode, train or models}
+part=${1:?decode, train, models or mixed}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -36,6 +36,13 @@ models)  # issue 21's whole models, the backward beyond attention, issue 19's le
   step 240 python3 benchmarks/bench_models.py --models llama --out "$out/models.json"
   step 100 python3 benchmarks/beyond_attention.py --backward --out "$out/beyond_backward.json"
   step 150 python3 benchmarks/dynamic_sizes.py --decode-lengths "" --decode-steps 0 --out "$out/dynamic.json"
+  ;;
+mixed)  # one call for issues 18 and 21 when the session has time for two calls only
+  step 220 python3 benchmarks/training_step.py --shapes 4x16x4096x64 --variants vanilla,causal,document,softcap \
+    --out "$out/training_d64.json"
+  step 150 python3 benchmarks/beyond_attention.py --out "$out/beyond.json"
+  step 180 python3 benchmarks/bench_models.py --models llama --impls eager,inductor,flashlight,flashlight-own \
+    --out "$out/models.json"
   ;;
 *) echo "unknown part $part"; exit 2 ;;
 esac

@@ -373,3 +373,18 @@ def test_a_bias_tables_gradient_is_a_scatter_add_inside_the_backward_kernel(fn):
     assert not [b for b in ex.backward.buffers if S in b.shape and b.shape.count(S) >= 2], ex.backward.buffers
     scatter = [k for k in ex.backward.kernels if "tl.atomic_add" in k.source]
     assert len(scatter) == 1 and "reduces bmm" in scatter[0].computes, [k.computes for k in ex.backward.kernels]
+
+
+def relu_mlp(x, w):
+    return torch.relu(x @ w.T) * 2
+
+
+def test_a_relu_projections_backward_compiles_its_guard_reading_the_recomputed_product():
+    """The backward of ``relu(x @ wᵀ)`` recomputes the product in the kernel that sums ``dW`` and
+    tests it in the guard of that sum: the guard reads the product's register (it ran eagerly,
+    "mm is read before this kernel writes it", when only expressions counted as reads)."""
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(8, 16, generator=g), torch.randn(32, 16, generator=g)
+    f = flashlight.compile(relu_mlp)
+    check_against_eager(relu_mlp, x, w, compiled=f)
+    assert f.backward_graphs and not [fb for b in f.backward_graphs for fb in b.fallbacks]

@@ -206,9 +206,10 @@ class KernelState:
 
     @cached_property
     def read_here(self) -> set[str]:
-        """Tensors some statement of this kernel reads."""
-        return {ld.tensor for s, _, _ in walk_stmts(self.phases)
-                for e in (s.expr, s.scale) if e is not None for ld in E.loads(e)}
+        """Tensors some statement of this kernel reads, in its expression or its guards (a ReLU's
+        backward tests the recomputed product it masks by)."""
+        return {ld.tensor for s, _, g in walk_stmts(self.phases)
+                for e in (s.expr, s.scale, *g) if e is not None for ld in E.loads(e)}
 
     @cached_property
     def guards_of(self) -> dict[str, tuple[Expr, ...]]:
