@@ -2,9 +2,9 @@
 # The benchmarks of one device session, in parts that each fit one 10-minute call of the device
 # tool; every step has a time limit of its own, so that a slow or failing step leaves the others
 # their time, and every script keeps its rows as it goes (what ran before a limit comes back).
-#   bash benchmarks/on_device.sh decode|train|models|mixed      (results and a log under $OUT)
+#   bash benchmarks/on_device.sh decode|train|models|mixed|one      (results and a log under $OUT)
 set -u
-part=${1:?decode, train, models or mixed}
+part=${1:?decode, train, models, mixed or one}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -36,6 +36,16 @@ models)  # issue 21's whole models, the backward beyond attention, issue 19's le
   step 240 python3 benchmarks/bench_models.py --models llama --out "$out/models.json"
   step 100 python3 benchmarks/beyond_attention.py --backward --out "$out/beyond_backward.json"
   step 150 python3 benchmarks/dynamic_sizes.py --decode-lengths "" --decode-steps 0 --out "$out/dynamic.json"
+  ;;
+one)  # a session with time for one call: the unmeasured work of issues 20, 18 and 21, in that order
+  step 45 python3 benchmarks/check_parametric_kernels.py
+  step 130 python3 benchmarks/decode_variants.py --shape 8x32x32768x128 --out "$out/decode_variants.json"
+  step 130 python3 benchmarks/bench_attention.py --variants decode --shapes 8x32x32768x128g4,8x32x32768x128 \
+    --impls flashlight,flashlight-nosplit,eager,flex,sdpa --tag decode --out "$out"
+  step 100 python3 benchmarks/training_step.py --shapes 4x16x4096x64 --variants vanilla,causal \
+    --impls flashlight,FlexAttention,"SDPA flash","SDPA cuDNN" --out "$out/training_d64.json"
+  step 120 python3 benchmarks/beyond_attention.py --programs rmsnorm,softmax,cross_entropy,linear_cross_entropy,swiglu \
+    --impls eager,inductor,flashlight,flashlight-own --out "$out/beyond.json"
   ;;
 mixed)  # one call for issues 18 and 21 when the session has time for two calls only
   step 220 python3 benchmarks/training_step.py --shapes 4x16x4096x64 --variants vanilla,causal,document,softcap \
