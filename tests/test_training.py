@@ -388,3 +388,17 @@ def test_a_relu_projections_backward_compiles_its_guard_reading_the_recomputed_p
     f = flashlight.compile(relu_mlp)
     check_against_eager(relu_mlp, x, w, compiled=f)
     assert f.backward_graphs and not [fb for b in f.backward_graphs for fb in b.fallbacks]
+
+
+def test_evoformers_backward_kernels_keep_the_rows_of_the_batch_in_their_grids():
+    """The copy of the pair bias's gradient (a sum over the rows) is unrelated to the kernel of
+    ``dQ``; fused into it, the common grid lost the rows and each program held all of them (128
+    programs of 256 x 8 rows at the benchmark's shape): it forms a kernel of its own instead."""
+    fn, _ = VARIANTS["evoformer"]
+    n = 64
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, generator=g).requires_grad_()
+            for s in ((1, n, 128, 2, 16),) * 3 + ((1, n, 1, 1, 128), (1, 1, 2, 128, 128))]
+    ex = flashlight.explain(fn, *args)
+    looping = [(k.grid, k.computes) for k in ex.backward.kernels if "loops over tiles" in k.computes]
+    assert looping and all(grid >= n for grid, _ in looping), looping
