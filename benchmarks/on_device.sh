@@ -43,7 +43,7 @@ one)  # a session with time for one call: the unmeasured work of issues 20, 18 a
   step 130 python3 benchmarks/bench_attention.py --variants decode --shapes 8x32x32768x128g4,8x32x32768x128 \
     --impls flashlight,flashlight-nosplit,eager,flex,sdpa --tag decode --out "$out"
   step 100 python3 benchmarks/training_step.py --shapes 4x16x4096x64 --variants vanilla,causal \
-    --impls flashlight,FlexAttention,"SDPA flash","SDPA cuDNN" --out "$out/training_d64.json"
+    --impls flashlight,flashlight-own,FlexAttention,"SDPA flash","SDPA cuDNN" --out "$out/training_d64.json"
   step 120 python3 benchmarks/beyond_attention.py --programs rmsnorm,softmax,cross_entropy,linear_cross_entropy,swiglu \
     --impls eager,inductor,flashlight,flashlight-own --out "$out/beyond.json"
   ;;

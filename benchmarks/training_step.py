@@ -59,6 +59,8 @@ def run(name: str, B: int, H: int, S: int, D: int, impls: set[str] | None = None
     refs = step(v.fn, ref_in, cot)
     cot = cot.to(torch.bfloat16)
     candidates = {"eager": v.fn, "flashlight": flashlight.compile(v.fn),
+                  # flashlight's own kernels for every program (none cut out for Inductor: flashlight.handoff)
+                  "flashlight-own": flashlight.compile(v.fn, inductor=False),
                   "flashlight, eager backward": flashlight.compile(v.fn, compile_backward=False)}
     flex = v.flex_call(inputs)
     if flex is not None:

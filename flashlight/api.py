@@ -105,7 +105,9 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     if positions and sizes is None and lifted is None and reports is None:
         return _compile_varying(gm, example_inputs, names, options, name, arg_order, positions)
     target = target_of(example_inputs)
-    lifted = lifted or lift_graph(gm, names, name, arg_order, sizes)
+    # where Inductor may take segments, the nodes flashlight's fusions gain on are cut from the rest
+    apart = handoff.fused_region if options.inductor is not False and (options.inductor or target == "cuda") else None
+    lifted = lifted or lift_graph(gm, names, name, arg_order, sizes, apart)
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     if fallbacks and reports is None:
         log.warning("flashlight: %d op%s of %s run%s in eager PyTorch: %s", len(fallbacks),

@@ -43,47 +43,71 @@ def _iterators(ld: Load) -> set[str]:
 
 def kept_in_registers(lifted: Program, final: Program | None) -> str | None:
     """Why the final program beats a compiler that stores every contraction's operands and result:
-    the first tensor of ``lifted`` that is a contraction's result read by a reduction (through
-    elementwise steps), or a computed operand of one that depends on a reduction, and that
-    ``final`` does not store; None if there is none. With ``final`` None, the first such tensor
-    any schedule might keep (None: the passes cannot gain, whatever they do)."""
-    stmts = lifted.statements()
-    writers: dict[str, list[Stmt]] = {}
-    readers: dict[str, list[Stmt]] = {}
-    for s in stmts:
-        writers.setdefault(s.target.tensor, []).append(s)
-        for t in _read(s):
-            readers.setdefault(t, []).append(s)
+    the first tensor of :func:`fused_region` that is a contraction's result reduced again, or a
+    contraction's computed operand, and that ``final`` does not store; None if there is none.
+    With ``final`` None, the first such tensor any schedule might keep (None: the passes cannot
+    gain, whatever they do)."""
+    region = fused_region(lifted)
     stored = {t.name for t in final.tensors if t.storage == "global"} if final is not None else set()
     temps = {t.name for t in lifted.temps}
-
-    def reaches_reduction(t: str, seen: set[str]) -> bool:  # read by a reduction, through elementwise steps
-        for r in readers.get(t, []):
-            if r.is_reduction or (r.target.tensor not in seen and
-                                  reaches_reduction(r.target.tensor, seen | {r.target.tensor})):
-                return True
-        return False
-
-    def from_reduction(t: str, seen: set[str]) -> bool:  # computed from a reduction, through elementwise steps
-        for w in writers.get(t, []):
-            if w.is_reduction:
-                return True
-            if any(u not in seen and from_reduction(u, seen | {u}) for u in _read(w)):
-                return True
-        return False
-
-    for s in stmts:
+    kept = (region & temps) - stored
+    for s in lifted.statements():
         if not is_contraction(s):
             continue
-        result = s.target.tensor
-        if result in temps and result not in stored and reaches_reduction(result, {result}):
-            return (f"the contraction {result}{_shape(lifted, result)} is reduced again inside the kernel "
-                    "and never stored; Inductor would store it")
-        for t in _read(s):
-            if t in temps and t not in stored and from_reduction(t, {t}):
-                return (f"the operand {t}{_shape(lifted, t)} of the contraction {result} is computed from a "
-                        "reduction inside the kernel and never stored; Inductor would store it")
+        for t in sorted(_read(s) & kept):
+            return (f"the operand {t}{_shape(lifted, t)} of the contraction {s.target.tensor} is computed from a "
+                    "reduction inside the kernel and never stored; Inductor would store it")
+        if s.target.tensor in kept:
+            return (f"the contraction {s.target.tensor}{_shape(lifted, s.target.tensor)} is reduced again inside "
+                    "the kernel and never stored; Inductor would store it")
     return None
+
+
+def fused_region(lifted: Program) -> set[str]:
+    """The tensors of ``lifted`` whose kernels flashlight keeps (the rest may be Inductor's): each
+    contraction reduced again (through elementwise steps) with those steps, the reductions, what
+    follows them elementwise up to the contractions that read it (attention's ``P @ V``), and each
+    contraction whose operand is computed from a reduction, with that chain; every member also
+    brings the elementwise steps that compute its operands (a norm's squares)."""
+    stmts = lifted.statements()
+    writer = {s.target.tensor: s for s in stmts}
+    readers: dict[str, list[Stmt]] = {}
+    for s in stmts:
+        for t in _read(s):
+            readers.setdefault(t, []).append(s)
+    region: set[str] = set()
+
+    def forward(t: str, path: tuple[str, ...], to_contraction: bool) -> None:
+        """Add the paths from ``t`` through elementwise steps to a reduction that is no contraction
+        (or, ``to_contraction``, to a contraction), and what lies on them."""
+        for r in readers.get(t, []):
+            u = r.target.tensor
+            if u in path:
+                continue
+            if not r.is_reduction:
+                forward(u, path + (u,), to_contraction)
+            elif is_contraction(r) == to_contraction:
+                region.update(path + (u,))
+                if not to_contraction:
+                    forward(u, (u,), True)  # on to the contraction that reads what it normalises
+
+    for s in stmts:
+        if is_contraction(s):
+            forward(s.target.tensor, (s.target.tensor,), False)
+    for s in stmts:  # a reduction whose result reaches a contraction's operand
+        if s.is_reduction and not is_contraction(s):
+            forward(s.target.tensor, (s.target.tensor,), True)
+    grown = True
+    while grown:  # the elementwise steps that compute a member's operands come with it
+        grown = False
+        for t in list(region):
+            w = writer.get(t)
+            for u in _read(w) if w is not None else ():
+                v = writer.get(u)
+                if v is not None and u not in region and not v.is_reduction:
+                    region.add(u)
+                    grown = True
+    return region
 
 
 def _read(s: Stmt) -> set[str]:
@@ -143,8 +167,8 @@ def can_hand_off() -> bool:
 
 @dataclass
 class InductorSegment:
-    """A program segment compiled by Inductor, as Inductor compiles the graph AOT autograd hands
-    it (``compile_fx_inner``: an aten graph and the capture's fake inputs)."""
+    """A program segment compiled by Inductor (``torch._inductor.compile`` on the segment's nodes
+    and the capture's fake inputs: Inductor decomposes the graph its own way, as it does Dynamo's)."""
 
     program: Program = field(repr=False)  # the lifted program (for reports)
     run: Callable[[list], Any] = field(repr=False)
@@ -152,14 +176,14 @@ class InductorSegment:
     @classmethod
     def of(cls, program: Program, nodes: list[fx.Node], inputs: list[fx.Node],
            outputs: list[fx.Node]) -> InductorSegment:
-        from torch._inductor.compile_fx import compile_fx_inner
+        from torch._inductor import compile as inductor_compile  # called as the graph is
 
         gm = subgraph(nodes, inputs, outputs)
-        return cls(program, compile_fx_inner(gm, [n.meta["val"] for n in inputs]))
+        return cls(program, inductor_compile(gm, [n.meta["val"] for n in inputs]))
 
     @property
     def launches(self) -> list:
         return []  # no kernel of flashlight's
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(self.run(list(inputs)))  # Inductor's boxed call empties the list it is given
+        return list(self.run(*inputs))

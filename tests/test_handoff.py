@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import flashlight
+from conftest import check_against_eager
 from flashlight.counting import counters
 from flashlight.handoff import InductorSegment
 
@@ -79,3 +80,29 @@ def test_a_program_that_gains_stays_flashlights_under_inductor_true():
 def test_the_option_is_checked():
     with pytest.raises(ValueError, match="inductor='yes' is not None, True or False"):
         flashlight.compile(mlp, inductor="yes")
+
+
+def block(x, w, wq, wk, wv, wo, w1):  # a transformer block: norm, projections, attention, MLP
+    h = rmsnorm(x, w)
+    q, k, v = (h @ m.T for m in (wq, wk, wv))
+    a = attention(q[None], k[None], v[None])[0] @ wo.T + x
+    return torch.relu(a @ w1.T) + a
+
+
+def test_a_block_is_cut_into_what_flashlight_fuses_and_what_inductor_compiles():
+    """Where Inductor may take segments, one program is cut in two: the norm, the projections it
+    feeds and the attention (flashlight's: the normalised rows and the scores stay in registers),
+    and the output projection, the residual and the MLP (Inductor's). Values and gradients are
+    eager's."""
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(16, 32, generator=g), torch.randn(32, generator=g)] + \
+        [torch.randn(32, 32, generator=g) / 6 for _ in range(5)]
+    ex = flashlight.explain(block, *args, options=flashlight.Options(inductor=True))
+    assert [d.compiler for d in ex.compilers] == ["flashlight", "Inductor"], ex.compilers
+    assert "the operand mul_1[16, 32] of the contraction mm" in ex.compilers[0].reason
+    # on the CPU by default nothing is cut: one program, flashlight's
+    assert [d.program for d in flashlight.explain(block, *args).compilers] == ["block"]
+    f = flashlight.compile(block, inductor=True)
+    check_against_eager(block, *args, compiled=f)
+    kinds = [type(c).__name__ for c in f.graphs[0].compiled.values()]
+    assert kinds == ["CompiledProgram", "InductorSegment"], kinds

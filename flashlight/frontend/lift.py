@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -27,17 +27,22 @@ from flashlight.frontend.symbolic import is_size
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
 from flashlight.frontend.values import Value
+from flashlight.ir.nodes import Program
 
 __all__ = ["EagerSegment", "LiftedGraph", "ProgramSegment", "lift_graph"]
 
 
 def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, name: str = "program",
-               arg_order: Sequence[str] = (), sizes: Mapping[str, int] | None = None) -> LiftedGraph:
+               arg_order: Sequence[str] = (), sizes: Mapping[str, int] | None = None,
+               keep_together: Callable[[Program], set[str]] | None = None) -> LiftedGraph:
     """Lift ``gm`` (an aten graph with ``val`` metadata on every node) into segments.
 
     ``input_names`` name the graph's placeholders; program inputs are declared in the order of
     ``arg_order`` (the user's parameter names), then in order of first use. A symbolic size
     (Dynamo's ``s77``) becomes a size parameter of the programs, or the number ``sizes`` gives it.
+    With ``keep_together`` (the tensors of a lifted program, named after their nodes, that must
+    stay in one program: flashlight.handoff.fused_region), a program of fixed sizes is cut into
+    programs of those nodes and programs of the others, so that another compiler may take these.
     """
     graph = gm.graph
     phs = [n for n in graph.nodes if n.op == "placeholder"]
@@ -87,8 +92,43 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
             members = set(run)
             outputs = [n for n in run if _is_tensor(n) and any(u not in members for u in n.users)]
             prog_name = name if len(programs) == 1 else f"{name}_{programs.index(run)}"
-            lifted.segments.append(_lift_run(run, outputs, ph_name, prog_name, list(arg_order), dict(sizes or {})))
+            seg = _lift_run(run, outputs, ph_name, prog_name, list(arg_order), dict(sizes or {}))
+            parts = _cut(run, keep_together(seg.program)) if keep_together is not None and not seg.params else [run]
+            if len(parts) == 1:
+                lifted.segments.append(seg)
+                continue
+            for j, part in enumerate(parts):
+                if all(_is_view_like(n) for n in part):
+                    lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in part]
+                    continue
+                inside = set(part)
+                outs = [n for n in part if _is_tensor(n) and any(u not in inside for u in n.users)]
+                lifted.segments.append(_lift_run(part, outs, ph_name, f"{prog_name}_part{j}", list(arg_order),
+                                                 dict(sizes or {})))
     return lifted
+
+
+def _cut(run: list[fx.Node], together: set[str]) -> list[list[fx.Node]]:
+    """``run`` in parts, in an order that runs each after the parts it reads: the nodes named in
+    ``together`` and the others, each part as large as the dependences between them allow (a
+    view goes with its first reader). One part if either kind is all there is."""
+    inside = set(run)
+    label: dict[fx.Node, bool] = {}
+    for n in reversed(run):
+        if n.name in together:
+            label[n] = True
+        elif _is_view_like(n):
+            readers = [u for u in n.users if u in label]
+            label[n] = label[readers[0]] if readers else False
+        else:
+            label[n] = False
+    if len({label[n] for n in run if not _is_view_like(n)}) < 2:
+        return [run]
+    level: dict[fx.Node, int] = {}
+    for n in run:
+        level[n] = max((level[a] + (label[a] != label[n]) for a in n.all_input_nodes if a in inside), default=0)
+    keys = sorted({(level[n], label[n]) for n in run})
+    return [[n for n in run if (level[n], label[n]) == key] for key in keys]
 
 
 def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str,
