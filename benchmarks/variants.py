@@ -124,7 +124,10 @@ def key_lengths(q, k, v, lens):
 
 
 def decode(q, k, v):
-    """One query per sequence against a long key cache."""
+    """A few queries per sequence against a long key cache (GQA: K/V heads shared by groups)."""
+    g = q.shape[1] // k.shape[1]
+    if g > 1:
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
     return _finish(_scores(q, k), v)
 
 

@@ -105,8 +105,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     if positions and sizes is None and lifted is None and reports is None:
         return _compile_varying(gm, example_inputs, names, options, name, arg_order, positions)
     target = target_of(example_inputs)
-    # where Inductor may take segments, the nodes flashlight's fusions gain on are cut from the rest
-    apart = handoff.fused_region if options.inductor is not False and (options.inductor or target == "cuda") else None
+    # with inductor=True, the nodes flashlight's fusions gain on are cut from the rest (handoff)
+    apart = handoff.fused_region if options.inductor is True else None
     lifted = lifted or lift_graph(gm, names, name, arg_order, sizes, apart)
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     if fallbacks and reports is None:
@@ -195,7 +195,7 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
     report = SegmentReport(seg.program)
     strides = input_layout(seg.program, seg)
     may_hand_off = reports is None and options.inductor is not False and (options.inductor or target == "cuda")
-    if may_hand_off and handoff.kept_in_registers(seg.program, None) is None:
+    if may_hand_off and options.inductor and handoff.kept_in_registers(seg.program, None) is None:
         # nothing any schedule could keep in registers: Inductor's, without running the passes
         handed = _hand_off(seg, None, target, opts)
         if handed is not None:
@@ -234,7 +234,7 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
             compiled = build(opts, report if keep else None)
         progress("compiled", program=seg.program.name, kernels=len(compiled.launches),
                  seconds=round(time.time() - started, 2))
-        if may_hand_off:  # the passes stored what they might have kept (rare): Inductor's after all
+        if may_hand_off:  # by the final program: no matrix product, or (inductor=True) nothing kept
             handed = _hand_off(seg, compiled.program, target, opts)
             if handed is not None:
                 return handed

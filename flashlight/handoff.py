@@ -1,14 +1,15 @@
 """Which compiler compiles a program segment: flashlight, or Inductor (``torch._inductor``).
 
-flashlight's passes earn their keep on dependent reductions: where a contraction's result is
-reduced again (attention's scores under softmax, a loss's logits under log-sum-exp) or a
-reduced value feeds a contraction's operand (a norm before a projection), its kernels keep in
-registers a tensor that Inductor stores: Inductor calls the vendor GEMM for every contraction,
-which reads its operands from memory and writes its result there. A segment without such a
-tensor (pointwise chains, norms, softmax over a stored tensor, a lone GEMM and its epilogue)
-moves the same bytes under either compiler, and Inductor's kernels and the vendor GEMM are the
-well-kept ones: it is handed to Inductor. This is a model, not a measurement (docs/design.md
-10.5 says what the benchmarks measure); the option ``inductor`` overrides it.
+By default, on the GPU, a program whose kernels keep no matrix product in registers to reduce it
+again (a norm, a softmax, a loss over stored logits, an MLP) is Inductor's: our fusions gain
+nothing there and Inductor's kernels ran 1.8-2.7x faster (benchmarks/RESULTS.md, run 21). With ``inductor=True`` a finer model decides: flashlight's
+kernels gain where they keep in registers a tensor that Inductor stores (Inductor calls the
+vendor GEMM for every contraction, reading its operands from memory and writing its result
+there): a contraction's result reduced again (attention's scores under softmax, a loss's logits
+under log-sum-exp) or a contraction's operand computed from a reduction (a norm before a
+projection); the lift first cuts each program into those paths (:func:`fused_region`) and the
+rest. That model misses an attention backward's recomputed products (docs/design.md 10.4): it
+stays opt-in.
 """
 
 from __future__ import annotations
@@ -20,25 +21,39 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from flashlight.ir.expr import Call, Iter, Load, loads
-from flashlight.ir.nodes import Program, Stmt
+from flashlight.ir.expr import Call, Const, Expr, Load, free_iters, loads
+from flashlight.ir.nodes import Program, Stmt, walk_stmts
 from flashlight.ir.products import factor_load
 
 
 def is_contraction(s: Stmt) -> bool:
-    """``acc[..] += A[..] * B[..]`` whose two factors both use an iterator the target does not:
-    a matrix product (or a batch of them), the work of a GEMM."""
-    if s.op != "+=" or s.scale is not None or not (isinstance(s.expr, Call) and s.expr.op == "mul"):
+    """``acc[..] += A[..] * B[..]`` whose two factors both use an iterator the target does not, and
+    one an iterator the other does not: a matrix product (or a batch of them, or a matrix and a
+    vector), the work of a GEMM."""
+    if s.op != "+=" or s.scale is not None:
         return False
-    factors = [factor_load(x) for x in s.expr.args]
-    if len(factors) != 2 or factors[0] is None or factors[1] is None:
+    factors = _factors(s.expr)
+    if factors is None or len(factors) != 2:
         return False
     a, b = (_iterators(f) for f in factors)
-    return bool((a & b) - _iterators(s.target))
+    # a square (x * x) or a dot product of two vectors is a plain reduction, not a GEMM's work
+    return bool((a & b) - _iterators(s.target)) and a != b
+
+
+def _factors(e: Expr) -> list[Load] | None:
+    """The loads a product multiplies (through nested products and casts, constants aside), or
+    None if a factor is anything else."""
+    if isinstance(e, Call) and e.op == "mul":
+        parts = [_factors(a) for a in e.args]
+        return None if any(p is None for p in parts) else [ld for p in parts for ld in p]  # type: ignore[union-attr]
+    if isinstance(e, Const):
+        return []
+    ld = factor_load(e)
+    return [ld] if ld is not None else None
 
 
 def _iterators(ld: Load) -> set[str]:
-    return {i.name for i in ld.indices if isinstance(i, Iter)}
+    return {it for i in ld.indices for it in free_iters(i)}
 
 
 def kept_in_registers(lifted: Program, final: Program | None) -> str | None:
@@ -127,20 +142,47 @@ class Decision:
     reason: str
 
 
+def kept_product(final: Program) -> str | None:
+    """Why flashlight's kernels beat Inductor's on this program (the one after the passes): a
+    kernel that computes a matrix product and reduces it again (attention's scores, forward and
+    backward, a split decode step, a loss's logits), where Inductor would write the product to
+    memory and read it back; None if there is none (a norm, a softmax, a GEMM and its epilogue)."""
+    for k, nest in enumerate(final.body):
+        stmts = [st for st, _, _ in walk_stmts((nest,))]
+        for c in stmts:
+            if not (c.dot is not None or is_contraction(c)):
+                continue
+            t = c.target.tensor
+            for r in stmts:
+                if r is not c and r.is_reduction and t in _read(r):
+                    return (f"kernel {k} computes the matrix product {t} and reduces it again ({r.target.tensor}); "
+                            "Inductor would store it and read it back")
+    return None
+
+
 def decide(lifted: Program, final: Program | None, target: str, choice: bool | None) -> Decision:
-    """The model's verdict on one segment, under the option ``inductor`` (``choice``): None hands
-    a segment to Inductor on the GPU only (the interpreter is flashlight's test target), True on
-    every device, False never."""
+    """Who compiles a segment, under the option ``inductor`` (``choice``). None (the default): ours
+    where :func:`kept_product` finds a matrix product kept in registers and reduced again, else
+    Inductor's on the GPU (measured: norms, softmax, losses over stored logits and a SwiGLU MLP ran
+    1.8-2.7x faster under Inductor, RESULTS run 21). True: the register model of the lifted
+    program (:func:`kept_in_registers`) on every device, after the lift cut programs by
+    :func:`fused_region` (measured: it misjudges an attention backward, docs/design.md 10.4).
+    False: ours."""
+    if choice is False:
+        return Decision(lifted.name, "flashlight", "inductor=False keeps it")
+    if choice is None:
+        kept = kept_product(final) if final is not None else None
+        if kept is not None:
+            return Decision(lifted.name, "flashlight", kept)
+        plain = "no matrix product stays in registers to be reduced again: Inductor's kernels are as good or better"
+        if target != "cuda":
+            return Decision(lifted.name, "flashlight", f"{plain}; handed to Inductor on the GPU")
+        return Decision(lifted.name, "Inductor", plain)
     gain = kept_in_registers(lifted, final)
     if gain is not None:
         return Decision(lifted.name, "flashlight", gain)
-    plain = "no contraction's result or operand stays in registers (Inductor's kernels move the same bytes)"
-    if choice is False:
-        return Decision(lifted.name, "flashlight", f"{plain}; inductor=False keeps it")
-    if choice is None and target != "cuda":
-        return Decision(lifted.name, "flashlight", f"{plain}; handed to Inductor on the GPU (inductor=True: "
-                                                   "on every device)")
-    return Decision(lifted.name, "Inductor", plain)
+    return Decision(lifted.name, "Inductor",
+                    "no contraction's result or operand stays in registers (Inductor's kernels move the same bytes)")
 
 
 def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.GraphModule:
