@@ -1,15 +1,12 @@
 """Which compiler compiles a program segment: flashlight, or Inductor (``torch._inductor``).
 
-By default, on the GPU, a program whose kernels keep no matrix product in registers to reduce it
-again (a norm, a softmax, a loss over stored logits, an MLP) is Inductor's: our fusions gain
-nothing there and Inductor's kernels ran 1.8-2.7x faster (benchmarks/RESULTS.md, run 21). With ``inductor=True`` a finer model decides: flashlight's
-kernels gain where they keep in registers a tensor that Inductor stores (Inductor calls the
-vendor GEMM for every contraction, reading its operands from memory and writing its result
-there): a contraction's result reduced again (attention's scores under softmax, a loss's logits
-under log-sum-exp) or a contraction's operand computed from a reduction (a norm before a
-projection); the lift first cuts each program into those paths (:func:`fused_region`) and the
-rest. That model misses an attention backward's recomputed products (docs/design.md 10.4): it
-stays opt-in.
+By default, on the GPU, a program none of whose kernels computes a matrix product and reduces it
+again (a norm, a softmax, a loss over stored logits, an MLP) is Inductor's (:func:`kept_product`):
+our fusions gain nothing there, and Inductor's kernels ran 1.8-2.7x faster (benchmarks/RESULTS.md,
+run 21). With ``inductor=True`` a finer model of the lifted program decides
+(:func:`kept_in_registers`), after the lift cuts each program into the paths it would fuse
+(:func:`fused_region`) and the rest; it misses an attention backward's recomputed products
+(docs/design.md 10.4), so it stays opt-in.
 """
 
 from __future__ import annotations
