@@ -393,7 +393,8 @@ def test_a_relu_projections_backward_compiles_its_guard_reading_the_recomputed_p
 def test_evoformers_backward_kernels_keep_the_rows_of_the_batch_in_their_grids():
     """The copy of the pair bias's gradient (a sum over the rows) is unrelated to the kernel of
     ``dQ``; fused into it, the common grid lost the rows and each program held all of them (128
-    programs of 256 x 8 rows at the benchmark's shape): it forms a kernel of its own instead."""
+    programs of 256 x 8 rows at the benchmark's shape): it forms a kernel of its own instead. (A
+    statement that reads what the kernel set aside computes still joins it: T5's scores.)"""
     fn, _ = VARIANTS["evoformer"]
     n = 64
     g = torch.Generator().manual_seed(0)
@@ -401,4 +402,7 @@ def test_evoformers_backward_kernels_keep_the_rows_of_the_batch_in_their_grids()
             for s in ((1, n, 128, 2, 16),) * 3 + ((1, n, 1, 1, 128), (1, 1, 2, 128, 128))]
     ex = flashlight.explain(fn, *args)
     looping = [(k.grid, k.computes) for k in ex.backward.kernels if "loops over tiles" in k.computes]
-    assert looping and all(grid >= n for grid, _ in looping), looping
+    # the pair bias's gradient sums over the rows (i0): its kernel walks them; every other kernel
+    # has them in its grid
+    others = [(grid, what) for grid, what in looping if "loops over tiles of i0:" not in what]
+    assert len(others) >= 3 and all(grid >= n for grid, _ in others), looping

@@ -379,9 +379,11 @@ class _Fuser:
             if current and _unrelated(current, alone) and not self.keeps_grid(current, alone, pending):
                 # fusing it would only share loads and cost the kernel its grid: it goes aside, into
                 # a kernel of its own before the open one (with the statements set aside after it)
-                # the same test for the kernel set aside: a copy of a row sum joining the kernel of
-                # Evoformer's dQ would cost it its grid over the 256 rows of the batch
-                joined = self.place(aside, rec) if aside and self.keeps_grid(aside, alone, aside_plan) else None
+                # the same test for the kernel set aside, where nothing connects them either: a copy of
+                # a row sum joining the kernel of Evoformer's dQ would cost it its grid over 256 rows
+                shares_only_loads = bool(aside) and _unrelated(aside, alone)
+                joined = self.place(aside, rec) if aside and not (
+                    shares_only_loads and not self.keeps_grid(aside, alone, aside_plan)) else None
                 own = None if joined is not None else self.place([], rec)
                 if joined is not None or own is not None:
                     if joined is None and aside:
