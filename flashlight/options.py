@@ -33,8 +33,8 @@ class Options:
     # the backward of a graph whose inputs require grad: partitioned by flashlight (the forward
     # keeps row statistics) and compiled (True), or AOT autograd's partition and eager (False)
     compile_backward: bool = True
-    # segments in which flashlight's fusions keep nothing in registers that Inductor would store
-    # (flashlight.handoff): compiled by Inductor on the GPU (None), on every device (True), never (False)
+    # who compiles a program (flashlight.handoff): None, Inductor on the GPU where no kernel reduces a
+    # matrix product again; True, the register model and the cut, on every device; False, never Inductor
     inductor: bool | None = None
 
     def __post_init__(self) -> None:

@@ -72,6 +72,7 @@ def test_a_segment_handed_to_inductor_runs_inductors_code_and_matches_eager():
     x2 = torch.randn_like(x)  # Inductor's code again, no compilation
     torch.testing.assert_close(f(x2, w), mlp(x2, w))
     assert counters["inductor_segments"] == 1
+    check_against_eager(mlp, x, w, compiled=flashlight.compile(mlp, inductor=True))  # and the gradients
 
 
 def test_a_program_that_gains_stays_flashlights_under_inductor_true():
