@@ -118,6 +118,27 @@ def test_a_size_the_program_computes_with_is_pinned_and_the_others_vary():
     assert said.count("compiled anew for each value of") == 1 and "shape[3] (now 16)" in said, said
 
 
+def scaled_by_reciprocal(q, k, v):
+    return torch.softmax((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])), -1) @ v
+
+
+def test_a_scale_by_the_reciprocal_of_a_size_lifts():
+    """``s * (1.0 / math.sqrt(D))`` with ``dynamic=True`` leaves ``aten.true_divide`` in the graph
+    (a division by the SymFloat); it once had no lifting rule and ran eagerly (the decode benchmark's
+    dynamic program, run 22)."""
+    f = flashlight.compile(scaled_by_reciprocal, dynamic=True)
+    g = torch.Generator().manual_seed(6)
+    counters.clear()
+
+    def calls():
+        for n in (5, 37):
+            q, k, v = (torch.randn(1, 2, m, 16, generator=g) for m in (1, n, n))
+            torch.testing.assert_close(f(q, k, v), scaled_by_reciprocal(q, k, v), rtol=1e-4, atol=1e-5)
+    said = warnings_of(calls)
+    assert "runs in eager" not in said and counters["eager_calls"] == 0, said
+    assert counters["programs_compiled"] == 1, dict(counters)
+
+
 def test_dynamic_false_compiles_each_length():
     f = flashlight.compile(rmsnorm, dynamic=False)
     counters.clear()

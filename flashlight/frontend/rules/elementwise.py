@@ -170,7 +170,7 @@ def _add_sub(c: RuleContext) -> Value:
     return pointwise(c, [ga, gb], fn, compute)
 
 
-@RULES.handles(aten.div)
+@RULES.handles(aten.div, aten.true_divide)  # true_divide: what a division by a size (a SymFloat) leaves
 def _div(c: RuleContext) -> Value:
     mode = c.kwarg("rounding_mode")
     a, b = c.node.args[:2]
