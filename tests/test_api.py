@@ -118,6 +118,26 @@ def test_torch_compile_backend_in_a_fresh_process():
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
+def test_import_flashlight_registers_the_backend_without_an_installed_entry_point():
+    """A checkout on ``PYTHONPATH`` has no installed metadata, so no entry point: ``import
+    flashlight`` registers the name (run 22's whole-model benchmark got ``InvalidBackend``)."""
+    code = textwrap.dedent("""
+        import torch
+        from torch._dynamo.backends import registry
+        registry._discover_entrypoint_backends = lambda: None  # as without installed metadata
+        import flashlight
+        def fn(x):
+            return torch.softmax(x * 3, dim=-1).sum(0)
+        x = torch.randn(6, 50)
+        f = torch.compile(fn, backend="flashlight")
+        assert torch.allclose(f(x), fn(x), rtol=1e-5, atol=1e-6)
+        assert "flashlight" in torch._dynamo.list_backends()
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("options,message", [
     ({"pipeline": "inline,bogus"}, "unknown pass 'bogus'; known passes: inline,"),
     ({"block_m": 0}, "block_m=0 is not a positive power of two"),
