@@ -11,7 +11,7 @@ run 21). With ``inductor=True`` a finer model of the lifted program decides
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,8 +192,42 @@ def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
         env[n].meta = dict(n.meta)
     for n in nodes:
         env[n] = g.node_copy(n, lambda a: env[a])
+        if n.target in _ATEN_OF_PRIMS:
+            env[n].target = _ATEN_OF_PRIMS[n.target]
     g.output(tuple(env[n] for n in outputs))
     return fx.GraphModule(torch.nn.Module(), g)
+
+
+def _broadcast_in_dim(a: torch.Tensor, shape: Sequence[int], dims: Sequence[int]) -> torch.Tensor:
+    kept = [shape[d] if d in dims else 1 for d in range(len(shape))]
+    return aten.expand.default(aten.reshape.default(a, kept), list(shape))
+
+
+def _var(a: torch.Tensor, dims: Sequence[int], correction: float, *, output_dtype: Any = None) -> torch.Tensor:
+    return aten.var.correction(a, list(dims), correction=correction)
+
+
+def _sum(a: torch.Tensor, dims: Sequence[int], *, output_dtype: Any = None) -> torch.Tensor:
+    return aten.sum.dim_IntList(a, list(dims), dtype=output_dtype)
+
+
+def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # prims.div truncates integers
+    floating = a.is_floating_point() or (isinstance(b, torch.Tensor) and b.is_floating_point())
+    return aten.div.Tensor(a, b) if floating else aten.div.Tensor_mode(a, b, rounding_mode="trunc")
+
+
+# The prims that capture's decompositions leave (torch._refs: var_mean's keepdim, the reductions)
+# as the aten operators Inductor lowers: it refuses to functionalize a view outside aten and lowers
+# prims.var with another signature (run 22: a layer norm handed over was compiled by us instead)
+aten = torch.ops.aten
+_ATEN_OF_PRIMS: dict[object, Callable[..., Any]] = {
+    torch.ops.prims.broadcast_in_dim.default: _broadcast_in_dim,
+    torch.ops.prims.var.default: _var,
+    torch.ops.prims.sum.default: _sum,
+    torch.ops.prims.amax.default: lambda a, dims: aten.amax.default(a, list(dims)),
+    torch.ops.prims.amin.default: lambda a, dims: aten.amin.default(a, list(dims)),
+    torch.ops.prims.div.default: _div,
+}
 
 
 def can_hand_off() -> bool:

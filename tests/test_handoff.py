@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import flashlight
-from conftest import check_against_eager
+from conftest import check_against_eager, warnings_of
 from flashlight.counting import counters
 from flashlight.handoff import InductorSegment
 
@@ -73,6 +73,24 @@ def test_a_segment_handed_to_inductor_runs_inductors_code_and_matches_eager():
     torch.testing.assert_close(f(x2, w), mlp(x2, w))
     assert counters["inductor_segments"] == 1
     check_against_eager(mlp, x, w, compiled=flashlight.compile(mlp, inductor=True))  # and the gradients
+
+
+def layer_norm(x, w, b):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b)
+
+
+def test_inductor_compiles_the_prims_that_capture_leaves():
+    """Capture's decompositions leave prims (``var``, ``broadcast_in_dim`` of a layer norm's
+    ``var_mean``): Inductor refused them, and the forward and backward came back to flashlight
+    with a warning each (run 22). Handed over as aten operators, Inductor compiles both."""
+    x, w, b = torch.randn(16, 40), torch.randn(40), torch.randn(40)
+    counters.clear()
+
+    def calls():
+        check_against_eager(layer_norm, x, w, b, compiled=flashlight.compile(layer_norm, inductor=True))
+    said = warnings_of(calls)
+    assert "could not compile" not in said, said
+    assert counters["inductor_segments"] == 2 and counters["programs_compiled"] == 0, dict(counters)
 
 
 def test_a_program_that_gains_stays_flashlights_under_inductor_true():
