@@ -249,10 +249,14 @@ class InductorSegment:
     @classmethod
     def of(cls, program: Program, nodes: list[fx.Node], inputs: list[fx.Node],
            outputs: list[fx.Node]) -> InductorSegment:
+        from torch._guards import TracingContext
         from torch._inductor import compile as inductor_compile  # called as the graph is
 
         gm = subgraph(nodes, inputs, outputs)
-        return cls(program, inductor_compile(gm, [n.meta["val"] for n in inputs]))
+        # Inductor reports its outputs' strides to the capture, as the strides of the whole
+        # graph's outputs: a segment's are not, and AOT's backward compile indexed past them
+        with TracingContext.report_output_strides():
+            return cls(program, inductor_compile(gm, [n.meta["val"] for n in inputs]))
 
     @property
     def launches(self) -> list:

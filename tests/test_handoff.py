@@ -93,6 +93,23 @@ def test_inductor_compiles_the_prims_that_capture_leaves():
     assert counters["inductor_segments"] == 2 and counters["programs_compiled"] == 0, dict(counters)
 
 
+def cross_entropy(logits, t):
+    return torch.nn.functional.cross_entropy(logits.float(), t)
+
+
+def test_a_segments_output_strides_are_not_reported_as_the_graphs():
+    """Inductor reports the strides of what it compiles as the strides of the captured graph's
+    outputs; a segment's are not, and AOT's backward compile then failed (``IndexError``: the
+    bf16 cross-entropy of run 22 ran eagerly). The report stays the segment's own."""
+    from flashlight.passes.declare import DEFAULT_PIPELINE
+
+    logits, t = torch.randn(16, 100, dtype=torch.bfloat16), torch.randint(0, 100, (16,))
+    counters.clear()
+    f = flashlight.compile(cross_entropy, inductor=True, pipeline=DEFAULT_PIPELINE + ",call-library")
+    check_against_eager(cross_entropy, logits, t, compiled=f)
+    assert counters["eager_calls"] == 0 and counters["inductor_segments"] == 2, dict(counters)
+
+
 def test_a_program_that_gains_stays_flashlights_under_inductor_true():
     args = _inputs("attention")
     counters.clear()
