@@ -327,9 +327,14 @@ class CompiledFunction:
         if self.eager_reason is not None:
             count_eager_call(self._name, self.eager_reason)
             return self.fn(*args, **kwargs)
+        config = torch._dynamo.config
+        was = config.fail_on_recompile_limit_hit  # set and reset by hand: config.patch costs 20 us a call
         try:
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            config.fail_on_recompile_limit_hit = True
+            try:
                 return self._compiled(*args, **kwargs)
+            finally:
+                config.fail_on_recompile_limit_hit = was
         except FailOnRecompileLimitHit:
             # Dynamo would otherwise run this and every later new shape eagerly, silently
             if not self._warned_recompile_limit:

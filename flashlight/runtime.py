@@ -195,6 +195,7 @@ class CompiledGraph:
     saved: list[fx.Node] = field(default_factory=list)  # outputs the backward reads
     _layouts: dict = field(default_factory=dict, repr=False)
     _size_inputs: dict[str, int] | None = field(default=None, repr=False)
+    _output: fx.Node | None = field(default=None, repr=False)
 
     def _layout(self, n: fx.Node, sizes: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The traced shape and strides of ``n`` at these sizes (sympy evaluates them: once)."""
@@ -211,6 +212,7 @@ class CompiledGraph:
     def __call__(self, args: list) -> Any:
         env: dict[fx.Node, Any] = dict(zip(self.lifted.placeholders, args))
         env.update(self.lifted.constants)  # tensor constants of the function (torch.tensor(2.0))
+        sizes: dict[str, int] | None = None
         for k, seg in enumerate(self.lifted.segments):
             if isinstance(seg, EagerSegment):
                 env[seg.node] = _run_node(seg.node, env)
@@ -230,15 +232,17 @@ class CompiledGraph:
                 for n in seg.nodes:
                     env[n] = _run_node(n, env)
                 continue
-            sizes = self._sizes(args)
+            if sizes is None:
+                sizes = self._sizes(args)
             for n, t in zip(seg.outputs, outs):
                 # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data;
                 # laid out as the graph traced it (a backward views saved tensors by those strides)
                 shape, stride = self._layout(n, sizes)
-                t = t.view(shape)
+                t = t if t.shape == shape else t.view(shape)
                 env[n] = t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
-        out_node = next(n for n in self.lifted.graph.nodes if n.op == "output")
-        return fx.node.map_arg(out_node.args[0], lambda n: env[n])
+        if self._output is None:  # walking the graph for it costs microseconds a call
+            self._output = next(n for n in self.lifted.graph.nodes if n.op == "output")
+        return fx.node.map_arg(self._output.args[0], env.__getitem__)
 
 
 def concrete(dims: Any, sizes: Mapping[str, int]) -> tuple[int, ...]:

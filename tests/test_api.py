@@ -180,6 +180,10 @@ def test_the_recompile_limit_is_said_once():
     text = warnings_of(lambda: [torch.testing.assert_close(f(_x(n, 5)), torch.softmax(_x(n, 5), -1))
                                 for n in range(limit + 1, limit + 4)])
     assert text.count("recompile limit") == 1 and "run in eager PyTorch" in text
+    # the flag that makes Dynamo raise at its limit is flashlight's during its calls only
+    assert torch._dynamo.config.fail_on_recompile_limit_hit is False
+    g = torch.compile(lambda x: x + 1, dynamic=False)  # the user's own: Dynamo's eager past the limit
+    assert [g(_x(n, 2)).shape[0] for n in range(1, limit + 3)] == list(range(1, limit + 3))
 
 
 def test_ops_without_a_lifting_rule_are_said_once_per_compilation():
