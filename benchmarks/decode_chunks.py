@@ -1,9 +1,9 @@
 """How long a split-KV chunk should be (issue 20): one decode step at serving size, split into
 chunks of each length, beside the unsplit kernel and SDPA. GB/s of the cache read (K and V once).
 
-The split-reductions pass cuts a decode cache into chunks of ``chunk`` keys; run 22 (H100) read
-the cache at 1738 GB/s with chunks of 512 under GQA where the unsplit kernel read it at 3037, so the
-chunk length is measured here, per shape, before the pass's default changes.
+Run 22 (H100) read a GQA cache at 1757 GB/s with chunks of 512, where the unsplit kernel read it
+at 3032: the split-reductions pass now takes as few chunks as give the grid 256 programs
+(``default``); the fixed lengths beside it show what it chose against.
 
     python benchmarks/decode_chunks.py --shapes 8x32x32768x128g4,8x32x32768x128 --chunks 512,2048,8192
 """
@@ -28,10 +28,12 @@ from variants import VARIANTS  # noqa: E402
 
 
 def pipeline(chunk: int | None) -> str:
+    """Chunks of exactly ``chunk`` keys (an aim of a million programs: the shortest chunk wins), or
+    no split (None)."""
     base = flashlight.passes.DEFAULT_PIPELINE
     if chunk is None:
         return base.replace("split-reductions,", "")
-    return base.replace("split-reductions", f"split-reductions{{chunk={chunk}}}")
+    return base.replace("split-reductions", f"split-reductions{{chunk={chunk},grid=1000000}}")
 
 
 def main() -> None:
@@ -47,7 +49,8 @@ def main() -> None:
         q, k, v = var.inputs(B, H, S, D, torch.bfloat16, dev, G)
         ref = var.fn(q.float(), k.float(), v.float())
         gb = 2 * k.numel() * k.element_size() / 1e9
-        calls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=G > 1)}
+        calls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=G > 1),
+                 "default": flashlight.compile(var.fn, dynamic=False)}  # the pass's own choice
         for c in (int(x) for x in args.chunks.split(",")):
             calls[f"chunk {c}" if c else "unsplit"] = flashlight.compile(var.fn, dynamic=False,
                                                                          pipeline=pipeline(c or None))

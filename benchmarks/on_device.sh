@@ -18,6 +18,8 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv | tee -a "$o
 case $part in
 decode)  # issue 20, then the decode parts of issue 19
   step 60 python3 benchmarks/check_parametric_kernels.py
+  step 200 python3 benchmarks/decode_chunks.py --shapes 8x32x32768x128g4,8x32x32768x128 --chunks 512,2048,0 \
+    --out "$out/decode_chunks.json"
   step 200 python3 benchmarks/decode_variants.py --shape 8x32x32768x128 --out "$out/decode_variants.json"
   step 200 python3 benchmarks/bench_attention.py --variants decode,decode4 \
     --shapes 8x32x32768x128g4,8x32x32768x128,1x32x131072x128g4,64x32x2048x128g4 \

@@ -55,13 +55,13 @@ def _group_reads(nest: Node, h: str, serial: set[str]) -> set[int]:
     for s, _, guards in walk_stmts((nest,)):
         for e in stmt_exprs(s, guards):
             for ld in E.loads(e):
-                grouped = [int(ix.args[1].value) for ix in ld.indices if _is_group_of(ix, h)]  # type: ignore[attr-defined]
+                grouped = [int(ix.args[1].value) for ix in ld.indices if is_group_of(ix, h)]  # type: ignore[attr-defined]
                 if grouped and any(E.free_iters(ix) & serial for ix in ld.indices):
                     sizes.update(grouped)
     return sizes
 
 
-def _is_group_of(ix: Expr, h: str) -> bool:
+def is_group_of(ix: Expr, h: str) -> bool:
     return (isinstance(ix, Call) and ix.op == "floordiv" and ix.args[0] == Iter(h)
             and isinstance(ix.args[1], Const) and int(ix.args[1].value) > 1)
 
@@ -112,11 +112,11 @@ def _query_rows(nest: Node, h: str, grid: list[Loop]) -> list[str]:
     for s, _, guards in walk_stmts((nest,)):
         for e in stmt_exprs(s, guards):
             for ld in E.loads(e) + [s.target]:
-                if any(_is_group_of(ix, h) for ix in ld.indices) or not any(h in E.free_iters(ix) for ix in ld.indices):
+                if any(is_group_of(ix, h) for ix in ld.indices) or not any(h in E.free_iters(ix) for ix in ld.indices):
                     continue
                 out |= {it for ix in ld.indices for it in E.free_iters(ix)} & long - {h}
     grouped = {it for s, _, guards in walk_stmts((nest,)) for e in stmt_exprs(s, guards) for ld in E.loads(e)
-               if any(_is_group_of(ix, h) for ix in ld.indices) for ix in ld.indices for it in E.free_iters(ix)}
+               if any(is_group_of(ix, h) for ix in ld.indices) for ix in ld.indices for it in E.free_iters(ix)}
     return sorted(out - grouped)
 
 

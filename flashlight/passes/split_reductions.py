@@ -28,7 +28,14 @@ empty). Each split is explained with the lemma and the chunking.
 When: the group is a ``max=`` (or ``min=``) reduction and the reductions over the same loop that
 read its final value; the loop is longer than two chunks, and the rows (the points of the
 maximum's other loops) are at most ``max_rows``: a grid that the rows alone fill is left as it is
-(prefill and training are unchanged). The chunk count is the loop's extent over ``chunk``.
+(prefill and training are unchanged). The chunks are as few as bring the kernel's programs up to
+``grid`` (two waves of an H100's multiprocessors) and at least ``chunk`` long: the programs of the
+unsplit kernel are counted as tile and pack-groups will make them (the innermost row loop longer
+than one is a tile's rows, ``block_m`` of them or the query heads of one key/value group), and a
+kernel that has ``grid`` programs already is not split. Run 22 (H100, a 32768-key cache, 8 x 32
+heads of 128) measured why: chunks of 512 read a GQA cache (4 heads a group: 64 programs before the
+split) at 1757 GB/s, of 8192 (256 programs) at 2968, unsplit at 3032; without groups (8 programs
+of 32 heads) chunks of 512 (512 programs) read 2431 GB/s, of 2048 (128 programs) 2272, of 8192 848.
 
 A loop over a size parameter (a decode cache that grows by one each step, compiled once) has no
 known chunk count, and a partial per chunk of ``C`` would need a buffer whose size is a function
@@ -56,23 +63,26 @@ from flashlight.ir.isl_build import access_map, statement_domain
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes import algebra
 from flashlight.passes.declare import Pass, option
+from flashlight.passes.pack_groups import is_group_of
+from flashlight.passes.tile import BLOCK_M, fit_tile
 from flashlight.passes.tree import (fits_block, fresh_name, fresh_stmt_name, fresh_tensor_name, is_nan_fixup, loop_extent,
                                    nest_of, readers)
 
 CHUNK = 512
+GRID = 256
 MAX_ROWS = 2048
 PROGRAMS = 8192  # rows x chunks an interleaved split aims at: a few programs per multiprocessor
 PRODUCER_BLOCK = 256  # the longest reduction of a producer an interleaved split computes in its chunks
 
 
 def split_reductions(program: Program, chunk: int = CHUNK, max_rows: int = MAX_ROWS,
-                     programs: int = PROGRAMS) -> Program:
+                     programs: int = PROGRAMS, grid: int = GRID) -> Program:
     """Split each long dependent reduction over few rows into chunks (see the module docstring)."""
     proofs: list[Proof] = []
     for stmt, loops, guards in list(walk_stmts(program.body)):
         if stmt.op not in ("max=", "min=") or stmt.scale is not None:
             continue
-        found = _split(program, stmt, loops, chunk, max_rows, programs)
+        found = _split(program, stmt, loops, chunk, max_rows, programs, grid)
         if isinstance(found, Proof):
             proofs.append(found)
         elif found is not None:
@@ -115,8 +125,8 @@ class _Member:
     loop: Loop  # the long loop split into chunks
 
 
-def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, programs: int
-           ) -> tuple[Program, Proof] | Proof | None:
+def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, programs: int,
+           grid: int) -> tuple[Program, Proof] | Proof | None:
     what = f"split {top.name}"
     long = [l for l in loops if l.kind == "reduce" and not _fits(l, 2 * chunk)]
     if len(long) != 1 or not _single(program, top):
@@ -128,10 +138,18 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     n_rows = math.prod(_extent(l) for l in rows)
     if n_rows > max_rows:
         return None  # the rows fill the grid: nothing to gain, nothing to say
+    members = _group(program, top, loop)
+    if isinstance(members, str):
+        return Proof(what, False, members)
+    before = 0
     if isinstance(loop.upper, E.Const):
-        size = _extent(loop)
-        n = -(-size // chunk)
-        chunking = _Chunking(n, True, chunk, E.index(chunk), loop.upper)
+        size, before = _extent(loop), _programs_before_split(top, members, rows)
+        if before >= grid:
+            return Proof(what, False, f"its kernel has {before} programs without a split, at least the {grid} "
+                                      "a split aims at")
+        step = chunk * max(1, -(-size // (chunk * -(-grid // before))))  # the fewest chunks for the grid
+        n = -(-size // step)
+        chunking = _Chunking(n, True, step, E.index(step), loop.upper)
     elif loop.lower == E.index(0):
         n = min(64, max(2, 1 << max(0, (programs // max(n_rows, 1)) - 1).bit_length()))
         # u runs to S, the guard n·u + c < S keeps cdiv(S - c, n) of it: tile-ranges walks only
@@ -139,9 +157,6 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         chunking = _Chunking(n, False, n, loop.upper, loop.upper)
     else:
         return Proof(what, False, f"the loop {loop.iterator} starts at {loop.lower}: interleaved chunks start at 0")
-    members = _group(program, top, loop)
-    if isinstance(members, str):
-        return Proof(what, False, members)
     lemmas = {}
     for m in members[1:]:
         lemma, why = _lemma(program, m, top)
@@ -174,11 +189,36 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     proof = Proof(
         f"{what} ({names}) over {loop.iterator} {chunking.describe(loop)}", True,
         f"{n_rows} rows reduce {loop.upper} points each: the partial states of each chunk run in programs of their "
-        f"own (grid over the rows and the {chunking.n} chunks), then a merge of the partials per row",
+        f"own (grid over the rows and the {chunking.n} chunks), then a merge of the partials per row"
+        + (f"; {before} programs without the split, {before * chunking.n} with it ({grid} aimed at)"
+           if chunking.contiguous else ""),
         relation=f"no dependence between different chunks of {', '.join(partial)} (isl)",
         lemma=("the online state is a monoid: " + "; ".join(f"{k}: {lemmas[k].statement()}" for k in lemmas)
                if lemmas else f"{top.op[:-1]} is associative and commutative: the {top.op[:-1]} of the chunks' is the row's"))
     return program.replace(body=tuple(out)), proof
+
+
+def _programs_before_split(top: Stmt, members: list[_Member], rows: list[Loop]) -> int:
+    """The programs of the kernel without the split, as pack-groups and tile will make them: the
+    innermost row loop longer than one holds a tile's rows (``fit_tile`` of ``BLOCK_M``, or the
+    ``g`` query heads of a group, where the reductions read it at ``h // g``), every other row point
+    is a program."""
+    long = [l for l in rows if _extent(l) > 1]
+    if not long:
+        return 1
+    inner, extent = long[-1], _extent(long[-1])
+    others = math.prod(_extent(l) for l in long[:-1])
+    at = [k for k, ix in enumerate(top.target.indices) if ix == Iter(inner.iterator)]
+    groups: set[int] = set()
+    for m in members:  # the row in each member's own iterators: where it reads the maximum
+        mine = {E.free_iters(ld.indices[k]) for ld in E.loads(m.stmt.expr) if ld.tensor == top.target.tensor
+                for k in at} if m.stmt is not top else {frozenset({inner.iterator})}
+        for its in mine:
+            groups |= {int(ix.args[1].value) for ld in E.loads(m.stmt.expr) for ix in ld.indices  # type: ignore[attr-defined]
+                       for it in its if is_group_of(ix, it)}
+    if len(groups) == 1 and extent % next(iter(groups)) == 0:
+        return others * (extent // next(iter(groups)))
+    return others * -(-extent // fit_tile(extent, BLOCK_M))
 
 
 def _fits(loop: Loop, limit: int) -> bool:
@@ -426,11 +466,14 @@ class SplitReductions(Pass):
     """Split reductions: a long dependent reduction over few rows runs in chunks, then merges them."""
 
     name: ClassVar[str] = "split-reductions"
-    chunk: int = option(CHUNK, "points of the split loop per chunk: each chunk is a program of its own, whose "
-                               "serial loop walks them in tiles")
+    chunk: int = option(CHUNK, "the shortest chunk, and the unit of a chunk's length: each chunk is a program of "
+                               "its own, whose serial loop walks its points in tiles")
+    grid: int = option(GRID, "programs a split of a known length aims at: as few chunks as reach it, none where "
+                             "the kernel has as many without")
     max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
     programs: int = option(PROGRAMS, "rows times chunks an interleaved split (a loop over a size parameter) aims "
                                      "at: its chunk count, a power of two from 2 to 64")
 
     def apply(self, program: Program) -> Program:
-        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, programs=self.programs)
+        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, programs=self.programs,
+                                grid=self.grid)

@@ -45,6 +45,7 @@ from flashlight.passes.tree import Extent, known_extent, loop_extent, map_stmts
 
 
 MAX_TILE_ELEMENTS = 2 ** 20  # Triton's limit on the elements of one tensor
+BLOCK_M = 64  # the tile of tiled grid iterators, unless the pipeline or the tuner says another
 
 
 class TilingError(ValueError):
@@ -58,7 +59,7 @@ def next_pow2(n: int) -> int:
     return p
 
 
-def _fit(extent: Extent, size: int, minimum: int = 16) -> int:
+def fit_tile(extent: Extent, size: int, minimum: int = 16) -> int:
     """A tile of about ``size`` for a loop of ``extent``: no more than the extent padded to a power of
     two, which a size parameter does not bound (its tile serves every length, tails masked)."""
     if isinstance(extent, str):
@@ -91,7 +92,7 @@ def contraction_operands(stmt: Stmt, reduced: set[str]):
     return a, b, next(iter(shared))
 
 
-def tile(program: Program, block_m: int = 64, block_n: int = 64, block_pointwise: int = 1024) -> Program:
+def tile(program: Program, block_m: int = BLOCK_M, block_n: int = 64, block_pointwise: int = 1024) -> Program:
     """Choose tile sizes for every kernel and prove the tiled schedule legal."""
     body, proofs = [], []
     view = PolyView.of(program)
@@ -136,12 +137,12 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             if has_serial or has_block:
                 tiled[candidates[-1]] = bm
             elif len(candidates) >= 2:
-                inner = _fit(extent[candidates[-1]], min(bp, 128))
+                inner = fit_tile(extent[candidates[-1]], min(bp, 128))
                 tiled[candidates[-1]] = inner
                 tiled[candidates[-2]] = max(1, bp // inner)
             else:
                 tiled[candidates[-1]] = bp
-    sizes = {it: _fit(extent[it], size) for it, size in tiled.items()}
+    sizes = {it: fit_tile(extent[it], size) for it, size in tiled.items()}
 
     def retile(node: Node) -> Node:
         if isinstance(node, Stmt):
@@ -156,9 +157,9 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
         elif node.mapping == "serial" and node.kind == "seq":
             t = 1  # it carries a dependence from each point to the next: walked one point at a time
         elif node.mapping == "serial":
-            t = _fit(n, bn)
+            t = fit_tile(n, bn)
         else:
-            t = _fit(n, known_extent(node))  # a block is the whole loop: its extent must be known
+            t = fit_tile(n, known_extent(node))  # a block is the whole loop: its extent must be known
         return replace(node, tile=t, body=tuple(retile(c) for c in node.body))
 
     new, dots = _mark_matrix_products(_within_budget(_one_tile_per_iterator(retile(nest)), k))
@@ -332,7 +333,7 @@ class Tile(Pass):
     """Tile every kernel: tile sizes for grid and serial loops, whole-extent tiles for block loops."""
 
     name: ClassVar[str] = "tile"
-    block_m: int = option(64, "tile of the grid iterators that are tiled (the M and N of a contraction, else the "
+    block_m: int = option(BLOCK_M, "tile of the grid iterators that are tiled (the M and N of a contraction, else the "
                               "innermost) in a kernel with serial or block loops: query rows")
     block_n: int = option(64, "tile of serial loops (key columns); of serial loops nested in one another only "
                               "the innermost is tiled")
