@@ -9,7 +9,7 @@ while that scope is open and the registers it reads are unchanged.
 from __future__ import annotations
 
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
-from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, literal, pointwise
+from flashlight.codegen.operators import LIBDEVICE, TL_DTYPE, cast, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
@@ -75,9 +75,11 @@ class Expressions(KernelState):
             if src.dtype == "b1":  # via a select: the interpreter cannot convert int1 to 16-bit floats
                 one, zero = ("1.0", "0.0") if dtypes.is_float(op) else ("1", "0")
                 return Value(f"tl.where({xs[0]}, {one}, {zero}).to({TL_DTYPE[op]})", axes, op)
+            x = xs[0]
             if isinstance(e.args[0], Const):  # a Python literal has no .to: make it a tensor of its dtype first
-                return Value(f"tl.full([], {xs[0]}, {TL_DTYPE[src.dtype]}).to({TL_DTYPE[op]})", axes, op)
-            return Value(f"{xs[0]}.to({TL_DTYPE[op]})", axes, op, src.zero_outside)
+                x = f"tl.full([], {x}, {TL_DTYPE[src.dtype]})"
+            return Value(cast(x, src.dtype, op, self.target), axes, op,
+                         src.zero_outside and not isinstance(e.args[0], Const))
         code = pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in LIBDEVICE and self.target == "cuda":
             self.uses_libdevice = True
@@ -90,3 +92,4 @@ class Expressions(KernelState):
         if self.target == "interpreter" and not axes:
             code = f"tl.where({code}, True, False)"
         return Value(code, axes, "b1")
+

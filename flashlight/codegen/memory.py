@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
-from flashlight.codegen.operators import TL_DTYPE
+from flashlight.codegen.operators import cast
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Stmt
@@ -138,7 +138,7 @@ class MemoryAccess(KernelState):
         ptr = self.pointer(s.target.tensor, idx, axes)
         val = self.bcast(v, axes) if v.axes else v.code
         if v.dtype != decl.dtype:
-            val = f"({val}).to({TL_DTYPE[decl.dtype]})"
+            val = cast(f"({val})", v.dtype, decl.dtype, self.target)
         masks = []
         m = self.mask_of(axes)
         if m is not None:

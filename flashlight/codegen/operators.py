@@ -119,3 +119,22 @@ def _libdevice(op: str, xs: list[str], dts: list[str], target: str) -> str:
         r = f"tl.floor({a} + 0.5)"
         return f"tl.where(({r} - {a} == 0.5) & ({r} - 2.0 * tl.floor({r} * 0.5) != 0.0), {r} - 1.0, {r})"
     raise CodegenError(f"{op} is not available under the interpreter")
+
+
+def cast(x: str, src: str, dst: str, target: str) -> str:
+    """``x`` of dtype ``src`` converted to ``dst``: Triton's conversion, but for bfloat16 under
+    the interpreter, which truncates where PyTorch and the GPU round to nearest even."""
+    if dst == "bf16" and target == "interpreter":
+        return rounded_to_bf16(x if src == "f32" else f"{x}.to(tl.float32)")
+    return f"{x}.to({TL_DTYPE[dst]})"
+
+
+def rounded_to_bf16(x: str) -> str:
+    """``x`` (fp32) to bfloat16, rounded to nearest even as PyTorch and the GPU round: Triton's
+    interpreter truncates (fuzz bug BF: a bf16 division one unit low at half the points). The
+    rounding adds ``0x7FFF`` plus the last kept bit to the bits before dropping the low 16; a NaN
+    keeps the plain conversion (its payload could carry into the exponent)."""
+    x = f"({x})"
+    bits = f"{x}.to(tl.uint32, bitcast=True)"
+    rne = f"((({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True))"
+    return f"tl.where({x} == {x}, {rne}, {x}.to(tl.bfloat16))"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flashlight.codegen.kernel_source import CodegenError
 from flashlight.codegen.kernel_state import KernelState, Scope, Value
-from flashlight.codegen.operators import TL_DTYPE, literal, pointwise
+from flashlight.codegen.operators import TL_DTYPE, cast, literal, pointwise
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
@@ -135,7 +135,7 @@ class Statements(KernelState):
         var = f"r_{tensor}"
         code = v.code
         if v.dtype != dt:
-            code = f"({code}).to({TL_DTYPE[dt]})"
+            code = cast(f"({code})", v.dtype, dt, self.target)
         if v.axes != axes:
             # adding zeros broadcasts tensors and Python literals alike
             code = f"tl.zeros({self.shape(axes)}, {TL_DTYPE[dt]}) + {self.bcast(Value(code, v.axes, dt), axes)}"
