@@ -18,39 +18,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from flashlight.ir.expr import Call, Const, Expr, Load, free_iters, loads
+from flashlight.ir.expr import loads
 from flashlight.ir.nodes import Program, Stmt, walk_stmts
-from flashlight.ir.products import factor_load
-
-
-def is_contraction(s: Stmt) -> bool:
-    """``acc[..] += A[..] * B[..]`` whose two factors both use an iterator the target does not, and
-    one an iterator the other does not: a matrix product (or a batch of them, or a matrix and a
-    vector), the work of a GEMM."""
-    if s.op != "+=" or s.scale is not None:
-        return False
-    factors = _factors(s.expr)
-    if factors is None or len(factors) != 2:
-        return False
-    a, b = (_iterators(f) for f in factors)
-    # a square (x * x) or a dot product of two vectors is a plain reduction, not a GEMM's work
-    return bool((a & b) - _iterators(s.target)) and a != b
-
-
-def _factors(e: Expr) -> list[Load] | None:
-    """The loads a product multiplies (through nested products and casts, constants aside), or
-    None if a factor is anything else."""
-    if isinstance(e, Call) and e.op == "mul":
-        parts = [_factors(a) for a in e.args]
-        return None if any(p is None for p in parts) else [ld for p in parts for ld in p]  # type: ignore[union-attr]
-    if isinstance(e, Const):
-        return []
-    ld = factor_load(e)
-    return [ld] if ld is not None else None
-
-
-def _iterators(ld: Load) -> set[str]:
-    return {it for i in ld.indices for it in free_iters(i)}
+from flashlight.ir.products import is_contraction
 
 
 def kept_in_registers(lifted: Program, final: Program | None) -> str | None:
