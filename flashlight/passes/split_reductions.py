@@ -40,7 +40,8 @@ of 32 heads) chunks of 512 (512 programs) read 2431 GB/s, of 2048 (128 programs)
 A loop over a size parameter (a decode cache that grows by one each step, compiled once) has no
 known chunk count, and a partial per chunk of ``C`` would need a buffer whose size is a function
 of the parameter. Its chunks are *interleaved* instead: a number ``n`` of chunks fixed from the
-rows (``n·rows`` about ``programs``, a power of two from 2 to 64), chunk ``c`` taking the points
+kernel's programs as for a known length (``n`` times the unsplit kernel's programs about ``grid``,
+a power of two from 2 to 64), chunk ``c`` taking the points
 ``j = n·u + c`` for ``u`` in ``0:S`` guarded by ``j < S`` (tile-ranges bounds the tiles ``u``
 walks to the guard's ``cdiv(S - c, n)``). The index is affine, the
 partials are ``n`` per row whatever ``S`` is, and the lemma and the chunks' independence are the
@@ -71,18 +72,17 @@ from flashlight.passes.tree import (fits_block, fresh_name, fresh_stmt_name, fre
 CHUNK = 512
 GRID = 256
 MAX_ROWS = 2048
-PROGRAMS = 8192  # rows x chunks an interleaved split aims at: a few programs per multiprocessor
 PRODUCER_BLOCK = 256  # the longest reduction of a producer an interleaved split computes in its chunks
 
 
 def split_reductions(program: Program, chunk: int = CHUNK, max_rows: int = MAX_ROWS,
-                     programs: int = PROGRAMS, grid: int = GRID) -> Program:
+                     grid: int = GRID) -> Program:
     """Split each long dependent reduction over few rows into chunks (see the module docstring)."""
     proofs: list[Proof] = []
     for stmt, loops, guards in list(walk_stmts(program.body)):
         if stmt.op not in ("max=", "min=") or stmt.scale is not None:
             continue
-        found = _split(program, stmt, loops, chunk, max_rows, programs, grid)
+        found = _split(program, stmt, loops, chunk, max_rows, grid)
         if isinstance(found, Proof):
             proofs.append(found)
         elif found is not None:
@@ -125,8 +125,8 @@ class _Member:
     loop: Loop  # the long loop split into chunks
 
 
-def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, programs: int,
-           grid: int) -> tuple[Program, Proof] | Proof | None:
+def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, grid: int
+           ) -> tuple[Program, Proof] | Proof | None:
     what = f"split {top.name}"
     long = [l for l in loops if l.kind == "reduce" and not _fits(l, 2 * chunk)]
     if len(long) != 1 or not _single(program, top):
@@ -141,9 +141,9 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     members = _group(program, top, loop)
     if isinstance(members, str):
         return Proof(what, False, members)
-    before = 0
+    before = _programs_before_split(top, members, rows)
     if isinstance(loop.upper, E.Const):
-        size, before = _extent(loop), _programs_before_split(top, members, rows)
+        size = _extent(loop)
         if before >= grid:
             return Proof(what, False, f"its kernel has {before} programs without a split, at least the {grid} "
                                       "a split aims at")
@@ -151,7 +151,7 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         n = -(-size // step)
         chunking = _Chunking(n, True, step, E.index(step), loop.upper)
     elif loop.lower == E.index(0):
-        n = min(64, max(2, 1 << max(0, (programs // max(n_rows, 1)) - 1).bit_length()))
+        n = min(64, max(2, 1 << max(0, -(-grid // before) - 1).bit_length()))
         # u runs to S, the guard n·u + c < S keeps cdiv(S - c, n) of it: tile-ranges walks only
         # the tiles inside (an extent is a number or a size parameter, not an expression of one)
         chunking = _Chunking(n, False, n, loop.upper, loop.upper)
@@ -190,8 +190,7 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
         f"{what} ({names}) over {loop.iterator} {chunking.describe(loop)}", True,
         f"{n_rows} rows reduce {loop.upper} points each: the partial states of each chunk run in programs of their "
         f"own (grid over the rows and the {chunking.n} chunks), then a merge of the partials per row"
-        + (f"; {before} programs without the split, {before * chunking.n} with it ({grid} aimed at)"
-           if chunking.contiguous else ""),
+        + f"; {before} programs without the split, {before * chunking.n} with it ({grid} aimed at)",
         relation=f"no dependence between different chunks of {', '.join(partial)} (isl)",
         lemma=("the online state is a monoid: " + "; ".join(f"{k}: {lemmas[k].statement()}" for k in lemmas)
                if lemmas else f"{top.op[:-1]} is associative and commutative: the {top.op[:-1]} of the chunks' is the row's"))
@@ -468,12 +467,9 @@ class SplitReductions(Pass):
     name: ClassVar[str] = "split-reductions"
     chunk: int = option(CHUNK, "the shortest chunk, and the unit of a chunk's length: each chunk is a program of "
                                "its own, whose serial loop walks its points in tiles")
-    grid: int = option(GRID, "programs a split of a known length aims at: as few chunks as reach it, none where "
-                             "the kernel has as many without")
+    grid: int = option(GRID, "programs a split aims at: as few chunks as reach it (a power of two from 2 to 64 for "
+                             "a loop over a size parameter), none where a known length has as many without")
     max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
-    programs: int = option(PROGRAMS, "rows times chunks an interleaved split (a loop over a size parameter) aims "
-                                     "at: its chunk count, a power of two from 2 to 64")
 
     def apply(self, program: Program) -> Program:
-        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, programs=self.programs,
-                                grid=self.grid)
+        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, grid=self.grid)
