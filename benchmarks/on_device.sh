@@ -2,9 +2,9 @@
 # The benchmarks of one device session, in parts that each fit one 10-minute call of the device
 # tool; every step has a time limit of its own, so that a slow or failing step leaves the others
 # their time, and every script keeps its rows as it goes (what ran before a limit comes back).
-#   bash benchmarks/on_device.sh decode|train|models|mixed|one      (results and a log under $OUT)
+#   bash benchmarks/on_device.sh decode|train|evoformer|models|mixed|one   (results and a log under $OUT)
 set -u
-part=${1:?decode, train, models, mixed or one}
+part=${1:?decode, train, evoformer, models, mixed or one}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -34,8 +34,12 @@ train)  # issue 18, then issue 21's programs beyond attention (forward)
     --out "$out/training_d128.json"
   step 140 python3 benchmarks/beyond_attention.py --out "$out/beyond.json"
   ;;
+evoformer)  # issue 18's Evoformer step at its own shape (run 22: not done inside 150 s)
+  step 500 python3 benchmarks/training_step.py --shapes 32x4x256x64 --variants evoformer \
+    --impls flashlight-own,FlexAttention --out "$out/training_evoformer.json"
+  ;;
 models)  # issue 21's whole models, the backward beyond attention, issue 19's lengths
-  step 240 python3 benchmarks/bench_models.py --models llama --out "$out/models.json"
+  step 400 python3 benchmarks/bench_models.py --models llama --out "$out/models.json"  # run 22: over 180 s
   step 100 python3 benchmarks/beyond_attention.py --backward --out "$out/beyond_backward.json"
   step 150 python3 benchmarks/dynamic_sizes.py --decode-lengths "" --decode-steps 0 --out "$out/dynamic.json"
   ;;
