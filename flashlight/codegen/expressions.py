@@ -79,7 +79,7 @@ class Expressions(KernelState):
             if isinstance(e.args[0], Const):  # a Python literal has no .to: make it a tensor of its dtype first
                 x = f"tl.full([], {x}, {TL_DTYPE[src.dtype]})"
             return Value(cast(x, src.dtype, op, self.target), axes, op,
-                         src.zero_outside and not isinstance(e.args[0], Const))
+                         frozenset() if isinstance(e.args[0], Const) else src.zero_outside)
         code = pointwise(op, xs, [v.dtype for v in args], self.target)
         if op in LIBDEVICE and self.target == "cuda":
             self.uses_libdevice = True
