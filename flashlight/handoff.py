@@ -168,8 +168,13 @@ def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
     return fx.GraphModule(torch.nn.Module(), g)
 
 
+aten = torch.ops.aten
+
+
 def _broadcast_in_dim(a: torch.Tensor, shape: Sequence[int], dims: Sequence[int]) -> torch.Tensor:
-    kept = [shape[d] if d in dims else 1 for d in range(len(shape))]
+    kept = [1] * len(shape)  # a's dimensions where dims puts them (each of size 1 or shape's), 1 elsewhere
+    for k, d in enumerate(dims):
+        kept[d] = a.shape[k]
     return aten.expand.default(aten.reshape.default(a, kept), list(shape))
 
 
@@ -189,7 +194,6 @@ def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # prims.div truncat
 # The prims that capture's decompositions leave (torch._refs: var_mean's keepdim, the reductions)
 # as the aten operators Inductor lowers: it refuses to functionalize a view outside aten and lowers
 # prims.var with another signature (run 22: a layer norm handed over was compiled by us instead)
-aten = torch.ops.aten
 _ATEN_OF_PRIMS: dict[object, Callable[..., Any]] = {
     torch.ops.prims.broadcast_in_dim.default: _broadcast_in_dim,
     torch.ops.prims.var.default: _var,

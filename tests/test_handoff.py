@@ -93,6 +93,22 @@ def test_inductor_compiles_the_prims_that_capture_leaves():
     assert counters["inductor_segments"] == 2 and counters["programs_compiled"] == 0, dict(counters)
 
 
+@pytest.mark.parametrize("prim,args", [
+    (torch.ops.prims.broadcast_in_dim.default, (torch.randn(3, 1), [3, 4, 5], [0, 2])),
+    (torch.ops.prims.broadcast_in_dim.default, (torch.randn(8), [8, 1], [0])),
+    (torch.ops.prims.var.default, (torch.randn(4, 6), [1], 1.0)),
+    (torch.ops.prims.sum.default, (torch.randn(4, 6), [0])),
+    (torch.ops.prims.amax.default, (torch.randn(4, 6), [1])),
+    (torch.ops.prims.amin.default, (torch.randn(4, 6), [0, 1])),
+    (torch.ops.prims.div.default, (torch.randn(5), torch.randn(5))),
+    (torch.ops.prims.div.default, (torch.tensor([7, -7, 5]), torch.tensor([2, 2, -3]))),
+])
+def test_the_aten_operators_given_for_prims_compute_the_same(prim, args):
+    from flashlight.handoff import _ATEN_OF_PRIMS
+
+    torch.testing.assert_close(_ATEN_OF_PRIMS[prim](*args), prim(*args))
+
+
 def cross_entropy(logits, t):
     return torch.nn.functional.cross_entropy(logits.float(), t)
 

@@ -92,4 +92,3 @@ class Expressions(KernelState):
         if self.target == "interpreter" and not axes:
             code = f"tl.where({code}, True, False)"
         return Value(code, axes, "b1")
-
