@@ -467,8 +467,8 @@ class SplitReductions(Pass):
     name: ClassVar[str] = "split-reductions"
     chunk: int = option(CHUNK, "the shortest chunk, and the unit of a chunk's length: each chunk is a program of "
                                "its own, whose serial loop walks its points in tiles")
-    grid: int = option(GRID, "programs a split aims at: as few chunks as reach it (a power of two from 2 to 64 for "
-                             "a loop over a size parameter), none where a known length has as many without")
+    grid: int = option(GRID, "programs a split aims at: as few chunks as reach it (for a varying length a power of "
+                             "two, 2 to 64); no split where a kernel has them unsplit")
     max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
 
     def apply(self, program: Program) -> Program:
