@@ -41,7 +41,7 @@ A loop over a size parameter (a decode cache that grows by one each step, compil
 known chunk count, and a partial per chunk of ``C`` would need a buffer whose size is a function
 of the parameter. Its chunks are *interleaved* instead: a number ``n`` of chunks fixed from the
 kernel's programs as for a known length (``n`` times the unsplit kernel's programs about ``grid``,
-a power of two from 2 to 64), chunk ``c`` taking the points
+a power of two from 2 to 64; none where the unsplit kernel has ``grid``), chunk ``c`` taking the points
 ``j = n·u + c`` for ``u`` in ``0:S`` guarded by ``j < S`` (tile-ranges bounds the tiles ``u``
 walks to the guard's ``cdiv(S - c, n)``). The index is affine, the
 partials are ``n`` per row whatever ``S`` is, and the lemma and the chunks' independence are the
@@ -142,11 +142,11 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     if isinstance(members, str):
         return Proof(what, False, members)
     before = _programs_before_split(top, members, rows)
+    if before >= grid:
+        return Proof(what, False, f"its kernel has {before} programs without a split, at least the {grid} "
+                                  "a split aims at")
     if isinstance(loop.upper, E.Const):
         size = _extent(loop)
-        if before >= grid:
-            return Proof(what, False, f"its kernel has {before} programs without a split, at least the {grid} "
-                                      "a split aims at")
         step = chunk * max(1, -(-size // (chunk * -(-grid // before))))  # the fewest chunks for the grid
         n = -(-size // step)
         chunking = _Chunking(n, True, step, E.index(step), loop.upper)
