@@ -10,7 +10,7 @@ import torch
 
 import flashlight
 
-from conftest import attention, causal_attention, check_golden, qkv, relerr
+from conftest import attention, causal_attention, check_against_eager, check_golden, qkv, relerr
 
 SHAPES = [  # (B, H, Sq, Sk, D): batch and head dims, tails (77), Sq != Sk, D not a power of two
     (2, 3, 77, 77, 16),
@@ -166,6 +166,8 @@ def test_a_cast_operand_of_a_product_keeps_what_it_knows_of_its_tails():
     for ours, eager in zip(f(x0, x3, x4, x5), prog(x0, x3, x4, x5)):
         torch.testing.assert_close(ours, eager, rtol=2e-3, atol=2e-3)
     assert not f.graphs[0].fallbacks, f.graphs[0].fallbacks
+    # and the gradients, through the backward of the same program
+    check_against_eager(prog, x0, x3, x4, x5, tol=1e-2, compiled=flashlight.compile(prog, block_m=16, block_n=32))
 
 
 def test_masked_bf16_scores_are_kept_in_fp32():
