@@ -86,4 +86,5 @@ def pass_overrides(o: Options) -> dict[str, dict]:
     options written in the pipeline win over them (the precedence rule of
     :mod:`flashlight.passes.declare`)."""
     return {"fuse-reductions": {"block_limit": o.block_limit},
-            "tile": {"block_m": o.block_m, "block_n": o.block_n}}
+            "tile": {"block_m": o.block_m, "block_n": o.block_n},
+            "split-reductions": {"block_m": o.block_m}}  # the programs it counts are tile's

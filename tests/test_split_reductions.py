@@ -136,12 +136,49 @@ def test_the_query_heads_of_a_group_are_the_rows_of_one_tile():
 
 
 def test_the_rows_fill_the_grid_so_prefill_is_not_split():
-    """Many rows (a prefill's queries): the grid is full without chunks, nothing is split."""
+    """Many rows (a prefill's queries): the grid is full without chunks (16 heads of 1100 queries
+    in tiles of 64: 288 programs), nothing is split, and the refusal counts the programs."""
     g = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 2, 1200, 16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(1, 16, 1100, 8, generator=g) for _ in range(3))
     ex = flashlight.explain(vanilla, q, k, v)
-    assert not [p for p in ex.proofs if p.transformation.startswith("split ")]
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert [p.legal for p in split] == [False] and "has 288 programs without a split" in split[0].reason, split
     assert len(ex.kernels) == 1
+
+
+def test_a_loss_over_many_rows_with_few_programs_splits_its_vocabulary():
+    """Linear + cross-entropy: 8192 rows are 128 programs of 64 rows (an H100 has 132
+    multiprocessors), each walking the whole vocabulary. The log-sum-exp splits into chunks although
+    the rows are many; the loss's sum over the rows reads the merged statistics (an epilogue), and
+    the logits the target's gather reads are copied, so that the chunks' own are computed in their
+    programs (a matrix product reduced again) and never stored."""
+    def lce(x, w, t):
+        return torch.nn.functional.cross_entropy((x @ w.T).float(), t)
+
+    x, w, t = torch.zeros(8192, 32), torch.zeros(4096, 32), torch.zeros(8192, dtype=torch.long)
+    ex = flashlight.explain(lce, x, w, t)
+    split = [p for p in ex.proofs if p.transformation.startswith("split ")]
+    assert [p.legal for p in split] == [True] and "into 2 chunks of 2048" in split[0].transformation, split
+    assert "128 programs without the split, 256 with it" in split[0].reason
+    assert all(4096 not in b.shape for b in ex.buffers), ex.buffers
+    chunks = [k.computes for k in ex.kernels if "c:2" in k.computes]
+    assert chunks and "sum_1_chunk (+ online)" in chunks[0], [k.computes for k in ex.kernels]
+
+
+def test_a_split_loss_and_its_gradients_match_eager():
+    """The split log-sum-exp of linear + cross-entropy (five chunks, the last one partial, an
+    ignored target) gives eager's loss and gradients."""
+    def lce(x, w, t):
+        return torch.nn.functional.cross_entropy((x @ w.T).float(), t)
+
+    g = torch.Generator().manual_seed(7)
+    x, w = torch.randn(70, 32, generator=g), torch.randn(2100, 32, generator=g) / 32 ** 0.5
+    t = torch.randint(0, 2100, (70,), generator=g)
+    t[3] = -100
+    ex = flashlight.explain(lce, x, w, t)
+    assert [p.transformation for p in ex.proofs if p.transformation.startswith("split ")] == \
+        ["split S1 (S1, S4) over i1 into 5 chunks of 512"]
+    check_against_eager(lce, x, w, t)
 
 
 def test_a_term_that_is_not_the_identity_for_a_masked_chunk_is_not_split():

@@ -26,9 +26,10 @@ another partial only at its own chunk (the dependence relation between different
 empty). Each split is explained with the lemma and the chunking.
 
 When: the group is a ``max=`` (or ``min=``) reduction and the reductions over the same loop that
-read its final value; the loop is longer than two chunks, and the rows (the points of the
-maximum's other loops) are at most ``max_rows``: a grid that the rows alone fill is left as it is
-(prefill and training are unchanged). The chunks are as few as bring the kernel's programs up to
+read its final value (a reader reducing over other loops, a loss's mean over the rows, reads the
+merged value as an epilogue does); the loop is longer than two chunks, and the rows (the points of
+the maximum's other loops) are at most ``max_rows``, which bounds the partial states. The chunks
+are as few as bring the kernel's programs up to
 ``grid`` (two waves of an H100's multiprocessors) and at least ``chunk`` long: the programs of the
 unsplit kernel are counted as tile and pack-groups will make them (the innermost row loop longer
 than one is a tile's rows, ``block_m`` of them or the query heads of one key/value group), and a
@@ -36,6 +37,9 @@ kernel that has ``grid`` programs already is not split. Run 22 (H100, a 32768-ke
 heads of 128) measured why: chunks of 512 read a GQA cache (4 heads a group: 64 programs before the
 split) at 1757 GB/s, of 8192 (256 programs) at 2968, unsplit at 3032; without groups (8 programs
 of 32 heads) chunks of 512 (512 programs) read 2431 GB/s, of 2048 (128 programs) 2272, of 8192 848.
+A grid the rows fill is left as it is (prefill and training at their usual sizes); many rows in
+few programs are split too: a linear + cross-entropy over 8192 rows is 64 programs of 128 rows,
+each walking a 128k vocabulary, on 132 multiprocessors.
 
 A loop over a size parameter (a decode cache that grows by one each step, compiled once) has no
 known chunk count, and a partial per chunk of ``C`` would need a buffer whose size is a function
@@ -71,18 +75,18 @@ from flashlight.passes.tree import (fits_block, fresh_name, fresh_stmt_name, fre
 
 CHUNK = 512
 GRID = 256
-MAX_ROWS = 2048
+MAX_ROWS = 1 << 16
 PRODUCER_BLOCK = 256  # the longest reduction of a producer an interleaved split computes in its chunks
 
 
 def split_reductions(program: Program, chunk: int = CHUNK, max_rows: int = MAX_ROWS,
-                     grid: int = GRID) -> Program:
+                     grid: int = GRID, block_m: int = BLOCK_M) -> Program:
     """Split each long dependent reduction over few rows into chunks (see the module docstring)."""
     proofs: list[Proof] = []
     for stmt, loops, guards in list(walk_stmts(program.body)):
         if stmt.op not in ("max=", "min=") or stmt.scale is not None:
             continue
-        found = _split(program, stmt, loops, chunk, max_rows, grid)
+        found = _split(program, stmt, loops, chunk, max_rows, grid, block_m)
         if isinstance(found, Proof):
             proofs.append(found)
         elif found is not None:
@@ -125,8 +129,8 @@ class _Member:
     loop: Loop  # the long loop split into chunks
 
 
-def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, grid: int
-           ) -> tuple[Program, Proof] | Proof | None:
+def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max_rows: int, grid: int,
+           block_m: int) -> tuple[Program, Proof] | Proof | None:
     what = f"split {top.name}"
     long = [l for l in loops if l.kind == "reduce" and not _fits(l, 2 * chunk)]
     if len(long) != 1 or not _single(program, top):
@@ -141,7 +145,7 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     members = _group(program, top, loop)
     if isinstance(members, str):
         return Proof(what, False, members)
-    before = _programs_before_split(top, members, rows)
+    before = _programs_before_split(top, members, rows, block_m)
     if before >= grid:
         return Proof(what, False, f"its kernel has {before} programs without a split, at least the {grid} "
                                   "a split aims at")
@@ -197,9 +201,9 @@ def _split(program: Program, top: Stmt, loops: tuple[Loop, ...], chunk: int, max
     return program.replace(body=tuple(out)), proof
 
 
-def _programs_before_split(top: Stmt, members: list[_Member], rows: list[Loop]) -> int:
+def _programs_before_split(top: Stmt, members: list[_Member], rows: list[Loop], block_m: int) -> int:
     """The programs of the kernel without the split, as pack-groups and tile will make them: the
-    innermost row loop longer than one holds a tile's rows (``fit_tile`` of ``BLOCK_M``, or the
+    innermost row loop longer than one holds a tile's rows (``fit_tile`` of ``block_m``, or the
     ``g`` query heads of a group, where the reductions read it at ``h // g``), every other row point
     is a program."""
     long = [l for l in rows if _extent(l) > 1]
@@ -217,7 +221,7 @@ def _programs_before_split(top: Stmt, members: list[_Member], rows: list[Loop]) 
                        for it in its if is_group_of(ix, it)}
     if len(groups) == 1 and extent % next(iter(groups)) == 0:
         return others * (extent // next(iter(groups)))
-    return others * -(-extent // fit_tile(extent, BLOCK_M))
+    return others * -(-extent // fit_tile(extent, block_m))
 
 
 def _fits(loop: Loop, limit: int) -> bool:
@@ -249,9 +253,9 @@ def _group(program: Program, top: Stmt, loop: Loop) -> list[_Member] | str:
     members = [_Member(top, ls, gs, loop)]
     for r in readers(program).get(top.target.tensor, []):
         r_loops, r_guards = where[r.name]
-        if not r.is_reduction:
-            continue  # an epilogue: it reads the merged value
         same = [l for l in r_loops if l.kind == "reduce" and l.lower == loop.lower and l.upper == loop.upper]
+        if not r.is_reduction or not same:
+            continue  # an epilogue (a loss's sum over the rows, say): it reads the merged value
         if len(same) != 1 or r.scale is not None or not _single(program, r):
             return f"{r.name} reads {top.target.tensor} but does not reduce over one loop like {loop.iterator}"
         if any(loop.iterator in E.free_iters(ld.indices[k]) for ld in E.loads(r.expr) if ld.tensor == top.target.tensor
@@ -338,15 +342,18 @@ def _rewrite(program: Program, members: list[_Member], lemmas: dict, chunking: _
 
 
 def _chunk_producers(program: Program, members: list[_Member], c_name: str, inner: str, chunking: _Chunking
-                     ) -> tuple[Program, dict[str, int]]:
+                     ) -> tuple[Program, dict[str, tuple[str, int]]]:
     """Re-index the temporaries the members read at the split point (the scores): a producer
     parallel over the split loop writes ``t[.., c, j']`` for ``j = C c + j'`` (or ``n j' + c``,
     interleaved, its ``j'`` dimension as long as ``j``'s) instead of ``t[.., j]``,
     a re-indexing of a parallel dimension, legal because each element is still written once and
     read where it was; then each chunk reads its scores at plain iterators, and fuse-reductions
     computes them in the chunk's program (a recomputable contraction) instead of storing them.
-    Only temporaries with one writer (a single-statement nest) read by members alone,
-    each at the split iterator in one position, are re-indexed. Returns the tensor -> position."""
+    Only temporaries with one writer (a single-statement nest), each read at the split iterator
+    in one position, are re-indexed; one that other statements read too (a loss's gather of the
+    target's logit) keeps its writer for them, and the members read a copy, written by a copy of
+    the writer's nest placed beside it (the same pure expression over the same values, so the
+    same elements). Returns the tensor -> (the tensor the members read, position)."""
     where = {s.name: (ls, gs) for s, ls, gs in walk_stmts(program.body)}
     names = {m.stmt.name for m in members}
     found: dict[str, int] = {}
@@ -358,7 +365,7 @@ def _chunk_producers(program: Program, members: list[_Member], c_name: str, inne
             if decl.role != "temp" or len(pos) != 1 or ld.indices[pos[0]] != Iter(j):
                 continue
             found.setdefault(ld.tensor, pos[0])
-    chunked: dict[str, int] = {}
+    chunked: dict[str, tuple[str, int]] = {}
     read = readers(program)
     writes: dict[str, list[Stmt]] = {}
     for s, _, _ in walk_stmts(program.body):
@@ -366,8 +373,9 @@ def _chunk_producers(program: Program, members: list[_Member], c_name: str, inne
     body = list(program.body)
     for tensor, pos in found.items():
         w = writes.get(tensor, [])
-        if len(w) != 1 or not all(r.name in names for r in read.get(tensor, [])) or not _single(program, w[0]):
+        if len(w) != 1 or not _single(program, w[0]):
             continue
+        shared = not all(r.name in names for r in read.get(tensor, []))
         loops, guards = where[w[0].name]
         if not chunking.contiguous and not all(fits_block(loop_extent(l), PRODUCER_BLOCK) for l in loops
                                                if l.kind == "reduce"):
@@ -381,28 +389,33 @@ def _chunk_producers(program: Program, members: list[_Member], c_name: str, inne
         if any(loop.iterator in E.free_iters(ix) for k, ix in enumerate(w[0].target.indices) if k != pos):
             continue
         at = chunking.at(c_name, inner)
-        new_target = Load(tensor, w[0].target.indices[:pos] + (Iter(c_name), Iter(inner)) + w[0].target.indices[pos + 1:])
+        copy = fresh_tensor_name(program, tensor + "_chunks") if shared else tensor
+        new_target = Load(copy, w[0].target.indices[:pos] + (Iter(c_name), Iter(inner)) + w[0].target.indices[pos + 1:])
         stmt = replace(w[0], target=new_target, expr=E.substitute(w[0].expr, {loop.iterator: at}))
+        if shared:
+            stmt = replace(stmt, name=fresh_stmt_name(program, w[0].name))
         new_loops = [Loop(c_name, E.index(0), E.index(chunking.n), "parallel", ())] + [
             Loop(inner, E.index(0), chunking.extent, "parallel", ()) if l is loop else l for l in loops]
         tail = chunking.tail(c_name, inner)
         moved = tuple(E.substitute(g, {loop.iterator: at}) for g in guards)
         k = next(k for k, node in enumerate(body) if _holds(node, w[0]))
-        body[k] = nest_of(new_loops, moved + ((tail,) if tail is not None else ()), stmt)
+        nest = nest_of(new_loops, moved + ((tail,) if tail is not None else ()), stmt)
+        body[k:k + 1] = [body[k], nest] if shared else [nest]
         decl = program.tensor(tensor)
         inner_size = chunking.extent.value if isinstance(chunking.extent, E.Const) else chunking.extent.name  # type: ignore[attr-defined]
-        shape = decl.shape[:pos] + (chunking.n, inner_size) + decl.shape[pos + 1:]
-        program = program.replace(tensors=tuple(replace(t, shape=shape) if t.name == tensor else t
-                                                for t in program.tensors))
-        chunked[tensor] = pos
-    return program.replace(body=tuple(body)), chunked
+        chunks = replace(decl, name=copy, shape=decl.shape[:pos] + (chunking.n, inner_size) + decl.shape[pos + 1:])
+        tensors = program.tensors + (chunks,) if shared else tuple(chunks if t.name == tensor else t
+                                                                   for t in program.tensors)
+        program = program.replace(tensors=tensors, body=tuple(body))
+        chunked[tensor] = (copy, pos)
+    return program, chunked
 
 
 def _chunked_load(x: Expr, chunked: dict[str, int], j: str, c_name: str, inner: str) -> Expr | None:
     if not isinstance(x, Load) or x.tensor not in chunked:
         return None
-    pos = chunked[x.tensor]
-    return Load(x.tensor, x.indices[:pos] + (Iter(c_name), Iter(inner)) + x.indices[pos + 1:])
+    copy, pos = chunked[x.tensor]
+    return Load(copy, x.indices[:pos] + (Iter(c_name), Iter(inner)) + x.indices[pos + 1:])
 
 
 def _partial_load(x: Load, top_ref: Load) -> Load:
@@ -469,7 +482,10 @@ class SplitReductions(Pass):
                                "its own, whose serial loop walks its points in tiles")
     grid: int = option(GRID, "programs a split aims at: as few chunks as reach it (for a varying length a power of "
                              "two, 2 to 64); no split where a kernel has them unsplit")
-    max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to: more fill the grid")
+    max_rows: int = option(MAX_ROWS, "most rows (the maximum's other points) a split applies to, a bound on the "
+                                     "partial states (rows x chunks x state)")
+    block_m: int = option(BLOCK_M, "the tile of rows tile will take (tile's block_m): the programs of an unsplit kernel")
 
     def apply(self, program: Program) -> Program:
-        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, grid=self.grid)
+        return split_reductions(program, chunk=self.chunk, max_rows=self.max_rows, grid=self.grid,
+                                block_m=self.block_m)
