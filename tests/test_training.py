@@ -406,3 +406,23 @@ def test_evoformers_backward_kernels_keep_the_rows_of_the_batch_in_their_grids()
     # has them in its grid
     others = [(grid, what) for grid, what in looping if "loops over tiles of i0:" not in what]
     assert len(others) >= 3 and all(grid >= n for grid, _ in others), looping
+
+
+def test_a_bias_gradient_summed_over_the_batch_is_a_matrix_product_per_row():
+    """The gradient of a bias every row of the batch shares (an Evoformer's pair bias, summed over
+    the MSA rows; a learned ``[H, S, S]`` bias, over the batch) recomputes the scores and ``dP``
+    per row: the loop over the rows walks one row at a time, so each is a product of two
+    matrices (``tl.dot``). Tiled like any serial loop, the rows made the products batched,
+    computed by broadcasting: 8 rows x 8 queries x 256 keys x 64 in registers at the
+    benchmark's shape, a training step that did not finish in 150 s on the H100 (run 22)."""
+    def learned_bias(q, k, v, bias):
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + bias, -1) @ v
+
+    g = torch.Generator().manual_seed(5)
+    args = [torch.randn(3, 2, 40, 16, generator=g) for _ in range(3)] + [torch.randn(2, 40, 40, generator=g)]
+    check_against_eager(learned_bias, *args)
+    ex = flashlight.explain(learned_bias, *[a.clone().requires_grad_() for a in args])
+    (bias_kernel,) = [k for k in ex.backward.kernels if "loops over tiles of i0:3/1" in k.computes]
+    assert "matrix products of two tiles: S0_1 over i4, S" in next(
+        p.reason for p in ex.backward.proofs if p.transformation.startswith("tile kernel 0"))
+    assert "tl.dot(" in bias_kernel.source and "i0 = t_i0" in bias_kernel.source

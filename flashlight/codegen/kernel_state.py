@@ -111,7 +111,9 @@ class KernelState:
         if it in self.tile and self.tile[it] != l.tile:
             raise CodegenError(f"iterator {it} has two tiles in one kernel ({self.tile[it]} and {l.tile})")
         self.extent[it], self.tile[it], self.role[it] = n, l.tile, role
-        if it not in self.axes and (role != "grid" or l.tile > 1):
+        # a grid or serial loop walked one point at a time is a scalar (its iterator's value), not
+        # an axis of length one: a product of two tiles inside it stays a product of two matrices
+        if it not in self.axes and (role == "block" or l.tile > 1):
             self.axes.append(it)
 
     # {{{ axes and the layout of values along them

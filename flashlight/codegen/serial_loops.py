@@ -88,6 +88,9 @@ class SerialLoops(KernelState):
 
     def open_tile(self, loop: Loop, scope: Scope) -> Scope:
         it = loop.iterator
+        if it not in self.axes:  # one point a tile: the iterator's value
+            scope.lines.append(f"{it} = t_{it}")
+            return scope
         scope.lines.append(f"o_{it} = t_{it} * {self.tile[it]} + tl.arange(0, {self.tile[it]})")
         if self.needs_mask(it):
             scope.lines.append(f"m_{it} = o_{it} < {self.extent_code(it)}")

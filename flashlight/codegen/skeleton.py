@@ -31,7 +31,7 @@ class Skeleton(KernelState):
         for phase in self.phases:
             self.emit_node(phase, top, ())
         src = self.module_source(top.lines)
-        serial = any(self.role[a] == "serial" for a in self.axes)
+        serial = any(r == "serial" for r in self.role.values())
         # a grid over a size parameter is counted at launch, from its (extent, tile) factors
         factors = tuple((self.extent[l.iterator], self.tile[l.iterator]) for l in self.grid)
         factors = factors if any(isinstance(e, str) for e, _ in factors) else ()

@@ -9,7 +9,11 @@ tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one ano
 innermost is tiled (the others walk one point at a time): their tiles would multiply in registers;
 except where the inner loops only reduce matrix products (a logit tile ``x Wᵀ`` summed over the
 model dimension inside the loop over the vocabulary), whose accumulator holds a tile of each of
-the two outer axes and no more.
+the two outer axes and no more. A serial loop whose iterator both factors of a product inside it
+read (a batch index: the rows of an MSA, summed over for a shared bias's gradient) walks one point
+at a time too: tiled, it would make the product a batched one, computed by broadcasting instead
+of as a product of two matrices. A loop walked one point at a time is a scalar of the kernel,
+not an axis.
 A statement's register tile is the product of the tiles of all its enclosing loops; where that
 exceeds Triton's limit on a tensor's elements (2^20), tiles are halved, padding above an extent's
 power of two first, then the largest grid or serial tile (block loops stay whole). A kernel has
@@ -156,6 +160,8 @@ def _tile_kernel(nest: Node, k: int, bm: int, bn: int, bp: int, view: PolyView,
             t = 1  # the tiles of nested serial loops multiply in registers: only the innermost is tiled
         elif node.mapping == "serial" and node.kind == "seq":
             t = 1  # it carries a dependence from each point to the next: walked one point at a time
+        elif node.mapping == "serial" and _batch_of_products(node):
+            t = 1  # tiled, it would make the products inside batched: one point, two matrices
         elif node.mapping == "serial":
             t = fit_tile(n, bn)
         else:
@@ -181,6 +187,21 @@ def _only_products_inside(loop: Loop) -> bool:
     return True
 
 
+def _batch_of_products(loop: Loop) -> bool:
+    """Whether both factors of a contraction inside ``loop`` read its iterator (a batch index of
+    the product, as the rows of an Evoformer's MSA are for its pair bias's gradient, summed over
+    them): a tile of it would make the product a batched one, computed by broadcasting (a tile
+    of rows x queries x keys x head dimensions in registers) instead of a matrix product of
+    two tiles."""
+    it = loop.iterator
+    for s, loops, _ in walk_stmts(loop.body):
+        inner = {l.iterator for l in loops if l.mapping in ("serial", "block")} - {it}
+        c = contraction_operands(s, inner)
+        if c is not None and all(it in E.free_iters(x) for x in c[:2]):
+            return True
+    return False
+
+
 MIN_DOT = 16  # the smallest side of a matrix product of tiles (tl.dot, wgmma)
 
 
@@ -194,8 +215,8 @@ causal mask of ``dK += dSᵀ q`` reads the key and the query, ``dS``'s axes). Ex
     allows (associative, as the tiling proof says)."""
     grid = grid_chain(nest)
     tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}
-    axes = {l.iterator for l in walk_loops((nest,)) if l.mapping in ("serial", "block")}
-    axes |= {l.iterator for l in grid if (l.tile or 1) > 1}
+    # the vector axes of the kernel's tiles: a loop walked one point at a time is a scalar
+    axes = {l.iterator for l in walk_loops((nest,)) if l.mapping == "block" or (l.tile or 1) > 1}
     marked: dict[str, str] = {}
     for s, loops, guards in walk_stmts((nest,)):
         r = _reduced_axis_of_product(s, loops, guards, axes, tile)
