@@ -27,7 +27,7 @@ program row_max(S: f32[64,128]) -> (m: f32[64])
       M: m[i] max= S[i,j]
 """
 BUILT_IN = ["inline", "exchange-sums", "defer-normalization", "masks-to-domains", "elide-roundings", "restrict-to-demand",
-            "merge-sums", "stage-reductions", "split-reductions", "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "pack-groups", "tile",
+            "merge-sums", "stage-reductions", "join-dims", "split-reductions", "fuse-reductions", "split-wide-state", "factor-scales", "rebase-exponentials", "contract-buffers", "pack-groups", "tile",
             "scale-after-fold", "spread-conversions", "tile-ranges", "hoist-tile-bounds", "bound-guard-tiles",
             "order-launches", "supersede-stores", "call-library"]
 OPT_IN = ["call-library"]  # registered, not in the default pipeline (named in a pipeline to run)

@@ -24,6 +24,7 @@ from flashlight.passes.factor_scales import factor_scales
 from flashlight.passes.fuse_reductions import fuse_reductions
 from flashlight.passes.hoist_tile_bounds import hoist_tile_bounds
 from flashlight.passes.inline_pointwise import inline_pointwise
+from flashlight.passes.join_dims import join_dims
 from flashlight.passes.masks_to_domains import masks_to_domains
 from flashlight.passes.merge_sums import merge_sums
 from flashlight.passes.order_launches import order_launches
@@ -45,7 +46,7 @@ PASSES = FunctionView()
 
 __all__ = [
     "DEFAULT_PIPELINE", "PASSES", "Pass", "bound_guard_tiles", "call_library", "configure", "contract_buffers", "defer_normalization", "elide_roundings", "exchange_sums",
-    "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "lookup",
+    "factor_scales", "format_pipeline", "fuse_reductions", "hoist_tile_bounds", "inline_pointwise", "join_dims", "lookup",
     "masks_to_domains", "merge_sums", "option", "order_launches", "pack_groups", "parse_pipeline", "rebase_exponentials", "registered", "remove_passes",
     "resolve_pipeline", "restrict_to_demand", "run_pipeline", "scale_after_fold", "split_reductions", "split_wide_state",
     "spread_conversions", "stage_reductions", "supersede_stores", "tile", "tile_ranges",

@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_PIPELINE = ("inline,exchange-sums,defer-normalization,inline,masks-to-domains,elide-roundings,restrict-to-demand,"
-                    "merge-sums,stage-reductions,split-reductions,fuse-reductions,split-wide-state,factor-scales,rebase-exponentials,contract-buffers,pack-groups,tile,"
+                    "merge-sums,stage-reductions,join-dims,split-reductions,fuse-reductions,split-wide-state,factor-scales,rebase-exponentials,contract-buffers,pack-groups,tile,"
                     "scale-after-fold,spread-conversions,tile-ranges,hoist-tile-bounds,bound-guard-tiles,order-launches,"
                     "supersede-stores")
 
