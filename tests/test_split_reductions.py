@@ -263,7 +263,9 @@ PAGED = {"vanilla": (paged_vanilla, H), "alibi": (paged_alibi, H), "softcap": (p
 def test_a_paged_cache_with_ragged_lengths_matches_eager(name):
     """Four sequences of 0, 9, 777 and 1280 keys in pages scattered over a pool: each page is read
     through the table, keys past a sequence's length are masked (a sequence of none gets eager's
-    NaN), and the long cache still runs in chunks."""
+    NaN), and the long cache still runs in chunks. The scores, computed per page and slot and read
+    as one row of keys, are joined into that row (join-dims), so each chunk computes its own: the
+    chunks' kernel and the merge, no kernel or buffer of scores (run 21 stored them)."""
     fn, hkv = PAGED[name]
     g = torch.Generator().manual_seed(7)
     q = torch.randn(4, H, 1, D, generator=g)
@@ -275,6 +277,9 @@ def test_a_paged_cache_with_ragged_lengths_matches_eager(name):
     assert not ex.fallbacks, ex.fallbacks
     split = [p for p in ex.proofs if p.transformation.startswith("split ")]
     assert split and split[0].legal, [(p.transformation, p.reason) for p in split]
+    assert [p.legal for p in ex.proofs if p.transformation.startswith("join dims")] == [True]
+    assert len(ex.kernels) == 2 and all(b.name.endswith("_chunk") or len(b.shape) <= 4 for b in ex.buffers), \
+        ([k.computes for k in ex.kernels], ex.buffers)
     got, ref = flashlight.compile(fn)(*args), fn(*args)
     assert torch.equal(got.isnan(), ref.isnan()) and got[0].isnan().all()
     assert torch.allclose(got.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-5)
