@@ -122,7 +122,11 @@ class SerialLoops(KernelState):
         self.invalidate(written)
         # a register laid out along the loop's tiles held the last tile's values: past the loop a
         # read of that tensor is a read of memory (another range's loop reads other tiles)
-        for tensor in [t for t, r in self.registers.items() if it in r.axes]:
+        # (a loop of one point a tile has no axis: a register it wrote at an index of the
+        # iterator held its last point's values)
+        per_point = {s.target.tensor for s, _, _ in walk_stmts((loop,))
+                     if any(it in E.free_iters(ix) for ix in s.target.indices)} if it not in self.axes else set()
+        for tensor in [t for t, r in self.registers.items() if it in r.axes or t in per_point]:
             del self.registers[tensor]
             self.written.pop(tensor, None)
 
