@@ -89,7 +89,7 @@ def _compare_tensor(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tens
         _compare_exact(what, o, r, r64, narrowest, flipped)
         return
     o32, r32 = o.double(), r.double()
-    r32 = _same_nans(what, o, r, o32, r32, r64)
+    r32 = _same_nans(what, o, r, o32, r32, r64, noise)
     o32 = _same_infinities(what, o, r, o32, r32, r64, noise)
     fin = torch.isfinite(r32)
     if not fin.any():
@@ -114,9 +114,10 @@ def _compare_exact(what: str, o: torch.Tensor, r: torch.Tensor, r64: torch.Tenso
 
 
 def _same_nans(what: str, o: torch.Tensor, r: torch.Tensor, o32: torch.Tensor, r32: torch.Tensor,
-               r64: torch.Tensor | None) -> torch.Tensor:
+               r64: torch.Tensor | None, noise: Callable[[], list[torch.Tensor]] | None = None) -> torch.Tensor:
     """NaN in the same places as eager; returns eager's values (``r32``, float64) with eager's
-    quirky NaNs replaced by the float64 evaluation's values."""
+    quirky NaNs replaced by the float64 evaluation's values, and NaN where eager's rounding noise
+    decides whether there is one."""
     nan_o, nan_r = torch.isnan(o32), torch.isnan(r32)
     if not torch.equal(nan_o, nan_r) and r64 is not None:
         # eager's own NaN where the float64 evaluation of the program has a value, and ours is that
@@ -127,8 +128,18 @@ def _same_nans(what: str, o: torch.Tensor, r: torch.Tensor, o32: torch.Tensor, r
         if quirk.any():
             r32 = torch.where(quirk, r64d, r32)
             nan_r = torch.isnan(r32)
-    if not torch.equal(nan_o, nan_r):
-        idx = (nan_o != nan_r).nonzero()[0].tolist()
+    differ = nan_o != nan_r
+    if differ.any() and r64 is not None and noise is not None:
+        # a NaN that eager's own rounding noise decides (a clamp's threshold crossed by the rounding
+        # noise of a layer norm's row sum, the gradient beyond it overflowing float16: seed
+        # 9921422): excused where a perturbed eager run has a NaN where we have one, or none where
+        # we have none; not compared there
+        runs = [torch.isnan(n.double()) for n in noise() if n.shape == r.shape]
+        if runs:
+            excused = differ & (torch.stack(runs) == nan_o).any(0)
+            r32, differ = torch.where(excused, torch.full_like(r32, float("nan")), r32), differ & ~excused
+    if differ.any():
+        idx = differ.nonzero()[0].tolist()
         raise Mismatch(f"{what} ({r.dtype}{list(r.shape)}): NaN in other places than eager "
                        f"({int(nan_o.sum())} vs {int(nan_r.sum())}); first at {idx}: "
                        f"{o[tuple(idx)].item()} vs eager {r[tuple(idx)].item()}")

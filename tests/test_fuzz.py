@@ -351,3 +351,17 @@ def test_compare_excuses_an_overflow_that_eager_noise_decides():
     with pytest.raises(AssertionError, match="infinities"):  # an overflow no eager run shows
         fuzz.compare(torch.tensor([float("inf")]), torch.tensor([1.0]), torch.tensor([1.0]).double(),
                      noise=lambda: [torch.tensor([1.0])])
+
+
+def test_compare_excuses_a_nan_that_eager_noise_decides():
+    """Where a perturbed eager run puts its NaN where ours is (or has none where we have none),
+    rounding decides the NaN (BH, ``fuzz/corpus/mismatch_9921422.py``); a NaN no run shows is a
+    mismatch still."""
+    ref, ref64 = torch.tensor([1.0, 2.0, float("nan")]), torch.tensor([1.0, 2.0, 3.0]).double()
+    ours = torch.tensor([1.0, float("nan"), 3.0])
+    runs = [torch.tensor([1.0, float("nan"), float("nan")]), torch.tensor([1.0, 2.0, 3.0])]
+    fuzz.compare(ours, ref, ref64, noise=lambda: runs)
+    with pytest.raises(AssertionError, match="NaN"):  # without eager's noise: a mismatch
+        fuzz.compare(ours, ref, ref64)
+    with pytest.raises(AssertionError, match="NaN"):  # a NaN no eager run shows
+        fuzz.compare(ours, ref, ref64, noise=lambda: [torch.tensor([1.0, 2.0, float("nan")])])
