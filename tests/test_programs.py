@@ -410,6 +410,24 @@ CONTRACTIONS = cases(
 def test_contractions(case):
     check(case)
 
+
+def test_a_matrix_product_reading_a_row_statistic_keeps_its_columns_in_the_grid():
+    """A Llama MLP's down projection reads the post-attention norm's row statistic inside its
+    sum (``silu(a · r) @ Wᵀ``, not deferrable). Fused with the mean, each program of rows walked
+    the product's 512 columns itself (1 program here; 32 for 2048 rows at hidden 1024, where the
+    product alone has 512): the product forms a kernel of its own, tiled over rows and columns,
+    and reads the statistic, one value a row, from memory."""
+    def norm_then_product(x, a, w):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x + F.silu(a * r) @ w.T
+
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(64, 512, generator=g), torch.randn(64, 320, generator=g), torch.randn(512, 320, generator=g) / 20)
+    ex = flashlight.explain(norm_then_product, *args)
+    (product,) = [k for k in ex.kernels if "mm_sum" in k.computes]
+    assert product.grid == 8 and "mean" not in product.computes, [(k.grid, k.computes) for k in ex.kernels]
+    check_against_eager(norm_then_product, *args)
+
 # }}}
 
 

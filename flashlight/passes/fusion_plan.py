@@ -108,8 +108,8 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
                  if all(it in r.parallel for r in recs) and len({r.extent(it) for r in recs}) == 1)
     if len(recs) > 1 and not grid and any(r.parallel for r in recs):
         return None  # one program would do what several did in parallel (a reduction to a scalar has none)
-    if len(recs) > 1 and any(it not in grid and not fits_block(r.extent(it), block_limit) and not _reduced_with(r, it, recs)
-                             for r in recs for it in r.parallel):
+    if len(recs) > 1 and any(it not in grid and not fits_block(r.extent(it), block_limit)
+                             and not _reduced_with(r, it, recs, block_limit) for r in recs for it in r.parallel):
         # a statement's parallel loop would be walked by each program, not spread over programs
         # (dQ beside a copy of dV: 8 programs for 1024 rows); a row walked twice because a
         # statement it exchanges values with reduces over it (a wide norm) is kept
@@ -137,14 +137,19 @@ def _roles(recs: list[Rec], block_limit: int) -> tuple[tuple[str, ...], dict, di
         block[r.name] = tuple(it for it in rest if it not in s)
     return grid, serial, block
 
-def _reduced_with(rec: Rec, it: str, recs: list[Rec]) -> bool:
-    """Whether a statement of ``recs`` that reads ``rec``'s result or whose result ``rec`` reads
-    reduces over ``it``."""
+def _reduced_with(rec: Rec, it: str, recs: list[Rec], block_limit: int) -> bool:
+    """Whether a statement of ``recs`` that reads ``rec``'s result, or whose result ``rec`` reads,
+    reduces over ``it``. Not the second where ``rec`` is a contraction over a loop longer than a
+    block: a matrix product reading a norm's row statistic (the down projection of a Llama MLP
+    beside the next norm's mean) would walk its columns in each program of rows, 32 programs for
+    2048 rows, where a kernel of its own tiles them (512); the statistic is stored, one value a row."""
     mine = {ld.tensor for ld in E.loads(rec.stmt.expr)}
+    heavy = any(l.kind == "reduce" and not fits_block(loop_extent(l), block_limit) for l in rec.loops)
     for other in recs:
         if other is rec or not any(l.iterator == it and l.kind == "reduce" for l in other.loops):
             continue
-        if other.stmt.target.tensor in mine or any(ld.tensor == rec.stmt.target.tensor for ld in E.loads(other.stmt.expr)):
+        if (other.stmt.target.tensor in mine and not heavy) or \
+                any(ld.tensor == rec.stmt.target.tensor for ld in E.loads(other.stmt.expr)):
             return True
     return False
 
