@@ -28,18 +28,12 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import fresh_name, map_exprs, nest_of, stmt_exprs, writers
+from flashlight.passes.tree import fresh_name, map_exprs, nest_of, rewrite_to_fixpoint, stmt_exprs, writers
 
 
 def join_dims(program: Program) -> Program:
     """Join each pair of dimensions read only as ``(e // P, e % P)`` (see the module docstring)."""
-    proofs: list[Proof] = []
-    while True:
-        found = _one_join(program)
-        if found is None:
-            return program.with_proofs(*proofs)
-        program, proof = found
-        proofs.append(proof)
+    return rewrite_to_fixpoint(program, _one_join)
 
 
 def _one_join(program: Program) -> tuple[Program, Proof] | None:

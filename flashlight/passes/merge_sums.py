@@ -27,18 +27,12 @@ from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Expr, Iter, Load
 from flashlight.ir.nodes import Loop, Node, Program, Proof, Stmt, walk_stmts
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import drop_unused_temps, fresh_name, nest_of, readers, stmt_exprs, writers
+from flashlight.passes.tree import drop_unused_temps, fresh_name, nest_of, readers, rewrite_to_fixpoint, stmt_exprs, writers
 
 
 def merge_sums(program: Program) -> Program:
     """Merge each sum read only by another sum into it (see the module docstring)."""
-    proofs: list[Proof] = []
-    while True:
-        found = _one_merge(program)
-        if found is None:
-            return program.with_proofs(*proofs)
-        program, proof = found
-        proofs.append(proof)
+    return rewrite_to_fixpoint(program, _one_merge)
 
 
 def _one_merge(program: Program) -> tuple[Program, Proof] | None:

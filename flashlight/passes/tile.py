@@ -213,7 +213,6 @@ def _mark_matrix_products(nest: Node) -> tuple[Node, list[str]]:
 causal mask of ``dK += dSᵀ q`` reads the key and the query, ``dS``'s axes). Exact: the product
     sums the same terms; only their order within the tile changes, which a ``+=`` reduction
     allows (associative, as the tiling proof says)."""
-    grid = grid_chain(nest)
     tile = {l.iterator: l.tile or 1 for l in walk_loops((nest,))}
     # the vector axes of the kernel's tiles: a loop walked one point at a time is a scalar
     axes = {l.iterator for l in walk_loops((nest,)) if l.mapping == "block" or (l.tile or 1) > 1}

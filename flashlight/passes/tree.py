@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Expr, Load
-from flashlight.ir.nodes import Guard, Loop, NanFixup, Node, Program, Stmt, fresh_name, walk_stmts
+from flashlight.ir.nodes import Guard, Loop, NanFixup, Node, Program, Proof, Stmt, fresh_name, walk_stmts
 
 
 def map_stmts(body: tuple[Node, ...], fn: Callable[[Stmt], Stmt | tuple[Node, ...] | None]) -> tuple[Node, ...]:
@@ -163,3 +163,13 @@ def guard_body(guards: tuple[Expr, ...], node: Node) -> Node:
     for g in reversed(guards):
         node = Guard(g, (node,))
     return node
+
+
+def rewrite_to_fixpoint(program: Program, step: Callable[[Program], tuple[Program, Proof] | None]) -> Program:
+    """Apply ``step`` (one rewrite and its proof, or None where none applies) until none applies;
+    the program carries every proof."""
+    proofs: list[Proof] = []
+    while (found := step(program)) is not None:
+        program, proof = found
+        proofs.append(proof)
+    return program.with_proofs(*proofs)
