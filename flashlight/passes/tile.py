@@ -188,15 +188,25 @@ def _only_products_inside(loop: Loop) -> bool:
 
 
 def _batch_of_products(loop: Loop) -> bool:
-    """Whether both factors of a contraction inside ``loop`` read its iterator (a batch index of
-    the product, as the rows of an Evoformer's MSA are for its pair bias's gradient, summed over
-    them): a tile of it would make the product a batched one, computed by broadcasting (a tile
-    of rows x queries x keys x head dimensions in registers) instead of a matrix product of
-    two tiles."""
+    """Whether a product inside ``loop`` has its iterator as a batch index: the product's target
+    is indexed by it (each of its points is a product of its own, not a sum over it) and both
+    factors read it, as the rows of an Evoformer's MSA are for the scores its pair bias's
+    gradient recomputes. Tiled, such a loop makes the product a batched one, computed by
+    broadcasting (rows x queries x keys x head dimensions in registers) instead of a matrix
+    product of two tiles. A statement that sums over the loop (its target not indexed by it)
+    makes no batch, and where a statement in the loop reads such a sum the loop is left as it is:
+    that read sees the whole sum only if one tile holds the whole loop (fuse-reductions planned
+    it so), which one point at a time would break."""
     it = loop.iterator
-    for s, loops, _ in walk_stmts(loop.body):
-        inner = {l.iterator for l in loops if l.mapping in ("serial", "block")} - {it}
-        c = contraction_operands(s, inner)
+    stmts = list(walk_stmts(loop.body))
+    sums = {s.target.tensor for s, _, _ in stmts if s.op != "=" and not any(it in E.free_iters(ix) for ix in s.target.indices)}
+    if any(ld.tensor in sums and ld.tensor != s.target.tensor for s, _, guards in stmts
+           for e in (s.expr, *guards) for ld in E.loads(e)):
+        return False
+    for s, loops, _ in stmts:
+        if not any(it in E.free_iters(ix) for ix in s.target.indices):
+            continue
+        c = contraction_operands(s, {l.iterator for l in loops if l.kind == "reduce"})
         if c is not None and all(it in E.free_iters(x) for x in c[:2]):
             return True
     return False
