@@ -9,11 +9,11 @@ tail), at least 16 so that ``tl.dot`` applies. Of serial loops nested in one ano
 innermost is tiled (the others walk one point at a time): their tiles would multiply in registers;
 except where the inner loops only reduce matrix products (a logit tile ``x Wᵀ`` summed over the
 model dimension inside the loop over the vocabulary), whose accumulator holds a tile of each of
-the two outer axes and no more. A serial loop whose iterator both factors of a product inside it
-read (a batch index: the rows of an MSA, summed over for a shared bias's gradient) walks one point
-at a time too: tiled, it would make the product a batched one, computed by broadcasting instead
-of as a product of two matrices. A loop walked one point at a time is a scalar of the kernel,
-not an axis.
+the two outer axes and no more. A serial loop that is a batch index of a product inside it (the
+product's target and both factors read it: the rows of an MSA, for a shared bias's gradient)
+walks one point at a time too, unless a statement in it reads a sum over it: tiled, it would
+make the product a batched one, computed by broadcasting instead of as a product of two
+matrices. A loop walked one point at a time is a scalar of the kernel, not an axis.
 A statement's register tile is the product of the tiles of all its enclosing loops; where that
 exceeds Triton's limit on a tensor's elements (2^20), tiles are halved, padding above an extent's
 power of two first, then the largest grid or serial tile (block loops stay whole). A kernel has
