@@ -26,9 +26,9 @@ from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
-from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
+from flashlight.ir.nodes import Loop, Program, Proof, Stmt, TensorDecl, node_exprs, walk_stmts
 from flashlight.passes.declare import Pass
-from flashlight.passes.tree import fresh_name, map_exprs, nest_of, rewrite_to_fixpoint, stmt_exprs, writers
+from flashlight.passes.tree import fresh_name, map_exprs, map_node_exprs, nest_of, rewrite_to_fixpoint, writers
 
 
 def join_dims(program: Program) -> Program:
@@ -47,7 +47,9 @@ def _one_join(program: Program) -> tuple[Program, Proof] | None:
         k, loops, guards = where[stmt.name]
         if len(list(walk_stmts((program.body[k],)))) != 1:
             continue
-        reads = [ld for node in program.body for e in _node_exprs(node) for ld in E.loads(e) if ld.tensor == decl.name]
+        # every read of it: the writer's own target is the one load of it that is no read
+        reads = [ld for node in program.body for e in node_exprs(node) for ld in E.loads(e)
+                 if ld.tensor == decl.name and ld is not stmt.target]
         if not reads:
             continue
         pos = _joinable(stmt, loops, reads)
@@ -104,7 +106,7 @@ def _joined(program: Program, decl: TensorDecl, stmt: Stmt, k: int, loops: tuple
         return E.rewrite(e, lambda x: Load(x.tensor, x.indices[:pos] + (_split_of(x, pos)[0],) + x.indices[pos + 2:])
                          if isinstance(x, Load) and x.tensor == decl.name else None)
 
-    body = tuple(nest if i == k else _rewrite_node(node, read_joined) for i, node in enumerate(program.body))
+    body = tuple(nest if i == k else map_node_exprs(node, read_joined) for i, node in enumerate(program.body))
     shape = decl.shape[:pos] + (n_a * n_b,) + decl.shape[pos + 2:]
     tensors = tuple(replace(t, shape=shape) if t.name == decl.name else t for t in program.tensors)
     proof = Proof(
@@ -114,21 +116,6 @@ def _joined(program: Program, decl: TensorDecl, stmt: Stmt, k: int, loops: tuple
         lemma=f"(p, r) -> {n_b}·p + r is a bijection of [0,{n_a})x[0,{n_b}) onto [0,{n_a * n_b}); "
               f"{n_b}·(e // {n_b}) + e % {n_b} = e for every integer e")
     return program.replace(body=body, tensors=tensors), proof
-
-
-def _node_exprs(node: Node) -> list[Expr]:
-    if isinstance(node, Stmt):
-        return stmt_exprs(node)
-    own = [node.cond] if isinstance(node, Guard) else []
-    return own + [e for c in node.body for e in _node_exprs(c)]
-
-
-def _rewrite_node(node: Node, fn) -> Node:
-    if isinstance(node, Stmt):
-        return map_exprs(node, fn)
-    if isinstance(node, Guard):
-        return replace(node, cond=fn(node.cond), body=tuple(_rewrite_node(c, fn) for c in node.body))
-    return replace(node, body=tuple(_rewrite_node(c, fn) for c in node.body))
 
 
 @dataclass(frozen=True)

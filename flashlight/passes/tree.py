@@ -73,6 +73,15 @@ def map_exprs(stmt: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
     return replace(stmt, target=target, expr=fn(stmt.expr), scale=scale)
 
 
+def map_node_exprs(node: Node, fn: Callable[[Expr], Expr]) -> Node:
+    """``node`` with ``fn`` applied to every statement's expressions (:func:`map_exprs`) and every
+    guard's condition below it."""
+    if isinstance(node, Stmt):
+        return map_exprs(node, fn)
+    body = tuple(map_node_exprs(c, fn) for c in node.body)
+    return replace(node, cond=fn(node.cond), body=body) if isinstance(node, Guard) else replace(node, body=body)
+
+
 def is_nan_fixup(stmt: Stmt) -> bool:
     """Whether ``stmt`` is the statement :func:`nan_fixup` built, ``z = where(... y == -inf, nan, z)``,
     which gives rows eager's NaN and leaves the others: read off its tag, never its shape."""
