@@ -428,6 +428,26 @@ def test_a_matrix_product_reading_a_row_statistic_keeps_its_columns_in_the_grid(
     assert product.grid == 8 and "mean" not in product.computes, [(k.grid, k.computes) for k in ex.kernels]
     check_against_eager(norm_then_product, *args)
 
+
+def test_a_projection_of_a_normed_row_applies_the_scale_in_its_own_kernel():
+    """A final norm and the language-model head: the row's scale is deferred past the product's
+    sum (``(x·r) Wᵀ = (x Wᵀ)·r``) and the product, heavy, is not fused with the mean. Its scale,
+    which reads both, continued the kernel of the mean: a third kernel over the whole output,
+    the product's f32 sums stored in between (2048 x 32000 at a Llama's head). The product's
+    kernel runs after the mean's instead (no dependence orders them), and the scale is its
+    epilogue: two kernels, no buffer of sums, and explain says why it moved."""
+    def norm_then_head(x, g, w):
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * g) @ w.T
+
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(64, 512, generator=gen), torch.randn(512, generator=gen), torch.randn(300, 512, generator=gen))
+    ex = flashlight.explain(norm_then_head, *args)
+    assert len(ex.kernels) == 2 and [b.name for b in ex.buffers] == ["mean_acc"], \
+        ([(k.grid, k.computes) for k in ex.kernels], ex.buffers)
+    assert "writes out0" in ex.kernels[1].computes and ex.kernels[1].grid == 5
+    (sink,) = [p for p in ex.proofs if p.transformation.startswith("sink ")]
+    assert sink.legal and "no dependence orders them" in sink.reason
+    check_against_eager(norm_then_head, *args)
 # }}}
 
 

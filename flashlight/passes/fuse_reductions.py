@@ -21,6 +21,12 @@ rewritten program with its running values expanded into single-assignment form
 (``y_run[p, j+1] = y_run[p, j] ⊕ g(x_j)``; readers use ``y_run[p, j]`` and ``y_run[p, j+1]``).
 Otherwise the statement opens a new phase: a second pass over the same loop in the same kernel.
 
+A statement no dependence connects with the open kernel, that would cost it its grid, is set
+aside into a kernel of its own that runs before it (*hoisted*); where a later statement reads
+both and continues the kernel set aside with its grid (a norm's row scale deferred past a
+projection's sum, applied to the projection's output), that kernel runs after the open one
+instead (*sunk*): no dependence orders the two either way.
+
 A recomputable contraction (:mod:`flashlight.passes.fusion_recompute`: the scores of an
 attention backward, read by kernels over query tiles and over key tiles) is not planned where it
 is written: each statement that reads it joins a kernel together with a copy of it, aligned with
@@ -396,6 +402,15 @@ class _Fuser:
             if placed is not None:
                 current, pending = current + self.take(placed[0]), placed[1]
                 continue
+            if aside and not _unrelated(aside, alone) and _unrelated(current, aside) \
+                    and self.keeps_grid(aside, alone, aside_plan):
+                # it continues the kernel set aside (the scale of a normed row applied to its
+                # projection, deferred past the sum): that kernel runs after the open one instead
+                joined = self.place(aside, rec)
+                if joined is not None:
+                    self.sink(aside, current, pending)
+                    current, pending, aside = aside + self.take(joined[0]), joined[1], []
+                    continue
             if aside:
                 self.hoist(aside, aside_plan, current)
                 aside = []
@@ -494,6 +509,16 @@ class _Fuser:
             f"hoist [{', '.join(r.name for r in aside)}] before [{', '.join(r.name for r in current)}]", True,
             "they read nothing those write and write nothing those read or write: no dependence orders "
             "them, and fusing them would only share loads", relation="∅"))
+        self.commit(plan)
+
+    def sink(self, aside: list[Rec], current: list[Rec], plan: Plan | None) -> None:
+        """The open kernel, committed before the statements set aside, which stay open for a
+        statement that reads both: legal for the reason hoisting them was (no dependence connects
+        the two), checked again on the open kernel as it is now."""
+        self.proofs.append(Proof(
+            f"sink [{', '.join(r.name for r in aside)}] after [{', '.join(r.name for r in current)}]", True,
+            "they read nothing those write and write nothing those read or write: no dependence orders "
+            "them, and a statement that reads both continues the first kernel", relation="∅"))
         self.commit(plan)
 
     def commit(self, plan: Plan | None) -> None:
