@@ -139,6 +139,22 @@ def test_a_scale_by_the_reciprocal_of_a_size_lifts():
     assert counters["programs_compiled"] == 1, dict(counters)
 
 
+def test_a_scale_of_the_pinned_head_dimension_is_a_constant_of_the_kernel():
+    """With the lengths symbolic, ``1.0 / math.sqrt(D)`` is traced as arithmetic on ``D``, which
+    the head dimension's pinning leaves as literals: ``f64(1.0) / sqrt(f64(64.0))``. Kept, each
+    tile of scores was multiplied by it in the key loop and the scale was not folded into the
+    exponent as in the static kernel (run 24: the dynamic vanilla kernel 12% slower at 4096, the
+    length its bucket was tuned at). Correctly rounded arithmetic on literals folds to its value."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, m, 16, generator=g) for m in (3, 37, 37))
+    for t in (q, k, v):
+        torch._dynamo.mark_dynamic(t, 2)
+    ex = flashlight.explain(scaled_by_reciprocal, q, k, v)
+    src = ex.kernels[0].source
+    assert ex.programs[0].params == ("S", "T") and "tl.sqrt" not in src
+    assert "* 0.25" in src and f"tl.fma(r_bmm, {0.25 * math.log2(math.e)!r}" in src, src
+
+
 def test_dynamic_false_compiles_each_length():
     f = flashlight.compile(rmsnorm, dynamic=False)
     counters.clear()

@@ -559,3 +559,15 @@ def test_a_derived_size_prints_parses_binds_and_verifies() -> None:
         verify(parse_program(text.replace("[P, U = 16 * P]", "[U = 16 * P, P]")))
     with pytest.raises(VerificationError, match="derived size U"):
         verify(parse_program(text.replace("U = 16 * P", "U = P * P")))
+
+
+def test_correctly_rounded_arithmetic_on_float_literals_folds_in_their_dtype():
+    """``f64(1.0) / sqrt(f64(64.0))`` is its value; in f32 the value f32 arithmetic gives (not
+    the double's); exp, a different dtype per argument, or bf16 literals stay calls."""
+    f64 = lambda x: Const(x, "f64")  # noqa: E731
+    f32 = lambda x: Const(x, "f32")  # noqa: E731
+    assert call("div", f64(1.0), call("sqrt", f64(64.0))) == f64(0.125)
+    assert call("div", f32(1.0), f32(3.0)) == f32(float(np.float32(1.0) / np.float32(3.0))) != f64(1.0 / 3.0)
+    assert call("div", f64(1.0), f64(0.0)) == f64(math.inf)
+    assert isinstance(call("exp", f64(1.0)), Call) and isinstance(call("add", f64(1.0), f32(1.0)), Call)
+    assert isinstance(call("mul", Const(2.0, "bf16"), Const(3.0, "bf16")), Call)

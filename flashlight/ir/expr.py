@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from flashlight.ir import dtypes
 
 # {{{ operator table
@@ -185,10 +187,24 @@ def mod(a: Expr, b: int) -> Expr:
     return Call("mod", (a, index(b)))
 
 
+# operations IEEE 754 rounds correctly: on literals of one float dtype, evaluated in that dtype,
+# they give the value a kernel would compute
+_EXACT_ON_LITERALS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "sqrt": np.sqrt}
+_LITERAL_FLOATS = {"f64": np.float64, "f32": np.float32}
+
+
 def call(op: str, *args: Expr) -> Expr:
-    """Build a call, folding casts of literals into typed literals."""
+    """Build a call, folding casts of literals into typed literals, and correctly rounded
+    arithmetic on float literals of one dtype into its value (``1.0 / sqrt(64.0)``: a scale traced
+    with a symbolic head dimension, which the dimension's specialization leaves constant)."""
     if op in CASTS and isinstance(args[0], Const):
         return cast_const(args[0], op)
+    if op in _EXACT_ON_LITERALS and all(isinstance(a, Const) for a in args) \
+            and len({a.dtype for a in args}) == 1 and args[0].dtype in _LITERAL_FLOATS:  # type: ignore[union-attr]
+        kind = _LITERAL_FLOATS[args[0].dtype]  # type: ignore[union-attr]
+        with np.errstate(all="ignore"):  # IEEE's inf and nan, as the kernel would give
+            value = _EXACT_ON_LITERALS[op](*(kind(a.value) for a in args))  # type: ignore[union-attr]
+        return Const(float(value), args[0].dtype)  # type: ignore[union-attr]
     if op in ("add", "sub", "mul"):
         return {"add": add, "sub": sub, "mul": mul}[op](*args)
     if op == "neg":
