@@ -264,7 +264,7 @@ def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
 
     # a fresh process starts with an empty pass cache; this one may hold an equal program whose
     # result carries other proofs (Program equality ignores proofs)
-    getattr(getattr(flashlight.passes, "_apply", None), "cache_clear", lambda: None)()
+    flashlight.passes._applied.cache_clear()
     buf = io.StringIO()
     old = os.getcwd()
     os.chdir(cwd)

@@ -117,7 +117,7 @@ def run(cf: CheckFile, argv: list[str] | None = None) -> tuple[int, str]:
     import flashlight.passes
     from flashlight.cli import main
 
-    flashlight.passes._apply.cache_clear()  # as in a fresh process
+    flashlight.passes._applied.cache_clear()  # as in a fresh process
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         status = main(cf.argv() if argv is None else argv)

@@ -346,7 +346,7 @@ def test_max_plus_lemma():
 def test_a_repeated_pass_application_is_looked_up(monkeypatch):
     """The autotuner runs the pipeline once per tile size: the passes before ``tile`` run once."""
     calls = []
-    passes._apply.cache_clear()  # earlier tests applied equal passes to this program
+    passes._applied.cache_clear()  # earlier tests applied equal passes to this program
     for name in ("fuse-reductions", "tile"):
         cls = passes.lookup(name)
         monkeypatch.setattr(cls, "apply", lambda self, p, real=cls.apply: calls.append(self.name) or real(self, p))
@@ -356,6 +356,14 @@ def test_a_repeated_pass_application_is_looked_up(monkeypatch):
     assert calls == ["fuse-reductions", "tile", "tile"]
     passes.run_pipeline(prog, "inline,fuse-reductions{block_limit=1024}")
     assert calls[-1] == "fuse-reductions", "other options are another application"
+    # an equal program reached through other decisions (its proofs are not part of its equality):
+    # the passes are not run again, and the result carries its own decisions, then the passes'
+    earlier = ir.Proof("an earlier decision", True, "only this program's")
+    before = len(calls)
+    again = passes.run_pipeline(prog.with_proofs(earlier), "inline,fuse-reductions")
+    first = passes.run_pipeline(prog, "inline,fuse-reductions")
+    assert len(calls) == before and again == first
+    assert again.proofs == (earlier,) + first.proofs and earlier not in first.proofs
 
 
 # SOFTMAX_PV with the scores computed (Q K^T), as in attention: scores given as an input may

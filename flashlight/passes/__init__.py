@@ -11,7 +11,7 @@ from __future__ import annotations
 
 # the declarations come first: every pass module declares its pass with them
 from flashlight.passes.declare import (
-    DEFAULT_PIPELINE, FunctionView, Pass, _apply, configure, format_pipeline, lookup, option, parse_pipeline,
+    DEFAULT_PIPELINE, FunctionView, Pass, _applied, configure, format_pipeline, lookup, option, parse_pipeline,
     registered, remove_passes, resolve_pipeline, run_pipeline,
 )
 from flashlight.passes.bound_guard_tiles import bound_guard_tiles

@@ -325,14 +325,28 @@ def run_pipeline(program: Program, spec: str | Sequence[Step | Pass] = DEFAULT_P
     return program
 
 
-@functools.lru_cache(maxsize=64)
 def _apply(step: Pass, program: Program, proofs: tuple) -> Program:
-    """A pass is a function of the (immutable) program and its options, so a repeated application
-    is looked up: the autotuner compiles one program for several tile sizes, and every pass before
-    ``tile`` (fuse-reductions' isl proofs: seconds for a prefix-LM mask) would rerun unchanged.
-    The key holds the program's proofs too (they are not part of its equality): the result carries
-    them on, and one equal program with other decisions behind it must not get these."""
-    return verify(step.apply(program))
+    """``verify(step.apply(program))``, looked up where it ran before on an equal program: a pass
+    is a function of the (immutable) program and its options, and the autotuner compiles one
+    program for several tile sizes; every pass before ``tile`` (fuse-reductions' isl proofs:
+    seconds for a prefix-LM mask, 12 s for a four-layer Llama) would rerun unchanged. A program's
+    proofs are not part of its equality, and no pass reads them: an equal program reached through
+    other decisions (split-reductions' refusal counts programs with the candidate's tile) gets the
+    same result with its own proofs and what the step added."""
+    out, seen, added = _applied(step, program)
+    if seen == proofs:
+        return out
+    if added is None:  # the step rewrote the decisions before it: no result to share
+        return verify(step.apply(program))
+    return out.replace(proofs=proofs + added)
+
+
+@functools.lru_cache(maxsize=64)
+def _applied(step: Pass, program: Program) -> tuple[Program, tuple, tuple | None]:
+    """The result, the proofs of the program it was computed from, and the proofs the step added."""
+    out = verify(step.apply(program))
+    n = len(program.proofs)
+    return out, program.proofs, (out.proofs[n:] if out.proofs[:n] == program.proofs else None)
 
 # }}}
 
