@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -136,6 +137,36 @@ def test_corrupt_cache_entries_are_rebuilt(tmp_path, monkeypatch):
     assert all("@triton.jit" in f.read_text() for f in (tmp_path / "kernels").glob("*.py"))
 
 
+
+
+def _rms(x, g):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * g
+
+
+def test_kernels_alike_up_to_names_share_one_function():
+    """Two norms of two inputs make two kernels alike but for the names of the tensors they read
+    (as a model's layers do, once per layer): they load as one function, which Triton compiles
+    once, each launched with its own tensors. A kernel that differs in anything else (a constant)
+    has a function of its own."""
+    from flashlight import passes
+    from flashlight.codegen import launcher
+    from flashlight.codegen.triton import generate
+    from flashlight.runtime import contiguous_strides
+
+    def two_norms(x, y, g1, g2):
+        return _rms(x, g1), _rms(y, g2)
+
+    args = (_r(16, 48), _r(16, 48), _r(48), _r(48))
+    final = passes.run_pipeline(flashlight.trace(two_norms, *args))
+    a, b = generate(final, {t.name: contiguous_strides(t.shape) for t in final.tensors}, "interpreter")
+    assert a.name != b.name and a.source != b.source
+    assert launcher.canonical_source(a.source, a.name) == launcher.canonical_source(b.source, b.name)
+    assert launcher.load(a, interpret=True) is launcher.load(b, interpret=True)
+    other = replace(b, source=b.source.replace("1e-06", "1e-05"))
+    assert launcher.load(other, interpret=True) is not launcher.load(a, interpret=True)
+    f = flashlight.compile(two_norms)
+    for got, ref in zip(f(*args), two_norms(*args)):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")

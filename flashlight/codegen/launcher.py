@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import keyword
 import logging
 import os
 import sys
 import tempfile
 import threading
+import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +62,58 @@ def interpreter_runs_bf16() -> bool:
     return hasattr(InterpreterBuilder, "get_bf16")
 
 
+def canonical_source(source: str, name: str) -> str:
+    """``source`` with the kernel ``name``, its parameters and its local variables renamed ``k__0``,
+    ``k__1``, ... in order of first appearance: two kernels alike up to the names of the tensors
+    they read (the same layer of a model, once per layer) have one canonical source. Names bound
+    outside the kernel (``tl``, helper functions, builtins), attributes and keyword arguments keep
+    theirs."""
+    toks = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    outside = {t.string for t in toks if t.type == tokenize.NAME} - _kernel_names(toks, name)
+    names: dict[str, str] = {}
+    out, depth = [], 0
+    for i, t in enumerate(toks):
+        text = t.string
+        if t.type == tokenize.NAME and text not in outside and toks[i - 1].string != "." \
+                and not (depth and toks[i + 1].string == "="):
+            text = names.setdefault(text, f"k__{len(names)}")
+        if t.type == tokenize.OP:
+            depth += (text in "([{") - (text in ")]}")
+        out.append((t.type, text))
+    return tokenize.untokenize(out)
+
+
+def _kernel_names(toks: list[tokenize.TokenInfo], name: str) -> set[str]:
+    """The names the kernel ``name`` binds: itself, its parameters, what it assigns and loops over."""
+    bound, inside, depth = {name}, False, 0
+    for i, t in enumerate(toks):
+        if t.type == tokenize.NAME and t.string == "def":
+            inside = toks[i + 1].string == name
+        if not inside or t.type != tokenize.NAME or keyword.iskeyword(t.string):
+            if t.type == tokenize.OP:
+                depth += (t.string in "([{") - (t.string in ")]}")
+            continue
+        before, after = toks[i - 1].string, toks[i + 1].string
+        if before == "for" or (depth == 0 and after == "=" and before != ".") or \
+                (depth == 1 and toks[i - 1].string in "(," and after in ",)" and _in_def(toks, i)):
+            bound.add(t.string)
+    return bound
+
+
+def _in_def(toks: list[tokenize.TokenInfo], i: int) -> bool:
+    """Whether token ``i`` is in the parameter list of a ``def``."""
+    while i > 0 and toks[i].string != "(":
+        i -= 1
+    return i >= 2 and toks[i - 2].string == "def"
+
+
 def load(kernel: KernelSource, interpret: bool) -> Any:
-    """The launchable kernel: a ``JITFunction``, or an ``InterpretedFunction`` for CPU tensors."""
-    digest = hashlib.sha256(kernel.source.encode()).hexdigest()[:20]
+    """The launchable kernel: a ``JITFunction``, or an ``InterpretedFunction`` for CPU tensors.
+    Kernels with one canonical source (:func:`canonical_source`) share one function, so Triton
+    compiles it once: a model's layers alike launch the first one's binary with their own
+    tensors (arguments are positional, in the order of the parameters)."""
+    same = None if kernel.library else canonical_source(kernel.source, kernel.name)
+    digest = hashlib.sha256((same or kernel.source).encode()).hexdigest()[:20]
     key = (digest, interpret)
     with _lock:
         if key in _loaded:
