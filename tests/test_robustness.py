@@ -336,15 +336,21 @@ def _long_program(x, y):
 
 def test_compile_time_is_bounded_on_a_200_op_program():
     """Inlining copies a definition into each read: a chain of values read twice grew
-    exponentially and no pass finished. Definitions over inline's size bound stay statements."""
+    exponentially and no pass finished. Definitions read by several statements whose copies would
+    load more than inline's bound of tensors stay statements; without that bound, those over its
+    size bound do."""
     import time
 
+    from flashlight import passes
+
     x, y = _r(4, 32), _r(4, 32, seed=1)
-    started = time.time()
-    ex = flashlight.explain(_long_program, x, y)
-    assert time.time() - started < 60 and not ex.fallbacks
-    inline = next(p for p in ex.proofs if p.transformation.startswith("inline"))
-    assert "kept" in inline.reason and "more than 400 nodes" in inline.reason
+    unbounded_loads = passes.DEFAULT_PIPELINE.replace("inline,", "inline{max_reads=1000},", 1)
+    for pipeline, kept in ((passes.DEFAULT_PIPELINE, "more than 4 tensors"), (unbounded_loads, "more than 400 nodes")):
+        started = time.time()
+        ex = flashlight.explain(_long_program, x, y, options=flashlight.Options(pipeline=pipeline))
+        assert time.time() - started < 60 and not ex.fallbacks
+        inline = next(p for p in ex.proofs if p.transformation.startswith("inline"))
+        assert "kept" in inline.reason and kept in inline.reason, inline.reason
     _same(_long_program, x, y, rtol=1e-4, atol=1e-5)
 
 

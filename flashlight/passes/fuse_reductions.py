@@ -468,7 +468,7 @@ class _Fuser:
     def materialize(self, rec: Rec) -> tuple[list[Rec], Plan]:
         """``rec`` alone, each contraction it reads stored by a kernel of its own before it (no
         kernel would take the copies with it)."""
-        names = {}
+        names, alone_copies = {}, []
         for t in self.copies.read_by(rec):
             stored = self.copies.stored(t, rec)
             if stored is not None:
@@ -484,8 +484,17 @@ class _Fuser:
                     f"{'does' if len(apart) == 1 else 'do'} not index it, and every program or step along "
                     f"{'it' if len(apart) == 1 else 'them'} would redo a contraction over a loop longer than a "
                     "block: it is stored by a kernel of its own"))
-            self.commit(self.plan(self.take([copy])))
+            alone_copies.append(copy)
             names[t] = copy.stmt.target.tensor
+        # the copies one kernel: they share its loads (a MLP's gate and up projections read one
+        # row tile), where that plans with their common grid; else a kernel each
+        self.take(alone_copies)
+        together = self.plan(alone_copies) if len(alone_copies) > 1 else None
+        if together is not None and together[0].grid == self.plan(alone_copies[:1])[0].grid:
+            self.commit(together)
+        else:
+            for copy in alone_copies:
+                self.commit(self.plan([copy]))
         alone = [self.redirected(rec, names)]
         plan = self.plan(alone)
         assert plan is not None, f"{rec.name} cannot even form its own kernel"

@@ -16,18 +16,32 @@ Cost: a definition read twice is copied twice, so a chain of them grows exponent
 attention built from padded, strided chunks: an expression that no pass finished walking). A
 definition whose expression, with its own reads inlined, has more than ``max_size`` nodes as a
 tree stays a statement, and its readers load it.
+
+A chain grows in loads too: a transformer's residual stream ``h = h + f(norm(h))``, inlined
+layer after layer, made every reader of layer L's stream load the 2L tensors summed into it (the
+norm's mean, each projection's row tiles, once per program of columns): quadratic traffic in the
+depth, and no two layers' kernels alike. Where a definition's expression, with its own reads
+inlined, would load more than ``max_reads`` tensors, the definition it copies that several
+statements read (the stream ``h``; the one loading most, if several) stays a statement instead,
+and the rest is resolved again; where it copies none, it stays a statement itself if several
+statements read it (one reader loads no more than it would). As Inductor realizes a buffer that
+reads too many; the readers then load one tensor where they loaded the chain. A definition that
+reads a matrix product larger than its factors (attention's scores) is never kept so: stored, it
+would be the S x S buffer the fusions exist to avoid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
+from flashlight.ir.products import is_contraction
 from flashlight.passes.declare import Pass, option
-from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, writers
+from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, readers, writers
 
 
 def _definition(program: Program) -> dict[str, tuple[tuple[str, ...], Expr]]:
@@ -61,54 +75,125 @@ def drop_identity_casts(e: Expr, dtypes: dict[str, str]) -> Expr:
     return E.rewrite(e, fold)
 
 
+def _inline_into(e: Expr, resolved: dict[str, tuple[tuple[str, ...], Expr]], dtypes: dict[str, str]) -> Expr:
+    """``e`` with each load of a resolved definition replaced by its expression at the load's index."""
+    def fold(x: Expr) -> Expr | None:
+        if isinstance(x, Load) and x.tensor in resolved:
+            its, body = resolved[x.tensor]
+            return E.substitute(body, {i: v for i, v in zip(its, x.indices) if i})
+        return None
+
+    return drop_identity_casts(E.rewrite(e, fold), dtypes)
+
+
 MAX_SIZE = 400
+MAX_READS = 4
 
 
-def inline_pointwise(program: Program, max_size: int = MAX_SIZE) -> Program:
+def _reached(e: Expr, defs: dict[str, tuple[tuple[str, ...], Expr]]) -> set[str]:
+    """The definitions ``e`` reads, directly or through other definitions."""
+    seen: set[str] = set()
+    todo = [ld.tensor for ld in E.loads(e)]
+    while todo:
+        t = todo.pop()
+        if t in defs and t not in seen:
+            seen.add(t)
+            todo.extend(ld.tensor for ld in E.loads(defs[t][1]))
+    return seen
+
+
+SYMBOLIC_EXTENT = 1 << 16  # a size parameter's extent when sizes are compared
+
+
+def _numel(shape: tuple[int | str, ...]) -> int:
+    return math.prod(d if isinstance(d, int) else SYMBOLIC_EXTENT for d in shape)
+
+
+def expanding_products(program: Program) -> set[str]:
+    """Tensors a matrix product writes with more elements than each tensor it reads: attention's
+    scores (S x S from S x D), a vocabulary's logits. The fusions exist to keep these in registers."""
+    out = set()
+    for s, _, _ in walk_stmts(program.body):
+        if is_contraction(s):
+            size = _numel(program.tensor(s.target.tensor).shape)
+            if all(size > _numel(program.tensor(ld.tensor).shape) for ld in E.loads(s.expr)):
+                out.add(s.target.tensor)
+    return out
+
+
+def _resolve(program: Program, defs: dict[str, tuple[tuple[str, ...], Expr]], shared: set[str], max_size: int,
+             max_reads: int) -> tuple[dict, dict[str, Expr], str | None]:
+    """Definitions with their own reads inlined, in program order: (resolved, kept, cut). ``shared``
+    stay statements; ``cut`` is the first definition read by several statements that a definition
+    loading more than ``max_reads`` tensors would copy (the one of them loading most), or that
+    definition itself where it reads none and several statements read it. A definition that reads
+    an expanding product (:func:`expanding_products`) is never cut: kept, it would be stored at
+    that product's size (attention's probabilities, read by each gradient of a backward)."""
+    resolved: dict[str, tuple[tuple[str, ...], Expr]] = {}
+    read_by = readers(program)
+    expanding = expanding_products(program)
+
+    def reads(e: Expr) -> set[str]:
+        return {ld.tensor for ld in E.loads(e)}
+
+    def may_cut(t: str, body: Expr) -> bool:
+        return len(read_by.get(t, ())) > 1 and not reads(body) & expanding
+
+    kept: dict[str, Expr] = {}  # definitions too large to copy, or cut: their statements stay
+    for stmt, _, _ in walk_stmts(program.body):
+        name = stmt.target.tensor
+        if name not in defs:
+            continue
+        its, written = defs[name]
+        body = _inline_into(written, resolved, program.dtypes)
+        if name in shared or E.tree_size(body) > max_size:
+            kept[name] = body
+        elif len(reads(body)) > max_reads:
+            copied = [t for t in resolved if t in _reached(written, defs) and may_cut(t, resolved[t][1])]
+            if copied:  # the first (the chain's origin) of those loading most
+                return resolved, kept, max(copied, key=lambda t: len(reads(resolved[t][1])))
+            if may_cut(name, body):
+                return resolved, kept, name
+            resolved[name] = (its, body)
+        else:
+            resolved[name] = (its, body)
+    return resolved, kept, None
+
+
+def inline_pointwise(program: Program, max_size: int = MAX_SIZE, max_reads: int = MAX_READS) -> Program:
     """Substitute every single-assignment pointwise temporary of at most ``max_size`` nodes into
-    its readers."""
+    its readers; where a copy would load more than ``max_reads`` tensors, a definition several
+    statements read stays a statement (the shared one the copy reads, else the copy's own)."""
     defs = _definition(program)
     if not defs:
         return program
-    # Definitions may read each other; resolve them in program order.
-    resolved: dict[str, tuple[tuple[str, ...], Expr]] = {}
-
-    def substitute(e: Expr) -> Expr:
-        def fold(x: Expr) -> Expr | None:
-            if isinstance(x, Load) and x.tensor in resolved:
-                its, body = resolved[x.tensor]
-                return E.substitute(body, {i: v for i, v in zip(its, x.indices) if i})
-            return None
-
-        return drop_identity_casts(E.rewrite(e, fold), program.dtypes)
-
-    kept: dict[str, Expr] = {}  # definitions too large to copy: their statements stay
-    for stmt, _, _ in walk_stmts(program.body):
-        if stmt.target.tensor in defs:
-            its, body = defs[stmt.target.tensor]
-            body = substitute(body)
-            if E.tree_size(body) > max_size:
-                kept[stmt.target.tensor] = body
-            else:
-                resolved[stmt.target.tensor] = (its, body)
+    shared: list[str] = []  # cut where copies would load too many tensors, one at a time
+    while True:
+        resolved, kept, cut = _resolve(program, defs, set(shared), max_size, max_reads)
+        if cut is None:
+            break
+        shared.append(cut)
     if not resolved:
         return program
 
     inlined = [n for n in resolved]
+    large = [n for n in kept if n not in shared]
 
     def rewrite_stmt(s: Stmt) -> Stmt | None:
         if s.target.tensor in resolved:
             return None
         if s.target.tensor in kept:
             return replace(s, expr=kept[s.target.tensor])
-        return map_exprs(s, substitute)
+        return map_exprs(s, lambda e: _inline_into(e, resolved, program.dtypes))
 
     body = map_stmts(program.body, rewrite_stmt)
     proof = Proof(
         "inline " + ", ".join(inlined), True,
         "each inlined temporary has a single pointwise writer over its whole shape, so every read "
         "equals the writer's expression at the read index" + (
-            f"; kept {', '.join(kept)}: more than {max_size} nodes each, which every read would copy" if kept else ""))
+            f"; kept {', '.join(large)}: more than {max_size} nodes each, which every read would copy" if large else "") + (
+            f"; kept {', '.join(shared)}: read by several statements, where a copy would load more than "
+            f"{max_reads} tensors (each reader would load them all)" if shared else ""))
     return drop_unused_temps(program.replace(body=body)).with_proofs(proof)
 
 
@@ -119,6 +204,8 @@ class InlinePointwise(Pass):
     name: ClassVar[str] = "inline"
     max_size: int = option(MAX_SIZE, "largest definition, in expression nodes as a tree with its own reads "
                                      "inlined, copied into its readers; a larger one stays a statement")
+    max_reads: int = option(MAX_READS, "most tensors a definition read by several statements may load, its own "
+                                       "reads inlined, and still be copied into its readers")
 
     def apply(self, program: Program) -> Program:
-        return inline_pointwise(program, max_size=self.max_size)
+        return inline_pointwise(program, max_size=self.max_size, max_reads=self.max_reads)
