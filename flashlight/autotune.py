@@ -1,8 +1,11 @@
 """Choosing tile sizes, warps and stages per program and device, by measuring them.
 
 For a program on the GPU, a handful of configurations (``block_m``, ``block_n``, ``num_stages``,
-and ``num_warps`` where the rule by register tiles is not the best) are each run through the tiling passes and code generation,
-timed, and the fastest is kept. A program whose inputs are all floating point is timed at
+and ``num_warps`` where the rule by register tiles is not the best) are each run through the
+tiling passes and code generation, timed, and the fastest is kept. The two fastest tilings are
+also timed with the warps each of their kernels ran fastest with, one launch at a time
+(:func:`kernel_warps`): a model's program holds attention kernels and matrix products with
+prologues, which want different warps. A program whose inputs are all floating point is timed at
 compile time on random inputs of its shapes. A program with integer or boolean inputs is timed on
 the first call's real inputs (``data_steers``): those inputs decide how much work there is
 (document ids, masks, key lengths let whole tiles be skipped), and no made-up data stands in for
@@ -52,6 +55,14 @@ log = logging.getLogger("flashlight")
 CANDIDATES = [(128, 64, 3, None), (64, 64, 3, None), (128, 128, 3, None), (128, 64, 2, None), (64, 32, 3, None),
               (128, 64, 2, 4)]
 ROUNDS = 2
+# Warps each kernel of a tiling is also timed at, one launch at a time, for a candidate whose
+# warps the rule chose: one program's kernels want different ones. The rule's 4 warps for a
+# 128x128 tile left every kernel of a 4-layer Llama with a matrix product at 255 registers and
+# 0.4-3.5 KB of spills a thread (ptxas for sm_90, run offline); with 8, 0-1.2 KB, while an
+# attention kernel at head dim 128 ran fastest with 4.
+WARPS = (4, 8)
+LAUNCH_ITERS = 20
+REFINED = 2  # tilings refined so, the fastest with the rule's warps (each costs a compile a kernel)
 
 
 def _bucket(n: int) -> int:
@@ -153,19 +164,54 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+def _launch_times(run: CompiledProgram, inputs: list[torch.Tensor]) -> list[float]:
+    """Milliseconds of each of ``run``'s launches (median of ``LAUNCH_ITERS`` calls of the program,
+    CUDA events around each launch), after one call that compiles them."""
+    tensors, sizes = run.bind(inputs)
+    for launch in run.launches:
+        launch(tensors, sizes)
+    events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in run.launches]
+              for _ in range(LAUNCH_ITERS)]
+    torch.cuda.synchronize()
+    for row in events:
+        for launch, (start, end) in zip(run.launches, row):
+            start.record()
+            launch(tensors, sizes)
+            end.record()
+    torch.cuda.synchronize()
+    times = [sorted(row[k][0].elapsed_time(row[k][1]) for row in events) for k in range(len(run.launches))]
+    return [t[len(t) // 2] for t in times]
+
+
+def kernel_warps(run: CompiledProgram, inputs: list[torch.Tensor],
+                 launch_timer: Callable[[CompiledProgram, list[torch.Tensor]], list[float]]) -> list[int]:
+    """The warps (of ``WARPS``) each kernel of ``run`` ran fastest with, timed one launch at a time;
+    the kernels of one tiling are the same whatever their warps, so each is chosen on its own."""
+    times = {w: launch_timer(run.with_warps([w] * len(run.launches)), inputs) for w in WARPS}
+    return [min(WARPS, key=lambda w: times[w][k]) for k in range(len(run.launches))]
+
+
 def tune(program: Program, device: torch.device, build: Callable[[int, int, int, int | None], Any],
          timer: Callable[[Callable[[], Any]], float] = _do_bench,
          inputs: list[torch.Tensor] | None = None, pipeline: str = DEFAULT_PIPELINE,
-         sizes: Mapping[str, int] | None = None) -> dict:
+         sizes: Mapping[str, int] | None = None,
+         launch_timer: Callable[[CompiledProgram, list[torch.Tensor]], list[float]] | None = None,
+         warps_per_kernel: bool = True) -> dict:
     """The fastest configuration; ``build(block_m, block_n, num_stages, num_warps)`` returns a callable
     taking the program's inputs (or raises if that configuration cannot be compiled). Timed on
     ``inputs`` if given, else on random inputs of the program's shapes (its size parameters at
-    ``sizes``, whose buckets key the choice)."""
+    ``sizes``, whose buckets key the choice). A candidate built as a :class:`CompiledProgram` whose
+    warps the rule chose is also tried with each kernel's fastest warps (``launch_timer``, CUDA
+    events on the GPU; not with ``warps_per_kernel`` False); that choice is ``kernel_warps``."""
     cached = lookup(program, device_name(device), pipeline, sizes)
     if cached is not None:
         return cached
+    if not warps_per_kernel:  # the user's warps stay
+        launch_timer = None
+    elif launch_timer is None and device.type == "cuda":
+        launch_timer = _launch_times
     with _real_tensors():
-        choice = _measure(program, device, build, timer, inputs, sizes)
+        choice = _measure(program, device, build, timer, inputs, sizes, launch_timer)
     store(program, device_name(device), choice, pipeline, sizes)
     return choice
 
@@ -183,10 +229,11 @@ def _real_tensors():
 
 def _measure(program: Program, device: torch.device, build: Callable[[int, int, int, int | None], Any],
              timer: Callable[[Callable[[], Any]], float], inputs: list[torch.Tensor] | None,
-             sizes: Mapping[str, int] | None = None) -> dict:
+             sizes: Mapping[str, int] | None = None,
+             launch_timer: Callable[[CompiledProgram, list[torch.Tensor]], list[float]] | None = None) -> dict:
     inputs = random_inputs(program, device, sizes) if inputs is None else inputs
     t0 = time.time()
-    runs = {}
+    runs: dict[tuple[int, int, int, int | tuple[int, ...] | None], Any] = {}
     for bm, bn, stages, warps in CANDIDATES:
         try:
             run = build(bm, bn, stages, warps)
@@ -198,21 +245,45 @@ def _measure(program: Program, device: torch.device, build: Callable[[int, int, 
     # every candidate is timed in ROUNDS interleaved rounds and keeps its best, so that one noisy
     # timing of a 0.1 ms kernel does not decide (sliding window at S512 was tuned to a configuration
     # that ran 0.149 ms, where the best candidate takes 0.091)
-    times: dict[tuple[int, int, int, int | None], float] = {}
-    for _ in range(ROUNDS):
-        for config, run in runs.items():
-            ms = timer(lambda run=run: run(inputs))
-            times[config] = min(ms, times.get(config, ms))
+    times = _timed(runs, inputs, timer)
+    if launch_timer is not None:  # the fastest tilings again, each kernel with its fastest warps
+        mixed = {}
+        ranked = sorted((c for c, run in runs.items() if c[3] is None and isinstance(run, CompiledProgram)
+                         and run.launches), key=times.__getitem__)
+        for bm, bn, stages, _ in ranked[:REFINED]:
+            run = runs[(bm, bn, stages, None)]
+            try:
+                per_kernel = kernel_warps(run, inputs, launch_timer)
+            except Exception as exc:  # noqa: BLE001  (the rule's warps stay the candidate)
+                log.info("flashlight: tuning %s: warps per kernel of %d/%d/%d failed: %s", program.name, bm, bn,
+                         stages, exc)
+                continue
+            if per_kernel != [ln.kernel.num_warps for ln in run.launches]:
+                mixed[(bm, bn, stages, tuple(per_kernel))] = run.with_warps(per_kernel)
+        times.update(_timed(mixed, inputs, timer))
     best: tuple[float, dict] | None = None
     for (bm, bn, stages, warps), ms in times.items():
         progress("tuning", program=program.name, block_m=bm, block_n=bn, stages=stages, warps=warps, ms=round(ms, 4))
         if best is None or ms < best[0]:
-            best = (ms, {"block_m": bm, "block_n": bn, "num_stages": stages, "num_warps": warps, "ms": ms})
+            each = list(warps) if isinstance(warps, tuple) else None
+            best = (ms, {"block_m": bm, "block_n": bn, "num_stages": stages,
+                         "num_warps": None if each else warps, "kernel_warps": each, "ms": ms})
     if best is None:
         raise RuntimeError(f"no configuration of {program.name} compiles")
     choice = best[1]
     choice["tuning_s"] = round(time.time() - t0, 2)
     return choice
+
+
+def _timed(runs: Mapping[Any, Any], inputs: list[torch.Tensor], timer: Callable[[Callable[[], Any]], float]
+           ) -> dict[Any, float]:
+    """The best of ``ROUNDS`` interleaved timings of each run."""
+    times: dict[Any, float] = {}
+    for _ in range(ROUNDS):
+        for config, run in runs.items():
+            ms = timer(lambda run=run: run(inputs))
+            times[config] = min(ms, times.get(config, ms))
+    return times
 
 
 def size_bucket(sizes: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -247,9 +318,15 @@ def build_tuned(program: Program, device: torch.device, opts: Options,
             return replace(opts, block_m=bm, block_n=bn, num_stages=st, num_warps=opts.num_warps or w)
 
         choice = tune(program, device, lambda *c: build(config(*c)), inputs=inputs, pipeline=opts.pipeline,
-                      sizes=sizes)
+                      sizes=sizes, warps_per_kernel=opts.num_warps is None)
         chosen = config(choice["block_m"], choice["block_n"], choice["num_stages"], choice.get("num_warps"))
-        return build(chosen, rep)
+        run = build(chosen, rep)
+        each = choice.get("kernel_warps")
+        if each and opts.num_warps is None and len(each) == len(run.launches):
+            run = run.with_warps(each)
+            if rep is not None and rep.kernels:
+                rep.kernels = [replace(k, num_warps=w) for k, w in zip(rep.kernels, each)]
+        return run
 
     if data_steers(program) and lookup(program, device_name(device), opts.pipeline, sizes) is None:
         # its inputs' data decide the work: the candidates are timed on the first call's inputs

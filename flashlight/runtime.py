@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -80,6 +80,14 @@ class CompiledProgram:
     _layouts: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        tensors, sizes = self.bind(inputs)
+        for launch in self.launches:
+            launch(tensors, sizes)
+        return [tensors[d.name] for d in self.program.outputs]
+
+    def bind(self, inputs: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Every global tensor of a call on ``inputs`` (the inputs in the kernels' layout, the rest
+        allocated) and the sizes the call binds: what each launch takes."""
         tensors: dict[str, torch.Tensor] = {}
         device = inputs[0].device if inputs else self.device
         sizes = bind_sizes(self.program, [tuple(t.shape) for t in inputs]) if self.program.params else {}
@@ -97,9 +105,14 @@ class CompiledProgram:
             if big:
                 raise ValueError(f"program {self.program.name}: {', '.join(big)} exceed 2**31 - 1 elements "
                                  f"at {sizes}, beyond 32-bit offsets")
-        for launch in self.launches:
-            launch(tensors, sizes)
-        return [tensors[d.name] for d in self.program.outputs]
+        return tensors, sizes
+
+    def with_warps(self, warps: Sequence[int]) -> CompiledProgram:
+        """The same kernels launched with ``warps[k]`` warps each (a tuning choice per kernel)."""
+        if len(warps) != len(self.launches):
+            raise ValueError(f"{len(warps)} warp counts for the {len(self.launches)} kernels of {self.program.name}")
+        return replace(self, launches=[replace(ln, kernel=replace(ln.kernel, num_warps=w))
+                                       for ln, w in zip(self.launches, warps)], _layouts={})
 
 
     def _layout(self, sizes: dict[str, int]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:

@@ -119,6 +119,55 @@ def test_one_noisy_timing_does_not_decide(tmp_path, monkeypatch):
     assert set(seen.values()) == {autotune.ROUNDS}
 
 
+def _two_kernels(cost: dict, clock: list):
+    """A build of two kernels, ``k0`` and ``k1``, whose launches add ``cost[name, warps]`` to ``clock``."""
+    from flashlight.codegen.kernel_source import KernelSource
+    from flashlight.codegen.launcher import Launch
+    from flashlight.runtime import CompiledProgram
+
+    class CountedLaunch(Launch):
+        def __call__(self, tensors, sizes=None):
+            clock.append(cost[self.kernel.name, self.kernel.num_warps])
+
+    def build(bm, bn, stages, warps):
+        kernels = [KernelSource(f"k{i}", "", (), 1, num_warps=warps or 4) for i in range(2)]
+        return CompiledProgram(PROGRAM, [CountedLaunch(k, None) for k in kernels], {"x": (8, 1)})
+
+    def timer(fn):  # a program's time: the sum of its launches'
+        clock.clear()
+        fn()
+        return sum(clock)
+
+    def launch_timer(run, inputs):
+        tensors, sizes = run.bind(inputs)
+        times = []
+        for launch in run.launches:
+            clock.clear()
+            launch(tensors, sizes)
+            times.append(clock[0])
+        return times
+
+    return build, timer, launch_timer
+
+
+def test_each_kernel_of_a_program_keeps_the_warps_it_ran_fastest_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    # k0 (a product with a prologue) runs fastest with 8 warps, k1 (attention) with 4: no one
+    # count of warps for the whole program is the fastest
+    cost = {("k0", 4): 2.0, ("k0", 8): 1.0, ("k1", 4): 1.0, ("k1", 8): 3.0}
+    build, timer, launch_timer = _two_kernels(cost, [])
+    choice = autotune.tune(PROGRAM, torch.device("cpu"), build, timer=timer, launch_timer=launch_timer)
+    assert choice["kernel_warps"] == [8, 4] and choice["num_warps"] is None and choice["ms"] == 2.0
+
+    run = build(64, 64, 3, None).with_warps(choice["kernel_warps"])
+    assert [ln.kernel.num_warps for ln in run.launches] == [8, 4]
+
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path / "pinned"))  # warps the user set stay theirs
+    pinned = autotune.tune(PROGRAM, torch.device("cpu"), build, timer=timer, launch_timer=launch_timer,
+                           warps_per_kernel=False)
+    assert pinned.get("kernel_warps") is None and pinned["ms"] == 3.0
+
+
 def test_a_choice_is_kept_per_pipeline(tmp_path, monkeypatch):
     """Another pipeline makes other kernels: a choice tuned for one is not reused for the other."""
     from flashlight import passes
