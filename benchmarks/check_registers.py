@@ -28,12 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_models import MODELS  # noqa: E402
-from flashlight import passes  # noqa: E402
-from flashlight.api import capture_graphs, lift_graph  # noqa: E402
-from flashlight.codegen.triton import generate  # noqa: E402
+from flashlight.api import capture_graphs, compile_segment, lift_graph  # noqa: E402
 from flashlight.frontend.segments import ProgramSegment  # noqa: E402
-from flashlight.options import Options, pass_overrides  # noqa: E402
-from flashlight.runtime import symbolic_strides  # noqa: E402
+from flashlight.options import Options  # noqa: E402
 
 POINTER = {"bf16": "*bf16", "f16": "*fp16", "f32": "*fp32", "f64": "*fp64", "i64": "*i64", "i32": "*i32",
            "i8": "*i8", "bool": "*i1"}
@@ -45,9 +42,7 @@ def kernels(fn, args, opts: Options):
     for g in graphs:
         for seg in lift_graph(g.graph_module, g.input_names, "model", ()).segments:
             if isinstance(seg, ProgramSegment):
-                final = passes.run_pipeline(seg.program, opts.pipeline, overrides=pass_overrides(opts))
-                strides = {d.name: symbolic_strides(d.shape) for d in final.tensors}
-                yield final, generate(final, strides, "cuda", num_warps=opts.num_warps, num_stages=opts.num_stages)
+                yield compile_segment(seg, opts, "cuda")
 
 
 def resources(final, kernel, workdir: Path) -> dict:

@@ -1,13 +1,15 @@
 """Matrix products in the IR: whether a statement does a GEMM's work (read by the Inductor
 handoff), and which iterators of ``acc[..] += A * B`` are its rows, columns, batches and reduced
-dimension (read by call-library and by the code generator of a library call)."""
+dimension (read by call-library and by the code generator of a library call), and which products
+are larger than their factors (read by inline, which never stores a value computed from one)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from flashlight.ir.expr import Call, Const, Expr, Iter, Load, free_iters
-from flashlight.ir.nodes import Stmt
+from flashlight.ir.expr import Call, Const, Expr, Iter, Load, free_iters, loads
+from flashlight.ir.nodes import Program, Stmt, walk_stmts
 
 FLOATS = ("f32", "f64", "bf16", "f16")
 
@@ -31,10 +33,10 @@ def matmul_roles(s: Stmt, k: str) -> Roles | None:
     factors = [factor_load(x) for x in s.expr.args]
     if any(f is None for f in factors):
         return None
-    loads = [s.target, *factors]
-    if not all(_plain_index(ld) for ld in loads):  # type: ignore[arg-type]
+    accesses = [s.target, *factors]
+    if not all(_plain_index(ld) for ld in accesses):  # type: ignore[arg-type]
         return None
-    its = [{i.name for i in ld.indices if isinstance(i, Iter)} for ld in loads]  # type: ignore[union-attr]
+    its = [{i.name for i in ld.indices if isinstance(i, Iter)} for ld in accesses]  # type: ignore[union-attr]
     c, a, b = its
     if k in c or k not in a or k not in b or not (a | b) - {k} <= c:
         return None
@@ -73,6 +75,25 @@ def is_contraction(s: Stmt) -> bool:
     a, b = (_iterators(f) for f in factors)
     # a square (x * x) or a dot product of two vectors is a plain reduction, not a GEMM's work
     return bool((a & b) - _iterators(s.target)) and a != b
+
+
+SYMBOLIC_EXTENT = 1 << 16  # a size parameter's extent where sizes are compared
+
+
+def _numel(shape: tuple[int | str, ...]) -> int:
+    return math.prod(d if isinstance(d, int) else SYMBOLIC_EXTENT for d in shape)
+
+
+def expanding_products(program: Program) -> set[str]:
+    """Tensors a matrix product writes with more elements than each tensor it reads: attention's
+    scores (S x S from S x D), a vocabulary's logits. The fusions exist to keep these in registers."""
+    out = set()
+    for s, _, _ in walk_stmts(program.body):
+        if is_contraction(s):
+            size = _numel(program.tensor(s.target.tensor).shape)
+            if all(size > _numel(program.tensor(ld.tensor).shape) for ld in loads(s.expr)):
+                out.add(s.target.tensor)
+    return out
 
 
 def _factors(e: Expr) -> list[Load] | None:

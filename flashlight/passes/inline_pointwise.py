@@ -32,14 +32,13 @@ would be the S x S buffer the fusions exist to avoid.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Program, Proof, Stmt, walk_stmts
-from flashlight.ir.products import is_contraction
+from flashlight.ir.products import expanding_products
 from flashlight.passes.declare import Pass, option
 from flashlight.passes.tree import drop_unused_temps, map_exprs, map_stmts, readers, writers
 
@@ -100,25 +99,6 @@ def _reached(e: Expr, defs: dict[str, tuple[tuple[str, ...], Expr]]) -> set[str]
             seen.add(t)
             todo.extend(ld.tensor for ld in E.loads(defs[t][1]))
     return seen
-
-
-SYMBOLIC_EXTENT = 1 << 16  # a size parameter's extent when sizes are compared
-
-
-def _numel(shape: tuple[int | str, ...]) -> int:
-    return math.prod(d if isinstance(d, int) else SYMBOLIC_EXTENT for d in shape)
-
-
-def expanding_products(program: Program) -> set[str]:
-    """Tensors a matrix product writes with more elements than each tensor it reads: attention's
-    scores (S x S from S x D), a vocabulary's logits. The fusions exist to keep these in registers."""
-    out = set()
-    for s, _, _ in walk_stmts(program.body):
-        if is_contraction(s):
-            size = _numel(program.tensor(s.target.tensor).shape)
-            if all(size > _numel(program.tensor(ld.tensor).shape) for ld in E.loads(s.expr)):
-                out.add(s.target.tensor)
-    return out
 
 
 def _resolve(program: Program, defs: dict[str, tuple[tuple[str, ...], Expr]], shared: set[str], max_size: int,

@@ -198,13 +198,17 @@ def _batch_of_products(loop: Loop) -> bool:
     that read sees the whole sum only if one tile holds the whole loop (fuse-reductions planned
     it so), which one point at a time would break."""
     it = loop.iterator
+
+    def indexed(s: Stmt) -> bool:  # its target has a point per value of the loop's iterator
+        return any(it in E.free_iters(ix) for ix in s.target.indices)
+
     stmts = list(walk_stmts(loop.body))
-    sums = {s.target.tensor for s, _, _ in stmts if s.op != "=" and not any(it in E.free_iters(ix) for ix in s.target.indices)}
+    sums = {s.target.tensor for s, _, _ in stmts if s.op != "=" and not indexed(s)}
     if any(ld.tensor in sums and ld.tensor != s.target.tensor for s, _, guards in stmts
            for e in (s.expr, *guards) for ld in E.loads(e)):
         return False
     for s, loops, _ in stmts:
-        if not any(it in E.free_iters(ix) for ix in s.target.indices):
+        if not indexed(s):
             continue
         c = contraction_operands(s, {l.iterator for l in loops if l.kind == "reduce"})
         if c is not None and all(it in E.free_iters(x) for x in c[:2]):
