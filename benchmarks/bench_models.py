@@ -77,6 +77,23 @@ def peak_of(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
+def kernel_profile(fn, calls: int = 3, top: int = 12) -> list[dict]:
+    """The kernels that take the most GPU time in one call of ``fn`` (averaged over ``calls``):
+    name (cut to 90 characters), microseconds per call, launches per call."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us > 0 and e.count:
+            rows.append({"kernel": e.key[:90], "us": round(us / calls, 1), "launches": round(e.count / calls, 1)})
+    rows.sort(key=lambda r: -r["us"])
+    return rows[:top]
+
+
 def compiled(model, impl: str):
     if impl == "eager":
         return model
@@ -88,7 +105,8 @@ def compiled(model, impl: str):
     return torch.compile(model, backend="inductor" if impl == "inductor" else "flashlight")
 
 
-def run(name: str, layers: int, hidden: int, batch: int, seq: int, impls: list[str], train: bool) -> list[dict]:
+def run(name: str, layers: int, hidden: int, batch: int, seq: int, impls: list[str], train: bool,
+        profiled: bool = False) -> list[dict]:
     ids = torch.randint(0, 32000, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     ref_model = build(name, layers, hidden, torch.float32)
     with torch.no_grad():
@@ -114,6 +132,8 @@ def run(name: str, layers: int, hidden: int, batch: int, seq: int, impls: list[s
             del logits
             row["infer_ms"] = round(timed(infer), 2)
             row["infer_peak_MiB"] = round(peak_of(infer), 1)
+            if profiled:
+                row["profile"] = kernel_profile(infer)
             if train:
                 model.train()
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -149,12 +169,13 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--impls", default="eager,inductor,flashlight,flashlight-own,flashlight+library")
     ap.add_argument("--no-train", action="store_true", help="inference only")
+    ap.add_argument("--profile", action="store_true", help="the kernels taking the most time in an inference call")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
     for name in args.models.split(","):
         result["rows"] += run(name, args.layers, args.hidden, args.batch, args.seq, args.impls.split(","),
-                              not args.no_train)
+                              not args.no_train, args.profile)
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
 

@@ -105,8 +105,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     if positions and sizes is None and lifted is None and reports is None:
         return _compile_varying(gm, example_inputs, names, options, name, arg_order, positions)
     target = target_of(example_inputs)
-    # with inductor=True, the nodes flashlight's fusions gain on are cut from the rest (handoff)
-    apart = handoff.fused_region if options.inductor is True else None
+    # where Inductor may take programs, each is cut into what flashlight's kernels gain on and the rest
+    apart = _region_of(options, target) if handoff.cuts(options.inductor, target) else None
     lifted = lifted or lift_graph(gm, names, name, arg_order, sizes, apart)
     fallbacks = [(_op(s.node), s.reason) for s in lifted.fallbacks]
     if fallbacks and reports is None:
@@ -194,9 +194,9 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
     opts = options.for_target(target)
     report = SegmentReport(seg.program)
     strides = input_layout(seg.program, seg)
-    may_hand_off = reports is None and options.inductor is not False and (options.inductor or target == "cuda")
-    if may_hand_off and options.inductor and handoff.kept_in_registers(seg.program, None) is None:
-        # nothing any schedule could keep in registers: Inductor's, without running the passes
+    may_hand_off = reports is None and handoff.cuts(options.inductor, target)
+    if may_hand_off and seg.kept is False:
+        # the program's schedule keeps no product of these nodes: Inductor's, without our passes
         handed = _hand_off(seg, None, target, opts)
         if handed is not None:
             return handed
@@ -234,7 +234,7 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
             compiled = build(opts, report if keep else None)
         progress("compiled", program=seg.program.name, kernels=len(compiled.launches),
                  seconds=round(time.time() - started, 2))
-        if may_hand_off:  # by the final program: no matrix product, or (inductor=True) nothing kept
+        if may_hand_off:  # by the final program: no matrix product kept
             handed = _hand_off(seg, compiled.program, target, opts)
             if handed is not None:
                 return handed
@@ -258,9 +258,26 @@ def _who_compiles(seg: ProgramSegment, final: Program | None, target: str, optio
     if seg.params:  # Inductor's code is specialised to sizes: one program for every size stays ours
         return handoff.Decision(seg.program.name, "flashlight", "its sizes vary: one program serves every size")
     inside = set(seg.inputs) | set(seg.nodes)
-    if any(a not in inside for n in seg.nodes for a in n.all_input_nodes):
+    if any(a not in inside and not handoff.is_empty(a) for n in seg.nodes for a in n.all_input_nodes):
         return handoff.Decision(seg.program.name, "flashlight", "it reads a value its inputs do not carry")
+    if seg.kept is False and options.inductor is not False:
+        return handoff.Decision(seg.program.name, "Inductor", "the schedule of the program it was cut from keeps "
+                                "no matrix product of it in registers (flashlight.handoff.kept_products)")
     return handoff.decide(seg.program, final, target, options.inductor)
+
+
+def _region_of(options: Options, target: str) -> Callable[[Program], set[str]]:
+    """What the lift keeps together in a program of ours (flashlight.handoff.kept_region): found by
+    the program's passes, run once with the target's default options."""
+    opts = options.for_target(target)
+
+    def region(lifted: Program) -> set[str]:
+        try:
+            final = passes.run_pipeline(lifted, opts.pipeline, overrides=pass_overrides(opts))
+        except Exception:  # noqa: BLE001  (not cut: compiling it says what fails)
+            return {t.name for t in lifted.tensors}
+        return handoff.kept_region(lifted, handoff.kept_products(lifted, final))
+    return region
 
 
 def _hand_off(seg: ProgramSegment, final: Program | None, target: str,

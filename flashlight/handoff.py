@@ -1,95 +1,123 @@
 """Which compiler compiles a program segment: flashlight, or Inductor (``torch._inductor``).
 
-By default, on the GPU, a program none of whose kernels computes a matrix product and reduces it
-again (a norm, a softmax, a loss over stored logits, an MLP) is Inductor's (:func:`kept_product`):
-our fusions gain nothing there, and Inductor's kernels ran 1.8-2.7x faster (benchmarks/RESULTS.md,
-run 21). With ``inductor=True`` a finer model of the lifted program decides
-(:func:`kept_in_registers`), after the lift cuts each program into the paths it would fuse
-(:func:`fused_region`) and the rest; it misses an attention backward's recomputed products
-(docs/design.md 10.4), so it stays opt-in.
+flashlight's kernels gain over a compiler that calls the vendor GEMM for each matrix product, as
+Inductor does, where a kernel keeps a product in registers that it reduces again
+(:func:`kept_products`): attention's scores, a loss's logits, an attention backward's recomputed
+probabilities. Storing such a product costs more than computing it, or (for a softmax or a
+log-sum-exp over it) memory the size of the product. Elsewhere (norms, projections, an MLP, a
+softmax over stored values) Inductor's kernels ran 1.8-2.7x faster (benchmarks/RESULTS.md, run
+21) and our fusions have nothing to gain. So, on the GPU by default and on every device with
+``inductor=True``, a program of fixed sizes is first compiled once, untuned, to find the products
+its kernels keep; the lift then cuts it into programs of what computes and reduces those products
+(:func:`kept_region`: flashlight's) and programs of the rest (Inductor's, without our passes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from flashlight.ir import expr as E
 from flashlight.ir.expr import loads
 from flashlight.ir.nodes import Program, Stmt, walk_stmts
 from flashlight.ir.products import is_contraction
 
-
-def kept_in_registers(lifted: Program, final: Program | None) -> str | None:
-    """Why the final program beats a compiler that stores every contraction's operands and result:
-    the first tensor of :func:`fused_region` that is a contraction's result reduced again, or a
-    contraction's computed operand, and that ``final`` does not store; None if there is none.
-    With ``final`` None, the first such tensor any schedule might keep (None: the passes cannot
-    gain, whatever they do)."""
-    region = fused_region(lifted)
-    stored = {t.name for t in final.tensors if t.storage == "global"} if final is not None else set()
-    temps = {t.name for t in lifted.temps}
-    kept = (region & temps) - stored
-    for s in lifted.statements():
-        if not is_contraction(s):
-            continue
-        for t in sorted(_read(s) & kept):
-            return (f"the operand {t}{_shape(lifted, t)} of the contraction {s.target.tensor} is computed from a "
-                    "reduction inside the kernel and never stored; Inductor would store it")
-        if s.target.tensor in kept:
-            return (f"the contraction {s.target.tensor}{_shape(lifted, s.target.tensor)} is reduced again inside "
-                    "the kernel and never stored; Inductor would store it")
-    return None
+# Storing an element of a product and reading it back costs 4 bytes of bf16 traffic; computing it
+# costs 2·K flops for K terms. On an H100 (about 800 TFLOP/s, 3 TB/s) the store costs more than
+# twice the product's arithmetic while K <= 256 (a head dimension); over a model dimension (1024
+# and more) the vendor GEMM's speed outweighs what a fused product saves.
+SHORT_PRODUCT = 256
 
 
-def fused_region(lifted: Program) -> set[str]:
-    """The tensors of ``lifted`` whose kernels flashlight keeps (the rest may be Inductor's): each
-    contraction reduced again (through elementwise steps) with those steps, the reductions, what
-    follows them elementwise up to the contractions that read it (attention's ``P @ V``), and each
-    contraction whose operand is computed from a reduction, with that chain; every member also
-    brings the elementwise steps that compute its operands (a norm's squares)."""
-    stmts = lifted.statements()
-    writer = {s.target.tensor: s for s in stmts}
+def kept_products(lifted: Program, final: Program) -> dict[str, str]:
+    """The matrix products of ``lifted`` (by name) that a kernel of ``final`` (the program after
+    the passes) keeps in registers and reduces again where Inductor would store them, each with
+    the reason: reduced again by a reduction that is not a product (a softmax's max and sum, a
+    log-sum-exp: storing them costs the product's size in memory and its traffic), or fed to
+    another product while its own sum is short (:data:`SHORT_PRODUCT`: the store costs more than
+    the arithmetic; attention backward's probabilities)."""
+    terms = _reduced_extents(lifted)
+    stored = {t.name for t in final.tensors if t.storage == "global"}
+    kept: dict[str, str] = {}
+    for k, nest in enumerate(final.body):
+        stmts = [st for st, _, _ in walk_stmts((nest,))]
+        for c in stmts:
+            t = c.target.tensor
+            if t in stored or t in kept or t not in terms or not _is_product(c):
+                continue
+            for r in stmts:
+                if r is c or not r.is_reduction or t not in _read(r):
+                    continue
+                if not _is_product(r):
+                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)} and reduces it again "
+                               f"({r.target.tensor}) without storing it; Inductor would store it and read it back")
+                elif terms[t] <= SHORT_PRODUCT:
+                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)}, a sum of "
+                               f"{terms[t]} terms, and feeds it to the product {r.target.tensor} without storing it; "
+                               "storing it, as Inductor would, costs more than computing it")
+                if t in kept:
+                    break
+    return kept
+
+
+def kept_region(lifted: Program, products: Iterable[str]) -> set[str]:
+    """The tensors of ``lifted`` that flashlight computes around the kept ``products``: each
+    product, what reads it through elementwise steps and reductions up to and including the
+    products that read those (attention's ``P @ V``) and their elementwise epilogues (a scale, a
+    transposing copy), and the elementwise steps that compute an operand of such a step (a mask,
+    a bias). Not what computes a product's operands (rotary
+    embeddings of Q and K): a product loads its operands tile by tile, many times over, so they
+    are better stored once, by the other compiler, than recomputed in each program."""
+    writer: dict[str, list[Stmt]] = {}
     readers: dict[str, list[Stmt]] = {}
-    for s in stmts:
+    for s in lifted.statements():
+        writer.setdefault(s.target.tensor, []).append(s)
         for t in _read(s):
             readers.setdefault(t, []).append(s)
     region: set[str] = set()
-
-    def forward(t: str, path: tuple[str, ...], to_contraction: bool) -> None:
-        """Add the paths from ``t`` through elementwise steps to a reduction that is no contraction
-        (or, ``to_contraction``, to a contraction), and what lies on them."""
-        for r in readers.get(t, []):
-            u = r.target.tensor
-            if u in path:
-                continue
-            if not r.is_reduction:
-                forward(u, path + (u,), to_contraction)
-            elif is_contraction(r) == to_contraction:
-                region.update(path + (u,))
-                if not to_contraction:
-                    forward(u, (u,), True)  # on to the contraction that reads what it normalises
-
-    for s in stmts:
-        if is_contraction(s):
-            forward(s.target.tensor, (s.target.tensor,), False)
-    for s in stmts:  # a reduction whose result reaches a contraction's operand
-        if s.is_reduction and not is_contraction(s):
-            forward(s.target.tensor, (s.target.tensor,), True)
-    grown = True
-    while grown:  # the elementwise steps that compute a member's operands come with it
-        grown = False
-        for t in list(region):
-            w = writer.get(t)
-            for u in _read(w) if w is not None else ():
-                v = writer.get(u)
-                if v is not None and u not in region and not v.is_reduction:
-                    region.add(u)
-                    grown = True
+    seeds = set(products)
+    todo = [(t, False) for t in seeds]
+    walked: set[tuple[str, bool]] = set()
+    while todo:  # forward: what reads a product, up to the products that read it and their epilogues
+        t, epilogue = todo.pop()
+        if (t, epilogue) in walked:
+            continue
+        walked.add((t, epilogue))
+        region.add(t)
+        epilogue = epilogue or (t not in seeds and any(_is_product(w) for w in writer.get(t, [])))
+        todo += [(r.target.tensor, epilogue) for r in readers.get(t, []) if not (epilogue and r.is_reduction)]
+    todo = [u for t in region for w in writer.get(t, []) if not _is_product(w) for u in _read(w)]
+    while todo:  # the elementwise steps that compute the operands of steps in the region
+        u = todo.pop()
+        ws = writer.get(u, [])
+        if u in region or not ws or any(w.is_reduction for w in ws):
+            continue
+        region.add(u)
+        todo += [a for w in ws for a in _read(w)]
     return region
+
+
+def _is_product(s: Stmt) -> bool:
+    return s.dot is not None or is_contraction(s)
+
+
+def _reduced_extents(p: Program) -> dict[str, int]:
+    """For each tensor a reduction of ``p`` writes, the number of terms of one of its sums (the
+    product of its reduced loops' extents; loops of symbolic extent count as long)."""
+    out: dict[str, int] = {}
+    for s, loops, _ in walk_stmts(p.body):
+        if not s.is_reduction:
+            continue
+        own = {i for ix in s.target.indices for i in E.free_iters(ix)}
+        extents = [(E.evaluate(lp.upper, {}) - E.evaluate(lp.lower, {})) if not (E.free_iters(lp.upper)
+                   | E.free_iters(lp.lower)) else 1 << 16 for lp in loops if lp.kind == "reduce" and lp.iterator not in own]
+        out[s.target.tensor] = math.prod(extents)
+    return out
 
 
 def _read(s: Stmt) -> set[str]:
@@ -109,47 +137,29 @@ class Decision:
     reason: str
 
 
-def kept_product(final: Program) -> str | None:
-    """Why flashlight's kernels beat Inductor's on this program (the one after the passes): a
-    kernel that computes a matrix product and reduces it again (attention's scores, forward and
-    backward, a split decode step, a loss's logits), where Inductor would write the product to
-    memory and read it back; None if there is none (a norm, a softmax, a GEMM and its epilogue)."""
-    for k, nest in enumerate(final.body):
-        stmts = [st for st, _, _ in walk_stmts((nest,))]
-        for c in stmts:
-            if not (c.dot is not None or is_contraction(c)):
-                continue
-            t = c.target.tensor
-            for r in stmts:
-                if r is not c and r.is_reduction and t in _read(r):
-                    return (f"kernel {k} computes the matrix product {t} and reduces it again ({r.target.tensor}); "
-                            "Inductor would store it and read it back")
-    return None
+PLAIN = ("no kernel keeps a matrix product in registers to reduce it again: Inductor's kernels "
+         "(the vendor GEMM, fused pointwise and reductions) are as good or better")
+
+
+def cuts(choice: bool | None, target: str) -> bool:
+    """Whether programs are cut and handed over under the option ``inductor`` (``choice``): True
+    on every device, None on the GPU (on the CPU the interpreter is flashlight's test target)."""
+    return choice is True or (choice is None and target == "cuda")
 
 
 def decide(lifted: Program, final: Program | None, target: str, choice: bool | None) -> Decision:
-    """Who compiles a segment, under the option ``inductor`` (``choice``). None (the default): ours
-    where :func:`kept_product` finds a matrix product kept in registers and reduced again, else
-    Inductor's on the GPU (measured: norms, softmax, losses over stored logits and a SwiGLU MLP ran
-    1.8-2.7x faster under Inductor, RESULTS run 21). True: the register model of the lifted
-    program (:func:`kept_in_registers`) on every device, after the lift cut programs by
-    :func:`fused_region` (measured: it misjudges an attention backward, docs/design.md 10.4).
-    False: ours."""
+    """Who compiles a segment, under the option ``inductor`` (``choice``): False, flashlight;
+    otherwise flashlight where a kernel of the final program keeps a product
+    (:func:`kept_products`), else Inductor (on the CPU with ``choice`` None the verdict is only
+    said: the interpreter is flashlight's test target)."""
     if choice is False:
         return Decision(lifted.name, "flashlight", "inductor=False keeps it")
-    if choice is None:
-        kept = kept_product(final) if final is not None else None
-        if kept is not None:
-            return Decision(lifted.name, "flashlight", kept)
-        plain = "no matrix product stays in registers to be reduced again: Inductor's kernels are as good or better"
-        if target != "cuda":
-            return Decision(lifted.name, "flashlight", f"{plain}; handed to Inductor on the GPU")
-        return Decision(lifted.name, "Inductor", plain)
-    gain = kept_in_registers(lifted, final)
-    if gain is not None:
-        return Decision(lifted.name, "flashlight", gain)
-    return Decision(lifted.name, "Inductor",
-                    "no contraction's result or operand stays in registers (Inductor's kernels move the same bytes)")
+    kept = kept_products(lifted, final) if final is not None else {}
+    if kept:
+        return Decision(lifted.name, "flashlight", next(iter(kept.values())))
+    if target != "cuda" and choice is None:
+        return Decision(lifted.name, "flashlight", f"{PLAIN}; handed to Inductor on the GPU")
+    return Decision(lifted.name, "Inductor", PLAIN)
 
 
 def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.GraphModule:
@@ -160,12 +170,24 @@ def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
     for k, n in enumerate(inputs):
         env[n] = g.placeholder(f"in{k}")
         env[n].meta = dict(n.meta)
+    members = set(nodes)
+    for a in dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in env and a not in members):
+        if is_empty(a):  # an empty value the lifted program dropped (a cache of length 0): made here
+            val = a.meta["val"]
+            env[a] = g.call_function(torch.empty, (list(val.shape),), {"dtype": val.dtype, "device": val.device})
+            env[a].meta = dict(a.meta)
     for n in nodes:
         env[n] = g.node_copy(n, lambda a: env[a])
         if n.target in _ATEN_OF_PRIMS:
             env[n].target = _ATEN_OF_PRIMS[n.target]
     g.output(tuple(env[n] for n in outputs))
     return fx.GraphModule(torch.nn.Module(), g)
+
+
+def is_empty(n: fx.Node) -> bool:
+    """Whether ``n``'s traced value is a tensor with no elements."""
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.numel() == 0
 
 
 aten = torch.ops.aten

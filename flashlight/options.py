@@ -33,8 +33,8 @@ class Options:
     # the backward of a graph whose inputs require grad: partitioned by flashlight (the forward
     # keeps row statistics) and compiled (True), or AOT autograd's partition and eager (False)
     compile_backward: bool = True
-    # who compiles a program (flashlight.handoff): None, Inductor on the GPU where no kernel reduces a
-    # matrix product again; True, the register model and the cut, on every device; False, never Inductor
+    # who compiles a program (flashlight.handoff): None, on the GPU, cut into what keeps a matrix
+    # product in registers (ours) and the rest (Inductor's); True, the same on every device; False, ours
     inductor: bool | None = None
 
     def __post_init__(self) -> None:

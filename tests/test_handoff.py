@@ -1,7 +1,7 @@
-"""Who compiles a segment (issue 21). By default, on the GPU, a program none of whose kernels
-reduces a matrix product again is Inductor's; with ``inductor=True`` the register model decides (flashlight where its kernels keep in
-registers what Inductor would store: a contraction reduced again, an operand normalised in the
-kernel) after the lift cut programs by it. The verdict and its reason are in explain."""
+"""Who compiles a segment (issue 21). On the GPU by default, and on every device with
+``inductor=True``, a program is compiled once to find the matrix products its kernels keep in
+registers and reduce again (attention's scores); the lift cuts it into what computes and reduces
+those (flashlight's) and the rest (Inductor's). The verdict and its reason are in explain."""
 
 from __future__ import annotations
 
@@ -39,23 +39,26 @@ def _inputs(name: str) -> tuple[torch.Tensor, ...]:
             "rmsnorm": (r(8, 64), r(64)), "rmsnorm_linear": (r(8, 64), r(64), r(32, 64))}[name]
 
 
+KEPT = "kernel 0 computes the matrix product bmm[2, 32, 32] and reduces it again (amax) without storing it"
+CUT_OFF = "the schedule of the program it was cut from keeps no matrix product of it in registers"
+
+
 @pytest.mark.parametrize("fn, compiler, reason", [
-    (attention, "flashlight", "the contraction bmm[2, 32, 32] is reduced again inside the kernel and never stored"),
-    (rmsnorm_linear, "flashlight", "of the contraction mm is computed from a reduction inside the kernel"),
-    (mlp, "Inductor", "no contraction's result or operand stays in registers"),
-    (rmsnorm, "Inductor", "no contraction's result or operand stays in registers"),
+    (attention, "flashlight", KEPT),
+    (rmsnorm_linear, "Inductor", CUT_OFF),  # a norm before a projection: Inductor's norm, then the vendor GEMM
+    (mlp, "Inductor", CUT_OFF),
+    (rmsnorm, "Inductor", CUT_OFF),
 ])
 def test_explain_says_who_compiles_each_program_and_why(fn, compiler, reason):
     args = _inputs(fn.__name__)
     ex = flashlight.explain(fn, *args, options=flashlight.Options(inductor=True))
     assert [(d.compiler, reason in d.reason) for d in ex.compilers] == [(compiler, True)], ex.compilers
     assert f"{fn.__name__}: {compiler}: " in str(ex) and "-- who compiles each program --" in str(ex)
-    # by default a program is ours where a kernel reduces a matrix product again, else Inductor's on
-    # the GPU (on the CPU the verdict is only said: the interpreter is flashlight's test target)
+    # by default a program is ours where a kernel keeps a matrix product, else Inductor's on the
+    # GPU (on the CPU the verdict is only said: the interpreter is flashlight's test target)
     default = flashlight.explain(fn, *args).compilers[0]
     assert default.compiler == "flashlight", default
-    kept = "kernel 0 computes the matrix product bmm and reduces it again (amax)"
-    assert (kept in default.reason) == (fn is attention), default
+    assert (KEPT in default.reason) == (fn is attention), default
     assert ("handed to Inductor on the GPU" in default.reason) == (fn is not attention), default
     kept = flashlight.explain(fn, *args, options=flashlight.Options(inductor=False)).compilers[0]
     assert kept.compiler == "flashlight" and "inductor=False keeps it" in kept.reason
@@ -139,27 +142,91 @@ def test_the_option_is_checked():
         flashlight.compile(mlp, inductor="yes")
 
 
-def block(x, w, wq, wk, wv, wo, w1):  # a transformer block: norm, projections, attention, MLP
+def block(x, w, wq, wk, wv, wo, w1):  # a transformer block: norm, projections, causal attention, MLP
     h = rmsnorm(x, w)
     q, k, v = (h @ m.T for m in (wq, wk, wv))
-    a = attention(q[None], k[None], v[None])[0] @ wo.T + x
+    n = x.shape[0]
+    causal = torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+    s = (q @ k.T / math.sqrt(q.shape[-1])).masked_fill(~causal, float("-inf"))
+    a = torch.softmax(s, -1) @ v @ wo.T + x
     return torch.relu(a @ w1.T) + a
 
 
-def test_a_block_is_cut_into_what_flashlight_fuses_and_what_inductor_compiles():
-    """Where Inductor may take segments, one program is cut in two: the norm, the projections it
-    feeds and the attention (flashlight's: the normalised rows and the scores stay in registers),
-    and the output projection, the residual and the MLP (Inductor's). Values and gradients are
-    eager's."""
+def _block_inputs() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    args = [torch.randn(16, 32, generator=g), torch.randn(32, generator=g)] + \
-        [torch.randn(32, 32, generator=g) / 6 for _ in range(5)]
+    return [torch.randn(32, 16, generator=g), torch.randn(16, generator=g)] + \
+        [torch.randn(16, 16, generator=g) / 4 for _ in range(5)]
+
+
+def test_a_block_is_cut_into_what_flashlight_fuses_and_what_inductor_compiles():
+    """Where Inductor may take programs, a block is cut in three: the norm and the projections
+    (Inductor's: its norm kernel and the vendor GEMM), the attention (flashlight's: the scores
+    stay in registers), and the output projection, the residual and the MLP (Inductor's). The
+    causal mask, computed from no input, is computed inside the attention, not stored and
+    loaded. Values and gradients are eager's."""
+    args = _block_inputs()
     ex = flashlight.explain(block, *args, options=flashlight.Options(inductor=True))
-    assert [d.compiler for d in ex.compilers] == ["flashlight", "Inductor"], ex.compilers
-    assert "the operand mul_1[16, 32] of the contraction mm" in ex.compilers[0].reason
+    assert [d.compiler for d in ex.compilers] == ["Inductor", "flashlight", "Inductor"], ex.compilers
+    assert "computes the matrix product mm_3[32, 32] and reduces it again" in ex.compilers[1].reason, ex.compilers
+    attention_inputs = sorted(d.shape for d in ex.programs[1].inputs)
+    assert attention_inputs == [(32, 16)] * 3, attention_inputs  # q, k, v: no mask, no x
     # on the CPU by default nothing is cut: one program, flashlight's
     assert [d.program for d in flashlight.explain(block, *args).compilers] == ["block"]
     f = flashlight.compile(block, inductor=True)
     check_against_eager(block, *args, compiled=f)
     kinds = [type(c).__name__ for c in f.graphs[0].compiled.values()]
-    assert kinds == ["CompiledProgram", "InductorSegment"], kinds
+    assert kinds == ["InductorSegment", "CompiledProgram", "InductorSegment"], kinds
+
+
+def _products_kept(fn, *args) -> dict[str, str]:
+    from flashlight import passes
+    from flashlight.handoff import kept_products
+
+    lifted = flashlight.trace(fn, *args)
+    return kept_products(lifted, passes.run_pipeline(lifted))
+
+
+def two_products(x, w1, w2):
+    return torch.relu(x @ w1.T) @ w2.T
+
+
+@pytest.mark.parametrize("width, kept", [(32, True), (512, False)])
+def test_a_product_fed_to_another_is_kept_only_where_its_sum_is_short(width, kept):
+    """A product that another product reads is worth keeping in registers where storing it costs
+    more than computing it: a sum of at most SHORT_PRODUCT terms (an attention backward's
+    probabilities, over the head dimension), not one over a model dimension (an MLP's hidden
+    layer: the vendor GEMM's speed outweighs the store)."""
+    from flashlight.handoff import SHORT_PRODUCT
+
+    x, w1, w2 = torch.randn(16, width), torch.randn(64, width), torch.randn(32, 64)
+    found = _products_kept(two_products, x, w1, w2)
+    assert bool(found) == kept, found
+    if kept:
+        assert f"a sum of {width} terms, and feeds it to the product" in next(iter(found.values()))
+    assert (width <= SHORT_PRODUCT) == kept
+
+
+def test_a_cut_program_reads_an_empty_value_it_dropped():
+    """A value with no elements (a model's empty key/value cache before its first update) is
+    dropped from a lifted program's inputs; the subgraph Inductor compiles makes it again."""
+    def grow(x, cache, w):
+        return torch.relu(torch.cat([cache, x]) @ w.T)
+
+    x, cache, w = torch.randn(8, 16), torch.randn(0, 16), torch.randn(16, 16)
+    counters.clear()
+    f = flashlight.compile(grow, inductor=True)
+    torch.testing.assert_close(f(x, cache, w), grow(x, cache, w))
+    assert counters["inductor_segments"] == 1 and counters["eager_calls"] == 0, dict(counters)
+
+
+def test_an_attention_backward_stays_flashlights():
+    """What is kept is read off the final programs: the backward recomputes the scores and dP per
+    pair of tiles and feeds them to the products dV, dK and dQ without storing them, so it stays
+    ours (a model of the lifted program missed this: it handed the backward to Inductor, which
+    stored S x S tensors, run 21)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=g, requires_grad=True) for _ in range(3))
+    ex = flashlight.explain(attention, q, k, v, options=flashlight.Options(inductor=True))
+    assert [d.compiler for d in ex.compilers] == ["flashlight"], ex.compilers
+    assert [d.compiler for d in ex.backward.compilers] == ["flashlight"], ex.backward.compilers
+    assert "without storing it" in ex.backward.compilers[0].reason, ex.backward.compilers

@@ -41,7 +41,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     ``arg_order`` (the user's parameter names), then in order of first use. A symbolic size
     (Dynamo's ``s77``) becomes a size parameter of the programs, or the number ``sizes`` gives it.
     With ``keep_together`` (the tensors of a lifted program, named after their nodes, that must
-    stay in one program: flashlight.handoff.fused_region), a program of fixed sizes is cut into
+    stay in one program: flashlight.handoff.kept_region), a program of fixed sizes is cut into
     programs of those nodes and programs of the others, so that another compiler may take these.
     """
     graph = gm.graph
@@ -90,45 +90,82 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
             lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in run]
         elif run:
             members = set(run)
+            free = _computed_from_nothing(run)
             outputs = [n for n in run if _is_tensor(n) and any(u not in members for u in n.users)]
             prog_name = name if len(programs) == 1 else f"{name}_{programs.index(run)}"
             seg = _lift_run(run, outputs, ph_name, prog_name, list(arg_order), dict(sizes or {}))
-            parts = _cut(run, keep_together(seg.program)) if keep_together is not None and not seg.params else [run]
-            if len(parts) == 1:
+            if keep_together is None or seg.params:
                 lifted.segments.append(seg)
                 continue
-            for j, part in enumerate(parts):
+            parts = _cut(run, keep_together(seg.program))
+            if len(parts) == 1:
+                seg.kept = parts[0][1]
+                lifted.segments.append(seg)
+                continue
+            for j, (part, kept) in enumerate(parts):
                 if all(_is_view_like(n) for n in part):
                     lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in part]
                     continue
                 inside = set(part)
-                outs = [n for n in part if _is_tensor(n) and any(u not in inside for u in n.users)]
-                lifted.segments.append(_lift_run(part, outs, ph_name, f"{prog_name}_part{j}", list(arg_order),
-                                                 dict(sizes or {})))
+                outs = [n for n in part if _is_tensor(n) and any(u not in inside for u in n.users)
+                        and not (n in free and n.users and set(n.users) <= members)]
+                part_seg = _lift_run(part, outs, ph_name, f"{prog_name}_part{j}", list(arg_order), dict(sizes or {}))
+                part_seg.kept = kept
+                lifted.segments.append(part_seg)
     return lifted
 
 
-def _cut(run: list[fx.Node], together: set[str]) -> list[list[fx.Node]]:
-    """``run`` in parts, in an order that runs each after the parts it reads: the nodes named in
-    ``together`` and the others, each part as large as the dependences between them allow (a
-    view goes with its first reader). One part if either kind is all there is."""
+def _cut(run: list[fx.Node], together: set[str]) -> list[tuple[list[fx.Node], bool]]:
+    """``run`` in parts, each with whether it holds nodes named in ``together``, in an order that
+    runs each after the parts it reads: those nodes and the others, each part as large as the
+    dependences between them allow (a view goes with its first reader). One part if either kind
+    is all there is. A value computed from no input (an ``arange`` and what follows from it
+    alone: a causal mask) is computed again in each part that reads it, not stored by one part
+    and loaded by the others."""
     inside = set(run)
-    label: dict[fx.Node, bool] = {}
-    for n in reversed(run):
+    free = {n for n in _computed_from_nothing(run) if n.users and set(n.users) <= inside}
+    label: dict[fx.Node, bool | None] = {}
+    for n in reversed(run):  # a view goes with its first reader that computes
         if n.name in together:
             label[n] = True
-        elif _is_view_like(n):
-            readers = [u for u in n.users if u in label]
-            label[n] = label[readers[0]] if readers else False
+        elif _is_view_like(n) or overload_packet(n.target) is GIVEN:
+            readers = [u for u in n.users if label.get(u) is not None]
+            label[n] = label[readers[0]] if readers else None
         else:
             label[n] = False
-    if len({label[n] for n in run if not _is_view_like(n)}) < 2:
-        return [run]
+    for n in run:  # a view nothing here computes from (an output's) goes with what it views; a fact
+        # about values (``given``: a saved output equals its recomputation) with the values it relates
+        if label[n] is None:
+            label[n] = any(label[a] for a in n.all_input_nodes if a in inside)
+    kinds = {label[n] for n in run if not _is_view_like(n) and n not in free}
+    if len(kinds) < 2:
+        return [(run, kinds == {True})]
     level: dict[fx.Node, int] = {}
     for n in run:
-        level[n] = max((level[a] + (label[a] != label[n]) for a in n.all_input_nodes if a in inside), default=0)
-    keys = sorted({(level[n], label[n]) for n in run})
-    return [[n for n in run if (level[n], label[n]) == key] for key in keys]
+        if n not in free:
+            level[n] = max((level[a] + (label[a] != label[n]) for a in n.all_input_nodes if a in level), default=0)
+    keys = sorted({(level[n], label[n]) for n in level})
+    parts = []
+    for key in keys:
+        chosen = {n for n in level if (level[n], label[n]) == key}
+        todo = [a for n in chosen for a in n.all_input_nodes if a in free]
+        while todo:  # the values computed from nothing that the part reads, computed here again
+            a = todo.pop()
+            if a not in chosen:
+                chosen.add(a)
+                todo += [b for b in a.all_input_nodes if b in free]
+        parts.append(([n for n in run if n in chosen], key[1]))
+    return parts
+
+
+def _computed_from_nothing(run: list[fx.Node]) -> set[fx.Node]:
+    """The nodes of ``run`` whose values follow from no input of the graph (each of their inputs
+    is such a node of ``run``; an ``arange`` or a ``full`` has none)."""
+    free: set[fx.Node] = set()
+    for n in run:
+        if all(a in free for a in n.all_input_nodes):
+            free.add(n)
+    return free
 
 
 def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str,

@@ -23,6 +23,9 @@ class ProgramSegment:
     nodes: list[fx.Node]    # the graph nodes it replaces, in order (for running it eagerly)
     params: dict[str, str] = field(default_factory=dict)  # Dynamo's size symbol -> the program's size parameter
     bound: dict[str, int] = field(default_factory=dict)  # Dynamo's size symbol -> the number lifted for it
+    # cut by what flashlight keeps (flashlight.handoff.kept_region): whether these nodes are in it;
+    # None where the program was not cut
+    kept: bool | None = None
 
 
 @dataclass
