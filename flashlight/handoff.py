@@ -25,7 +25,7 @@ import torch.fx as fx
 from flashlight.ir import expr as E
 from flashlight.ir.expr import loads
 from flashlight.ir.nodes import Program, Stmt, walk_stmts
-from flashlight.ir.products import is_contraction
+from flashlight.ir.products import expanding_products, is_contraction
 
 # Storing an element of a product and reading it back costs 4 bytes of bf16 traffic; computing it
 # costs 2·K flops for K terms. On an H100 (about 800 TFLOP/s, 3 TB/s) the store costs more than
@@ -38,10 +38,13 @@ def kept_products(lifted: Program, final: Program) -> dict[str, str]:
     """The matrix products of ``lifted`` (by name) that a kernel of ``final`` (the program after
     the passes) keeps in registers and reduces again where Inductor would store them, each with
     the reason: reduced again by a reduction that is not a product (a softmax's max and sum, a
-    log-sum-exp: storing them costs the product's size in memory and its traffic), or fed to
-    another product while its own sum is short (:data:`SHORT_PRODUCT`: the store costs more than
-    the arithmetic; attention backward's probabilities)."""
+    log-sum-exp) where storing it would cost more than computing it (a short sum,
+    :data:`SHORT_PRODUCT`: attention's scores, a decode step's) or more memory than its factors
+    (a loss's logits over a vocabulary); or fed to another product while its own sum is short
+    (attention backward's probabilities). A projection followed by a norm is neither: the vendor
+    GEMM's speed outweighs the store."""
     terms = _reduced_extents(lifted)
+    larger = expanding_products(lifted)
     stored = {t.name for t in final.tensors if t.storage == "global"}
     kept: dict[str, str] = {}
     for k, nest in enumerate(final.body):
@@ -53,10 +56,10 @@ def kept_products(lifted: Program, final: Program) -> dict[str, str]:
             for r in stmts:
                 if r is c or not r.is_reduction or t not in _read(r):
                     continue
-                if not _is_product(r):
+                if not _is_product(r) and (terms[t] <= SHORT_PRODUCT or t in larger):
                     kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)} and reduces it again "
                                f"({r.target.tensor}) without storing it; Inductor would store it and read it back")
-                elif terms[t] <= SHORT_PRODUCT:
+                elif _is_product(r) and terms[t] <= SHORT_PRODUCT:
                     kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)}, a sum of "
                                f"{terms[t]} terms, and feeds it to the product {r.target.tensor} without storing it; "
                                "storing it, as Inductor would, costs more than computing it")

@@ -47,6 +47,38 @@ def test_a_two_layer_llama_trains_through_the_backend(tmp_path, monkeypatch):
         assert relerr(g, r) < 1e-4, name
 
 
+def test_a_llama_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, monkeypatch):
+    """What the GPU does by default, on the CPU (``inductor=True``): each captured program is cut
+    into the attention cores (ours: the scores stay in registers, forward and backward) and the
+    projections, norms and MLPs between them (Inductor's). Logits, loss and gradients are eager's."""
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    transformers = pytest.importorskip("transformers")
+    # sizes where the rule's thresholds mean what they do in a real model: a model dimension over
+    # 256 (its projections are the vendor GEMM's) and more keys than a head has dimensions
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
+                                      initializer_range=0.05, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    ids = torch.randint(0, 512, (1, 128), generator=torch.Generator().manual_seed(1))
+    compiled = torch.compile(model, backend="flashlight", options={"inductor": True})
+    before = flashlight.counters.copy()
+
+    out = compiled(input_ids=ids, labels=ids)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    ref = model(input_ids=ids, labels=ids)
+    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
+
+    compiled_here = flashlight.counters - before
+    # the two layers' attention, forward and backward, ours; the rest Inductor's
+    assert compiled_here["programs_compiled"] >= 4 and compiled_here["inductor_segments"] >= 4, compiled_here
+    assert compiled_here["eager_calls"] == 0, compiled_here
+    assert relerr(out.logits, ref.logits) < 1e-5
+    assert relerr(out.loss, ref.loss) < 1e-5
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        assert relerr(g, r) < 1e-4, name
+
+
 # {{{ distributed: two processes, gloo
 
 class Block(nn.Module):

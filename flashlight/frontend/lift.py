@@ -90,14 +90,14 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
             lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in run]
         elif run:
             members = set(run)
-            free = _computed_from_nothing(run)
             outputs = [n for n in run if _is_tensor(n) and any(u not in members for u in n.users)]
             prog_name = name if len(programs) == 1 else f"{name}_{programs.index(run)}"
             seg = _lift_run(run, outputs, ph_name, prog_name, list(arg_order), dict(sizes or {}))
             if keep_together is None or seg.params:
                 lifted.segments.append(seg)
                 continue
-            parts = _cut(run, keep_together(seg.program))
+            free = _recomputable(run, {st.target.tensor for st in seg.program.statements() if st.is_reduction})
+            parts = _cut(run, keep_together(seg.program), free)
             if len(parts) == 1:
                 seg.kept = parts[0][1]
                 lifted.segments.append(seg)
@@ -108,22 +108,20 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
                     continue
                 inside = set(part)
                 outs = [n for n in part if _is_tensor(n) and any(u not in inside for u in n.users)
-                        and not (n in free and n.users and set(n.users) <= members)]
+                        and n not in free]
                 part_seg = _lift_run(part, outs, ph_name, f"{prog_name}_part{j}", list(arg_order), dict(sizes or {}))
                 part_seg.kept = kept
                 lifted.segments.append(part_seg)
     return lifted
 
 
-def _cut(run: list[fx.Node], together: set[str]) -> list[tuple[list[fx.Node], bool]]:
+def _cut(run: list[fx.Node], together: set[str], free: set[fx.Node]) -> list[tuple[list[fx.Node], bool]]:
     """``run`` in parts, each with whether it holds nodes named in ``together``, in an order that
     runs each after the parts it reads: those nodes and the others, each part as large as the
     dependences between them allow (a view goes with its first reader). One part if either kind
-    is all there is. A value computed from no input (an ``arange`` and what follows from it
-    alone: a causal mask) is computed again in each part that reads it, not stored by one part
-    and loaded by the others."""
+    is all there is. A node of ``free`` (:func:`_recomputable`) is computed again in each part
+    that reads it, not stored by one part and loaded by the others."""
     inside = set(run)
-    free = {n for n in _computed_from_nothing(run) if n.users and set(n.users) <= inside}
     label: dict[fx.Node, bool | None] = {}
     for n in reversed(run):  # a view goes with its first reader that computes
         if n.name in together:
@@ -158,14 +156,19 @@ def _cut(run: list[fx.Node], together: set[str]) -> list[tuple[list[fx.Node], bo
     return parts
 
 
-def _computed_from_nothing(run: list[fx.Node]) -> set[fx.Node]:
-    """The nodes of ``run`` whose values follow from no input of the graph (each of their inputs
-    is such a node of ``run``; an ``arange`` or a ``full`` has none)."""
+def _recomputable(run: list[fx.Node], reductions: set[str]) -> set[fx.Node]:
+    """The nodes of ``run`` that every part reading them computes again when the run is cut: those
+    computed without a reduction from values outside the run alone (an ``arange`` and the causal
+    mask it gives, a rotary table from its frequencies, a transposed view of an input). Recomputing
+    one reads what storing it would have read, and no part waits on another for it. Not one that
+    something outside the run reads: a part computes it once and outputs it."""
+    inside = set(run)
     free: set[fx.Node] = set()
     for n in run:
-        if all(a in free for a in n.all_input_nodes):
+        if n.name not in reductions and overload_packet(n.target) is not GIVEN and \
+                all(a in free or a not in inside for a in n.all_input_nodes):
             free.add(n)
-    return free
+    return {n for n in free if n.users and set(n.users) <= inside}
 
 
 def _lift_run(run: list[fx.Node], outputs: list[fx.Node], ph_name: dict[fx.Node, str], name: str,
