@@ -209,6 +209,36 @@ program p(x: f32[4,6]) -> (m: f32[4], s: f32[4])
         np.testing.assert_allclose(new[name], orig[name], rtol=1e-6)
 
 
+FINITE_MIN = """\
+program p(x: f32[4,6]) -> (m: f32[4], s: f32[4])
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      A: m[i] max= x[i,j] + where(j <= i + SHIFT, 0.0, -3.4028234663852886e+38)
+  for i in 0:4 parallel
+    for j in 0:6 reduce
+      B: s[i] += exp(x[i,j] + where(j <= i + SHIFT, 0.0, -3.4028234663852886e+38) - m[i])"""
+
+
+@pytest.mark.parametrize("shift, guarded", [(0, True), (-1, False)])
+def test_a_finite_min_fill_becomes_a_domain_where_every_row_keeps_a_point(shift, guarded):
+    """A model of the ``transformers`` library masks by adding ``finfo.min``, not -inf. Such a
+    fill acts as -inf (a masked term is never a row's maximum, and exp of it less the maximum is
+    exactly 0) where every row keeps a point, which isl proves for ``j <= i`` and refutes for
+    ``j <= i - 1`` (row 0 is masked whole: eager's softmax is then uniform over the fill, so the
+    mask stays an expression and the refusal says why)."""
+    text = FINITE_MIN.replace("SHIFT", str(shift))
+    prog = passes.masks_to_domains(ir.parse(text))
+    assert (str(prog).count("if ") == 2) == guarded, str(prog)
+    decision = prog.proofs[-1]
+    if guarded:
+        assert decision.legal and "acts as -inf: every row keeps a point where j <= i (isl)" in decision.lemma
+    else:
+        assert not decision.legal and "isl finds rows where j <= i - 1 holds nowhere" in decision.reason
+    orig, new = _run(ir.parse(text)), _run(prog)
+    for name in ("m", "s"):
+        np.testing.assert_allclose(new[name], orig[name], rtol=1e-6)
+
+
 def test_defer_normalization_golden():
     text = """\
 program p(x: f32[3,5], v: f32[5,2]) -> (out0: f32[3,2])

@@ -311,3 +311,29 @@ def test_a_conversion_past_two_to_the_24_stays_per_element():
     assert ".to(tl.float32)" in src and not [ln for ln in src.splitlines() if "o_" in ln and ".to(tl.float32)" in ln], \
         "the tile is converted as a whole"
     assert relerr(flashlight.compile(far)(q, k, v), far(q, k, v)) < 1e-5
+
+
+def additive_causal(q, k, v, keep_diagonal: bool = True, fill: float | None = None):
+    """Causal attention as a model of the ``transformers`` library writes it: a mask of 0 and
+    ``finfo.min`` added to the scores."""
+    n = q.shape[-2]
+    i = torch.arange(n)
+    keep = i[None, :] <= i[:, None] if keep_diagonal else i[None, :] < i[:, None]
+    mask = torch.where(keep, 0.0, torch.finfo(q.dtype).min if fill is None else fill)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask, -1) @ v
+
+
+@pytest.mark.parametrize("keep_diagonal, fill, visits", [
+    (True, None, "visits 3 of 4 tiles"),    # finfo.min and every row keeps a key: a domain, key tiles skipped
+    (False, None, "visits 4 of 4 tiles"),   # row 0 masked whole: eager's uniform row, kept by walking it
+    (True, -1e4, "visits 4 of 4 tiles"),    # a fill a large score could pass: not -inf
+])
+def test_an_additive_finite_min_mask_skips_key_tiles_where_it_acts_as_minus_inf(keep_diagonal, fill, visits):
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 128, 16, generator=g) for _ in range(3))
+
+    def fn(q, k, v):
+        return additive_causal(q, k, v, keep_diagonal, fill)
+    ex = flashlight.explain(fn, q, k, v)
+    assert [p.reason for p in ex.proofs if p.transformation.startswith("tile ranges")][0].startswith(visits)
+    assert relerr(flashlight.compile(fn)(q, k, v), fn(q, k, v)) < 1e-5

@@ -10,6 +10,14 @@ an input that carries a lower bound of at least 1 (``sum_1: f32[..] >= 1.0``: a 
 sum saved by the forward, whose maximum contributes ``exp(0) = 1``) is an unknown real that is not
 0: the backward's masked probability ``exp(-inf - m) / sum_1`` is then 0, the identity of ``+=``.
 
+A finite fill of at least 2^100 below zero (``finfo(dtype).min``, which models of the
+``transformers`` library add to the scores) is treated as -inf where two more facts hold: isl
+proves that every row of the reduction keeps a point where the mask holds (a row masked whole
+is, in eager, a uniform softmax over the fill, not an empty one), and the other operands stay
+below 2^98 in magnitude (the stated hypothesis; scores that large have overflowed long before).
+Then a masked term is never a row's maximum and ``exp`` of it less that maximum is exactly 0:
+it folds the identity, as -inf would.
+
 Then isl knows the exact iteration domain (causal: ``j <= i``), which is what later lets the
 tiler prove which key tiles are empty, full or partial. A data-dependent condition (``doc[i] ==
 doc[j]``) becomes a guard too: the isl view over-approximates it, and the kernel skips tiles it
@@ -31,14 +39,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
+
+import islpy as isl
 
 from flashlight.ir import dtypes
 from flashlight.ir import expr as E
 from flashlight.ir.combiners import COMBINERS
 from flashlight.ir.expr import Call, Expr, Iter, Load
+from flashlight.ir.isl_build import is_affine_condition, statement_domain
 from flashlight.ir.nodes import Guard, Loop, Node, Program, Proof, Stmt, TensorDecl, walk_stmts
 from flashlight.passes.algebra import UNKNOWN, abstract_eval, same_value as _same
 from flashlight.passes.declare import Pass
@@ -67,14 +78,22 @@ def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
     return E.rewrite(e, lambda x: new if x == old else None)
 
 
+# A finite fill at least this large in magnitude (a model's ``finfo(dtype).min``: about -3.4e38 in
+# bf16 and f32) masks a point as -inf does while the other operands stay below VAST_FILL / 4.
+VAST_FILL = 2.0 ** 100
+
+
 def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str, Expr] | None = None,
-                       at_least: Mapping[str, float] | None = None
+                       at_least: Mapping[str, float] | None = None,
+                       rows_kept: Callable[[Expr], bool] | None = None
                        ) -> tuple[Stmt, list[Expr], list[str], list[Expr]]:
     """The statement with identity-contributing mask branches removed, the kept conditions, notes,
     the terms folded at the removed points (``dt``: the program's tensor dtypes). ``carriers``: tensors (other than maxima, which the
     empty-row fixup covers) and their writers' expressions; a mask whose fill such a tensor
     also folds is kept, since the other operand is then not finite where the mask fails (the
-    mean of a row with a -inf fill, subtracted from it: NaN in eager, fuzz seed 5040440)."""
+    mean of a row with a -inf fill, subtracted from it: NaN in eager, fuzz seed 5040440).
+    ``rows_kept(c)``: whether isl proves that every row of the reduction keeps a point where
+    ``c`` holds, which a finite fill needs (:func:`_vast_fill`)."""
     if not stmt.is_reduction or stmt.scale is not None:
         return stmt, [], [], []
     carriers = carriers or {}
@@ -90,12 +109,20 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
             for fill, kept, keep_cond in ((a, b, _negate(cond, dt)), (b, a, cond)):
                 if _carried(stmt.expr, w, fill, carriers):
                     continue
-                contribution = abstract_eval(_replace(stmt.expr, w, fill), at_least)
                 identity = COMBINERS[stmt.op].identity(dt[stmt.target.tensor])
-                if contribution is not UNKNOWN and _same(float(contribution), float(identity)):  # type: ignore[arg-type]
+                if _folds(stmt.expr, w, fill, identity, at_least):
+                    note = f"F({fill}) = {identity} = identity of {stmt.op}"
+                elif _vast_fill(fill) and _folds(stmt.expr, w, E.const(-math.inf, "f32"), identity, at_least) \
+                        and rows_kept is not None and rows_kept(keep_cond):
+                    note = (f"F(-inf) = {identity} = identity of {stmt.op}, and {fill} acts as -inf: every row "
+                            f"keeps a point where {keep_cond} (isl), and while the other operands stay below "
+                            f"{VAST_FILL / 4:.3g} in magnitude a masked term lies below every kept one and its "
+                            "exp is 0")
+                else:
+                    note = None
+                if note is not None:
                     removed.append(_at_removed(original, cond, 1 if fill is a else 2))
-                    notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and "
-                                 f"F({fill}) = {identity} = identity of {stmt.op}")
+                    notes.append(f"{stmt.name}: where {keep_cond} fails the term is {fill}, and {note}")
                     stmt = replace(stmt, expr=_replace(stmt.expr, w, kept))
                     conds.append(E.simplify_condition(keep_cond))
                     changed = True
@@ -103,6 +130,23 @@ def restrict_statement(stmt: Stmt, dt: Mapping[str, str], carriers: Mapping[str,
             if changed:
                 break
     return stmt, conds, notes, removed
+
+
+def _folds(e: Expr, w: Call, fill: Expr, identity: object, at_least: Mapping[str, float] | None) -> bool:
+    """Whether ``e`` with the mask ``w`` replaced by ``fill`` is ``identity`` for every finite value
+    of the other operands (abstract evaluation)."""
+    contribution = abstract_eval(_replace(e, w, fill), at_least)
+    return contribution is not UNKNOWN and _same(float(contribution), float(identity))  # type: ignore[arg-type]
+
+
+def _vast_fill(fill: Expr) -> bool:
+    """A finite constant fill of at least :data:`VAST_FILL` below zero (``finfo(dtype).min``, as a
+    model of the ``transformers`` library masks with). At a masked point the term ``s + fill``
+    lies below ``-3/4 VAST_FILL`` while every kept term lies above ``-1/4 VAST_FILL`` (the other
+    operands below ``VAST_FILL / 4``), so it never is a row's maximum where the row keeps a point,
+    and ``exp`` of it less that maximum underflows to exactly 0: it folds what -inf would."""
+    return isinstance(fill, E.Const) and isinstance(fill.value, float) and math.isfinite(fill.value) \
+        and fill.value <= -VAST_FILL
 
 
 def _at_removed(e: Expr, cond: Expr, branch: int) -> Expr:
@@ -142,7 +186,17 @@ def masks_to_domains(program: Program) -> Program:
             body.append(nest)
             continue
         stmt, loops, _ = found[0]
-        new, conds, why, removed = restrict_statement(stmt, program.dtypes, carriers, at_least)
+        def rows_kept(c: Expr, stmt: Stmt = stmt, loops: tuple[Loop, ...] = loops) -> bool:
+            if _every_row_keeps(program, stmt, loops, c):
+                return True
+            refusal = Proof(f"masks to domains of {stmt.name}", False,
+                            f"a finite fill acts as -inf only where every row keeps a point, and isl finds rows "
+                            f"where {c} holds nowhere (or cannot tell): eager's softmax of a row masked whole "
+                            "is uniform over the fill, not empty")
+            if refusal not in refusals:
+                refusals.append(refusal)
+            return False
+        new, conds, why, removed = restrict_statement(stmt, program.dtypes, carriers, at_least, rows_kept)
         if not conds:
             body.append(nest)
             continue
@@ -186,6 +240,24 @@ def masks_to_domains(program: Program) -> Program:
                   "other operands; rows whose maximum is -inf are restored), so removing them from "
                   "the domain leaves every reduction unchanged", lemma="; ".join(notes))
     return program.replace(body=tuple(body)).with_proofs(*refusals, proof)
+
+
+def _every_row_keeps(program: Program, stmt: Stmt, loops: tuple[Loop, ...], cond: Expr) -> bool:
+    """Whether, for every point of the loops ``stmt`` does not reduce over (its rows), some point
+    of its reduced loops satisfies ``cond`` (isl; False where ``cond`` is not affine)."""
+    if not is_affine_condition(cond):
+        return False
+    bounds = [(lp.iterator, lp.lower, lp.upper) for lp in loops]
+    domain, _ = statement_domain(stmt.name, bounds, (), program.params)
+    kept, exact = statement_domain(stmt.name, bounds, (cond,), program.params)
+    reduced = [k for k, lp in enumerate(loops) if lp.kind == "reduce"]
+    if not exact or not reduced:
+        return False
+    first, count = reduced[0], len(reduced)
+    if reduced != list(range(first, first + count)):
+        return False
+    rows = domain.project_out(isl.dim_type.set, first, count)
+    return rows.is_subset(kept.project_out(isl.dim_type.set, first, count))
 
 
 def _nan_under_other_masks(stmt: Stmt, conds: list[Expr], maxima: set[str],
