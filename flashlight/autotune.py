@@ -40,6 +40,7 @@ from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
 from flashlight.ir.expr import Const, Iter
 from flashlight.ir.nodes import Guard, Node, Program, Stmt, dims_at
+from flashlight.ir.printer import format_canonical
 from flashlight.log import progress
 from flashlight.options import Options
 from flashlight.passes import DEFAULT_PIPELINE
@@ -99,8 +100,8 @@ def size_class(program: Program, sizes: Mapping[str, int] | None = None) -> Prog
 def _key(program: Program, device: str, pipeline: str, sizes: Mapping[str, int] | None = None) -> str:
     import triton
 
-    text = "\n".join([str(size_class(program, sizes)), device, pipeline, torch.__version__, triton.__version__,
-                      code_version()])
+    text = "\n".join([format_canonical(size_class(program, sizes)), device, pipeline, torch.__version__,
+                      triton.__version__, code_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -571,3 +571,25 @@ def test_correctly_rounded_arithmetic_on_float_literals_folds_in_their_dtype():
     assert call("div", f64(1.0), f64(0.0)) == f64(math.inf)
     assert isinstance(call("exp", f64(1.0)), Call) and isinstance(call("add", f64(1.0), f32(1.0)), Call)
     assert isinstance(call("mul", Const(2.0, "bf16"), Const(3.0, "bf16")), Call)
+
+
+def test_programs_equal_up_to_names_print_alike_canonically():
+    """A model's layers, cut apart, are programs equal up to their names: canonically they print
+    alike (the autotuner keys its choices by it), and a program that differs does not."""
+    from flashlight.ir.printer import format_canonical
+
+    layer = """\
+program NAME(qA: f32[4,8], kA: f32[4,8]) -> (out0: f32[4])
+  buffer exp: f32[4,4]
+  for i in 0:4 parallel, j in 0:4 parallel
+    S0: exp[i,j] = exp(qA[i,0] * kA[j,0])
+  for i in 0:4 parallel
+    for j in 0:4 reduce
+      S1: out0[i] += exp[i,j]"""
+    first = parse(layer.replace("NAME", "llama_part1"))
+    third = parse(layer.replace("NAME", "llama_part3").replace("qA", "add_11").replace("kA", "cat_7"))
+    assert format_canonical(first) == format_canonical(third)
+    assert "exp(t0[i,0] * t1[j,0])" in format_canonical(first)  # the operator exp stays, the tensor is t3
+    assert "t3[i,j] = exp(" in format_canonical(first)
+    other = parse(layer.replace("NAME", "p").replace("qA[i,0]", "qA[i,1]"))
+    assert format_canonical(other) != format_canonical(first)

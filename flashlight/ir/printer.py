@@ -17,6 +17,8 @@ the default of its kind (``f32`` for reals, ``i64`` for integers) prints as a ca
 
 from __future__ import annotations
 
+import re
+
 from flashlight.ir.expr import INFIX, PREFIX, Call, Const, Expr, Iter, Load
 from flashlight.ir.nodes import Given, Guard, LibraryCall, Loop, Node, Program, Stmt, TensorDecl
 
@@ -153,3 +155,13 @@ def format_program(p: Program) -> str:
         lines.append(f"  {'local' if t.storage == 'local' else 'buffer'} {t.name}: {format_type(t)}")
     _format_body(p.body, 1, lines)
     return "\n".join(lines)
+
+
+def format_canonical(p: Program) -> str:
+    """The text of ``p`` with its name and its tensors' names replaced by positional ones (``p``;
+    ``t0``, ``t1``, ... in declaration order): programs equal up to names print alike (a model's
+    layers, cut apart, are one program each; they share a tuning choice)."""
+    names = {t.name: f"t{k}" for k, t in enumerate(p.tensors)}
+    text = format_program(p.replace(name="p"))
+    # a tensor's name is followed by its index or its type; an operator's by its arguments
+    return re.sub(r"\b([A-Za-z_][A-Za-z0-9_]*)(?=[\[:])", lambda m: names.get(m.group(1), m.group(1)), text)
