@@ -22,29 +22,36 @@ import flashlight
 from conftest import relerr
 
 
+def _trains_as_eager(config, ids: torch.Tensor, **options) -> dict:
+    """Train one step of ``config``'s model (random weights) through ``torch.compile(...,
+    backend="flashlight")`` with ``options``; assert eager's logits, loss and gradients; return
+    the counters the step moved."""
+    torch.manual_seed(0)
+    model = pytest.importorskip("transformers").AutoModelForCausalLM.from_config(config)
+    compiled = torch.compile(model, backend="flashlight", options=options)
+    before = flashlight.counters.copy()
+    out = compiled(input_ids=ids, labels=ids)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    moved = flashlight.counters - before
+    ref = model(input_ids=ids, labels=ids)
+    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
+    assert relerr(out.logits, ref.logits) < 1e-5
+    assert relerr(out.loss, ref.loss) < 1e-5
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        assert relerr(g, r) < 1e-4, name
+    assert moved["eager_calls"] == 0, moved
+    return moved
+
+
 def test_a_two_layer_llama_trains_through_the_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # compiled here, not served by an earlier run
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                       initializer_range=0.3, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
-    compiled = torch.compile(model, backend="flashlight")
-    before = flashlight.counters.copy()
-
-    out = compiled(input_ids=ids, labels=ids)
-    grads = torch.autograd.grad(out.loss, list(model.parameters()))
-    ref = model(input_ids=ids, labels=ids)
-    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
-
-    assert flashlight.counters["programs_compiled"] > before["programs_compiled"]  # it ran through us
-    assert flashlight.counters["eager_calls"] == before["eager_calls"]
-    assert relerr(out.logits, ref.logits) < 1e-5
-    assert relerr(out.loss, ref.loss) < 1e-5
-    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
-        assert relerr(g, r) < 1e-4, name
+    moved = _trains_as_eager(config, ids)
+    assert moved["programs_compiled"] > 0, moved  # it ran through us
 
 
 def test_a_llama_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, monkeypatch):
@@ -58,25 +65,10 @@ def test_a_llama_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, m
     config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
                                       initializer_range=0.05, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
     ids = torch.randint(0, 512, (1, 128), generator=torch.Generator().manual_seed(1))
-    compiled = torch.compile(model, backend="flashlight", options={"inductor": True})
-    before = flashlight.counters.copy()
-
-    out = compiled(input_ids=ids, labels=ids)
-    grads = torch.autograd.grad(out.loss, list(model.parameters()))
-    ref = model(input_ids=ids, labels=ids)
-    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
-
-    compiled_here = flashlight.counters - before
+    moved = _trains_as_eager(config, ids, inductor=True)
     # the two layers' attention, forward and backward, ours; the rest Inductor's
-    assert compiled_here["programs_compiled"] >= 4 and compiled_here["inductor_segments"] >= 4, compiled_here
-    assert compiled_here["eager_calls"] == 0, compiled_here
-    assert relerr(out.logits, ref.logits) < 1e-5
-    assert relerr(out.loss, ref.loss) < 1e-5
-    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
-        assert relerr(g, r) < 1e-4, name
+    assert moved["programs_compiled"] >= 4 and moved["inductor_segments"] >= 4, moved
 
 
 # {{{ distributed: two processes, gloo
