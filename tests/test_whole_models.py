@@ -71,6 +71,27 @@ def test_a_llama_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, m
     assert moved["programs_compiled"] >= 4 and moved["inductor_segments"] >= 4, moved
 
 
+def test_a_gemma2_cut_between_flashlight_and_inductor_gives_eagers_logits(tmp_path, monkeypatch):
+    """Another attention variant through the cut: Gemma 2 caps its scores with ``tanh`` and masks
+    alternate layers to a sliding window (by adding ``finfo.min``); each layer's attention is
+    ours, the rest Inductor's, and the logits are eager's."""
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Gemma2Config(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                                       query_pre_attn_scalar=128, sliding_window=64, attn_logit_softcapping=50.0,
+                                       final_logit_softcapping=30.0, max_position_embeddings=256,
+                                       attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 512, (1, 128), generator=torch.Generator().manual_seed(1))
+    ex = flashlight.explain(lambda i: model(input_ids=i).logits, ids, options=flashlight.Options(inductor=True))
+    assert [d.compiler for d in ex.compilers] == ["Inductor", "flashlight"] * 2 + ["Inductor"], ex.compilers
+    with torch.no_grad():
+        got = torch.compile(model, backend="flashlight", options={"inductor": True})(input_ids=ids).logits
+        assert relerr(got, model(input_ids=ids).logits) < 1e-5
+
+
 # {{{ distributed: two processes, gloo
 
 class Block(nn.Module):
