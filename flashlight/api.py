@@ -276,7 +276,8 @@ def _region_of(options: Options, target: str) -> Callable[[Program], set[str]]:
             final = passes.run_pipeline(lifted, opts.pipeline, overrides=pass_overrides(opts))
         except Exception:  # noqa: BLE001  (not cut: compiling it says what fails)
             return {t.name for t in lifted.tensors}
-        return handoff.kept_region(lifted, handoff.kept_products(lifted, final))
+        products = handoff.kept_products(lifted, final)
+        return handoff.kept_region(lifted, products, handoff.kept_with(lifted, final, products))
     return region
 
 

@@ -43,8 +43,8 @@ def kept_products(lifted: Program, final: Program) -> dict[str, str]:
     (a loss's logits over a vocabulary); or fed to another product while its own sum is short
     (attention backward's probabilities). A projection followed by a norm is neither: the vendor
     GEMM's speed outweighs the store."""
-    terms = _reduced_extents(lifted)
-    larger = expanding_products(lifted)
+    terms = _reduced_extents(final)  # of the final program: a recomputed product has a name of its own
+    larger = expanding_products(final)
     stored = {t.name for t in final.tensors if t.storage == "global"}
     kept: dict[str, str] = {}
     for k, nest in enumerate(final.body):
@@ -57,10 +57,10 @@ def kept_products(lifted: Program, final: Program) -> dict[str, str]:
                 if r is c or not r.is_reduction or t not in _read(r):
                     continue
                 if not _is_product(r) and (terms[t] <= SHORT_PRODUCT or t in larger):
-                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)} and reduces it again "
+                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(final, t)} and reduces it again "
                                f"({r.target.tensor}) without storing it; Inductor would store it and read it back")
                 elif _is_product(r) and terms[t] <= SHORT_PRODUCT:
-                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(lifted, t)}, a sum of "
+                    kept[t] = (f"kernel {k} computes the matrix product {t}{_shape(final, t)}, a sum of "
                                f"{terms[t]} terms, and feeds it to the product {r.target.tensor} without storing it; "
                                "storing it, as Inductor would, costs more than computing it")
                 if t in kept:
@@ -68,14 +68,29 @@ def kept_products(lifted: Program, final: Program) -> dict[str, str]:
     return kept
 
 
-def kept_region(lifted: Program, products: Iterable[str]) -> set[str]:
+def kept_with(lifted: Program, final: Program, products: Iterable[str]) -> set[str]:
+    """The tensors of ``lifted`` that a kernel of ``final`` keeping one of ``products`` also
+    writes (a group's sum of key gradients that merge-sums moved into the key-major kernel): they
+    stay with the products, or the kernel would store per query head what it sums."""
+    names = {t.name for t in lifted.tensors}
+    kept = set(products)
+    out: set[str] = set()
+    for nest in final.body:
+        targets = {st.target.tensor for st, _, _ in walk_stmts((nest,))}
+        if targets & kept:
+            out |= targets & names
+    return out - kept
+
+
+def kept_region(lifted: Program, products: Iterable[str], with_them: Iterable[str] = ()) -> set[str]:
     """The tensors of ``lifted`` that flashlight computes around the kept ``products``: each
     product, what reads it through elementwise steps and reductions up to and including the
     products that read those (attention's ``P @ V``) and their elementwise epilogues (a scale, a
-    transposing copy), and the elementwise steps that compute an operand of such a step (a mask,
-    a bias). Not what computes a product's operands (rotary
-    embeddings of Q and K): a product loads its operands tile by tile, many times over, so they
-    are better stored once, by the other compiler, than recomputed in each program."""
+    transposing copy), the tensors ``with_them`` (:func:`kept_with`) and their elementwise
+    readers, and the elementwise steps that compute an operand of such a step (a mask, a bias).
+    Not what computes a product's operands (rotary embeddings of Q and K): a product loads its
+    operands tile by tile, many times over, so they are better stored once, by the other
+    compiler, than recomputed in each program."""
     writer: dict[str, list[Stmt]] = {}
     readers: dict[str, list[Stmt]] = {}
     for s in lifted.statements():
@@ -84,7 +99,7 @@ def kept_region(lifted: Program, products: Iterable[str]) -> set[str]:
             readers.setdefault(t, []).append(s)
     region: set[str] = set()
     seeds = set(products)
-    todo = [(t, False) for t in seeds]
+    todo = [(t, False) for t in seeds] + [(t, True) for t in with_them]
     walked: set[tuple[str, bool]] = set()
     while todo:  # forward: what reads a product, up to the products that read it and their epilogues
         t, epilogue = todo.pop()
@@ -110,15 +125,19 @@ def _is_product(s: Stmt) -> bool:
 
 
 def _reduced_extents(p: Program) -> dict[str, int]:
-    """For each tensor a reduction of ``p`` writes, the number of terms of one of its sums (the
-    product of its reduced loops' extents; loops of symbolic extent count as long)."""
+    """For each tensor a reduction of ``p`` writes, the number of terms of one of its sums: the
+    product of the extents of the reduced loops its terms use (a serial loop of a fused kernel
+    around a product that does not index it is another statement's; loops of symbolic extent
+    count as long)."""
     out: dict[str, int] = {}
     for s, loops, _ in walk_stmts(p.body):
         if not s.is_reduction:
             continue
         own = {i for ix in s.target.indices for i in E.free_iters(ix)}
+        used = E.free_iters(s.expr)
         extents = [(E.evaluate(lp.upper, {}) - E.evaluate(lp.lower, {})) if not (E.free_iters(lp.upper)
-                   | E.free_iters(lp.lower)) else 1 << 16 for lp in loops if lp.kind == "reduce" and lp.iterator not in own]
+                   | E.free_iters(lp.lower)) else 1 << 16
+                   for lp in loops if lp.kind == "reduce" and lp.iterator not in own and lp.iterator in used]
         out[s.target.tensor] = math.prod(extents)
     return out
 

@@ -230,3 +230,26 @@ def test_an_attention_backward_stays_flashlights():
     assert [d.compiler for d in ex.compilers] == ["flashlight"], ex.compilers
     assert [d.compiler for d in ex.backward.compilers] == ["flashlight"], ex.backward.compilers
     assert "without storing it" in ex.backward.compilers[0].reason, ex.backward.compilers
+
+
+def test_the_cut_keeps_what_the_backwards_kernels_fuse():
+    """Read off the final kernels, the kept region also holds what they fuse with the kept
+    products: a group's sums of key and value gradients that merge-sums moved into the key-major
+    kernel (GQA: the backward stays one program of ours, no gradient per query head stored), and
+    the fact that a saved output equals its recomputation, which exchange-sums reads (a block's
+    backward: Δ from the saved output, not a second pass over the keys)."""
+    from test_training import VARIANTS, _Block
+
+    fn, make = VARIANTS["gqa_expand"]
+    args = [a.requires_grad_() if a.is_floating_point() else a for a in make()]
+    ex = flashlight.explain(fn, *args, options=flashlight.Options(inductor=True))
+    assert [d.compiler for d in ex.backward.compilers] == ["flashlight"], ex.backward.compilers
+    merges = [p for p in ex.backward.proofs if p.transformation.startswith("merge ")]
+    assert len(merges) == 2 and all(p.legal for p in merges), [str(p) for p in merges]
+
+    torch.manual_seed(9)
+    block, x = _Block(), torch.randn(2, 80, 32, requires_grad=True)
+    ex = flashlight.explain(block, x, options=flashlight.Options(inductor=True))
+    assert [d.compiler for d in ex.backward.compilers] == ["Inductor", "flashlight", "Inductor"], ex.backward.compilers
+    assert [p.legal for p in ex.backward.proofs if p.transformation.startswith("exchange sums") and p.legal] == [True]
+    check_against_eager(block, x, module=block, compiled=flashlight.compile(block, inductor=True))

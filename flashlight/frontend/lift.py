@@ -45,6 +45,8 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
     programs of those nodes and programs of the others, so that another compiler may take these.
     """
     graph = gm.graph
+    if keep_together is not None:
+        _state_givens_apart(gm)
     phs = [n for n in graph.nodes if n.op == "placeholder"]
     names = list(input_names) if input_names and len(input_names) == len(phs) else [n.name for n in phs]
     ph_name = dict(zip(phs, names))
@@ -154,6 +156,23 @@ def _cut(run: list[fx.Node], together: set[str], free: set[fx.Node]) -> list[tup
                 todo += [b for b in a.all_input_nodes if b in free]
         parts.append(([n for n in run if n in chosen], key[1]))
     return parts
+
+
+def _state_givens_apart(gm: fx.GraphModule) -> None:
+    """Each ``given(g, o, c)`` (a fact riding on the gradient ``g``: the saved output ``o`` equals
+    its recomputation ``c``) becomes ``given(c, o, c)`` right after ``c``, and ``g`` is returned
+    as is. A cut then keeps the fact with the recomputation it speaks of (exchange-sums reads it
+    there), not with the last gradient, which another program computes."""
+    for m in list(gm.graph.find_nodes(op="call_function", target=GIVEN.default)):
+        g, o, c = m.args[:3]
+        if g is c:
+            continue
+        with gm.graph.inserting_after(c):
+            fact = gm.graph.call_function(GIVEN.default, (c, o, c))
+        fact.meta = dict(c.meta)
+        m.replace_all_uses_with(g)
+        gm.graph.erase_node(m)
+    gm.recompile()
 
 
 def _recomputable(run: list[fx.Node], reductions: set[str]) -> set[fx.Node]:
