@@ -149,7 +149,7 @@ def _cut(run: list[fx.Node], together: set[str], free: set[fx.Node]) -> list[tup
     for key in keys:
         chosen = {n for n in level if (level[n], label[n]) == key}
         todo = [a for n in chosen for a in n.all_input_nodes if a in free]
-        while todo:  # the values computed from nothing that the part reads, computed here again
+        while todo:  # the values computed from inputs alone that the part reads, computed here again
             a = todo.pop()
             if a not in chosen:
                 chosen.add(a)
@@ -163,6 +163,7 @@ def _state_givens_apart(gm: fx.GraphModule) -> None:
     its recomputation ``c``) becomes ``given(c, o, c)`` right after ``c``, and ``g`` is returned
     as is. A cut then keeps the fact with the recomputation it speaks of (exchange-sums reads it
     there), not with the last gradient, which another program computes."""
+    moved = False
     for m in list(gm.graph.find_nodes(op="call_function", target=GIVEN.default)):
         g, o, c = m.args[:3]
         if g is c:
@@ -172,7 +173,9 @@ def _state_givens_apart(gm: fx.GraphModule) -> None:
         fact.meta = dict(c.meta)
         m.replace_all_uses_with(g)
         gm.graph.erase_node(m)
-    gm.recompile()
+        moved = True
+    if moved:
+        gm.recompile()
 
 
 def _recomputable(run: list[fx.Node], reductions: set[str]) -> set[fx.Node]:
