@@ -68,6 +68,20 @@ def timed(fn, iters: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def host_time(fn, iters: int = 10) -> float:
+    """Median milliseconds a call takes on the host, its launches issued but not awaited (the
+    device idle before each): what a host-bound call costs beyond its kernels."""
+    fn()
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
 def peak_of(fn) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -131,6 +145,7 @@ def run(name: str, layers: int, hidden: int, batch: int, seq: int, impls: list[s
             row["relerr"] = relerr(logits.float(), ref)
             del logits
             row["infer_ms"] = round(timed(infer), 2)
+            row["infer_host_ms"] = round(host_time(infer), 2)
             row["infer_peak_MiB"] = round(peak_of(infer), 1)
             if profiled:
                 row["profile"] = kernel_profile(infer)

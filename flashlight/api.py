@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,14 +19,14 @@ import torch
 import torch.fx as fx
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
-from flashlight import autotune, cache, handoff, passes
+from flashlight import autotune, cache, handoff, inductor_graph, passes
 from flashlight.counting import count_eager_call, counters
 from flashlight.codegen import launcher
 from flashlight.codegen.triton import CodegenError, KernelSource, generate
 from flashlight.debug_dump import debug_dir, dump_segment
 from flashlight.frontend.capture import capture_graphs, fresh_copy, make_backend, raised_while_tracing, saved_for_backward
 from flashlight.frontend.lift import lift_graph
-from flashlight.frontend.segments import LiftedGraph, ProgramSegment
+from flashlight.frontend.segments import LiftedGraph, ProgramSegment, is_empty
 from flashlight.frontend.symbolic import captured_sizes, hint, shape_symbols, size_inputs, symbols_read, value_at
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.ir import expr as E
@@ -120,7 +121,36 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], names: list
     for k, seg in enumerate(lifted.segments):
         if isinstance(seg, ProgramSegment):
             compiled[k] = _compile_program(seg, options, target, device, reports, fallbacks, hints)
-    return CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
+    graph = CompiledGraph(lifted, compiled, fallbacks, saved_for_backward(gm))
+    if reports is None and any(isinstance(c, handoff.InductorSegment) for c in compiled.values()):
+        return _compile_handed(graph, example_inputs, options, target, device, hints)
+    return graph
+
+
+def _compile_handed(graph: CompiledGraph, example_inputs: Sequence[Any], options: Options, target: str,
+                    device: torch.device, hints: Mapping[str, int]) -> CompiledGraph:
+    """A graph with segments handed to Inductor: compiled by Inductor whole, our programs inside it
+    (flashlight.inductor_graph: one wrapper's host time a call, not one per segment); where that
+    cannot be, each handed segment alone, and one Inductor cannot compile is ours."""
+    handed = [k for k, c in graph.compiled.items() if isinstance(c, handoff.InductorSegment)]
+    ours = {k for k, c in graph.compiled.items() if c is not None and k not in handed}
+    try:
+        joined = inductor_graph.join(graph, example_inputs, ours)
+        counters["inductor_segments"] += len(handed)
+        return joined
+    except Exception as exc:  # noqa: BLE001  (then each segment is compiled alone)
+        log.warning("flashlight: Inductor could not compile the whole graph (%s); it compiles each segment "
+                    "handed to it alone", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    for k in handed:
+        seg = graph.lifted.segments[k]
+        try:
+            graph.compiled[k].compile()  # type: ignore[union-attr]
+            counters["inductor_segments"] += 1
+        except Exception as exc:  # noqa: BLE001  (then flashlight compiles it, and says why)
+            log.warning("flashlight: Inductor could not compile %s, flashlight does: %s", seg.program.name, exc)
+            graph.compiled[k] = _compile_program(seg, replace(options, inductor=False), target, device,  # type: ignore[arg-type]
+                                                 None, graph.fallbacks, hints)
+    return graph
 
 
 def _size_name(gm: fx.GraphModule, names: list[str], sym: str) -> str:
@@ -258,7 +288,7 @@ def _who_compiles(seg: ProgramSegment, final: Program | None, target: str, optio
     if seg.params:  # Inductor's code is specialised to sizes: one program for every size stays ours
         return handoff.Decision(seg.program.name, "flashlight", "its sizes vary: one program serves every size")
     inside = set(seg.inputs) | set(seg.nodes)
-    if any(a not in inside and not handoff.is_empty(a) for n in seg.nodes for a in n.all_input_nodes):
+    if any(a not in inside and not is_empty(a) for n in seg.nodes for a in n.all_input_nodes):
         return handoff.Decision(seg.program.name, "flashlight", "it reads a value its inputs do not carry")
     if seg.kept is False and options.inductor is not False:
         return handoff.Decision(seg.program.name, "Inductor", "the schedule of the program it was cut from keeps "
@@ -288,14 +318,8 @@ def _hand_off(seg: ProgramSegment, final: Program | None, target: str,
     decision = _who_compiles(seg, final, target, options)
     if decision.compiler != "Inductor" or not handoff.can_hand_off():
         return None
-    try:
-        handed = handoff.InductorSegment.of(seg.program, seg.nodes, seg.inputs, seg.outputs)
-    except Exception as exc:  # noqa: BLE001  (then flashlight compiles it, and says why)
-        log.warning("flashlight: Inductor could not compile %s, flashlight does: %s", seg.program.name, exc)
-        return None
-    counters["inductor_segments"] += 1
     progress("handed to Inductor", program=seg.program.name, reason=decision.reason)
-    return handed
+    return handoff.InductorSegment(seg.program, seg.nodes, seg.inputs, seg.outputs)  # compiled with its graph
 
 
 def _op(n: fx.Node) -> str:

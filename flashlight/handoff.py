@@ -22,10 +22,12 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from flashlight.frontend.segments import is_empty
 from flashlight.ir import expr as E
 from flashlight.ir.expr import loads
 from flashlight.ir.nodes import Program, Stmt, walk_stmts
 from flashlight.ir.products import expanding_products, is_contraction
+from flashlight.passes.tree import constant_extent
 
 # Storing an element of a product and reading it back costs 4 bytes of bf16 traffic; computing it
 # costs 2·K flops for K terms. On an H100 (about 800 TFLOP/s, 3 TB/s) the store costs more than
@@ -124,6 +126,9 @@ def _is_product(s: Stmt) -> bool:
     return s.dot is not None or is_contraction(s)
 
 
+_LONG = 1 << 16  # the extent counted for a loop over a size that varies: long
+
+
 def _reduced_extents(p: Program) -> dict[str, int]:
     """For each tensor a reduction of ``p`` writes, the number of terms of one of its sums: the
     product of the extents of the reduced loops its terms use (a serial loop of a fused kernel
@@ -135,8 +140,7 @@ def _reduced_extents(p: Program) -> dict[str, int]:
             continue
         own = {i for ix in s.target.indices for i in E.free_iters(ix)}
         used = E.free_iters(s.expr)
-        extents = [(E.evaluate(lp.upper, {}) - E.evaluate(lp.lower, {})) if not (E.free_iters(lp.upper)
-                   | E.free_iters(lp.lower)) else 1 << 16
+        extents = [_LONG if (n := constant_extent(lp)) is None else n
                    for lp in loops if lp.kind == "reduce" and lp.iterator not in own and lp.iterator in used]
         out[s.target.tensor] = math.prod(extents)
     return out
@@ -192,9 +196,18 @@ def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
     for k, n in enumerate(inputs):
         env[n] = g.placeholder(f"in{k}")
         env[n].meta = dict(n.meta)
+    copy_nodes(g, nodes, env)
+    g.output(tuple(env[n] for n in outputs))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def copy_nodes(g: fx.Graph, nodes: Sequence[fx.Node], env: dict[fx.Node, fx.Node]) -> None:
+    """``nodes`` copied into ``g`` as Inductor takes them (``env``: the copy of each value, which
+    this extends): capture's prims as aten operators, and an empty value that a lifted program
+    dropped (a cache of length 0) made again."""
     members = set(nodes)
     for a in dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in env and a not in members):
-        if is_empty(a):  # an empty value the lifted program dropped (a cache of length 0): made here
+        if is_empty(a):
             val = a.meta["val"]
             env[a] = g.call_function(torch.empty, (list(val.shape),), {"dtype": val.dtype, "device": val.device})
             env[a].meta = dict(a.meta)
@@ -202,14 +215,6 @@ def subgraph(nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node]
         env[n] = g.node_copy(n, lambda a: env[a])
         if n.target in _ATEN_OF_PRIMS:
             env[n].target = _ATEN_OF_PRIMS[n.target]
-    g.output(tuple(env[n] for n in outputs))
-    return fx.GraphModule(torch.nn.Module(), g)
-
-
-def is_empty(n: fx.Node) -> bool:
-    """Whether ``n``'s traced value is a tensor with no elements."""
-    val = n.meta.get("val")
-    return isinstance(val, torch.Tensor) and val.numel() == 0
 
 
 aten = torch.ops.aten
@@ -258,27 +263,32 @@ def can_hand_off() -> bool:
 
 @dataclass
 class InductorSegment:
-    """A program segment compiled by Inductor (``torch._inductor.compile`` on the segment's nodes
-    and the capture's fake inputs: Inductor decomposes the graph its own way, as it does Dynamo's)."""
+    """A program segment Inductor compiles: inside the whole graph (flashlight.inductor_graph),
+    or alone (``compile``: ``torch._inductor.compile`` on the segment's nodes and the capture's
+    fake inputs; Inductor decomposes the graph its own way, as it does Dynamo's)."""
 
     program: Program = field(repr=False)  # the lifted program (for reports)
-    run: Callable[[list], Any] = field(repr=False)
+    nodes: list[fx.Node] = field(repr=False)
+    inputs: list[fx.Node] = field(repr=False)
+    outputs: list[fx.Node] = field(repr=False)
+    run: Callable[..., Any] | None = field(default=None, repr=False)  # compiled alone
 
-    @classmethod
-    def of(cls, program: Program, nodes: list[fx.Node], inputs: list[fx.Node],
-           outputs: list[fx.Node]) -> InductorSegment:
+    def compile(self) -> InductorSegment:
+        """Compiled alone (where the whole graph could not be joined)."""
         from torch._guards import TracingContext
         from torch._inductor import compile as inductor_compile  # called as the graph is
 
-        gm = subgraph(nodes, inputs, outputs)
+        gm = subgraph(self.nodes, self.inputs, self.outputs)
         # Inductor reports its outputs' strides to the capture, as the strides of the whole
         # graph's outputs: a segment's are not, and AOT's backward compile indexed past them
         with TracingContext.report_output_strides():
-            return cls(program, inductor_compile(gm, [n.meta["val"] for n in inputs]))
+            self.run = inductor_compile(gm, [n.meta["val"] for n in self.inputs])
+        return self
 
     @property
     def launches(self) -> list:
         return []  # no kernel of flashlight's
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        assert self.run is not None, f"{self.program.name} is compiled inside its whole graph"
         return list(self.run(*inputs))

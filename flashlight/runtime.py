@@ -228,7 +228,7 @@ class CompiledGraph:
         sizes: dict[str, int] | None = None
         for k, seg in enumerate(self.lifted.segments):
             if isinstance(seg, EagerSegment):
-                env[seg.node] = _run_node(seg.node, env)
+                env[seg.node] = run_node(seg.node, env)
                 continue
             prog = self.compiled.get(k)
             if prog is not None:
@@ -243,7 +243,7 @@ class CompiledGraph:
             if prog is None:
                 counters["eager_segments"] += 1
                 for n in seg.nodes:
-                    env[n] = _run_node(n, env)
+                    env[n] = run_node(n, env)
                 continue
             if sizes is None:
                 sizes = self._sizes(args)
@@ -274,7 +274,7 @@ def memoised(store: dict, key: Any, make: Callable[[], Any]) -> Any:
     return hit
 
 
-def _run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:
+def run_node(n: fx.Node, env: dict[fx.Node, Any]) -> Any:
     args = fx.node.map_arg(n.args, lambda a: env[a])
     kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
     return n.target(*args, **kwargs)  # type: ignore[operator]

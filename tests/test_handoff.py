@@ -178,6 +178,57 @@ def test_a_block_is_cut_into_what_flashlight_fuses_and_what_inductor_compiles():
     assert kinds == ["InductorSegment", "CompiledProgram", "InductorSegment"], kinds
 
 
+def test_a_cut_graph_is_compiled_by_inductor_whole_with_our_program_inside(monkeypatch):
+    """Compiled apart, each segment of Inductor's was a graph behind a wrapper of its own, whose
+    host time every call paid once per segment (run 25: five wrappers, the most of a 4-layer
+    Llama's 3.2 ms of host time a call). Joined, Inductor compiles the graph once and calls our
+    program through an opaque operator, once a call; no segment is compiled alone."""
+    from flashlight.inductor_graph import EmbeddedProgram, JoinedGraph
+
+    args = _block_inputs()
+    calls: list[str] = []
+    run = EmbeddedProgram.__call__
+    monkeypatch.setattr(EmbeddedProgram, "__call__", lambda self, inputs: calls.append(self.name) or run(self, inputs))
+    f = flashlight.compile(block, inductor=True)
+    torch.testing.assert_close(f(*args), block(*args))
+    graph = f.graphs[0]
+    assert isinstance(graph, JoinedGraph) and [p.name for p in graph.programs] == calls == ["block_part1"], calls
+    assert [c.run for c in graph.compiled.values() if isinstance(c, InductorSegment)] == [None, None]
+    torch.testing.assert_close(f(*args), block(*args))
+    assert len(calls) == 2
+
+
+def test_a_launch_that_fails_inside_the_joined_graph_runs_that_program_eagerly():
+    args = _block_inputs()
+    f = flashlight.compile(block, inductor=True)
+    f(*args)
+    graph = f.graphs[0]
+
+    def fail(inputs):
+        raise RuntimeError("out of resources")
+    graph.programs[0].run = fail
+    said = warnings_of(lambda: torch.testing.assert_close(f(*args), block(*args)))
+    assert "program block_part1 runs in eager PyTorch from now on: launching its kernels failed: RuntimeError: " \
+        "out of resources" in said, said
+    assert [why for _, why in graph.fallbacks] == ["launching its kernels failed: RuntimeError: out of resources"]
+    assert warnings_of(lambda: torch.testing.assert_close(f(*args), block(*args))) == ""  # said once
+
+
+def test_where_inductor_cannot_compile_the_whole_graph_it_compiles_each_segment_alone(monkeypatch):
+    from flashlight import inductor_graph
+
+    def refuse(*a, **k):
+        raise RuntimeError("no lowering")
+    monkeypatch.setattr(inductor_graph, "join", refuse)
+    args = _block_inputs()
+    f = flashlight.compile(block, inductor=True)
+    said = warnings_of(lambda: torch.testing.assert_close(f(*args), block(*args)))
+    assert "Inductor could not compile the whole graph (RuntimeError: no lowering)" in said, said
+    graph = f.graphs[0]
+    assert not isinstance(graph, inductor_graph.JoinedGraph)
+    assert all(c.run is not None for c in graph.compiled.values() if isinstance(c, InductorSegment))
+
+
 def _products_kept(fn, *args) -> dict[str, str]:
     from flashlight import passes
     from flashlight.handoff import kept_products

@@ -22,7 +22,7 @@ from flashlight.frontend.builder import ProgramBuilder
 from flashlight.frontend.givens import GIVEN, strip_givens
 from flashlight.frontend.rules import RULES, RuleContext, op_name, overload_packet
 from flashlight.frontend.rules.base import size_of
-from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment
+from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment, is_empty
 from flashlight.frontend.symbolic import is_size
 from flashlight.frontend.torch_dtypes import ir_dtype
 from flashlight.frontend.unsupported import Unsupported
@@ -86,7 +86,7 @@ def lift_graph(gm: fx.GraphModule, input_names: Sequence[str] | None = None, nam
         [n for n in compute if level[n] == k and n not in reasons] for k in range(max(level.values(), default=-1) + 1)]
     programs = [run for run in runs if run and not all(_is_view_like(n) for n in run)]
     for k, run in enumerate(runs):
-        lifted.segments += [EagerSegment(n, reasons[n], not (_is_empty(n) or _is_size_arithmetic(n))) for n in compute
+        lifted.segments += [EagerSegment(n, reasons[n], not (is_empty(n) or _is_size_arithmetic(n))) for n in compute
                             if level[n] == k and n in reasons]
         if run and run not in programs:
             lifted.segments += [EagerSegment(n, "view only: nothing to compute", False) for n in run]
@@ -256,10 +256,6 @@ def _is_size_arithmetic(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
 
 
-def _is_empty(n: fx.Node) -> bool:
-    return _is_tensor(n) and n.meta["val"].numel() == 0
-
-
 def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str | None:
     """Lift ``n`` into ``b`` by its rule and bind its value in ``env``; else say why not (and
     leave ``b`` as it was)."""
@@ -279,7 +275,7 @@ def _try_lift(b: ProgramBuilder, env: dict[fx.Node, Value], n: fx.Node) -> str |
                 continue  # a symbolic size the rule reads from the shapes
             if env.get(a) is None:
                 raise Unsupported(f"its input {a.name} is not a tensor the IR can hold")
-            if _is_empty(a) and not rule.reads_empty:
+            if is_empty(a) and not rule.reads_empty:
                 raise Unsupported(f"its input {a.name} is empty")
         env[n] = rule.lift(RuleContext(b, env, n))
         return None

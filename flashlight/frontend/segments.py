@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.fx as fx
 
 from flashlight.ir.nodes import Program
@@ -51,3 +52,11 @@ class LiftedGraph:
     @property
     def fallbacks(self) -> list[EagerSegment]:
         return [s for s in self.segments if isinstance(s, EagerSegment) and s.computes]
+
+
+def is_empty(n: fx.Node) -> bool:
+    """Whether ``n``'s traced value is a tensor with no elements (a model's key/value cache before
+    its first update): a lifted program drops it; whatever else runs the nodes reading it makes it
+    again."""
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.numel() == 0

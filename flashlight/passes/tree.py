@@ -43,6 +43,14 @@ def loop_extent(loop: Loop) -> Extent:
     return int(loop.upper.value) - int(loop.lower.value)  # type: ignore[union-attr]
 
 
+def constant_extent(loop: Loop) -> int | None:
+    """The number of points of a loop whose bounds are constant expressions (``0:64``,
+    ``0:4*16``); None where a bound names an iterator or a size parameter."""
+    if E.free_iters(loop.upper) or E.free_iters(loop.lower):
+        return None
+    return E.evaluate(loop.upper, {}) - E.evaluate(loop.lower, {})
+
+
 def extent_expr(extent: Extent) -> Expr:
     return E.index(extent) if isinstance(extent, int) else E.Iter(extent)
 
