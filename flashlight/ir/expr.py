@@ -238,10 +238,16 @@ def children(e: Expr) -> tuple[Expr, ...]:
 
 
 def walk(e: Expr) -> Iterator[Expr]:
-    """Pre-order traversal."""
-    yield e
-    for c in children(e):
-        yield from walk(c)
+    """Pre-order traversal (a stack, not nested generators: a model's programs walk millions of
+    nodes while they compile)."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        if isinstance(x, Call):
+            stack.extend(reversed(x.args))
+        elif isinstance(x, Load):
+            stack.extend(reversed(x.indices))
 
 
 def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
@@ -275,7 +281,17 @@ def free_iters(e: Expr) -> frozenset[str]:
 
 
 def loads(e: Expr) -> list[Load]:
-    return [x for x in walk(e) if isinstance(x, Load)]
+    """The loads of ``e``, in pre-order."""
+    out: list[Load] = []
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Call):
+            stack.extend(reversed(x.args))
+        elif isinstance(x, Load):
+            out.append(x)
+            stack.extend(reversed(x.indices))
+    return out
 
 
 def substitute(e: Expr, mapping: Mapping[str, Expr]) -> Expr:

@@ -436,9 +436,19 @@ def node_exprs(node: Node) -> Iterator[Expr]:
         yield from node_exprs(child)
 
 
-def tensors_touched(node: Node) -> set[str]:
-    """The tensors a node reads or writes anywhere, guards and loop annotations included."""
-    return {ld.tensor for e in node_exprs(node) for ld in loads(e)}
+def tensors_touched(node: Node) -> frozenset[str]:
+    """The tensors a node reads or writes anywhere, guards and loop annotations included;
+    remembered per node (nodes are immutable, and passes ask it of every other nest of a
+    program, for each nest)."""
+    hit = _TOUCHED.get(id(node))
+    if hit is None or hit[0] is not node:
+        if len(_TOUCHED) > 100_000:
+            _TOUCHED.clear()
+        hit = _TOUCHED[id(node)] = (node, frozenset(ld.tensor for e in node_exprs(node) for ld in loads(e)))
+    return hit[1]
+
+
+_TOUCHED: dict[int, tuple[Node, frozenset[str]]] = {}  # holds each node: its id is not reused meanwhile
 
 
 def grid_chain(nest: Node) -> list[Loop]:

@@ -32,6 +32,7 @@ would be the S x S buffer the fusions exist to avoid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -89,20 +90,33 @@ MAX_SIZE = 400
 MAX_READS = 4
 
 
-def _reached(e: Expr, defs: dict[str, tuple[tuple[str, ...], Expr]]) -> set[str]:
+def _reached(e: Expr, defs: dict[str, tuple[tuple[str, ...], Expr]], reads: Callable[[Expr], set[str]]) -> set[str]:
     """The definitions ``e`` reads, directly or through other definitions."""
     seen: set[str] = set()
-    todo = [ld.tensor for ld in E.loads(e)]
+    todo = list(reads(e))
     while todo:
         t = todo.pop()
         if t in defs and t not in seen:
             seen.add(t)
-            todo.extend(ld.tensor for ld in E.loads(defs[t][1]))
+            todo.extend(reads(defs[t][1]))
     return seen
 
 
+def _tensors_read() -> Callable[[Expr], set[str]]:
+    """The tensors an expression loads, remembered by object: resolving a model's program asks it
+    of the same bodies again and again (the walks were most of its compilation)."""
+    known: dict[int, tuple[Expr, set[str]]] = {}  # the expression is held: its id stays its own
+
+    def reads(e: Expr) -> set[str]:
+        hit = known.get(id(e))
+        if hit is None:
+            hit = known[id(e)] = (e, {ld.tensor for ld in E.loads(e)})
+        return hit[1]
+    return reads
+
+
 def _resolve(program: Program, defs: dict[str, tuple[tuple[str, ...], Expr]], shared: set[str], max_size: int,
-             max_reads: int) -> tuple[dict, dict[str, Expr], str | None]:
+             max_reads: int, reads: Callable[[Expr], set[str]]) -> tuple[dict, dict[str, Expr], str | None]:
     """Definitions with their own reads inlined, in program order: (resolved, kept, cut). ``shared``
     stay statements; ``cut`` is the first definition read by several statements that a definition
     loading more than ``max_reads`` tensors would copy (the one of them loading most), or that
@@ -112,9 +126,6 @@ def _resolve(program: Program, defs: dict[str, tuple[tuple[str, ...], Expr]], sh
     resolved: dict[str, tuple[tuple[str, ...], Expr]] = {}
     read_by = readers(program)
     expanding = expanding_products(program)
-
-    def reads(e: Expr) -> set[str]:
-        return {ld.tensor for ld in E.loads(e)}
 
     def may_cut(t: str, body: Expr) -> bool:
         return len(read_by.get(t, ())) > 1 and not reads(body) & expanding
@@ -129,7 +140,8 @@ def _resolve(program: Program, defs: dict[str, tuple[tuple[str, ...], Expr]], sh
         if name in shared or E.tree_size(body) > max_size:
             kept[name] = body
         elif len(reads(body)) > max_reads:
-            copied = [t for t in resolved if t in _reached(written, defs) and may_cut(t, resolved[t][1])]
+            reached = _reached(written, defs, reads)
+            copied = [t for t in resolved if t in reached and may_cut(t, resolved[t][1])]
             if copied:  # the first (the chain's origin) of those loading most
                 return resolved, kept, max(copied, key=lambda t: len(reads(resolved[t][1])))
             if may_cut(name, body):
@@ -148,8 +160,9 @@ def inline_pointwise(program: Program, max_size: int = MAX_SIZE, max_reads: int 
     if not defs:
         return program
     shared: list[str] = []  # cut where copies would load too many tensors, one at a time
+    reads = _tensors_read()
     while True:
-        resolved, kept, cut = _resolve(program, defs, set(shared), max_size, max_reads)
+        resolved, kept, cut = _resolve(program, defs, set(shared), max_size, max_reads, reads)
         if cut is None:
             break
         shared.append(cut)
