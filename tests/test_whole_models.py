@@ -71,15 +71,15 @@ def test_a_llama_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, m
     assert moved["programs_compiled"] >= 4 and moved["inductor_segments"] >= 4, moved
 
 
-def test_a_gemma2_cut_between_flashlight_and_inductor_gives_eagers_logits(tmp_path, monkeypatch):
+def test_a_gemma2_cut_between_flashlight_and_inductor_trains_as_eager(tmp_path, monkeypatch):
     """Another attention variant through the cut: Gemma 2 caps its scores with ``tanh`` and masks
     alternate layers to a sliding window (by adding ``finfo.min``); each layer's attention is
-    ours, the rest Inductor's, and the logits are eager's."""
+    ours, forward and backward, the rest Inductor's; logits, loss and gradients are eager's."""
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     transformers = pytest.importorskip("transformers")
     config = transformers.Gemma2Config(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, head_dim=128,
-                                       query_pre_attn_scalar=128, sliding_window=64, attn_logit_softcapping=50.0,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                       query_pre_attn_scalar=64, sliding_window=64, attn_logit_softcapping=50.0,
                                        final_logit_softcapping=30.0, max_position_embeddings=256,
                                        attn_implementation="eager")
     torch.manual_seed(0)
@@ -87,9 +87,11 @@ def test_a_gemma2_cut_between_flashlight_and_inductor_gives_eagers_logits(tmp_pa
     ids = torch.randint(0, 512, (1, 128), generator=torch.Generator().manual_seed(1))
     ex = flashlight.explain(lambda i: model(input_ids=i).logits, ids, options=flashlight.Options(inductor=True))
     assert [d.compiler for d in ex.compilers] == ["Inductor", "flashlight"] * 2 + ["Inductor"], ex.compilers
-    with torch.no_grad():
-        got = torch.compile(model, backend="flashlight", options={"inductor": True})(input_ids=ids).logits
-        assert relerr(got, model(input_ids=ids).logits) < 1e-5
+    moved = _trains_as_eager(config, ids, inductor=True)
+    # each layer's attention (a sliding window, then the whole causal row) forward and backward
+    # (with more keys than a head has dimensions: the scores are larger than Q and K, and the
+    # backward recomputes them rather than storing them)
+    assert moved["programs_compiled"] >= 4 and moved["inductor_segments"] >= 4, moved
 
 
 # {{{ distributed: two processes, gloo
