@@ -165,6 +165,9 @@ class Explanation:
         out += ["", "-- legality decisions --", format_proofs(self.proofs, evidence=False)]
         out += ["", "-- who compiles each program --"]
         out += [f"{d.program}: {d.compiler}: {d.reason}" for d in self.compilers] or ["(none)"]
+        if any(d.compiler == "Inductor" for d in self.compilers):
+            out += ["(when it runs, Inductor compiles the graph whole: each program of flashlight's is one call of "
+                    "the operator flashlight::program inside it; flashlight.inductor_graph)"]
         if self.backward is not None:
             b = self.backward
             out += ["", "-- backward (ex.backward) --", f"{len(b.kernels)} kernels, {len(b.buffers)} buffers in "

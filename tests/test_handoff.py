@@ -167,6 +167,7 @@ def test_a_block_is_cut_into_what_flashlight_fuses_and_what_inductor_compiles():
     args = _block_inputs()
     ex = flashlight.explain(block, *args, options=flashlight.Options(inductor=True))
     assert [d.compiler for d in ex.compilers] == ["Inductor", "flashlight", "Inductor"], ex.compilers
+    assert "Inductor compiles the graph whole: each program of flashlight's is one call of" in str(ex)
     assert "computes the matrix product mm_3[32, 32] and reduces it again" in ex.compilers[1].reason, ex.compilers
     attention_inputs = sorted(d.shape for d in ex.programs[1].inputs)
     assert attention_inputs == [(32, 16)] * 3, attention_inputs  # q, k, v: no mask, no x
