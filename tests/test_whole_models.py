@@ -119,9 +119,10 @@ STEPS = 3
 RANKS_TIMEOUT_S = 600  # a hung collective fails the test instead of the suite
 
 
-def _train(rank: int, world: int, port: int, wrap: str, out_dir: str) -> None:
-    """One rank: the same model trained eagerly and through the backend, each wrapped by ``wrap``,
-    on this rank's shard of the data; the losses of every step go to a file."""
+def _train(rank: int, world: int, port: int, wrap: str, out_dir: str, inductor: bool | None) -> None:
+    """One rank: the same model trained eagerly and through the backend (``inductor``: the
+    option), each wrapped by ``wrap``, on this rank's shard of the data; the losses of every step
+    go to a file."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -136,7 +137,8 @@ def _train(rank: int, world: int, port: int, wrap: str, out_dir: str) -> None:
                 for block in model:
                     fully_shard(block)
                 wrapped = fully_shard(model)
-            run = wrapped if backend == "eager" else torch.compile(wrapped, backend="flashlight")
+            run = wrapped if backend == "eager" else torch.compile(wrapped, backend="flashlight",
+                                                                   options={"inductor": inductor})
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             data = torch.Generator().manual_seed(100 + rank)
             losses = []
@@ -149,6 +151,7 @@ def _train(rank: int, world: int, port: int, wrap: str, out_dir: str) -> None:
             result[backend] = losses
         result["programs_compiled"] = flashlight.counters["programs_compiled"]
         result["eager_calls"] = flashlight.counters["eager_calls"]
+        result["inductor_segments"] = flashlight.counters["inductor_segments"]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
         dist.barrier()  # neither rank tears the group down while the other still uses it
@@ -162,10 +165,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("wrap", ["ddp", "fsdp2"])
-def test_a_model_compiled_by_us_trains_under_torch_distributed(wrap, tmp_path, monkeypatch):
+@pytest.mark.parametrize("wrap, inductor", [("ddp", None), ("fsdp2", None), ("ddp", True)])
+def test_a_model_compiled_by_us_trains_under_torch_distributed(wrap, inductor, tmp_path, monkeypatch):
+    """Under DDP (whose optimizer splits the graph at its gradient buckets) and FSDP2, and with
+    the GPU's default of cutting each graph and Inductor compiling it whole (``inductor=True``)."""
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path / "cache"))  # each rank compiles: counted
-    ranks = mp.spawn(_train, args=(2, _free_port(), wrap, str(tmp_path)), nprocs=2, join=False)
+    ranks = mp.spawn(_train, args=(2, _free_port(), wrap, str(tmp_path), inductor), nprocs=2, join=False)
     deadline = time.monotonic() + RANKS_TIMEOUT_S
     while not ranks.join(timeout=5):  # raises if a rank failed
         if time.monotonic() > deadline:
@@ -175,6 +180,7 @@ def test_a_model_compiled_by_us_trains_under_torch_distributed(wrap, tmp_path, m
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["programs_compiled"] > 0 and result["eager_calls"] == 0, result
+        assert (result["inductor_segments"] > 0) == bool(inductor), result
         # each step's loss, after the gradients of both ranks were reduced and applied, as eager's
         for got, ref in zip(result["flashlight"], result["eager"]):
             assert abs(got - ref) <= 1e-5 * abs(ref), (rank, result)
