@@ -284,3 +284,23 @@ def test_a_graph_with_a_pinned_size_trains_at_every_length():
     said = warnings_of(calls)
     assert said.count("compiled anew for each value of") == 2 and "shape[3] (now 16)" in said, said
     assert counters["programs_compiled"] == 2 and counters["eager_calls"] == 0, dict(counters)
+
+
+def test_a_symbolic_size_evaluates_as_sympy_does_at_every_length():
+    """A traced shape or stride is evaluated at each call's sizes (a decode step meets new ones
+    every call): by a function made once from the expression, not by sympy's ``subs`` (2 ms a
+    call), and equal to it, PyTorch's integer functions included."""
+    import sympy
+    from torch.utils._sympy.functions import CeilDiv, FloorDiv, Max, ModularIndexing, PythonMod
+
+    from flashlight.frontend.symbolic import _evaluator
+
+    s, t = sympy.symbols("s0 s1", integer=True, positive=True)
+    for expr in (4 * s + 3, FloorDiv(s, 16) * t, ModularIndexing(s, 2, 8) + t, CeilDiv(s * t, 64),
+                 PythonMod(s, 7) * 128, Max(s, t) - 1, 16 * s * t):
+        names, evaluate = _evaluator(expr)
+        assert names == tuple(sorted(map(str, expr.free_symbols)))
+        for a in (1, 2, 15, 16, 17, 1000, 4097):
+            values = dict(zip(names, (a, a // 3 + 1)))
+            want = int(expr.subs({x: values[str(x)] for x in expr.free_symbols}))
+            assert int(evaluate(*(values[n] for n in names))) == want, (expr, values)
