@@ -8,7 +8,7 @@ the most of it. Joined, Inductor compiles the whole graph once, as it would with
 our programs is one node calling ``flashlight::program``, an operator Inductor treats as opaque
 (it knows the outputs' shapes, dtypes and strides, as traced, and nothing else) whose
 implementation launches the program's kernels. Inductor then plans the buffers and lays out
-values between the programs itself (the returned KV cache no longer needs copies of ours).
+the values between the programs itself.
 
 The operator names a program by a key into a table of this process; a key is drawn at random, so
 that a graph compiled in another process (Inductor's on-disk caches) never names another program.
@@ -68,12 +68,10 @@ class EmbeddedProgram:
 
 
 def _as_traced(t: torch.Tensor, shape: torch.Size, stride: tuple[int, ...]) -> torch.Tensor:
-    """``t`` with the traced shape (a delinearised output is the same contiguous data) and strides
-    (a fresh tensor: an operator's outputs alias nothing)."""
+    """``t`` with the traced shape (a delinearised output is the same contiguous data) and
+    strides."""
     t = t if t.shape == shape else t.view(shape)
-    if t.stride() == stride or t.numel() <= 1:
-        return t
-    return torch.empty_strided(shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+    return t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
 
 
 # Defined through torch.library's lower layer, not ``custom_op``: a call then costs 3 us of
