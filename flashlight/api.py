@@ -134,13 +134,14 @@ def _compile_handed(graph: CompiledGraph, example_inputs: Sequence[Any], options
     cannot be, each handed segment alone, and one Inductor cannot compile is ours."""
     handed = [k for k, c in graph.compiled.items() if isinstance(c, handoff.InductorSegment)]
     ours = {k for k, c in graph.compiled.items() if c is not None and k not in handed}
-    try:
-        joined = inductor_graph.join(graph, example_inputs, ours)
-        counters["inductor_segments"] += len(handed)
-        return joined
-    except Exception as exc:  # noqa: BLE001  (then each segment is compiled alone)
-        log.warning("flashlight: Inductor could not compile the whole graph (%s); it compiles each segment "
-                    "handed to it alone", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    if inductor_graph.can_join(graph):
+        try:
+            joined = inductor_graph.join(graph, example_inputs, ours)
+            counters["inductor_segments"] += len(handed)
+            return joined
+        except Exception as exc:  # noqa: BLE001  (then each segment is compiled alone)
+            log.warning("flashlight: Inductor could not compile the whole graph (%s); it compiles each segment "
+                        "handed to it alone", f"{type(exc).__name__}: {exc}".splitlines()[0])
     for k in handed:
         seg = graph.lifted.segments[k]
         try:

@@ -166,8 +166,6 @@ def join(graph: CompiledGraph, example_inputs: Sequence[Any], ours: set[int]) ->
     from torch._inductor import config
 
     lifted = graph.lifted
-    if any_symbolic([n.meta.get("val") for n in lifted.placeholders]):
-        raise ValueError("its sizes vary: the operator lays out its outputs as traced at one size")
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
 
     def failed(seg: ProgramSegment) -> Callable[[str], None]:
@@ -199,7 +197,8 @@ def run_nodes(seg: ProgramSegment, inputs: list[torch.Tensor]) -> list[torch.Ten
     return [env[n] for n in seg.outputs]
 
 
-def any_symbolic(values: Sequence[Any]) -> bool:
-    """Whether a traced value has a symbolic size or stride."""
-    return any(isinstance(d, torch.SymInt) for v in values if isinstance(v, torch.Tensor)
-               for d in (*v.shape, *v.stride()))
+def can_join(graph: CompiledGraph) -> bool:
+    """Whether the graph's sizes are fixed: the operator reports its outputs' layouts as traced, at
+    one size (a decode step's graph, whose cache length varies, compiles its segments apart)."""
+    return not any(isinstance(d, torch.SymInt) for n in graph.lifted.placeholders
+                   if isinstance(v := n.meta.get("val"), torch.Tensor) for d in (*v.shape, *v.stride()))
