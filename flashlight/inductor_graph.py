@@ -102,8 +102,10 @@ def joined_graph(lifted: LiftedGraph, ours: dict[int, EmbeddedProgram]) -> fx.Gr
     env: dict[fx.Node, fx.Node] = {}
     for n in lifted.placeholders:
         env[n] = g.node_copy(n)
-    for n, value in lifted.constants.items():
-        root.register_buffer(str(n.target), value) if isinstance(value, torch.Tensor) else \
+    for n, value in lifted.constants.items():  # tensor constants of the function, read by get_attr
+        if isinstance(value, torch.Tensor):
+            root.register_buffer(str(n.target), value)
+        else:
             setattr(root, str(n.target), value)
         env[n] = g.node_copy(n)
     for k, seg in enumerate(lifted.segments):

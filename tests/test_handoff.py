@@ -199,6 +199,19 @@ def test_a_cut_graph_is_compiled_by_inductor_whole_with_our_program_inside(monke
     assert len(calls) == 2
 
 
+def test_the_joined_graph_keeps_the_functions_tensor_constants():
+    def scaled(x, w, q, k, v):
+        return torch.relu(attention(q, k, v) @ w.T) * torch.tensor(2.0) + x
+
+    g = torch.Generator().manual_seed(2)
+    x, q, k, v = (torch.randn(32, 16, generator=g) for _ in range(4))
+    w = torch.randn(16, 16, generator=g)
+    f = flashlight.compile(scaled, inductor=True)
+    torch.testing.assert_close(f(x, w, q, k, v), scaled(x, w, q, k, v))
+    graph = f.graphs[0]
+    assert type(graph).__name__ == "JoinedGraph" and list(graph.lifted.constants.values()) == [torch.tensor(2.0)]
+
+
 def test_a_launch_that_fails_inside_the_joined_graph_runs_that_program_eagerly():
     args = _block_inputs()
     f = flashlight.compile(block, inductor=True)
