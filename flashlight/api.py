@@ -35,7 +35,7 @@ from flashlight.log import progress
 from flashlight.options import Options, make_options, pass_overrides
 from flashlight.report import BufferInfo, Explanation, KernelInfo, SavedInfo, SegmentReport, describe_kernel
 from flashlight.runtime import (CompiledGraph, CompiledPerSize, CompiledProgram, TunedOnFirstCall, TunedPerBucket,
-                                symbolic_strides)
+                                program_label, symbolic_strides)
 
 log = logging.getLogger("flashlight")
 
@@ -274,7 +274,7 @@ def _compile_program(seg: ProgramSegment, options: Options, target: str, device:
         log.warning("flashlight: program %s runs in eager PyTorch: %s", seg.program.name, reason)
         report.error = reason
         compiled = None
-        fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
+        fallbacks.append((program_label(seg), reason))
     if reports is not None:
         if report.program is not None:
             report.decision = _who_compiles(seg, report.program, target, options)

@@ -16,7 +16,6 @@ that a graph compiled in another process (Inductor's on-disk caches) never names
 
 from __future__ import annotations
 
-import logging
 import operator
 import secrets
 import weakref
@@ -30,9 +29,7 @@ import torch.fx as fx
 
 from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment, is_empty
 from flashlight.handoff import copy_nodes
-from flashlight.runtime import CompiledGraph, restride, run_node
-
-log = logging.getLogger("flashlight")
+from flashlight.runtime import CompiledGraph, as_traced, launch_failed, run_node
 
 _PROGRAMS: weakref.WeakValueDictionary[int, EmbeddedProgram] = weakref.WeakValueDictionary()
 
@@ -42,36 +39,29 @@ class EmbeddedProgram:
     """A program of ours as Inductor's graph calls it: its outputs come back as the graph traced
     them (shape and strides), which is what Inductor planned for."""
 
-    name: str
+    segment: ProgramSegment
     run: Callable[[list[torch.Tensor]], list[torch.Tensor]]
-    outputs: list[tuple[torch.Size, tuple[int, ...], torch.dtype]]
     device: torch.device
-    eagerly: Callable[[list[torch.Tensor]], list[torch.Tensor]]  # the segment's nodes, run by PyTorch
-    failed: Callable[[str], None]  # records a launch that failed (then the program runs eagerly)
+    fallbacks: list[tuple[str, str]]  # the graph's: a launch that fails is recorded there
     key: int = field(default_factory=lambda: secrets.randbits(62))
+
+    @property
+    def name(self) -> str:
+        return self.segment.program.name
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         try:
             outs = self.run(inputs)
         except Exception as exc:  # noqa: BLE001  (a launch that fails is a fallback, said once)
-            reason = f"launching its kernels failed: {type(exc).__name__}: {exc}".splitlines()[0]
-            log.warning("flashlight: program %s runs in eager PyTorch from now on: %s", self.name, reason)
-            self.failed(reason)
-            self.run = self.eagerly
+            launch_failed(self.segment, exc, self.fallbacks)
+            self.run = partial(run_nodes, self.segment)
             outs = self.run(inputs)
-        return [_as_traced(t, shape, stride) for t, (shape, stride, _) in zip(outs, self.outputs)]
+        return [as_traced(t, n.meta["val"].shape, n.meta["val"].stride()) for t, n in zip(outs, self.segment.outputs)]
 
     def fake(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         device = inputs[0].device if inputs else self.device
-        return [torch.empty_strided(shape, stride, dtype=dtype, device=device)
-                for shape, stride, dtype in self.outputs]
-
-
-def _as_traced(t: torch.Tensor, shape: torch.Size, stride: tuple[int, ...]) -> torch.Tensor:
-    """``t`` with the traced shape (a delinearised output is the same contiguous data) and
-    strides."""
-    t = t if t.shape == shape else t.view(shape)
-    return t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
+        return [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=device)
+                for v in (n.meta["val"] for n in self.segment.outputs)]
 
 
 # Defined through torch.library's lower layer, not ``custom_op``: a call then costs 3 us of
@@ -125,13 +115,11 @@ def joined_graph(lifted: LiftedGraph, ours: dict[int, EmbeddedProgram]) -> fx.Gr
     return fx.GraphModule(root, g)
 
 
-def embedded(seg: ProgramSegment, run: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-             device: torch.device, eagerly: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-             failed: Callable[[str], None]) -> EmbeddedProgram:
+def embedded(seg: ProgramSegment, run: Callable[[list[torch.Tensor]], list[torch.Tensor]], device: torch.device,
+             fallbacks: list[tuple[str, str]]) -> EmbeddedProgram:
     """A compiled program segment (of fixed sizes) as Inductor's graph calls it, registered for the
     operator (for as long as something else holds it)."""
-    outputs = [(n.meta["val"].shape, tuple(n.meta["val"].stride()), n.meta["val"].dtype) for n in seg.outputs]
-    program = EmbeddedProgram(seg.program.name, run, outputs, device, eagerly, failed)
+    program = EmbeddedProgram(seg, run, device, fallbacks)
     _PROGRAMS[program.key] = program
     return program
 
@@ -144,19 +132,14 @@ class JoinedGraph(CompiledGraph):
 
     inductor: Callable[..., Any] | None = field(default=None, repr=False)
     programs: list[EmbeddedProgram] = field(default_factory=list, repr=False)
-    _strides: list[tuple[int, ...] | None] | None = field(default=None, repr=False)
+    traced: list[torch.Tensor | None] = field(default_factory=list, repr=False)  # each output's traced value
 
     def __call__(self, args: list) -> list:
         """The graph's outputs, laid out as traced: Inductor returns a value as it computed it (a
         key cache that is ``cat`` of an empty cache and a transposed key, the transposed key),
         while AOT compiled the backward, and eager returns, for the traced strides."""
         outs = self.inductor(*args)  # type: ignore[misc]
-        if self._strides is None:
-            output = next(n for n in self.lifted.graph.nodes if n.op == "output")
-            self._strides = [tuple(n.meta["val"].stride()) if isinstance(n, fx.Node)
-                             and isinstance(n.meta.get("val"), torch.Tensor) else None for n in output.args[0]]
-        return [t if want is None or t.stride() == want or t.numel() <= 1 else restride(t, want)
-                for t, want in zip(outs, self._strides)]
+        return [t if v is None else as_traced(t, v.shape, v.stride()) for t, v in zip(outs, self.traced)]
 
 
 def join(graph: CompiledGraph, example_inputs: Sequence[Any], ours: set[int]) -> JoinedGraph:
@@ -170,21 +153,21 @@ def join(graph: CompiledGraph, example_inputs: Sequence[Any], ours: set[int]) ->
     lifted = graph.lifted
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
 
-    def failed(seg: ProgramSegment) -> Callable[[str], None]:
-        return lambda reason: graph.fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
-
     programs = {}
     for k in sorted(ours):
         seg = lifted.segments[k]
         assert isinstance(seg, ProgramSegment)
-        programs[k] = embedded(seg, graph.compiled[k], device, partial(run_nodes, seg), failed(seg))  # type: ignore[arg-type]
+        programs[k] = embedded(seg, graph.compiled[k], device, graph.fallbacks)  # type: ignore[arg-type]
     gm = joined_graph(lifted, programs)
     # the operator's keys are of this process: a graph cached on disk would name no program
     with config.patch(fx_graph_cache=False), TracingContext.report_output_strides():
         # the capture's inputs: a backward's are laid out as the forward's outputs are
         run = inductor_compile(gm, list(example_inputs))
+    output = next(n for n in lifted.graph.nodes if n.op == "output")
+    traced = [v if isinstance(n, fx.Node) and isinstance(v := n.meta.get("val"), torch.Tensor) else None
+              for n in output.args[0]]
     return JoinedGraph(lifted, graph.compiled, graph.fallbacks, graph.saved, inductor=run,
-                       programs=list(programs.values()))
+                       programs=list(programs.values()), traced=traced)
 
 
 def run_nodes(seg: ProgramSegment, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

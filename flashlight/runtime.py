@@ -20,7 +20,7 @@ import torch.fx as fx
 from flashlight.codegen.kernel_state import INT32_LIMIT
 from flashlight.codegen.launcher import Launch
 from flashlight.counting import counters
-from flashlight.frontend.segments import EagerSegment, LiftedGraph
+from flashlight.frontend.segments import EagerSegment, LiftedGraph, ProgramSegment
 from flashlight.frontend.symbolic import size_inputs, value_at
 from flashlight.frontend.torch_dtypes import IR_TO_TORCH
 from flashlight.ir import expr as E
@@ -235,10 +235,7 @@ class CompiledGraph:
                 try:
                     outs = prog([env[n] for n in seg.inputs])
                 except Exception as exc:  # noqa: BLE001  (a launch that fails is a fallback, said once)
-                    reason = f"launching its kernels failed: {type(exc).__name__}: {exc}".splitlines()[0]
-                    log.warning("flashlight: program %s runs in eager PyTorch from now on: %s", seg.program.name,
-                                reason)
-                    self.fallbacks.append((f"program {seg.program.name} ({len(seg.nodes)} ops)", reason))
+                    launch_failed(seg, exc, self.fallbacks)
                     self.compiled[k] = prog = None
             if prog is None:
                 counters["eager_segments"] += 1
@@ -250,12 +247,31 @@ class CompiledGraph:
             for n, t in zip(seg.outputs, outs):
                 # a delinearised output ([B, Hkv, G, S, D] for [B, H, S, D]) is the same contiguous data;
                 # laid out as the graph traced it (a backward views saved tensors by those strides)
-                shape, stride = self._layout(n, sizes)
-                t = t if t.shape == shape else t.view(shape)
-                env[n] = t if t.stride() == stride or t.numel() <= 1 else restride(t, stride)
+                env[n] = as_traced(t, *self._layout(n, sizes))
         if self._output is None:  # walking the graph for it costs microseconds a call
             self._output = next(n for n in self.lifted.graph.nodes if n.op == "output")
         return fx.node.map_arg(self._output.args[0], env.__getitem__)
+
+
+def as_traced(t: torch.Tensor, shape: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """A program's output as the graph traced it: the traced shape (a delinearised output,
+    ``[B, Hkv, G, S, D]`` for ``[B, H, S, D]``, is the same contiguous data) and strides (a
+    backward views saved tensors by them)."""
+    t = t if t.shape == shape else t.view(shape)
+    return t if t.stride() == tuple(stride) or t.numel() <= 1 else restride(t, tuple(stride))
+
+
+def program_label(seg: ProgramSegment) -> str:
+    """How a fallback names a program segment."""
+    return f"program {seg.program.name} ({len(seg.nodes)} ops)"
+
+
+def launch_failed(seg: ProgramSegment, exc: Exception, fallbacks: list[tuple[str, str]]) -> None:
+    """A program whose kernels failed to launch runs in eager PyTorch from now on: said once, and
+    recorded among the graph's fallbacks."""
+    reason = f"launching its kernels failed: {type(exc).__name__}: {exc}".splitlines()[0]
+    log.warning("flashlight: program %s runs in eager PyTorch from now on: %s", seg.program.name, reason)
+    fallbacks.append((program_label(seg), reason))
 
 
 def concrete(dims: Any, sizes: Mapping[str, int]) -> tuple[int, ...]:
