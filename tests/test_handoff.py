@@ -210,6 +210,7 @@ def test_the_joined_graph_keeps_the_functions_tensor_constants():
     torch.testing.assert_close(f(x, w, q, k, v), scaled(x, w, q, k, v))
     graph = f.graphs[0]
     assert type(graph).__name__ == "JoinedGraph" and list(graph.lifted.constants.values()) == [torch.tensor(2.0)]
+    check_against_eager(scaled, x, w, q, k, v, compiled=f)  # and the gradients, through joined graphs
 
 
 def test_a_launch_that_fails_inside_the_joined_graph_runs_that_program_eagerly():
