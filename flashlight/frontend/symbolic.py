@@ -8,7 +8,6 @@ to that value, so these helpers only name symbols and substitute numbers one cho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,26 +39,22 @@ def value_at(s: Any, sizes: Mapping[str, int]) -> int | None:
     return int(evaluate(*(sizes[n] for n in names)))
 
 
-def _integer_functions() -> dict[str, Callable[..., int]]:
-    """Python for the integer functions of PyTorch's sympy expressions (by class name, as sympy's
-    printer names a function it does not know)."""
-    return {"FloorDiv": lambda a, b: a // b, "CleanDiv": lambda a, b: a // b, "CeilDiv": lambda a, b: -(-a // b),
-            "ModularIndexing": lambda x, d, m: (x // d) % m, "PythonMod": lambda a, b: a % b,
-            "Mod": lambda a, b: a % b, "Max": max, "Min": min, "floor": math.floor, "ceiling": math.ceil}
-
-
 _EVALUATORS: dict[Any, tuple[tuple[str, ...], Callable[..., Any]]] = {}
 
 
 def _evaluator(expr: Any) -> tuple[tuple[str, ...], Callable[..., Any]]:
     """The names of ``expr``'s symbols and a function of their values computing it. A layout is
     evaluated at each call's sizes, and a decode step meets new sizes every call: sympy's ``subs``
-    took 2 ms a step, a function made once takes microseconds. It is checked once against
-    ``subs``; where it differs or cannot be made, ``xreplace`` evaluates (still sympy, faster)."""
+    took 2 ms a step, a function made once takes microseconds. It is PyTorch's own: the Python its
+    printer writes for the expression, in the namespace its shape environment evaluates such code
+    in (as Inductor's compiled graphs do); checked once against ``subs``, else ``xreplace``
+    evaluates."""
     hit = _EVALUATORS.get(expr)
     if hit is not None:
         return hit
     import sympy
+    from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+    from torch.utils._sympy.printers import PythonPrinter
 
     symbols = sorted(expr.free_symbols, key=str)
     names = tuple(map(str, symbols))
@@ -68,11 +63,11 @@ def _evaluator(expr: Any) -> tuple[tuple[str, ...], Callable[..., Any]]:
         return expr.xreplace({x: sympy.Integer(v) for x, v in zip(symbols, values)})
     evaluate: Callable[..., Any] = replaced
     try:
-        made = sympy.lambdify(symbols, expr, modules=[_integer_functions(), "math"])
+        made = eval(f"lambda {', '.join(names)}: {PythonPrinter().doprint(expr)}", dict(SYMPY_INTERP))  # noqa: S307
         probe = [5 + 3 * k for k in range(len(symbols))]
         if int(made(*probe)) == int(expr.subs(dict(zip(symbols, probe)))):
             evaluate = made
-    except Exception:  # noqa: BLE001  (an expression sympy cannot print as Python: xreplace evaluates it)
+    except Exception:  # noqa: BLE001  (an expression the printer cannot write: xreplace evaluates it)
         pass
     if len(_EVALUATORS) > 4096:
         _EVALUATORS.clear()
